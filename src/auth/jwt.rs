@@ -1,0 +1,946 @@
+//! JWT authentication: verifies the `token` of an `authenticate` event against
+//! one configured key and algorithm (HS256, RS256 or ES256) and turns its claims
+//! into an [`Identity`]. Owns key loading (including telling RSA from EC P-256
+//! public keys apart in PEM files) and the claim-to-identity mapping.
+//!
+//! Decisions:
+//! - Exactly one algorithm is accepted, the one implied by the key; a token
+//!   whose header names any other (another HMAC size, RS256 against an HMAC
+//!   secret, `none`) is refused. This closes the classic key-confusion attack.
+//! - `exp` and `nbf` are checked when present, with [`DEFAULT_LEEWAY_S`] (0)
+//!   seconds of leeway unless configured. `exp` is not required, matching the
+//!   common JS reference behaviour (`jwt.verify` without `maxAge`).
+//! - `aud` / `iss` are only checked when configured, and are then required.
+//! - Every verification failure is a refusal (`Ok(None)`), never an error: the
+//!   token came from the client, so a bad one is the client's fault.
+//! - Verification is pure CPU work, so the returned future is always ready and
+//!   runs inline on the shard.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::{AuthRequest, AuthResult, Authenticator, BoxFuture, Identity, ready};
+
+/// Default clock-skew allowance for `exp` / `nbf`. Zero: a token is valid
+/// exactly within its stated window; deployments whose issuers' clocks drift
+/// should raise [`JwtConfig::leeway_s`].
+pub const DEFAULT_LEEWAY_S: u64 = 0;
+
+/// Largest accepted leeway (one day). Anything bigger defeats `exp` and would
+/// overflow the timestamp arithmetic inside the verifier.
+pub const MAX_LEEWAY_S: u64 = 86_400;
+
+/// The verification key; it also fixes the only accepted algorithm.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// Shared HMAC secret (raw bytes, not base64).
+    Hs256(Vec<u8>),
+    /// RSA public key, PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`).
+    Rs256Pem(Vec<u8>),
+    /// EC P-256 public key, PEM (`PUBLIC KEY`).
+    Es256Pem(Vec<u8>),
+}
+
+// Manual so that a logged config never shows the HMAC secret.
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hs256(s) => write!(f, "Hs256(<{} secret bytes>)", s.len()),
+            Self::Rs256Pem(p) => write!(f, "Rs256Pem(<{} PEM bytes>)", p.len()),
+            Self::Es256Pem(p) => write!(f, "Es256Pem(<{} PEM bytes>)", p.len()),
+        }
+    }
+}
+
+impl JwtKey {
+    /// Builds an RS256 or ES256 key from a public-key PEM, detecting which from
+    /// the key itself. Fails on private keys, certificates, EC curves other than
+    /// P-256, and other key types (Ed25519, DSA, ...).
+    pub fn from_public_key_pem(pem: impl Into<Vec<u8>>) -> Result<Self, JwtConfigError> {
+        let pem = pem.into();
+        match classify_public_pem(&pem)? {
+            PemKeyKind::Rsa => Ok(Self::Rs256Pem(pem)),
+            PemKeyKind::EcP256 => Ok(Self::Es256Pem(pem)),
+        }
+    }
+
+    /// The single algorithm tokens must be signed with.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Self::Hs256(_) => Algorithm::HS256,
+            Self::Rs256Pem(_) => Algorithm::RS256,
+            Self::Es256Pem(_) => Algorithm::ES256,
+        }
+    }
+}
+
+/// Configuration of a [`JwtAuthenticator`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// Verification key (fixes the algorithm).
+    pub key: JwtKey,
+    /// Clock-skew allowance in seconds applied to both `exp` and `nbf`; at most
+    /// [`MAX_LEEWAY_S`].
+    pub leeway_s: u64,
+    /// When set, tokens must carry a matching `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry a matching `iss`.
+    pub issuer: Option<String>,
+}
+
+impl JwtConfig {
+    /// A config with [`DEFAULT_LEEWAY_S`] and no audience/issuer checks.
+    pub fn new(key: JwtKey) -> Self {
+        Self {
+            key,
+            leeway_s: DEFAULT_LEEWAY_S,
+            audience: None,
+            issuer: None,
+        }
+    }
+}
+
+/// Why a [`JwtConfig`] could not be turned into a verifier.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtConfigError {
+    /// An empty HMAC secret would let anyone forge tokens.
+    #[error("the HS256 secret is empty")]
+    EmptySecret,
+    /// The key bytes are not a PEM document.
+    #[error("not a PEM document: {0}")]
+    NotPem(&'static str),
+    /// A private key was given where the public key belongs.
+    #[error(
+        "the PEM holds a private key ({0}); configure the public key instead (openssl pkey -pubout)"
+    )]
+    PrivateKey(String),
+    /// A PEM of some other kind (certificate, parameters, ...).
+    #[error("unsupported PEM label {0:?}: expected PUBLIC KEY or RSA PUBLIC KEY")]
+    UnsupportedPemLabel(String),
+    /// The PEM body is not a well-formed public key.
+    #[error("malformed public key: {0}")]
+    MalformedKey(&'static str),
+    /// A public key of a type other than RSA or EC.
+    #[error("unsupported public key type: only RSA (RS256) and EC P-256 (ES256) are supported")]
+    UnsupportedKeyType,
+    /// An EC key on a curve other than P-256.
+    #[error("unsupported EC curve: ES256 needs a P-256 (prime256v1) key")]
+    UnsupportedCurve,
+    /// `Rs256Pem` holding an EC key or the reverse.
+    #[error("key type mismatch: configured {expected} but the PEM holds an {found} key")]
+    KeyTypeMismatch {
+        /// What the config asked for.
+        expected: &'static str,
+        /// What the PEM holds.
+        found: &'static str,
+    },
+    /// See [`MAX_LEEWAY_S`].
+    #[error("JWT leeway of {0}s exceeds the maximum of {MAX_LEEWAY_S}s")]
+    LeewayTooLarge(u64),
+    /// The JWT library rejected the key.
+    #[error("invalid JWT key: {0}")]
+    Key(#[source] jsonwebtoken::errors::Error),
+}
+
+/// Verifies `data.token` as a JWT; see the module docs for the rules.
+pub struct JwtAuthenticator {
+    key: DecodingKey,
+    validation: Validation,
+    algorithm: Algorithm,
+}
+
+// Manual so the key material never reaches a log.
+impl fmt::Debug for JwtAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthenticator")
+            .field("algorithm", &self.algorithm)
+            .field("leeway_s", &self.validation.leeway)
+            .field("audience", &self.validation.aud)
+            .field("issuer", &self.validation.iss)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token was refused; only static text, so the token never reaches logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    MissingToken,
+    TokenNotString,
+    SubNotString,
+    Invalid(Cow<'static, str>),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingToken => f.write_str("no token in authenticate data"),
+            Self::TokenNotString => f.write_str("token is not a string"),
+            Self::SubNotString => f.write_str("sub claim is not a string"),
+            Self::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl JwtAuthenticator {
+    /// Loads the key and fixes the validation rules.
+    pub fn new(config: JwtConfig) -> Result<Self, JwtConfigError> {
+        if config.leeway_s > MAX_LEEWAY_S {
+            return Err(JwtConfigError::LeewayTooLarge(config.leeway_s));
+        }
+        let algorithm = config.key.algorithm();
+        let key = match &config.key {
+            JwtKey::Hs256(secret) => {
+                if secret.is_empty() {
+                    return Err(JwtConfigError::EmptySecret);
+                }
+                DecodingKey::from_secret(secret)
+            }
+            JwtKey::Rs256Pem(pem) => {
+                expect_kind(pem, PemKeyKind::Rsa)?;
+                DecodingKey::from_rsa_pem(pem).map_err(JwtConfigError::Key)?
+            }
+            JwtKey::Es256Pem(pem) => {
+                expect_kind(pem, PemKeyKind::EcP256)?;
+                DecodingKey::from_ec_pem(pem).map_err(JwtConfigError::Key)?
+            }
+        };
+
+        // `Validation::new` pins `algorithms` to exactly this one.
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.leeway_s;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // The library's default requires `exp`; we only check it when present
+        // (see module docs) and require aud/iss only when they are configured.
+        validation.required_spec_claims.clear();
+        validation.validate_aud = config.audience.is_some();
+        if let Some(aud) = &config.audience {
+            validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".to_owned());
+        }
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+
+        Ok(Self {
+            key,
+            validation,
+            algorithm,
+        })
+    }
+
+    /// The only algorithm this verifier accepts.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Synchronous core of [`Authenticator::authenticate`]: `Some` for a valid
+    /// token, `None` (logged at debug with the reason) otherwise.
+    pub fn verify(&self, client_id: &str, data: &Value) -> Option<Identity> {
+        match self.check(data) {
+            Ok(identity) => Some(identity),
+            Err(reason) => {
+                tracing::debug!(client_id, %reason, "JWT authentication refused");
+                None
+            }
+        }
+    }
+
+    fn check(&self, data: &Value) -> Result<Identity, Refusal> {
+        let token = match data.get("token") {
+            None | Some(Value::Null) => return Err(Refusal::MissingToken),
+            Some(Value::String(t)) => t,
+            Some(_) => return Err(Refusal::TokenNotString),
+        };
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| Refusal::Invalid(describe(e.kind())))?
+            .claims;
+        identity_from_claims(claims)
+    }
+}
+
+impl Authenticator for JwtAuthenticator {
+    fn authenticate(&self, req: AuthRequest) -> BoxFuture<AuthResult> {
+        ready(Ok(self.verify(&req.client_id, &req.data)))
+    }
+}
+
+fn identity_from_claims(mut claims: Map<String, Value>) -> Result<Identity, Refusal> {
+    let user_id = match claims.remove("sub") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        // RFC 7519 makes `sub` a string; silently treating a numeric one as
+        // "anonymous" would hand a real user an identity-less session.
+        Some(_) => return Err(Refusal::SubNotString),
+    };
+    let metadata = claims.remove("meta").filter(|v| !v.is_null());
+    let room_patterns = match claims.remove("rooms") {
+        Some(Value::Array(items)) => Some(
+            items
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        // Anything else grants nothing extra; not worth refusing the login.
+        _ => None,
+    };
+    Ok(Identity {
+        user_id,
+        metadata,
+        room_patterns,
+    })
+}
+
+/// A log-safe reason for a verification failure (never echoes claim text).
+fn describe(kind: &ErrorKind) -> Cow<'static, str> {
+    Cow::Borrowed(match kind {
+        ErrorKind::InvalidToken => "malformed token",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::ExpiredSignature => "token expired (exp)",
+        ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
+        ErrorKind::InvalidAlgorithm => "algorithm not accepted",
+        ErrorKind::InvalidIssuer => "issuer mismatch",
+        ErrorKind::InvalidAudience => "audience mismatch",
+        ErrorKind::InvalidSubject => "subject mismatch",
+        ErrorKind::MissingRequiredClaim(claim) => {
+            return Cow::Owned(format!("missing required claim {claim}"));
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            return Cow::Owned(format!("malformed claim {claim}"));
+        }
+        ErrorKind::Base64(_) => "malformed token (base64)",
+        ErrorKind::Json(_) => "malformed token (JSON)",
+        ErrorKind::Utf8(_) => "malformed token (UTF-8)",
+        _ => "invalid token",
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PemKeyKind {
+    Rsa,
+    EcP256,
+}
+
+impl PemKeyKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rsa => "RSA (RS256)",
+            Self::EcP256 => "EC P-256 (ES256)",
+        }
+    }
+}
+
+fn expect_kind(pem: &[u8], expected: PemKeyKind) -> Result<(), JwtConfigError> {
+    let found = classify_public_pem(pem)?;
+    if found == expected {
+        Ok(())
+    } else {
+        Err(JwtConfigError::KeyTypeMismatch {
+            expected: expected.name(),
+            found: found.name(),
+        })
+    }
+}
+
+// DER encodings (contents only) of the object identifiers we recognise.
+const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_PRIME256V1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const DER_SEQUENCE: u8 = 0x30;
+const DER_OID: u8 = 0x06;
+
+/// Tells what a public-key PEM holds. jsonwebtoken classifies PEMs internally
+/// but does not expose it, and it accepts EC keys on any curve (which would
+/// then fail every ES256 verification at runtime), so we read the
+/// SubjectPublicKeyInfo header ourselves.
+fn classify_public_pem(pem: &[u8]) -> Result<PemKeyKind, JwtConfigError> {
+    const BEGIN: &str = "-----BEGIN ";
+    const DASHES: &str = "-----";
+    let text = std::str::from_utf8(pem).map_err(|_| JwtConfigError::NotPem("not UTF-8 text"))?;
+    let begin = text
+        .find(BEGIN)
+        .ok_or(JwtConfigError::NotPem("no -----BEGIN line"))?;
+    let after_begin = &text[begin + BEGIN.len()..];
+    let label_len = after_begin
+        .find(DASHES)
+        .ok_or(JwtConfigError::NotPem("unterminated -----BEGIN line"))?;
+    let label = &after_begin[..label_len];
+    let rest = &after_begin[label_len + DASHES.len()..];
+    let end_line = format!("-----END {label}-----");
+    let body_len = rest
+        .find(&end_line)
+        .ok_or(JwtConfigError::NotPem("no matching -----END line"))?;
+    let body = &rest[..body_len];
+
+    match label {
+        // PKCS#1 RSAPublicKey: the label alone says RSA; jsonwebtoken checks
+        // the body when it loads the key.
+        "RSA PUBLIC KEY" => Ok(PemKeyKind::Rsa),
+        "PUBLIC KEY" => {
+            let der = base64_decode(body).ok_or(JwtConfigError::MalformedKey("bad base64"))?;
+            classify_spki(&der)
+        }
+        l if l.contains("PRIVATE KEY") => Err(JwtConfigError::PrivateKey(l.to_owned())),
+        l => Err(JwtConfigError::UnsupportedPemLabel(l.to_owned())),
+    }
+}
+
+/// SubjectPublicKeyInfo ::= SEQUENCE { SEQUENCE { algorithm OID, params ANY }, BIT STRING }
+fn classify_spki(der: &[u8]) -> Result<PemKeyKind, JwtConfigError> {
+    let malformed = JwtConfigError::MalformedKey("not a SubjectPublicKeyInfo");
+    let (tag, spki, _) = der_next(der).ok_or(JwtConfigError::MalformedKey("truncated DER"))?;
+    if tag != DER_SEQUENCE {
+        return Err(malformed);
+    }
+    let (tag, alg_id, _) = der_next(spki).ok_or(JwtConfigError::MalformedKey("truncated DER"))?;
+    if tag != DER_SEQUENCE {
+        return Err(malformed);
+    }
+    let (tag, oid, params) =
+        der_next(alg_id).ok_or(JwtConfigError::MalformedKey("truncated DER"))?;
+    if tag != DER_OID {
+        return Err(malformed);
+    }
+    if oid == OID_RSA_ENCRYPTION {
+        Ok(PemKeyKind::Rsa)
+    } else if oid == OID_EC_PUBLIC_KEY {
+        match der_next(params) {
+            Some((DER_OID, curve, _)) if curve == OID_PRIME256V1 => Ok(PemKeyKind::EcP256),
+            _ => Err(JwtConfigError::UnsupportedCurve),
+        }
+    } else {
+        Err(JwtConfigError::UnsupportedKeyType)
+    }
+}
+
+/// Splits one DER TLV off `input`: (tag, contents, remainder).
+fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first_len, mut rest) = rest.split_first()?;
+    let len = if first_len < 0x80 {
+        usize::from(first_len)
+    } else {
+        // Long form; public keys never need more than 4 length bytes.
+        let n = usize::from(first_len & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (len_bytes, after) = rest.split_at(n);
+        rest = after;
+        len_bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, after) = rest.split_at(len);
+    Some((tag, contents, after))
+}
+
+/// Standard-alphabet base64 as found in PEM bodies (whitespace ignored).
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut acc: u32 = 0;
+    let mut bits: u32 = 0;
+    let mut seen_padding = false;
+    for b in text.bytes() {
+        let value = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => {
+                seen_padding = true;
+                continue;
+            }
+            b' ' | b'\t' | b'\r' | b'\n' => continue,
+            _ => return None,
+        };
+        if seen_padding {
+            return None;
+        }
+        // Only the low 14 bits are ever live (< 8 pending + 6 new).
+        acc = ((acc << 6) | u32::from(value)) & 0x3fff;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::poll_now;
+    use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+    use serde_json::json;
+    use std::task::Poll;
+
+    const SECRET: &[u8] = b"correct horse battery staple";
+
+    fn now() -> i64 {
+        i64::try_from(get_current_timestamp()).unwrap()
+    }
+
+    fn sign(alg: Algorithm, claims: &Value, key: &EncodingKey) -> String {
+        encode(&Header::new(alg), claims, key).unwrap()
+    }
+
+    fn hs(claims: &Value) -> String {
+        sign(Algorithm::HS256, claims, &EncodingKey::from_secret(SECRET))
+    }
+
+    fn rs(claims: &Value) -> String {
+        let key = EncodingKey::from_rsa_pem(keys::RSA_PRIVATE.as_bytes()).unwrap();
+        sign(Algorithm::RS256, claims, &key)
+    }
+
+    fn es(claims: &Value) -> String {
+        let key = EncodingKey::from_ec_pem(keys::EC_PRIVATE.as_bytes()).unwrap();
+        sign(Algorithm::ES256, claims, &key)
+    }
+
+    fn hs_auth() -> JwtAuthenticator {
+        JwtAuthenticator::new(JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()))).unwrap()
+    }
+
+    fn rs_auth() -> JwtAuthenticator {
+        let key = JwtKey::from_public_key_pem(keys::RSA_PUBLIC).unwrap();
+        JwtAuthenticator::new(JwtConfig::new(key)).unwrap()
+    }
+
+    fn es_auth() -> JwtAuthenticator {
+        let key = JwtKey::from_public_key_pem(keys::EC_PUBLIC).unwrap();
+        JwtAuthenticator::new(JwtConfig::new(key)).unwrap()
+    }
+
+    /// Runs the authenticator the way a shard does and insists it never pends.
+    fn run(auth: &JwtAuthenticator, data: Value) -> Option<Identity> {
+        let mut fut = auth.authenticate(AuthRequest {
+            client_id: "client-1".to_owned(),
+            data,
+        });
+        match poll_now(&mut fut) {
+            Poll::Ready(res) => res.unwrap(),
+            Poll::Pending => panic!("JWT verification must complete synchronously"),
+        }
+    }
+
+    fn token(auth: &JwtAuthenticator, token: String) -> Option<Identity> {
+        run(auth, json!({ "type": "jwt", "token": token }))
+    }
+
+    fn b64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hs256_good_token_maps_sub_meta_and_rooms() {
+        let t = hs(&json!({
+            "sub": "alice",
+            "exp": now() + 600,
+            "meta": { "plan": "pro", "n": [1, 2] },
+            "rooms": ["team:42:*", 7, null, "user:{userId}:inbox"],
+        }));
+        let id = token(&hs_auth(), t).unwrap();
+        assert_eq!(
+            id,
+            Identity {
+                user_id: Some("alice".to_owned()),
+                metadata: Some(json!({ "plan": "pro", "n": [1, 2] })),
+                room_patterns: Some(vec![
+                    "team:42:*".to_owned(),
+                    "user:{userId}:inbox".to_owned()
+                ]),
+            }
+        );
+    }
+
+    #[test]
+    fn no_sub_means_no_user_id_and_exp_is_optional() {
+        let id = token(&hs_auth(), hs(&json!({ "meta": 1 }))).unwrap();
+        assert_eq!(id.user_id, None);
+        assert_eq!(id.metadata, Some(json!(1)));
+        assert_eq!(id.room_patterns, None);
+    }
+
+    #[test]
+    fn non_string_sub_is_refused_and_non_array_rooms_ignored() {
+        assert_eq!(token(&hs_auth(), hs(&json!({ "sub": 42 }))), None);
+        let id = token(&hs_auth(), hs(&json!({ "sub": "a", "rooms": "x:*" }))).unwrap();
+        assert_eq!(id.room_patterns, None);
+    }
+
+    #[test]
+    fn expired_token_is_refused() {
+        let t = hs(&json!({ "sub": "alice", "exp": now() - 120 }));
+        assert_eq!(token(&hs_auth(), t), None);
+    }
+
+    #[test]
+    fn leeway_applies_to_exp_and_nbf() {
+        let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
+        cfg.leeway_s = 60;
+        let lenient = JwtAuthenticator::new(cfg).unwrap();
+        let just_expired = hs(&json!({ "sub": "a", "exp": now() - 10 }));
+        let almost_valid = hs(&json!({ "sub": "a", "nbf": now() + 10 }));
+        assert!(token(&lenient, just_expired.clone()).is_some());
+        assert!(token(&lenient, almost_valid.clone()).is_some());
+        assert_eq!(token(&hs_auth(), just_expired), None);
+        assert_eq!(token(&hs_auth(), almost_valid), None);
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_and_in_the_past_accepted() {
+        let future = hs(&json!({ "sub": "a", "nbf": now() + 120, "exp": now() + 600 }));
+        assert_eq!(token(&hs_auth(), future), None);
+        let past = hs(&json!({ "sub": "a", "nbf": now() - 120, "exp": now() + 600 }));
+        assert!(token(&hs_auth(), past).is_some());
+    }
+
+    #[test]
+    fn bad_signature_is_refused() {
+        let forged = sign(
+            Algorithm::HS256,
+            &json!({ "sub": "alice" }),
+            &EncodingKey::from_secret(b"some other secret"),
+        );
+        assert_eq!(token(&hs_auth(), forged), None);
+
+        // Swap the payload of a genuine RS256 token for another user's.
+        let genuine = rs(&json!({ "sub": "alice" }));
+        let parts: Vec<&str> = genuine.split('.').collect();
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64url(br#"{"sub":"mallory"}"#),
+            parts[2]
+        );
+        assert!(token(&rs_auth(), genuine).is_some());
+        assert_eq!(token(&rs_auth(), tampered), None);
+    }
+
+    #[test]
+    fn hs256_token_signed_with_the_public_key_is_refused_by_rs256_verifier() {
+        // Key-confusion attack: HMAC keyed with the (public) RSA PEM.
+        let t = sign(
+            Algorithm::HS256,
+            &json!({ "sub": "mallory" }),
+            &EncodingKey::from_secret(keys::RSA_PUBLIC.as_bytes()),
+        );
+        assert_eq!(token(&rs_auth(), t), None);
+    }
+
+    #[test]
+    fn rs256_token_is_refused_by_hs256_verifier() {
+        assert_eq!(token(&hs_auth(), rs(&json!({ "sub": "alice" }))), None);
+    }
+
+    #[test]
+    fn other_algorithms_of_the_same_family_are_refused() {
+        let hs384 = sign(
+            Algorithm::HS384,
+            &json!({ "sub": "alice" }),
+            &EncodingKey::from_secret(SECRET),
+        );
+        assert_eq!(token(&hs_auth(), hs384), None);
+        assert_eq!(token(&rs_auth(), es(&json!({ "sub": "alice" }))), None);
+        assert_eq!(token(&es_auth(), rs(&json!({ "sub": "alice" }))), None);
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = b64url(br#"{"sub":"mallory"}"#);
+        for t in [
+            format!("{header}.{payload}."),
+            format!("{header}.{payload}"),
+        ] {
+            assert_eq!(token(&hs_auth(), t.clone()), None);
+            assert_eq!(token(&rs_auth(), t), None);
+        }
+    }
+
+    #[test]
+    fn missing_or_non_string_token_is_refused() {
+        let auth = hs_auth();
+        assert_eq!(run(&auth, json!({})), None);
+        assert_eq!(run(&auth, json!({ "token": null })), None);
+        assert_eq!(run(&auth, json!({ "token": 12345 })), None);
+        assert_eq!(run(&auth, json!({ "token": { "sub": "a" } })), None);
+        assert_eq!(run(&auth, json!("just a string")), None);
+        assert_eq!(run(&auth, Value::Null), None);
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        let auth = hs_auth();
+        for t in [
+            "",
+            "abc",
+            "a.b.c",
+            "a.b",
+            "....",
+            "eyJhbGciOiJIUzI1NiJ9.e30.%%%",
+        ] {
+            assert_eq!(token(&auth, t.to_owned()), None, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn rs256_good_token_with_spki_and_pkcs1_keys() {
+        let t = rs(&json!({ "sub": "bob", "exp": now() + 60, "meta": "m" }));
+        let id = token(&rs_auth(), t.clone()).unwrap();
+        assert_eq!(id.user_id.as_deref(), Some("bob"));
+        assert_eq!(id.metadata, Some(json!("m")));
+
+        let pkcs1 = JwtKey::from_public_key_pem(keys::RSA_PUBLIC_PKCS1).unwrap();
+        assert!(matches!(pkcs1, JwtKey::Rs256Pem(_)));
+        let auth = JwtAuthenticator::new(JwtConfig::new(pkcs1)).unwrap();
+        assert_eq!(auth.algorithm(), Algorithm::RS256);
+        assert!(token(&auth, t).is_some());
+    }
+
+    #[test]
+    fn es256_good_token() {
+        let auth = es_auth();
+        assert_eq!(auth.algorithm(), Algorithm::ES256);
+        let t = es(&json!({ "sub": "carol", "exp": now() + 60, "rooms": ["x"] }));
+        let id = token(&auth, t).unwrap();
+        assert_eq!(id.user_id.as_deref(), Some("carol"));
+        assert_eq!(id.room_patterns, Some(vec!["x".to_owned()]));
+    }
+
+    #[test]
+    fn audience_is_checked_and_required_only_when_configured() {
+        let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
+        cfg.audience = Some("ignis".to_owned());
+        let auth = JwtAuthenticator::new(cfg).unwrap();
+        assert!(token(&auth, hs(&json!({ "sub": "a", "aud": "ignis" }))).is_some());
+        assert!(token(&auth, hs(&json!({ "sub": "a", "aud": ["x", "ignis"] }))).is_some());
+        assert_eq!(
+            token(&auth, hs(&json!({ "sub": "a", "aud": "other" }))),
+            None
+        );
+        assert_eq!(token(&auth, hs(&json!({ "sub": "a" }))), None);
+        // Unconfigured: a token's aud is not our business.
+        assert!(token(&hs_auth(), hs(&json!({ "sub": "a", "aud": "other" }))).is_some());
+    }
+
+    #[test]
+    fn issuer_is_checked_and_required_only_when_configured() {
+        let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
+        cfg.issuer = Some("https://issuer.example".to_owned());
+        let auth = JwtAuthenticator::new(cfg).unwrap();
+        let good = hs(&json!({ "sub": "a", "iss": "https://issuer.example" }));
+        assert!(token(&auth, good).is_some());
+        assert_eq!(
+            token(&auth, hs(&json!({ "sub": "a", "iss": "evil" }))),
+            None
+        );
+        assert_eq!(token(&auth, hs(&json!({ "sub": "a" }))), None);
+        assert!(token(&hs_auth(), hs(&json!({ "sub": "a", "iss": "evil" }))).is_some());
+    }
+
+    #[test]
+    fn public_key_pem_detection() {
+        assert!(matches!(
+            JwtKey::from_public_key_pem(keys::RSA_PUBLIC),
+            Ok(JwtKey::Rs256Pem(_))
+        ));
+        assert!(matches!(
+            JwtKey::from_public_key_pem(keys::EC_PUBLIC),
+            Ok(JwtKey::Es256Pem(_))
+        ));
+        assert!(matches!(
+            JwtKey::from_public_key_pem(keys::EC_P384_PUBLIC),
+            Err(JwtConfigError::UnsupportedCurve)
+        ));
+        assert!(matches!(
+            JwtKey::from_public_key_pem(keys::ED25519_PUBLIC),
+            Err(JwtConfigError::UnsupportedKeyType)
+        ));
+        assert!(matches!(
+            JwtKey::from_public_key_pem(keys::RSA_PRIVATE),
+            Err(JwtConfigError::PrivateKey(label)) if label == "PRIVATE KEY"
+        ));
+        assert!(matches!(
+            JwtKey::from_public_key_pem("not a pem"),
+            Err(JwtConfigError::NotPem(_))
+        ));
+        assert!(matches!(
+            JwtKey::from_public_key_pem(
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+            ),
+            Err(JwtConfigError::UnsupportedPemLabel(_))
+        ));
+        assert!(matches!(
+            JwtKey::from_public_key_pem(
+                "-----BEGIN PUBLIC KEY-----\nMFkw!!\n-----END PUBLIC KEY-----\n"
+            ),
+            Err(JwtConfigError::MalformedKey(_))
+        ));
+        assert!(matches!(
+            JwtKey::from_public_key_pem(
+                "-----BEGIN PUBLIC KEY-----\nMFkwEwYH\n-----END PUBLIC KEY-----\n"
+            ),
+            Err(JwtConfigError::MalformedKey(_))
+        ));
+        // The error text is meant for operators.
+        let msg = JwtKey::from_public_key_pem(keys::EC_P384_PUBLIC)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("P-256"), "{msg}");
+    }
+
+    #[test]
+    fn config_errors() {
+        assert!(matches!(
+            JwtAuthenticator::new(JwtConfig::new(JwtKey::Hs256(Vec::new()))),
+            Err(JwtConfigError::EmptySecret)
+        ));
+        let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
+        cfg.leeway_s = MAX_LEEWAY_S + 1;
+        assert!(matches!(
+            JwtAuthenticator::new(cfg),
+            Err(JwtConfigError::LeewayTooLarge(_))
+        ));
+        assert!(matches!(
+            JwtAuthenticator::new(JwtConfig::new(JwtKey::Rs256Pem(keys::EC_PUBLIC.into()))),
+            Err(JwtConfigError::KeyTypeMismatch { .. })
+        ));
+        assert!(matches!(
+            JwtAuthenticator::new(JwtConfig::new(JwtKey::Es256Pem(keys::RSA_PUBLIC.into()))),
+            Err(JwtConfigError::KeyTypeMismatch { .. })
+        ));
+        assert!(matches!(
+            JwtAuthenticator::new(JwtConfig::new(JwtKey::Es256Pem(keys::EC_PRIVATE.into()))),
+            Err(JwtConfigError::PrivateKey(_))
+        ));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
+        let shown = format!("{cfg:?} {:?}", JwtAuthenticator::new(cfg.clone()).unwrap());
+        assert!(!shown.contains("horse"), "{shown}");
+        assert!(!shown.contains("99, 111"), "{shown}"); // b"co" as a byte list
+    }
+
+    #[test]
+    fn base64_decoder_matches_known_vectors() {
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert_eq!(base64_decode("Zg==").unwrap(), b"f");
+        assert_eq!(base64_decode("Zm8=").unwrap(), b"fo");
+        assert_eq!(base64_decode("Zm9v").unwrap(), b"foo");
+        assert_eq!(base64_decode("Zm9v\nYmFy").unwrap(), b"foobar");
+        assert_eq!(base64_decode("Zg==Zg"), None);
+        assert_eq!(base64_decode("Z*"), None);
+    }
+
+    /// Test-only keys, generated once with `openssl genpkey` (RSA 2048),
+    /// `openssl ecparam -name prime256v1|secp384r1 -genkey`, `openssl genpkey
+    /// -algorithm ed25519` and `openssl pkey -pubout`; used nowhere else.
+    mod keys {
+        pub const RSA_PRIVATE: &str = "\
+            -----BEGIN PRIVATE KEY-----\n\
+            MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDByeFSGUZrOji0\n\
+            12UZQ0nUcIA70lTPcTJz3n1s8/ExK5aE487TpuhOVpN0F+pV5QIT5MjVPsSSs821\n\
+            jrJhOl9rkl+AU+J5+jazcX+LoCTGzclcZPNOyRjq5XujotoG6DWv8t4kSHy/CEe3\n\
+            Dqnc6i7rSVB+aIOhGAlTasUERH1Zv3vUaDbjrlS4gnpGz9iyJrqdjrkaZbFvVSv8\n\
+            AeFWY9CvoRBBwlUdIl1VHrpsTIhxyjdLAfeNMUvxhJ5L/CEHgDnp8/0g/SlwyPbT\n\
+            Dd5mY/3VjqyFsaVbub8o1TtADxJPfSCfRLd6aJkrNyYZEkZ0e2I4+8VRdfR6z4Lo\n\
+            2wIEuU+jAgMBAAECggEAH1KjQeLl9/T8L3bVV4UBzP22LHUt0i3oysO+oDq51InI\n\
+            FYjA6IME74yc3tnyvZl7gX2sXJN9sHyxllQPTxnhTIDnQNXOOIsSBmUlCYuEBkJC\n\
+            9tU2Ypisl2MqXeO3vAASlXL7JwA0cahD9zm+iP+tP8ik4xm/lO1OrJYIbE0pubSq\n\
+            rVKANKx83y+GZ7tLnPD9xGm8rx/+Oasvq3vHcLUj4/iBE5ta74oCh6yvNSjL2aRg\n\
+            T+eF/+RVflLkYeJ0BoyFOiOcGMC9gnl5m0L7E3IqCgBATGtrvz3gq/N7LEBMHxyg\n\
+            iBZo5qJSdcwF5WwWohiicnMdDtWePD5dmsv+Iu//mQKBgQDfXPgfU5njhQRYuNQ8\n\
+            Z/+ozJvwmw+2HyJB3IGTRVL8G8v3eYcygMeoemum05UkMgk4RcYk0SctBy+HjsL6\n\
+            XzaH1HUQJUMmxVNI/3MtJTSlrUnYvWOKIsLvzQeNp0QC/zKA+MYNSEYmHxOQecWy\n\
+            DR9LkYjHRLNp3DA0M2xstPF9RQKBgQDeGqglgL3EOOuwhRKPjEhnHZf2LRqL/Aov\n\
+            ZLRQX/sXAnV9zBAnQNwYKenXcutTd3QAZCQeJj65CTVXMpsaBJ3NR6uUmJ9AVqiM\n\
+            Ys2amZTn+HWvfeC5EJDspy0iZua+/0QVQN/XGM1hL2k3ez4UBlK5B4wjStQPkKnZ\n\
+            D3ByGiajxwKBgQC/VhiGXUsaBzwt9EZ6aGws4PlEJtBSpmDmIkotKdlodTdICyax\n\
+            MHfX7uaAxgagNuyG895Ec5YnkFw6tyR27VD9EhYleoYHlEk/4vN63MA4nDUCIVo/\n\
+            Xn+2g9/QjFRKbOmKaZDel+bfiQdtX6LmXy9LwKN2b3dxW1k/nj1m8alcMQKBgFvm\n\
+            Mb7axypi1vrCBQ0KYYbxEsiUnxBe6CP2CjnbjPxXUyALCIAFcUw6Q3yXG1H88i2b\n\
+            QeqLrpZHfh+nW8/nKxgeWJtyjypC8RitZR9b/uYAw0kqz4ojlaOmBKHgbAeJfbVB\n\
+            k5zfsVNOF74SK3yDpUTUH6MWuin6lJywq7k6otRPAoGAQ2Ka6QzC4qFYOBtKLyyP\n\
+            DYu5Lu7FM2DY+ceH6aEJCvW+DFcHB9sN6McRpQLkXaQJ1X2DlvVkR6Tp8blmKdgU\n\
+            XsFcATO3daNejPuJWEjsm14a6Y1OssqKlgN8ZktKxOXV5ikV0CAgIKog2NuCG0Yl\n\
+            eQ5VB5SwmJyXkX/yEbrAAHk=\n\
+            -----END PRIVATE KEY-----\n\
+            ";
+        pub const RSA_PUBLIC: &str = "\
+            -----BEGIN PUBLIC KEY-----\n\
+            MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAwcnhUhlGazo4tNdlGUNJ\n\
+            1HCAO9JUz3Eyc959bPPxMSuWhOPO06boTlaTdBfqVeUCE+TI1T7EkrPNtY6yYTpf\n\
+            a5JfgFPiefo2s3F/i6Akxs3JXGTzTskY6uV7o6LaBug1r/LeJEh8vwhHtw6p3Oou\n\
+            60lQfmiDoRgJU2rFBER9Wb971Gg2465UuIJ6Rs/Ysia6nY65GmWxb1Ur/AHhVmPQ\n\
+            r6EQQcJVHSJdVR66bEyIcco3SwH3jTFL8YSeS/whB4A56fP9IP0pcMj20w3eZmP9\n\
+            1Y6shbGlW7m/KNU7QA8ST30gn0S3emiZKzcmGRJGdHtiOPvFUXX0es+C6NsCBLlP\n\
+            owIDAQAB\n\
+            -----END PUBLIC KEY-----\n\
+            ";
+        pub const RSA_PUBLIC_PKCS1: &str = "\
+            -----BEGIN RSA PUBLIC KEY-----\n\
+            MIIBCgKCAQEAwcnhUhlGazo4tNdlGUNJ1HCAO9JUz3Eyc959bPPxMSuWhOPO06bo\n\
+            TlaTdBfqVeUCE+TI1T7EkrPNtY6yYTpfa5JfgFPiefo2s3F/i6Akxs3JXGTzTskY\n\
+            6uV7o6LaBug1r/LeJEh8vwhHtw6p3Oou60lQfmiDoRgJU2rFBER9Wb971Gg2465U\n\
+            uIJ6Rs/Ysia6nY65GmWxb1Ur/AHhVmPQr6EQQcJVHSJdVR66bEyIcco3SwH3jTFL\n\
+            8YSeS/whB4A56fP9IP0pcMj20w3eZmP91Y6shbGlW7m/KNU7QA8ST30gn0S3emiZ\n\
+            KzcmGRJGdHtiOPvFUXX0es+C6NsCBLlPowIDAQAB\n\
+            -----END RSA PUBLIC KEY-----\n\
+            ";
+        pub const EC_PRIVATE: &str = "\
+            -----BEGIN PRIVATE KEY-----\n\
+            MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgDPBgc3Fozz39uVhG\n\
+            yeY4OBBdceK72feVIRtv+JRpdMahRANCAAQB3Mh00vOSzqoOyLUfNZinyR7/9a7q\n\
+            IfW9bFa+7OIQLQvqhAfndidYQA8QcAs/P0afqXhYs5rZR10/TRfCih3a\n\
+            -----END PRIVATE KEY-----\n\
+            ";
+        pub const EC_PUBLIC: &str = "\
+            -----BEGIN PUBLIC KEY-----\n\
+            MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAdzIdNLzks6qDsi1HzWYp8ke//Wu\n\
+            6iH1vWxWvuziEC0L6oQH53YnWEAPEHALPz9Gn6l4WLOa2UddP00Xwood2g==\n\
+            -----END PUBLIC KEY-----\n\
+            ";
+        pub const EC_P384_PUBLIC: &str = "\
+            -----BEGIN PUBLIC KEY-----\n\
+            MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEZbIWe+kXW+oXVQqJAGPUARVXHfBzCVes\n\
+            i0TbXR4FSK51YX6qR6sDgBUePPLFvih5nbWm5gYWIyl0wSyIaYdmeKCSbd/NxWcA\n\
+            LGY7WFr+90s0HbHW1BCqZGNdoS2U1Xyv\n\
+            -----END PUBLIC KEY-----\n\
+            ";
+        pub const ED25519_PUBLIC: &str = "\
+            -----BEGIN PUBLIC KEY-----\n\
+            MCowBQYDK2VwAyEA7FVBdnz8ptuErtuzpN+giwD6bi42oeOIy8LpWhCQi+8=\n\
+            -----END PUBLIC KEY-----\n\
+            ";
+    }
+}

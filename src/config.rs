@@ -1,0 +1,639 @@
+//! Every setting of the server: [`Config`] (what the library takes), its
+//! defaults and where they come from, and the command-line / environment /
+//! TOML front end ([`ServeArgs`]) that builds one.
+//!
+//! Precedence: command-line flag > `IGNIS_WS_*` environment variable >
+//! `--config FILE.toml` > built-in default. A bad value is a [`ConfigError`]
+//! that names the key; the binary prints it and exits with status 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which I/O back end the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, epoll otherwise (one log line
+    /// says why).
+    Auto,
+    /// io_uring or fail to start.
+    Uring,
+    /// epoll (compio's polling driver).
+    Epoll,
+}
+
+/// What to do with a client whose outbound queue passes the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowClientPolicy {
+    /// Close it with 1008 `Backpressure limit exceeded` (frees its queue).
+    Close,
+    /// Drop the messages that do not fit; keep the connection.
+    Drop,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `data.token` is a JWT checked with a secret or public key.
+    Jwt {
+        /// HS256 secret.
+        secret: Option<String>,
+        /// PEM file with an RSA (RS256) or P-256 (ES256) public key.
+        public_key_file: Option<PathBuf>,
+        /// Clock skew allowed on `exp`/`nbf`, seconds.
+        leeway_s: u64,
+    },
+    /// `data` is POSTed to a URL that decides.
+    Webhook {
+        /// Where to POST.
+        url: String,
+        /// How long to wait for its answer.
+        timeout: Duration,
+    },
+    /// Everyone is accepted (development and benchmarks only).
+    Insecure,
+    /// The library user passes an [`crate::auth::Authenticator`] to the
+    /// [`crate::ServerBuilder`].
+    Custom,
+}
+
+/// The whole configuration of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// The WebSocket path. Ignis: `WebSocketDefaults.PATH` = `/ws`.
+    pub path: String,
+    /// Shard threads; 0 = one per available core.
+    pub shards: usize,
+    /// Pin shard `i` to core `i mod cores`. Off when shards share cores
+    /// with other heavy processes.
+    pub pin_cores: bool,
+    /// I/O back end.
+    pub io: IoMode,
+    /// Authentication.
+    pub auth: AuthMode,
+    /// Room patterns any authenticated client may join (`*`, `?`,
+    /// `{userId}`). Empty and no JWT `rooms` claim: joins are refused, as in
+    /// Ignis without `validateRoomFn`.
+    pub room_allow: Vec<String>,
+    /// Rooms every client joins on authentication.
+    /// Ignis: `WebSocketDefaults.ROOM`, `WebSocketDefaults.NOTIFICATION_ROOM`.
+    pub default_rooms: Vec<String>,
+    /// Ignis: `WebSocketDefaults.AUTH_TIMEOUT` (5 s). The authenticator gets
+    /// three times this once `authenticate` arrived.
+    pub auth_timeout: Duration,
+    /// Ignis: `WebSocketDefaults.HEARTBEAT_INTERVAL` (30 s): how often idle
+    /// authenticated clients are looked for.
+    pub heartbeat_interval: Duration,
+    /// Ignis: `WebSocketDefaults.HEARTBEAT_TIMEOUT` (90 s): silence after
+    /// which an authenticated client is closed with 4002.
+    pub heartbeat_timeout: Duration,
+    /// Ignis/Bun: `idleTimeout` 60 s with `sendPings`: a ping goes out after
+    /// half of it without any frame; the connection closes after all of it.
+    /// `None` disables.
+    pub idle_timeout: Option<Duration>,
+    /// Largest client message. Ignis: `MAX_PAYLOAD_LENGTH` (128 KiB). Over it:
+    /// close 1009.
+    pub max_payload: usize,
+    /// Outbound bytes queued per client before the slow-client policy acts.
+    /// Ignis/Bun: `BACKPRESSURE_LIMIT` (1 MiB). Bounds memory per client.
+    pub backpressure_limit: usize,
+    /// What happens past the budget.
+    pub slow_client: SlowClientPolicy,
+    /// Connections per process; 0 = derived from the file-descriptor limit.
+    pub max_connections: usize,
+    /// Time allowed for the HTTP upgrade request head (slowloris guard).
+    pub handshake_timeout: Duration,
+    /// Largest HTTP request head accepted.
+    pub max_handshake_bytes: usize,
+    /// On SIGINT/SIGTERM: time to flush queues and exchange close frames
+    /// before the remaining connections are dropped.
+    pub shutdown_timeout: Duration,
+    /// After the server sent a close frame: time to wait for the client's
+    /// close frame before dropping the TCP connection.
+    pub close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            path: "/ws".into(),
+            shards: 0,
+            pin_cores: true,
+            io: IoMode::Auto,
+            auth: AuthMode::Custom,
+            room_allow: Vec::new(),
+            default_rooms: vec!["ws-default".into(), "ws-notification".into()],
+            auth_timeout: Duration::from_millis(5_000),
+            heartbeat_interval: Duration::from_millis(30_000),
+            heartbeat_timeout: Duration::from_millis(90_000),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_payload: 128 * 1024,
+            backpressure_limit: 1024 * 1024,
+            slow_client: SlowClientPolicy::Close,
+            max_connections: 0,
+            handshake_timeout: Duration::from_millis(5_000),
+            max_handshake_bytes: 8 * 1024,
+            shutdown_timeout: Duration::from_millis(5_000),
+            close_timeout: Duration::from_millis(2_000),
+        }
+    }
+}
+
+/// A setting with a bad value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration `{key}`: {message}")]
+pub struct ConfigError {
+    /// The flag name (`--auth-timeout-ms`); the same key in TOML and, upper
+    /// cased with `IGNIS_WS_`, in the environment.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn bad(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Check the settings against each other and the machine.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.path.starts_with('/') {
+            return Err(bad("--path", "must start with '/'"));
+        }
+        if self.shards > 256 {
+            return Err(bad("--shards", "at most 256"));
+        }
+        if self.auth_timeout.is_zero() {
+            return Err(bad("--auth-timeout-ms", "must be > 0"));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(bad("--heartbeat-interval-ms", "must be > 0"));
+        }
+        if self.heartbeat_timeout.is_zero() {
+            return Err(bad("--heartbeat-timeout-ms", "must be > 0"));
+        }
+        if self.max_payload == 0 {
+            return Err(bad("--max-payload", "must be > 0"));
+        }
+        if self.max_payload > 64 * 1024 * 1024 {
+            return Err(bad("--max-payload", "at most 64 MiB"));
+        }
+        if self.backpressure_limit < 1024 {
+            return Err(bad("--backpressure-limit", "at least 1 KiB"));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(bad("--handshake-timeout-ms", "must be > 0"));
+        }
+        if self.max_handshake_bytes < 256 {
+            return Err(bad("--max-handshake-bytes", "at least 256"));
+        }
+        for r in &self.default_rooms {
+            if r.is_empty() || r.starts_with("ws:") {
+                return Err(bad(
+                    "--default-rooms",
+                    format!("room {r:?} is empty or starts with the reserved prefix `ws:`"),
+                ));
+            }
+        }
+        match &self.auth {
+            AuthMode::Jwt {
+                secret,
+                public_key_file,
+                ..
+            } => match (secret, public_key_file) {
+                (None, None) => {
+                    return Err(bad(
+                        "--jwt-secret",
+                        "--auth jwt needs --jwt-secret (HS256) or --jwt-public-key FILE (RS256/ES256)",
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "--jwt-public-key",
+                        "give either --jwt-secret or --jwt-public-key, not both",
+                    ));
+                }
+                (Some(s), None) if s.is_empty() => {
+                    return Err(bad("--jwt-secret", "must not be empty"));
+                }
+                _ => {}
+            },
+            AuthMode::Webhook { url, timeout } => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(bad("--auth-url", "must be an http:// or https:// URL"));
+                }
+                if timeout.is_zero() {
+                    return Err(bad("--auth-webhook-timeout-ms", "must be > 0"));
+                }
+            }
+            AuthMode::Insecure | AuthMode::Custom => {}
+        }
+        Ok(())
+    }
+}
+
+/// A byte size: a plain number of bytes or a number with a `KiB`, `MiB`,
+/// `GiB` (or `K`/`M`/`G`, also 1024-based) suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: usize = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. 131072, 128KiB, 1MiB)"))?;
+        let mult = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1024,
+            "m" | "mb" | "mib" => 1024 * 1024,
+            "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+            other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => usize::try_from(n)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Authentication mode as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    /// JWT in `data.token` (HS256 / RS256 / ES256).
+    Jwt,
+    /// POST `data` to `--auth-url`.
+    Webhook,
+    /// Accept everyone (development and benchmarks only).
+    Insecure,
+}
+
+/// `ignis-ws serve` flags. Every flag has an `IGNIS_WS_*` environment
+/// variable and the same key (kebab-case) in the `--config` TOML file.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys as the flag names,
+    /// e.g. `auth-timeout-ms = 5000`). Flags and environment win over it.
+    #[arg(long, env = "IGNIS_WS_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "IGNIS_WS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// WebSocket path [default: /ws].
+    #[arg(long, env = "IGNIS_WS_PATH")]
+    pub path: Option<String>,
+    /// Shard threads [default: number of available cores].
+    #[arg(long, env = "IGNIS_WS_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+    /// Pin each shard thread to a core [default: true].
+    #[arg(long, env = "IGNIS_WS_PIN_CORES", value_name = "BOOL")]
+    pub pin_cores: Option<bool>,
+    /// I/O back end: io_uring where available, else epoll [default: auto].
+    #[arg(long, env = "IGNIS_WS_IO", value_enum)]
+    pub io: Option<IoMode>,
+
+    /// How clients authenticate (required): jwt, webhook or insecure.
+    #[arg(long, env = "IGNIS_WS_AUTH", value_enum)]
+    pub auth: Option<AuthKind>,
+    /// HS256 secret for --auth jwt.
+    #[arg(
+        long,
+        env = "IGNIS_WS_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA for RS256, P-256 for ES256) for --auth jwt.
+    #[arg(long, env = "IGNIS_WS_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Clock skew allowed on exp/nbf, seconds [default: 0].
+    #[arg(long, env = "IGNIS_WS_JWT_LEEWAY_S", value_name = "S")]
+    pub jwt_leeway_s: Option<u64>,
+    /// URL that --auth webhook POSTs the authenticate data to.
+    #[arg(long, env = "IGNIS_WS_AUTH_URL", value_name = "URL")]
+    pub auth_url: Option<String>,
+    /// Timeout of one webhook call, ms [default: 5000].
+    #[arg(long, env = "IGNIS_WS_AUTH_WEBHOOK_TIMEOUT_MS", value_name = "MS")]
+    pub auth_webhook_timeout_ms: Option<u64>,
+    /// Room patterns clients may join, comma separated; `*` and `?` are
+    /// globs, `{userId}` is the client's user id. E.g. 'public:*,user:{userId}:*'.
+    /// Without any (and no JWT `rooms` claim) joins are refused.
+    #[arg(long, env = "IGNIS_WS_ROOM_ALLOW", value_name = "PATTERNS")]
+    pub room_allow: Option<String>,
+    /// Rooms joined on authentication, comma separated; '' for none
+    /// [default: ws-default,ws-notification].
+    #[arg(long, env = "IGNIS_WS_DEFAULT_ROOMS", value_name = "ROOMS")]
+    pub default_rooms: Option<String>,
+
+    /// Time to send `authenticate` after the upgrade, ms (×3 for the
+    /// authenticator to answer) [default: 5000].
+    #[arg(long, env = "IGNIS_WS_AUTH_TIMEOUT_MS", value_name = "MS")]
+    pub auth_timeout_ms: Option<u64>,
+    /// How often idle clients are looked for, ms [default: 30000].
+    #[arg(long, env = "IGNIS_WS_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Silence after which an authenticated client is closed with 4002, ms
+    /// [default: 90000].
+    #[arg(long, env = "IGNIS_WS_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// WebSocket idle timeout, s: ping after half of it, close after all of
+    /// it; 0 disables [default: 60].
+    #[arg(long, env = "IGNIS_WS_IDLE_TIMEOUT_S", value_name = "S")]
+    pub idle_timeout_s: Option<u64>,
+    /// Largest client message (bytes, or 128KiB / 1MiB); over it: close
+    /// 1009 [default: 128KiB].
+    #[arg(long, env = "IGNIS_WS_MAX_PAYLOAD", value_name = "SIZE")]
+    pub max_payload: Option<ByteSize>,
+    /// Outbound bytes queued per client before --slow-client acts
+    /// [default: 1MiB].
+    #[arg(long, env = "IGNIS_WS_BACKPRESSURE_LIMIT", value_name = "SIZE")]
+    pub backpressure_limit: Option<ByteSize>,
+    /// Past the budget: close (1008) or drop messages [default: close].
+    #[arg(long, env = "IGNIS_WS_SLOW_CLIENT", value_enum)]
+    pub slow_client: Option<SlowClientPolicy>,
+    /// Connection limit; 0 = from the file-descriptor limit [default: 0].
+    #[arg(long, env = "IGNIS_WS_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Time allowed for the HTTP upgrade request, ms [default: 5000].
+    #[arg(long, env = "IGNIS_WS_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Largest HTTP request head, bytes [default: 8KiB].
+    #[arg(long, env = "IGNIS_WS_MAX_HANDSHAKE_BYTES", value_name = "SIZE")]
+    pub max_handshake_bytes: Option<ByteSize>,
+    /// Grace period on SIGINT/SIGTERM to flush and close, ms [default: 5000].
+    #[arg(long, env = "IGNIS_WS_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Wait for the client's close frame after ours, ms [default: 2000].
+    #[arg(long, env = "IGNIS_WS_CLOSE_TIMEOUT_MS", value_name = "MS")]
+    pub close_timeout_ms: Option<u64>,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info`,
+    /// `ignis_ws=debug`); RUST_LOG is used when absent [default: info].
+    #[arg(long, env = "IGNIS_WS_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+macro_rules! merge_fields {
+    ($hi:ident, $lo:ident, $($f:ident),* $(,)?) => {
+        $( if $hi.$f.is_none() { $hi.$f = $lo.$f; } )*
+    };
+}
+
+fn ms(v: Option<u64>, default: Duration) -> Duration {
+    v.map(Duration::from_millis).unwrap_or(default)
+}
+
+/// Split a comma list, trimming items and dropping empty ones.
+pub fn comma_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl ServeArgs {
+    /// Fill every unset field from `lower` (the TOML file).
+    pub fn merge(mut self, lower: ServeArgs) -> ServeArgs {
+        let hi = &mut self;
+        merge_fields!(
+            hi,
+            lower,
+            listen,
+            path,
+            shards,
+            pin_cores,
+            io,
+            auth,
+            jwt_secret,
+            jwt_public_key,
+            jwt_leeway_s,
+            auth_url,
+            auth_webhook_timeout_ms,
+            room_allow,
+            default_rooms,
+            auth_timeout_ms,
+            heartbeat_interval_ms,
+            heartbeat_timeout_ms,
+            idle_timeout_s,
+            max_payload,
+            backpressure_limit,
+            slow_client,
+            max_connections,
+            handshake_timeout_ms,
+            max_handshake_bytes,
+            shutdown_timeout_ms,
+            close_timeout_ms,
+            log,
+        );
+        self
+    }
+
+    /// Read the `--config` file, if any, and merge it under these values.
+    pub fn with_file(self) -> Result<ServeArgs, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
+        let file: ServeArgs = toml::from_str(&text).map_err(|e| {
+            bad(
+                "--config",
+                format!("{}: {}", path.display(), e.to_string().trim_end()),
+            )
+        })?;
+        Ok(self.merge(file))
+    }
+
+    /// Apply defaults and validate.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let auth = match self.auth {
+            None => {
+                return Err(bad(
+                    "--auth",
+                    "no authentication mode given: use --auth jwt|webhook|insecure (IGNIS_WS_AUTH)",
+                ));
+            }
+            Some(AuthKind::Jwt) => AuthMode::Jwt {
+                secret: self.jwt_secret,
+                public_key_file: self.jwt_public_key,
+                leeway_s: self.jwt_leeway_s.unwrap_or(0),
+            },
+            Some(AuthKind::Webhook) => AuthMode::Webhook {
+                url: self
+                    .auth_url
+                    .ok_or_else(|| bad("--auth-url", "--auth webhook needs --auth-url URL"))?,
+                timeout: ms(self.auth_webhook_timeout_ms, Duration::from_millis(5_000)),
+            },
+            Some(AuthKind::Insecure) => AuthMode::Insecure,
+        };
+        let cfg = Config {
+            listen: self.listen.unwrap_or(d.listen),
+            path: self.path.unwrap_or(d.path),
+            shards: self.shards.unwrap_or(d.shards),
+            pin_cores: self.pin_cores.unwrap_or(d.pin_cores),
+            io: self.io.unwrap_or(d.io),
+            auth,
+            room_allow: self
+                .room_allow
+                .as_deref()
+                .map(comma_list)
+                .unwrap_or(d.room_allow),
+            default_rooms: self
+                .default_rooms
+                .as_deref()
+                .map(comma_list)
+                .unwrap_or(d.default_rooms),
+            auth_timeout: ms(self.auth_timeout_ms, d.auth_timeout),
+            heartbeat_interval: ms(self.heartbeat_interval_ms, d.heartbeat_interval),
+            heartbeat_timeout: ms(self.heartbeat_timeout_ms, d.heartbeat_timeout),
+            idle_timeout: match self.idle_timeout_s {
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+                None => d.idle_timeout,
+            },
+            max_payload: self.max_payload.map(|b| b.0).unwrap_or(d.max_payload),
+            backpressure_limit: self
+                .backpressure_limit
+                .map(|b| b.0)
+                .unwrap_or(d.backpressure_limit),
+            slow_client: self.slow_client.unwrap_or(d.slow_client),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            handshake_timeout: ms(self.handshake_timeout_ms, d.handshake_timeout),
+            max_handshake_bytes: self
+                .max_handshake_bytes
+                .map(|b| b.0)
+                .unwrap_or(d.max_handshake_bytes),
+            shutdown_timeout: ms(self.shutdown_timeout_ms, d.shutdown_timeout),
+            close_timeout: ms(self.close_timeout_ms, d.close_timeout),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!("131072".parse::<ByteSize>(), Ok(ByteSize(131072)));
+        assert_eq!("128KiB".parse::<ByteSize>(), Ok(ByteSize(131072)));
+        assert_eq!("1 MiB".parse::<ByteSize>(), Ok(ByteSize(1 << 20)));
+        assert!("12XB".parse::<ByteSize>().is_err());
+        assert!("abc".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn auth_is_required() {
+        let e = ServeArgs::default().into_config().unwrap_err();
+        assert_eq!(e.key, "--auth");
+    }
+
+    #[test]
+    fn defaults_match_ignis() {
+        let a = ServeArgs {
+            auth: Some(AuthKind::Insecure),
+            ..Default::default()
+        };
+        let c = a.into_config().unwrap();
+        assert_eq!(c.path, "/ws");
+        assert_eq!(c.auth_timeout, Duration::from_secs(5));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(90));
+        assert_eq!(c.max_payload, 128 * 1024);
+        assert_eq!(c.backpressure_limit, 1024 * 1024);
+        assert_eq!(c.default_rooms, ["ws-default", "ws-notification"]);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let a = ServeArgs {
+            auth: Some(AuthKind::Jwt),
+            ..Default::default()
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--jwt-secret");
+        let a = ServeArgs {
+            auth: Some(AuthKind::Webhook),
+            ..Default::default()
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--auth-url");
+        let a = ServeArgs {
+            auth: Some(AuthKind::Insecure),
+            auth_timeout_ms: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--auth-timeout-ms");
+        let a = ServeArgs {
+            auth: Some(AuthKind::Insecure),
+            default_rooms: Some("ok,ws:bad".into()),
+            ..Default::default()
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--default-rooms");
+    }
+
+    #[test]
+    fn toml_is_lower_priority_and_strict() {
+        let file: ServeArgs = toml::from_str(
+            "auth = \"insecure\"\nauth-timeout-ms = 100\nmax-payload = \"1KiB\"\npath = \"/file\"",
+        )
+        .unwrap();
+        let cli = ServeArgs {
+            path: Some("/cli".into()),
+            ..Default::default()
+        };
+        let c = cli.merge(file).into_config().unwrap();
+        assert_eq!(c.path, "/cli");
+        assert_eq!(c.auth_timeout, Duration::from_millis(100));
+        assert_eq!(c.max_payload, 1024);
+        let err = toml::from_str::<ServeArgs>("no-such-key = 1").unwrap_err();
+        assert!(err.to_string().contains("no-such-key"), "{err}");
+    }
+
+    #[test]
+    fn empty_default_rooms() {
+        let a = ServeArgs {
+            auth: Some(AuthKind::Insecure),
+            default_rooms: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(a.into_config().unwrap().default_rooms.is_empty());
+    }
+}

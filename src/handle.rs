@@ -1,0 +1,295 @@
+//! The delivery API. A [`Handle`] is cheap to clone and usable from any
+//! thread: it encodes a message once into a ready-to-write frame (`Bytes`)
+//! and puts that same buffer on the channel of every shard that may hold a
+//! recipient. Library users, `/api/publish` and the Redis bridge all deliver
+//! through it; none of them touches a shard directly.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::control::ControlHandle;
+use crate::metrics::Registry;
+use crate::proto::frame::{OpCode, server_frame_with};
+use crate::proto::message::write_server_message;
+use crate::shard::ShardCommand;
+
+/// A client id: a random (v4) UUID whose last byte is the index of the shard
+/// that owns the client, so a client-targeted message goes to one shard
+/// without any global map. Printed in the usual hyphenated lowercase form.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClientId(pub [u8; 16]);
+
+impl ClientId {
+    /// A fresh id owned by `shard`.
+    pub fn new(shard: usize) -> ClientId {
+        let mut b = *uuid::Uuid::new_v4().as_bytes();
+        b[15] = shard as u8;
+        ClientId(b)
+    }
+
+    /// Parse the hyphenated (or simple) form. Ids that are not UUIDs can't
+    /// belong to an ignis-ws client.
+    pub fn parse(s: &str) -> Option<ClientId> {
+        uuid::Uuid::try_parse(s)
+            .ok()
+            .map(|u| ClientId(*u.as_bytes()))
+    }
+
+    /// The shard that owns a client with this id, if it is one of ours.
+    pub fn shard(&self) -> usize {
+        self.0[15] as usize
+    }
+
+    /// A 64-bit hash key (the id is random; the first 8 bytes suffice).
+    pub fn hash_key(&self) -> u64 {
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&self.0[..8]);
+        u64::from_ne_bytes(k)
+    }
+}
+
+impl std::hash::Hash for ClientId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // The first 8 bytes are random: enough for a hash table.
+        h.write_u64(self.hash_key());
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&uuid::Uuid::from_bytes(self.0).hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({self})")
+    }
+}
+
+/// Who a delivery is for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One client, in any state (the reference's `sendToClient`).
+    Client(ClientId),
+    /// Every session of a user.
+    User(Arc<str>),
+    /// Every member of a room. A client's own id is a room it is in from
+    /// authentication until it leaves it.
+    Room(Arc<str>),
+    /// Every authenticated client.
+    Broadcast,
+}
+
+/// One encoded message on its way to the shards.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub target: Target,
+    /// The complete WebSocket frame, shared by every recipient.
+    pub frame: Bytes,
+    /// Clients that must not receive it (room and broadcast only).
+    pub exclude: Option<Arc<[ClientId]>>,
+}
+
+/// Why a send did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// `data` could not be serialized to JSON.
+    #[error("cannot encode message data as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The server has shut down.
+    #[error("server is shut down")]
+    Stopped,
+}
+
+pub(crate) struct Inner {
+    pub(crate) shards: Vec<flume::Sender<ShardCommand>>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) control: ControlHandle,
+}
+
+/// The delivery API of a running server.
+#[derive(Clone)]
+pub struct Handle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+/// Encode `{"event":E,"data":D}` as one unmasked text frame.
+pub fn encode<D: Serialize + ?Sized>(event: &str, data: Option<&D>) -> Result<Bytes, SendError> {
+    let mut err = None;
+    let frame = server_frame_with(OpCode::Text, |buf| {
+        if let Err(e) = write_server_message(buf, event, data) {
+            err = Some(e);
+        }
+    });
+    match err {
+        Some(e) => Err(SendError::Encode(e)),
+        None => Ok(frame),
+    }
+}
+
+fn exclude_ids(exclude: &[&str]) -> Option<Arc<[ClientId]>> {
+    let ids: Vec<ClientId> = exclude.iter().filter_map(|s| ClientId::parse(s)).collect();
+    if ids.is_empty() {
+        None
+    } else {
+        Some(ids.into())
+    }
+}
+
+impl Handle {
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// The metrics of every shard.
+    pub fn metrics(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> i64 {
+        self.inner.registry.connections()
+    }
+
+    /// The control thread (to run futures that need tokio).
+    pub fn control(&self) -> &ControlHandle {
+        &self.inner.control
+    }
+
+    /// Send `event`/`data` to one client (any state; nothing happens if no
+    /// such client is connected here).
+    pub fn to_client<D: Serialize + ?Sized>(
+        &self,
+        client_id: &str,
+        event: &str,
+        data: &D,
+    ) -> Result<(), SendError> {
+        let Some(id) = ClientId::parse(client_id) else {
+            return Ok(());
+        };
+        self.deliver(Delivery {
+            target: Target::Client(id),
+            frame: encode(event, Some(data))?,
+            exclude: None,
+        })
+    }
+
+    /// Send to every session of a user.
+    pub fn to_user<D: Serialize + ?Sized>(
+        &self,
+        user_id: &str,
+        event: &str,
+        data: &D,
+    ) -> Result<(), SendError> {
+        self.deliver(Delivery {
+            target: Target::User(user_id.into()),
+            frame: encode(event, Some(data))?,
+            exclude: None,
+        })
+    }
+
+    /// Send to every member of a room except `exclude`.
+    pub fn to_room<D: Serialize + ?Sized>(
+        &self,
+        room: &str,
+        event: &str,
+        data: &D,
+        exclude: &[&str],
+    ) -> Result<(), SendError> {
+        self.deliver(Delivery {
+            target: Target::Room(room.into()),
+            frame: encode(event, Some(data))?,
+            exclude: exclude_ids(exclude),
+        })
+    }
+
+    /// Send to every authenticated client except `exclude`.
+    pub fn broadcast<D: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &D,
+        exclude: &[&str],
+    ) -> Result<(), SendError> {
+        self.deliver(Delivery {
+            target: Target::Broadcast,
+            frame: encode(event, Some(data))?,
+            exclude: exclude_ids(exclude),
+        })
+    }
+
+    /// Wait until every shard has handled everything sent before this call
+    /// (deliveries are then in the recipients' queues).
+    pub async fn settle(&self) {
+        let (tx, rx) = flume::bounded(self.inner.shards.len());
+        let mut n = 0;
+        for s in &self.inner.shards {
+            if s.send(ShardCommand::Barrier(tx.clone())).is_ok() {
+                n += 1;
+            }
+        }
+        drop(tx);
+        for _ in 0..n {
+            if rx.recv_async().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Deliver a pre-encoded frame: to the owning shard for a client, to
+    /// every shard otherwise. The frame is shared, never copied.
+    pub fn deliver(&self, d: Delivery) -> Result<(), SendError> {
+        let shards = &self.inner.shards;
+        if let Target::Client(id) = &d.target {
+            return match shards.get(id.shard()) {
+                Some(tx) => tx
+                    .send(ShardCommand::Deliver(d))
+                    .map_err(|_| SendError::Stopped),
+                None => Ok(()),
+            };
+        }
+        let mut ok = false;
+        for tx in shards {
+            ok |= tx.send(ShardCommand::Deliver(d.clone())).is_ok();
+        }
+        if ok { Ok(()) } else { Err(SendError::Stopped) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_id_round_trip_and_shard() {
+        let id = ClientId::new(7);
+        assert_eq!(id.shard(), 7);
+        let s = id.to_string();
+        assert_eq!(s.len(), 36);
+        assert_eq!(ClientId::parse(&s), Some(id));
+        assert_eq!(ClientId::parse("not-a-uuid"), None);
+        let u = uuid::Uuid::parse_str(&s).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+    }
+
+    #[test]
+    fn encode_is_one_frame() {
+        let f = encode("e", Some(&serde_json::json!({"a":1}))).unwrap();
+        // FIN + text, unmasked 7-bit length.
+        assert_eq!(f[0], 0x81);
+        assert_eq!(f[1] as usize, f.len() - 2);
+        assert_eq!(&f[2..], br#"{"event":"e","data":{"a":1}}"#);
+    }
+}

@@ -1,0 +1,449 @@
+//! The tasks of one shard: accept loop, per-connection task (HTTP upgrade,
+//! then read → codec → session), the flusher (queued frames → one
+//! `sendmsg` per connection), the ticker and the command loop.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use compio::driver::{SharedFd, ToSharedFd};
+use compio::runtime::fd::PollFd;
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags, Shutdown};
+use socket2::Socket;
+
+use crate::metrics::{Registry, ShardMetrics};
+use crate::proto::handshake::{self, HandshakeLimits, Request};
+use crate::shard::{ConnKey, Shard, ShardCommand};
+
+/// The shard as the I/O layer sees it: connections hold the shared fd.
+pub type IoShard = Shard<SharedFd<Socket>>;
+
+/// Bytes read from one connection before other tasks get a turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// Most iovecs in one `sendmsg` (Linux `UIO_MAXIOV`).
+const MAX_IOV: usize = 1024;
+/// Size of the shard-wide read buffer.
+const SCRATCH: usize = 64 * 1024;
+
+/// Everything a shard's tasks share.
+pub struct ShardIo {
+    pub shard: RefCell<IoShard>,
+    scratch: RefCell<Vec<u8>>,
+    registry: Arc<Registry>,
+    limits: HandshakeLimits,
+    path: String,
+    handshake_timeout: Duration,
+}
+
+impl ShardIo {
+    /// Wrap a shard.
+    pub fn new(shard: IoShard, registry: Arc<Registry>) -> Rc<ShardIo> {
+        let c = shard.ctx.config.clone();
+        Rc::new(ShardIo {
+            limits: HandshakeLimits {
+                max_head_bytes: c.max_handshake_bytes,
+                max_headers: 64,
+            },
+            path: c.path.clone(),
+            handshake_timeout: c.handshake_timeout,
+            shard: RefCell::new(shard),
+            scratch: RefCell::new(vec![0; SCRATCH]),
+            registry,
+        })
+    }
+
+    fn metrics(&self) -> Arc<ShardMetrics> {
+        self.shard.borrow().ctx.metrics.clone()
+    }
+}
+
+fn is_would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Accept connections until the task is cancelled.
+pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
+    let m = io.metrics();
+    loop {
+        if let Err(e) = listener.accept_ready().await {
+            tracing::warn!(error = %e, "accept readiness failed");
+            compio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        loop {
+            match listener.accept() {
+                Ok((s, _peer)) => {
+                    ShardMetrics::add(&m.accepted_total, 1);
+                    if !io.shard.borrow().has_room_for_connection() {
+                        ShardMetrics::add(&m.refused_total, 1);
+                        let _ = s.set_nonblocking(true);
+                        let _ = s.send_with_flags(
+                            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                            libc::MSG_NOSIGNAL,
+                        );
+                        continue;
+                    }
+                    if s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = s.set_tcp_nodelay(true);
+                    compio::runtime::spawn(conn_task(io.clone(), s)).detach();
+                }
+                Err(e) if is_would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    compio::time::sleep(Duration::from_millis(10)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Write all of `data` to a socket that is not yet a shard connection.
+async fn write_all(pfd: &PollFd<Socket>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::net::send(
+            pfd.as_fd_ref(),
+            data,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::AGAIN) => pfd.write_ready().await?,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+trait AsFdRef {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+impl AsFdRef for PollFd<Socket> {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.as_fd()
+    }
+}
+
+/// Read the HTTP request head and answer it. `Some(rest)`: upgraded, with
+/// the bytes that followed the head; `None`: answered and done.
+async fn handshake(io: &ShardIo, pfd: &PollFd<Socket>) -> io::Result<Option<Vec<u8>>> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        pfd.read_ready().await?;
+        loop {
+            let mut scratch = io.scratch.borrow_mut();
+            match rustix::net::recv(pfd.as_fd_ref(), &mut scratch[..], RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Ok(None),
+                Ok((n, _)) => {
+                    buf.extend_from_slice(&scratch[..n]);
+                    if n < scratch.len() {
+                        break;
+                    }
+                }
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if buf.len() > io.limits.max_head_bytes {
+                break;
+            }
+        }
+        let reply: Vec<u8> = match handshake::parse_request(&buf, &io.limits) {
+            Ok(None) => continue,
+            Ok(Some(Request::Upgrade {
+                path,
+                key,
+                head_len,
+            })) => {
+                let path = path.split('?').next().unwrap_or(path);
+                if path != io.path {
+                    ShardMetrics::add(&io.metrics().http_requests_total, 1);
+                    handshake::http_response(404, "text/plain", b"Not Found\n", &[])
+                } else {
+                    let resp = handshake::accept_response(key);
+                    let rest = buf[head_len..].to_vec();
+                    write_all(pfd, &resp).await?;
+                    return Ok(Some(rest));
+                }
+            }
+            Ok(Some(Request::Http { method, path, .. })) => {
+                ShardMetrics::add(&io.metrics().http_requests_total, 1);
+                crate::http::respond(&io.registry, method, path, &io.path)
+            }
+            Err(e) => {
+                ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
+                tracing::debug!(error = %e, "bad upgrade request");
+                handshake::error_response(&e)
+            }
+        };
+        write_all(pfd, &reply).await?;
+        let _ = rustix::net::shutdown(pfd.as_fd_ref(), Shutdown::Write);
+        return Ok(None);
+    }
+}
+
+/// One connection, from the first byte of its HTTP request to its close.
+async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
+    let pfd = match PollFd::new(sock) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register socket");
+            return;
+        }
+    };
+    let rest = match compio::time::timeout(io.handshake_timeout, handshake(&io, &pfd)).await {
+        Ok(Ok(Some(rest))) => rest,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection failed during the upgrade");
+            return;
+        }
+        Err(_) => {
+            ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
+            let _ = write_all(
+                &pfd,
+                &handshake::http_response(408, "text/plain", b"Request Timeout\n", &[]),
+            )
+            .await;
+            return;
+        }
+    };
+    let key = {
+        let mut sh = io.shard.borrow_mut();
+        sh.register(pfd.to_shared_fd(), &rest, Instant::now()).0
+    };
+    poll_fn(|cx| {
+        loop {
+            let write_blocked = {
+                let mut sh = io.shard.borrow_mut();
+                let Some(conn) = sh.conns.get_mut(key as usize) else {
+                    return Poll::Ready(());
+                };
+                if conn.dead {
+                    return Poll::Ready(());
+                }
+                if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    conn.waker = Some(cx.waker().clone());
+                }
+                conn.write_blocked
+            };
+            if write_blocked {
+                match pfd.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        if let Some(c) = io.shard.borrow_mut().conns.get_mut(key as usize) {
+                            c.write_blocked = false;
+                        }
+                        flush_one(&io, key);
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        io.shard.borrow_mut().kill(key);
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match pfd.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    read_some(&io, key);
+                    continue;
+                }
+                Poll::Ready(Err(_)) => {
+                    io.shard.borrow_mut().kill(key);
+                    continue;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    let sock = io.shard.borrow_mut().remove(key);
+    drop(sock);
+    drop(pfd);
+}
+
+/// Read what the socket has (up to the budget) and feed it to the shard.
+fn read_some(io: &ShardIo, key: ConnKey) {
+    let mut scratch = io.scratch.borrow_mut();
+    let mut sh = io.shard.borrow_mut();
+    let now = Instant::now();
+    let mut total = 0;
+    loop {
+        let Some(conn) = sh.conns.get(key as usize) else {
+            return;
+        };
+        if conn.dead {
+            return;
+        }
+        let r = rustix::net::recv(&conn.sock, &mut scratch[..], RecvFlags::DONTWAIT);
+        match r {
+            Ok((0, _)) => {
+                sh.on_eof(key);
+                return;
+            }
+            Ok((n, _)) => {
+                sh.on_bytes(key, &scratch[..n], now);
+                total += n;
+                if n < scratch.len() || total >= READ_BUDGET {
+                    return;
+                }
+            }
+            Err(Errno::AGAIN) => return,
+            Err(Errno::INTR) => {}
+            Err(_) => {
+                sh.kill(key);
+                return;
+            }
+        }
+    }
+}
+
+/// Write one connection's queue: everything queued, one `sendmsg`.
+pub fn flush_one(io: &ShardIo, key: ConnKey) {
+    let mut sh = io.shard.borrow_mut();
+    let metrics = sh.ctx.metrics.clone();
+    let Some(conn) = sh.conns.get_mut(key as usize) else {
+        return;
+    };
+    conn.dirty = false;
+    if conn.dead || conn.write_blocked {
+        return;
+    }
+    let mut fatal = false;
+    while !conn.out.is_empty() {
+        let mut iov: smallvec::SmallVec<[IoSlice<'_>; 64]> = smallvec::SmallVec::new();
+        let mut want = 0usize;
+        for (i, f) in conn.out.iter().take(MAX_IOV).enumerate() {
+            let s = if i == 0 {
+                &f[conn.front_written..]
+            } else {
+                &f[..]
+            };
+            want += s.len();
+            iov.push(IoSlice::new(s));
+        }
+        let r = rustix::net::sendmsg(
+            &conn.sock,
+            &iov,
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        );
+        drop(iov);
+        match r {
+            Ok(n) => {
+                ShardMetrics::add(&metrics.write_calls, 1);
+                ShardMetrics::add(&metrics.bytes_written, n as u64);
+                advance(conn, n);
+                if n < want {
+                    conn.write_blocked = true;
+                    break;
+                }
+            }
+            Err(Errno::AGAIN) => {
+                conn.write_blocked = true;
+                break;
+            }
+            Err(Errno::INTR) => {}
+            Err(_) => {
+                fatal = true;
+                break;
+            }
+        }
+    }
+    if fatal {
+        sh.kill(key);
+        return;
+    }
+    let Some(conn) = sh.conns.get_mut(key as usize) else {
+        return;
+    };
+    if conn.write_blocked {
+        if let Some(w) = &conn.waker {
+            w.wake_by_ref();
+        }
+        return;
+    }
+    if let Some(closing) = conn.closing
+        && conn.out.is_empty()
+        && !conn.write_shut
+    {
+        // Our close frame is out: FIN tells the client nothing follows.
+        conn.write_shut = true;
+        let _ = rustix::net::shutdown(&conn.sock, Shutdown::Write);
+        if closing.received {
+            sh.kill(key);
+        }
+    }
+}
+
+/// Drop `n` written bytes from the front of the queue.
+fn advance(conn: &mut crate::shard::Conn<SharedFd<Socket>>, mut n: usize) {
+    conn.out_bytes -= n.min(conn.out_bytes);
+    while n > 0 {
+        let Some(front) = conn.out.front() else { break };
+        let left = front.len() - conn.front_written;
+        if n >= left {
+            n -= left;
+            conn.out.pop_front();
+            conn.front_written = 0;
+        } else {
+            conn.front_written += n;
+            n = 0;
+        }
+    }
+}
+
+/// Write every dirty connection, once per loop turn.
+pub async fn flusher(io: Rc<ShardIo>) {
+    let mut keys: Vec<ConnKey> = Vec::new();
+    loop {
+        poll_fn(|cx| {
+            let mut sh = io.shard.borrow_mut();
+            if sh.has_dirty() {
+                Poll::Ready(())
+            } else {
+                sh.flush_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        io.shard.borrow_mut().take_dirty(&mut keys);
+        for k in keys.drain(..) {
+            flush_one(&io, k);
+        }
+    }
+}
+
+/// Run the shard's timers.
+pub async fn ticker(io: Rc<ShardIo>) {
+    let period = io.shard.borrow().tick_interval();
+    loop {
+        compio::time::sleep(period).await;
+        io.shard.borrow_mut().on_tick(Instant::now());
+    }
+}
+
+/// Apply commands from the shard's channel, in batches.
+pub async fn commands(io: Rc<ShardIo>, rx: flume::Receiver<ShardCommand>) {
+    while let Ok(cmd) = rx.recv_async().await {
+        let now = Instant::now();
+        let mut sh = io.shard.borrow_mut();
+        sh.handle_command(cmd, now);
+        for _ in 0..256 {
+            match rx.try_recv() {
+                Ok(cmd) => sh.handle_command(cmd, now),
+                Err(_) => break,
+            }
+        }
+    }
+}

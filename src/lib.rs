@@ -1,0 +1,66 @@
+//! # ignis-ws
+//!
+//! A thread-per-core WebSocket fan-out server that speaks the wire protocol of
+//! the WebSocket component of the TypeScript framework Ignis
+//! (`WebSocketServerHelper` / `WebSocketEmitter`), so Ignis clients, Ignis
+//! servers on Bun and Ignis emitters work with it unchanged.
+//!
+//! ## The architecture in one screen
+//!
+//! Data flows one way: bytes from a socket → frames → client messages →
+//! shard actions → encoded frames → sockets.
+//!
+//! ```text
+//!            ┌──────────── control thread (tokio) ─────────────┐
+//!            │ authenticators/validators/hooks that await,      │
+//!            │ (next: the Redis bridge)                         │
+//!            └──────▲──────────────────────────────┬───────────┘
+//!                   │ boxed futures                │ ShardCommand (flume)
+//!   shard 0 ────────┴───┐   shard 1 ...            ▼
+//!   compio runtime (io_uring or epoll), pinned to core 0,
+//!   own SO_REUSEPORT listener, own clients / users / rooms.
+//!   Handle::to_room(..) encodes the frame ONCE into a `Bytes` and sends
+//!   the same buffer to every shard; each shard pushes a refcount of it
+//!   onto each recipient's queue and writes every queue with one writev.
+//! ```
+//!
+//! * [`proto`] — sans-io: the RFC 6455 codec, the HTTP upgrade, the Ignis
+//!   message envelope and the per-client state machine. No sockets, no clock.
+//! * [`shard`] — one core's world: sessions, the room and user indexes,
+//!   fan-out. Still no syscalls of its own.
+//! * [`io`] — the socket side of a shard, on compio.
+//! * [`handle`] — the delivery API ([`Handle`]), cheap to clone, usable from
+//!   any thread.
+//! * [`runtime`] — start-up: shards, pinning, channels, the control thread.
+//! * [`auth`] — [`auth::Authenticator`] and [`auth::RoomValidator`] traits;
+//!   JWT, webhook and insecure authenticators; glob room validator.
+//! * [`config`] — every setting, its default and where the default comes from.
+//! * [`http`] — `/health` and `/metrics`.
+
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod handle;
+pub mod hooks;
+pub mod http;
+pub mod io;
+pub mod metrics;
+pub mod proto;
+pub mod runtime;
+pub mod shard;
+
+pub use config::Config;
+pub use error::Error;
+pub use handle::{ClientId, Handle};
+pub use hooks::Hooks;
+pub use runtime::{Server, ServerBuilder};
+
+/// Internals reachable by fuzz targets and benches. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::proto::frame;
+    pub use crate::proto::handshake;
+    pub use crate::proto::message;
+    pub use crate::proto::session;
+}

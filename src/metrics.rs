@@ -1,0 +1,279 @@
+//! Counters and gauges. Each shard owns one [`ShardMetrics`] and is its
+//! only writer (relaxed atomics, no contention); `/metrics` and `/health`
+//! read and sum them from any thread.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use crate::proto::close::{METRIC_CODES, metric_slot};
+
+/// One shard's numbers.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    /// Connections by state (gauges).
+    pub conns_unauthorized: AtomicI64,
+    pub conns_authenticating: AtomicI64,
+    pub conns_authenticated: AtomicI64,
+    /// Connections accepted (TCP) since start.
+    pub accepted_total: AtomicU64,
+    /// Upgrades completed since start.
+    pub upgrades_total: AtomicU64,
+    /// Connections refused because `max_connections` was reached.
+    pub refused_total: AtomicU64,
+    /// HTTP requests answered (health, metrics, errors).
+    pub http_requests_total: AtomicU64,
+    /// Handshakes that failed (bad request, timeout, too large).
+    pub handshake_errors_total: AtomicU64,
+    /// Authentication results.
+    pub auth_accepted: AtomicU64,
+    pub auth_refused: AtomicU64,
+    pub auth_errors: AtomicU64,
+    pub auth_timeouts: AtomicU64,
+    /// Data messages received from clients, and their bytes.
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Frames queued to clients, and their bytes.
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Bytes actually written to sockets, and the write syscalls used.
+    pub bytes_written: AtomicU64,
+    pub write_calls: AtomicU64,
+    /// Frames dropped by `--slow-client drop` or for a closing client.
+    pub frames_dropped: AtomicU64,
+    /// Clients closed by `--slow-client close`.
+    pub slow_clients_closed: AtomicU64,
+    /// Close frames sent, by code (see [`METRIC_CODES`]; last = other).
+    pub closes_by_code: [AtomicU64; METRIC_CODES.len() + 1],
+    /// Join requests and rooms joined/refused by the validator.
+    pub rooms_joined: AtomicU64,
+    pub rooms_refused: AtomicU64,
+    /// Current rooms and users on this shard (gauges).
+    pub rooms: AtomicI64,
+    pub users: AtomicI64,
+}
+
+impl ShardMetrics {
+    /// Add `n` to a counter.
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Count a close frame sent with `code`.
+    pub fn close_sent(&self, code: u16) {
+        self.closes_by_code[metric_slot(code)].fetch_add(1, Relaxed);
+    }
+
+    /// Connections currently open on this shard.
+    pub fn connections(&self) -> i64 {
+        self.conns_unauthorized.load(Relaxed)
+            + self.conns_authenticating.load(Relaxed)
+            + self.conns_authenticated.load(Relaxed)
+    }
+}
+
+/// All shards' metrics plus process facts.
+#[derive(Debug)]
+pub struct Registry {
+    pub shards: Vec<Arc<ShardMetrics>>,
+    pub started: Instant,
+    /// `io_uring` or `epoll`.
+    pub io_backend: &'static str,
+    pub max_connections: usize,
+}
+
+impl Registry {
+    /// Open connections in the process.
+    pub fn connections(&self) -> i64 {
+        self.shards.iter().map(|s| s.connections()).sum()
+    }
+
+    fn sum(&self, f: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
+    }
+
+    /// `/health` body.
+    pub fn health_json(&self, status: &str) -> String {
+        serde_json::json!({
+            "status": status,
+            "connections": self.connections(),
+            "shards": self.shards.len(),
+            "io": self.io_backend,
+            "maxConnections": self.max_connections,
+            "uptimeSeconds": self.started.elapsed().as_secs(),
+        })
+        .to_string()
+    }
+
+    /// `/metrics` body, Prometheus text format 0.0.4.
+    pub fn prometheus(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let _ = self.write_prometheus(&mut o);
+        o
+    }
+
+    fn write_prometheus(&self, o: &mut String) -> std::fmt::Result {
+        writeln!(
+            o,
+            "# HELP ignis_ws_connections Open WebSocket connections by state and shard."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_connections gauge")?;
+        for (i, s) in self.shards.iter().enumerate() {
+            for (state, v) in [
+                ("unauthorized", &s.conns_unauthorized),
+                ("authenticating", &s.conns_authenticating),
+                ("authenticated", &s.conns_authenticated),
+            ] {
+                writeln!(
+                    o,
+                    "ignis_ws_connections{{shard=\"{i}\",state=\"{state}\"}} {}",
+                    v.load(Relaxed)
+                )?;
+            }
+        }
+        for (name, help, f) in [
+            (
+                "rooms",
+                "Rooms with at least one member, by shard.",
+                |s: &ShardMetrics| &s.rooms,
+            ),
+            (
+                "users",
+                "Distinct authenticated user ids, by shard.",
+                |s: &ShardMetrics| &s.users,
+            ),
+        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 2]
+        {
+            writeln!(o, "# HELP ignis_ws_{name} {help}")?;
+            writeln!(o, "# TYPE ignis_ws_{name} gauge")?;
+            for (i, s) in self.shards.iter().enumerate() {
+                writeln!(o, "ignis_ws_{name}{{shard=\"{i}\"}} {}", f(s).load(Relaxed))?;
+            }
+        }
+        type Getter = fn(&ShardMetrics) -> &AtomicU64;
+        let counters: [(&str, &str, Getter); 17] = [
+            ("accepted_total", "TCP connections accepted.", |s| {
+                &s.accepted_total
+            }),
+            ("upgrades_total", "WebSocket upgrades completed.", |s| {
+                &s.upgrades_total
+            }),
+            (
+                "connections_refused_total",
+                "Connections refused at --max-connections.",
+                |s| &s.refused_total,
+            ),
+            (
+                "http_requests_total",
+                "Plain HTTP requests answered.",
+                |s| &s.http_requests_total,
+            ),
+            (
+                "handshake_errors_total",
+                "Failed or timed-out upgrade requests.",
+                |s| &s.handshake_errors_total,
+            ),
+            (
+                "messages_in_total",
+                "Data messages received from clients.",
+                |s| &s.messages_in,
+            ),
+            (
+                "bytes_in_total",
+                "Payload bytes of data messages received.",
+                |s| &s.bytes_in,
+            ),
+            ("messages_out_total", "Frames queued to clients.", |s| {
+                &s.messages_out
+            }),
+            (
+                "bytes_out_total",
+                "Bytes of frames queued to clients.",
+                |s| &s.bytes_out,
+            ),
+            (
+                "bytes_written_total",
+                "Bytes written to client sockets.",
+                |s| &s.bytes_written,
+            ),
+            (
+                "write_calls_total",
+                "Write system calls to client sockets.",
+                |s| &s.write_calls,
+            ),
+            (
+                "frames_dropped_total",
+                "Frames dropped for slow or closing clients.",
+                |s| &s.frames_dropped,
+            ),
+            (
+                "slow_clients_closed_total",
+                "Clients closed for exceeding the backpressure limit.",
+                |s| &s.slow_clients_closed,
+            ),
+            (
+                "rooms_joined_total",
+                "Rooms joined through join requests.",
+                |s| &s.rooms_joined,
+            ),
+            (
+                "rooms_refused_total",
+                "Rooms refused by filter or validator.",
+                |s| &s.rooms_refused,
+            ),
+            ("auth_timeouts_total", "Clients closed with 4001.", |s| {
+                &s.auth_timeouts
+            }),
+            ("auth_errors_total", "Authenticator errors.", |s| {
+                &s.auth_errors
+            }),
+        ];
+        for (name, help, f) in counters {
+            writeln!(o, "# HELP ignis_ws_{name} {help}")?;
+            writeln!(o, "# TYPE ignis_ws_{name} counter")?;
+            writeln!(o, "ignis_ws_{name} {}", self.sum(f))?;
+        }
+        writeln!(o, "# HELP ignis_ws_auth_total Authentication results.")?;
+        writeln!(o, "# TYPE ignis_ws_auth_total counter")?;
+        for (result, f) in [
+            ("accepted", (|s| &s.auth_accepted) as Getter),
+            ("refused", |s| &s.auth_refused),
+            ("error", |s| &s.auth_errors),
+            ("timeout", |s| &s.auth_timeouts),
+        ] {
+            writeln!(
+                o,
+                "ignis_ws_auth_total{{result=\"{result}\"}} {}",
+                self.sum(f)
+            )?;
+        }
+        writeln!(
+            o,
+            "# HELP ignis_ws_closes_total Close frames sent by the server, by close code."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_closes_total counter")?;
+        for (slot, code) in METRIC_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".to_string()])
+            .enumerate()
+        {
+            let v: u64 = self
+                .shards
+                .iter()
+                .map(|s| s.closes_by_code[slot].load(Relaxed))
+                .sum();
+            writeln!(o, "ignis_ws_closes_total{{code=\"{code}\"}} {v}")?;
+        }
+        writeln!(o, "# HELP ignis_ws_uptime_seconds Seconds since start.")?;
+        writeln!(o, "# TYPE ignis_ws_uptime_seconds gauge")?;
+        writeln!(
+            o,
+            "ignis_ws_uptime_seconds {}",
+            self.started.elapsed().as_secs()
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,712 @@
+//! Owns the HTTP/1.1 side of a connection, sans-io: parsing the request head
+//! (an RFC 6455 §4.2.1 WebSocket upgrade or a plain HTTP request) and
+//! rendering the few responses the server sends before or instead of
+//! switching protocols.
+//!
+//! The parser borrows from the caller's read buffer and never consumes it:
+//! the caller drops `head_len` bytes once it has acted on the request. What
+//! to do with a plain HTTP request (health, metrics, 404, 426 on the
+//! WebSocket path) is the caller's decision, not this module's.
+
+use std::fmt::Write as _;
+
+/// Bounds on the request head, checked before the head is complete so a
+/// slow or hostile client cannot make us buffer without limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// Request line plus headers plus the blank line, in bytes.
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 8 * 1024,
+            max_headers: 32,
+        }
+    }
+}
+
+/// A complete, valid request head. `head_len` is the number of bytes the head
+/// occupies at the start of the buffer; anything after it is body or, for an
+/// upgrade, early WebSocket frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    Upgrade {
+        /// Request path without the query string.
+        path: &'a str,
+        /// `Sec-WebSocket-Key`, syntactically checked (24 base64 chars).
+        key: &'a str,
+        head_len: usize,
+    },
+    Http {
+        method: &'a str,
+        /// Request path without the query string.
+        path: &'a str,
+        head_len: usize,
+        authorization: Option<&'a str>,
+        content_length: Option<usize>,
+    },
+}
+
+/// Why a request head was refused; [`HandshakeError::status`] maps each to
+/// the HTTP status to answer with ([`error_response`] renders it).
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeError {
+    #[error("request head exceeds the size limit")]
+    HeadTooLarge,
+    #[error("request has too many header fields")]
+    TooManyHeaders,
+    #[error("malformed HTTP request")]
+    Malformed,
+    #[error("header field {0} must not appear more than once")]
+    DuplicateHeader(&'static str),
+    #[error("WebSocket upgrade without Sec-WebSocket-Key")]
+    MissingKey,
+    #[error("Sec-WebSocket-Key is not 16 base64-encoded bytes")]
+    InvalidKey,
+    #[error("unsupported WebSocket version, only 13 is supported")]
+    BadVersion,
+    #[error("WebSocket upgrade must use the GET method")]
+    MethodNotGet,
+    #[error("WebSocket upgrade requires HTTP/1.1")]
+    UpgradeRequiresHttp11,
+    #[error("Transfer-Encoding is not supported")]
+    TransferEncodingUnsupported,
+}
+
+impl HandshakeError {
+    pub const fn status(&self) -> u16 {
+        match self {
+            Self::HeadTooLarge | Self::TooManyHeaders => 431,
+            Self::Malformed
+            | Self::DuplicateHeader(_)
+            | Self::MissingKey
+            | Self::InvalidKey
+            | Self::UpgradeRequiresHttp11 => 400,
+            // RFC 6455 §4.4: 426 plus the versions we do speak.
+            Self::BadVersion => 426,
+            Self::MethodNotGet => 405,
+            // RFC 9112 §6.1: a transfer coding we do not implement.
+            Self::TransferEncodingUnsupported => 501,
+        }
+    }
+}
+
+/// Parses the request head at the start of `buf`.
+///
+/// `Ok(None)`: the head is incomplete, read more. Once `buf` reaches
+/// `max_head_bytes` without a complete head the answer is
+/// [`HandshakeError::HeadTooLarge`] (a head must fit within the limit).
+///
+/// A request is an upgrade when its `Upgrade` header lists the token
+/// `websocket` and its `Connection` header lists `upgrade` (both
+/// case-insensitive, comma-separated, possibly over several fields). An
+/// upgrade must then be a GET over HTTP/1.1 with a well-formed
+/// `Sec-WebSocket-Key` and `Sec-WebSocket-Version: 13`. Anything else is a
+/// plain HTTP request.
+pub fn parse_request<'a>(
+    buf: &'a [u8],
+    limits: &HandshakeLimits,
+) -> Result<Option<Request<'a>>, HandshakeError> {
+    const STACK_HEADERS: usize = 64;
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut on_heap = Vec::new();
+    let slots: &mut [httparse::Header<'a>] = if limits.max_headers <= STACK_HEADERS {
+        &mut on_stack[..limits.max_headers]
+    } else {
+        on_heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+        &mut on_heap
+    };
+    let mut req = httparse::Request::new(slots);
+    let head_len = match req.parse(window) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
+            return Err(HandshakeError::HeadTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
+        Err(_) => return Err(HandshakeError::Malformed),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HandshakeError::Malformed);
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let headers = Headers(req.headers);
+
+    if headers.has_token("upgrade", "websocket") && headers.has_token("connection", "upgrade") {
+        if method != "GET" {
+            return Err(HandshakeError::MethodNotGet);
+        }
+        if minor != 1 {
+            return Err(HandshakeError::UpgradeRequiresHttp11);
+        }
+        let key = headers
+            .unique("sec-websocket-key", "Sec-WebSocket-Key")?
+            .ok_or(HandshakeError::MissingKey)?;
+        if !is_valid_key(key) {
+            return Err(HandshakeError::InvalidKey);
+        }
+        let version = headers.unique("sec-websocket-version", "Sec-WebSocket-Version")?;
+        if version != Some("13") {
+            return Err(HandshakeError::BadVersion);
+        }
+        return Ok(Some(Request::Upgrade {
+            path,
+            key,
+            head_len,
+        }));
+    }
+
+    // Without chunked decoding the body's end is unknowable; refusing is
+    // safer than guessing where the next bytes belong.
+    if headers.any("transfer-encoding") {
+        return Err(HandshakeError::TransferEncodingUnsupported);
+    }
+    let content_length = headers
+        .unique("content-length", "Content-Length")?
+        .map(parse_content_length)
+        .transpose()?;
+    let authorization = headers.unique("authorization", "Authorization")?;
+    Ok(Some(Request::Http {
+        method,
+        path,
+        head_len,
+        authorization,
+        content_length,
+    }))
+}
+
+/// The parsed header fields, with the lookups the rules above need.
+struct Headers<'h, 'a>(&'h [httparse::Header<'a>]);
+
+impl<'a> Headers<'_, 'a> {
+    fn values(&self, name: &'static str) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.0
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    fn any(&self, name: &'static str) -> bool {
+        self.values(name).next().is_some()
+    }
+
+    /// The value of a field that may appear at most once, trimmed. Two
+    /// copies are refused rather than picking one, since a proxy in front of
+    /// us may have picked the other.
+    fn unique(
+        &self,
+        name: &'static str,
+        display: &'static str,
+    ) -> Result<Option<&'a str>, HandshakeError> {
+        let mut values = self.values(name);
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(HandshakeError::DuplicateHeader(display));
+        }
+        let value = std::str::from_utf8(value).map_err(|_| HandshakeError::Malformed)?;
+        Ok(Some(value.trim_matches([' ', '\t'])))
+    }
+
+    /// Whether any field `name` lists `token` in its comma-separated value.
+    fn has_token(&self, name: &'static str, token: &str) -> bool {
+        self.values(name).any(|value| {
+            value
+                .split(|&b| b == b',')
+                .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+}
+
+/// A nonce of 16 bytes in base64 is 22 alphabet characters and `==`
+/// (RFC 6455 §4.1). The unused low bits of the last character are not
+/// checked: clients never get them wrong and the key is only hashed.
+fn is_valid_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() == 24
+        && bytes[22..] == *b"=="
+        && bytes[..22]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+fn parse_content_length(value: &str) -> Result<usize, HandshakeError> {
+    // usize::from_str would accept a leading '+', which RFC 9110 does not.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HandshakeError::Malformed);
+    }
+    value.parse().map_err(|_| HandshakeError::Malformed)
+}
+
+/// The 101 response accepting an upgrade whose `Sec-WebSocket-Key` is `key`.
+pub fn accept_response(key: &str) -> Vec<u8> {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A complete HTTP/1.1 response with `Content-Length` and
+/// `Connection: close` (the connection ends after it). An empty
+/// `content_type` omits the header.
+///
+/// Values are written verbatim except that CR and LF are dropped, so a
+/// header value can never split into a second header or end the head early.
+pub fn http_response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra_headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut head = String::with_capacity(128);
+    // fmt::Write for String cannot fail.
+    let _ = write!(head, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    if !content_type.is_empty() {
+        push_header(&mut head, "Content-Type", content_type);
+    }
+    let _ = write!(head, "Content-Length: {}\r\n", body.len());
+    head.push_str("Connection: close\r\n");
+    for (name, value) in extra_headers {
+        push_header(&mut head, name, value);
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+fn push_header(head: &mut String, name: &str, value: &str) {
+    let clean = |s: &str| {
+        s.chars()
+            .filter(|c| !matches!(c, '\r' | '\n'))
+            .collect::<String>()
+    };
+    let _ = write!(head, "{}: {}\r\n", clean(name), clean(value));
+}
+
+/// The response for a refused request head, with the headers its status
+/// calls for: `Sec-WebSocket-Version` and `Upgrade` on 426 (RFC 6455 §4.4,
+/// RFC 9110 §15.5.22), `Allow` on 405.
+pub fn error_response(err: &HandshakeError) -> Vec<u8> {
+    let body = format!("{err}\n");
+    let extra: &[(&str, &str)] = match err {
+        HandshakeError::BadVersion => &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")],
+        HandshakeError::MethodNotGet => &[("Allow", "GET")],
+        _ => &[],
+    };
+    http_response(
+        err.status(),
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+        extra,
+    )
+}
+
+/// Reason phrases for the statuses this server sends; others get an empty
+/// phrase, which HTTP/1.1 allows.
+pub const fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn upgrade_head(extra: &str) -> String {
+        format!(
+            "GET /ws?token=abc HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn parse(head: &str) -> Result<Option<Request<'_>>, HandshakeError> {
+        parse_request(head.as_bytes(), &HandshakeLimits::default())
+    }
+
+    #[test]
+    fn good_upgrade() {
+        let head = upgrade_head("");
+        assert_eq!(
+            parse(&head),
+            Ok(Some(Request::Upgrade {
+                path: "/ws",
+                key: KEY,
+                head_len: head.len()
+            }))
+        );
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_not_part_of_it() {
+        let head = upgrade_head("");
+        let mut buf = head.clone().into_bytes();
+        buf.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        let Ok(Some(Request::Upgrade { head_len, .. })) =
+            parse_request(&buf, &HandshakeLimits::default())
+        else {
+            panic!()
+        };
+        assert_eq!(head_len, head.len());
+    }
+
+    #[test]
+    fn header_names_and_tokens_are_case_insensitive() {
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nhost: x\r\nUPGRADE: WebSocket\r\nconnection: UPGRADE\r\n\
+             sec-websocket-key: {KEY}\r\nSEC-WEBSOCKET-VERSION: 13\r\n\r\n"
+        );
+        assert!(matches!(
+            parse(&head),
+            Ok(Some(Request::Upgrade { key: KEY, .. }))
+        ));
+    }
+
+    #[test]
+    fn connection_token_lists() {
+        for connection in [
+            "keep-alive, Upgrade",
+            "Upgrade,keep-alive",
+            "keep-alive ,  upgrade  ",
+        ] {
+            let head = upgrade_head("")
+                .replace("Connection: Upgrade", &format!("Connection: {connection}"));
+            assert!(
+                matches!(parse(&head), Ok(Some(Request::Upgrade { .. }))),
+                "{connection}"
+            );
+        }
+        // Tokens spread over two Connection fields.
+        let head = upgrade_head("").replace(
+            "Connection: Upgrade",
+            "Connection: keep-alive\r\nConnection: upgrade",
+        );
+        assert!(matches!(parse(&head), Ok(Some(Request::Upgrade { .. }))));
+        // A token containing "upgrade" is not the token.
+        let head = upgrade_head("").replace("Connection: Upgrade", "Connection: upgraded");
+        assert!(matches!(parse(&head), Ok(Some(Request::Http { .. }))));
+    }
+
+    #[test]
+    fn missing_key() {
+        let head = upgrade_head("").replace(&format!("Sec-WebSocket-Key: {KEY}\r\n"), "");
+        assert_eq!(parse(&head), Err(HandshakeError::MissingKey));
+        assert_eq!(HandshakeError::MissingKey.status(), 400);
+    }
+
+    #[test]
+    fn invalid_key() {
+        for key in [
+            "short",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZQ!=",
+            "dGhlIHNhbXBsZSBub25jZ===",
+            "",
+        ] {
+            let head = upgrade_head("").replace(KEY, key);
+            assert_eq!(parse(&head), Err(HandshakeError::InvalidKey), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_key() {
+        let head = upgrade_head(&format!("Sec-WebSocket-Key: {KEY}\r\n"));
+        assert_eq!(
+            parse(&head),
+            Err(HandshakeError::DuplicateHeader("Sec-WebSocket-Key"))
+        );
+    }
+
+    #[test]
+    fn version_8_and_missing_version_are_refused_with_426() {
+        let head = upgrade_head("").replace("Version: 13", "Version: 8");
+        assert_eq!(parse(&head), Err(HandshakeError::BadVersion));
+        let head = upgrade_head("").replace("Sec-WebSocket-Version: 13\r\n", "");
+        assert_eq!(parse(&head), Err(HandshakeError::BadVersion));
+        let head = upgrade_head("").replace("Version: 13", "Version: 13, 8");
+        assert_eq!(parse(&head), Err(HandshakeError::BadVersion));
+        let response = String::from_utf8(error_response(&HandshakeError::BadVersion)).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{response}"
+        );
+        assert!(
+            response.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+            "{response}"
+        );
+    }
+
+    #[test]
+    fn post_upgrade_is_refused() {
+        let head = upgrade_head("").replace("GET", "POST");
+        assert_eq!(parse(&head), Err(HandshakeError::MethodNotGet));
+        let response = String::from_utf8(error_response(&HandshakeError::MethodNotGet)).unwrap();
+        assert!(response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(response.contains("\r\nAllow: GET\r\n"));
+    }
+
+    #[test]
+    fn http10_upgrade_is_refused() {
+        let head = upgrade_head("").replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(parse(&head), Err(HandshakeError::UpgradeRequiresHttp11));
+    }
+
+    #[test]
+    fn incomplete_head_needs_more() {
+        let head = upgrade_head("");
+        for cut in 0..head.len() {
+            assert_eq!(parse(&head[..cut]), Ok(None), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_head() {
+        let limits = HandshakeLimits {
+            max_head_bytes: 256,
+            max_headers: 32,
+        };
+        let filler = format!("X-Filler: {}\r\n", "a".repeat(300));
+        let head = upgrade_head(&filler);
+        // Refused once the buffer reaches the limit, before the head ends.
+        assert_eq!(parse_request(&head.as_bytes()[..255], &limits), Ok(None));
+        assert_eq!(
+            parse_request(&head.as_bytes()[..256], &limits),
+            Err(HandshakeError::HeadTooLarge)
+        );
+        assert_eq!(
+            parse_request(head.as_bytes(), &limits),
+            Err(HandshakeError::HeadTooLarge)
+        );
+        // A head of exactly the limit is fine.
+        let head = upgrade_head("");
+        let exact = HandshakeLimits {
+            max_head_bytes: head.len(),
+            max_headers: 32,
+        };
+        assert!(matches!(
+            parse_request(head.as_bytes(), &exact),
+            Ok(Some(_))
+        ));
+        assert_eq!(HandshakeError::HeadTooLarge.status(), 431);
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let limits = HandshakeLimits {
+            max_head_bytes: 8192,
+            max_headers: 5,
+        };
+        let head = upgrade_head("X-One: 1\r\n");
+        assert_eq!(
+            parse_request(head.as_bytes(), &limits),
+            Err(HandshakeError::TooManyHeaders)
+        );
+        let limits = HandshakeLimits {
+            max_head_bytes: 8192,
+            max_headers: 100,
+        };
+        let many: String = (0..90).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert!(matches!(
+            parse_request(upgrade_head(&many).as_bytes(), &limits),
+            Ok(Some(_))
+        ));
+        let many: String = (0..96).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            parse_request(upgrade_head(&many).as_bytes(), &limits),
+            Err(HandshakeError::TooManyHeaders)
+        );
+        assert_eq!(HandshakeError::TooManyHeaders.status(), 431);
+    }
+
+    #[test]
+    fn malformed() {
+        for head in [
+            "GET /\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            "\x00\x01\x02 / HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(parse(head), Err(HandshakeError::Malformed), "{head:?}");
+        }
+        for value in ["abc", "-1", "+5", "1 2", "", "99999999999999999999999"] {
+            let head = format!("POST /x HTTP/1.1\r\nContent-Length: {value}\r\n\r\n");
+            assert_eq!(parse(&head), Err(HandshakeError::Malformed), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn plain_http_requests() {
+        let head = "GET /health?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse(head),
+            Ok(Some(Request::Http {
+                method: "GET",
+                path: "/health",
+                head_len: head.len(),
+                authorization: None,
+                content_length: None,
+            }))
+        );
+        let head = "POST /publish HTTP/1.1\r\nAuthorization: Bearer t0k3n\r\nContent-Length: 12\r\n\r\n{\"a\":1}";
+        assert_eq!(
+            parse(head),
+            Ok(Some(Request::Http {
+                method: "POST",
+                path: "/publish",
+                head_len: head.len() - 7,
+                authorization: Some("Bearer t0k3n"),
+                content_length: Some(12),
+            }))
+        );
+        // A GET on the WebSocket path without the upgrade headers is plain
+        // HTTP; answering 426 is the caller's call.
+        let head = "GET /ws HTTP/1.1\r\nSec-WebSocket-Key: x\r\n\r\n";
+        assert!(matches!(
+            parse(head),
+            Ok(Some(Request::Http { path: "/ws", .. }))
+        ));
+        // Upgrade to something else.
+        let head = "GET /ws HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
+        assert!(matches!(parse(head), Ok(Some(Request::Http { .. }))));
+        let head = "GET / HTTP/1.0\r\n\r\n";
+        assert!(matches!(parse(head), Ok(Some(Request::Http { .. }))));
+    }
+
+    #[test]
+    fn ambiguous_bodies_are_refused() {
+        let head = "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parse(head),
+            Err(HandshakeError::TransferEncodingUnsupported)
+        );
+        assert_eq!(HandshakeError::TransferEncodingUnsupported.status(), 501);
+        let head = "POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(
+            parse(head),
+            Err(HandshakeError::DuplicateHeader("Content-Length"))
+        );
+    }
+
+    #[test]
+    fn query_string_is_stripped_from_the_path() {
+        let head = upgrade_head("");
+        assert!(matches!(
+            parse(&head),
+            Ok(Some(Request::Upgrade { path: "/ws", .. }))
+        ));
+        let head = "GET /metrics?x=1&y=2 HTTP/1.1\r\n\r\n";
+        assert!(matches!(
+            parse(head),
+            Ok(Some(Request::Http {
+                path: "/metrics",
+                ..
+            }))
+        ));
+        let head = "GET /?only HTTP/1.1\r\n\r\n";
+        assert!(matches!(
+            parse(head),
+            Ok(Some(Request::Http { path: "/", .. }))
+        ));
+    }
+
+    #[test]
+    fn accept_response_uses_the_rfc_example() {
+        let response = String::from_utf8(accept_response(KEY)).unwrap();
+        assert_eq!(
+            response,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http_response_layout() {
+        let response = http_response(200, "text/plain", b"ok\n", &[("X-Shard", "3")]);
+        assert_eq!(
+            response,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\
+              Connection: close\r\nX-Shard: 3\r\n\r\nok\n"
+        );
+        let response = http_response(204, "", b"", &[("X-Evil", "a\r\nSet-Cookie: b")]);
+        assert_eq!(
+            response,
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\
+              X-Evil: aSet-Cookie: b\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn error_responses_carry_their_status() {
+        for err in [
+            HandshakeError::HeadTooLarge,
+            HandshakeError::TooManyHeaders,
+            HandshakeError::Malformed,
+            HandshakeError::DuplicateHeader("Authorization"),
+            HandshakeError::MissingKey,
+            HandshakeError::InvalidKey,
+            HandshakeError::BadVersion,
+            HandshakeError::MethodNotGet,
+            HandshakeError::UpgradeRequiresHttp11,
+            HandshakeError::TransferEncodingUnsupported,
+        ] {
+            let response = String::from_utf8(error_response(&err)).unwrap();
+            let (head, body) = response.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {} ", err.status())),
+                "{head}"
+            );
+            assert!(head.contains(&format!("Content-Length: {}", body.len())));
+            assert_eq!(body, format!("{err}\n"));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..600, headers in 0usize..80) {
+            let limits = HandshakeLimits { max_head_bytes: max, max_headers: headers };
+            let _ = parse_request(&bytes, &limits);
+        }
+
+        /// Feeding a valid head byte by byte never errors before it completes.
+        #[test]
+        fn prefixes_of_a_valid_head_need_more(extra in "[A-Za-z-]{1,10}: [ -~]{0,20}\r\n") {
+            let head = upgrade_head(&extra);
+            for cut in 0..head.len() {
+                prop_assert_eq!(parse(&head[..cut]), Ok(None));
+            }
+            let parsed = parse(&head);
+            prop_assert!(
+                matches!(parsed, Ok(Some(_)) | Err(HandshakeError::DuplicateHeader(_) | HandshakeError::TransferEncodingUnsupported)),
+                "{:?}", parsed
+            );
+        }
+    }
+}

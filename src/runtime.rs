@@ -1,0 +1,424 @@
+//! Thread-per-core start-up: resolve the I/O back end, raise the fd limit,
+//! bind one SO_REUSEPORT listener per shard, start the control thread and
+//! the shard threads (each pinned, each with its own compio runtime), and
+//! hand back a [`Server`] with its [`Handle`].
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::auth::{Authenticator, RoomValidator};
+use crate::config::{AuthMode, Config, ConfigError};
+use crate::control::Control;
+use crate::error::Error;
+use crate::handle::{Handle, Inner};
+use crate::hooks::{Hooks, NoHooks};
+use crate::io::conn::{self, ShardIo};
+use crate::io::driver::{self, Backend};
+use crate::metrics::{Registry, ShardMetrics};
+use crate::shard::{Shard, ShardCommand, ShardCtx};
+
+/// Builds a [`Server`] from a [`Config`] plus the library-only pieces.
+pub struct ServerBuilder {
+    config: Config,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    room_validator: Option<Arc<dyn RoomValidator>>,
+    hooks: Arc<dyn Hooks>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A running server.
+pub struct Server {
+    handle: Handle,
+    local_addr: SocketAddr,
+    backend: Backend,
+    threads: Vec<JoinHandle<()>>,
+    control: Option<Control>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    /// Start from a configuration.
+    pub fn new(config: Config) -> Self {
+        ServerBuilder {
+            config,
+            authenticator: None,
+            room_validator: None,
+            hooks: Arc::new(NoHooks),
+        }
+    }
+
+    /// Use this authenticator (overrides `config.auth`).
+    pub fn authenticator(mut self, a: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(a));
+        self
+    }
+
+    /// Use this room validator (overrides `config.room_allow`).
+    pub fn room_validator(mut self, v: impl RoomValidator) -> Self {
+        self.room_validator = Some(Arc::new(v));
+        self
+    }
+
+    /// Lifecycle hooks.
+    pub fn hooks(mut self, h: impl Hooks) -> Self {
+        self.hooks = Arc::new(h);
+        self
+    }
+
+    fn make_authenticator(&self) -> Result<Arc<dyn Authenticator>, Error> {
+        if let Some(a) = &self.authenticator {
+            return Ok(a.clone());
+        }
+        use crate::auth::{
+            InsecureAuthenticator, JwtAuthenticator, JwtConfig, JwtKey, WebhookAuthenticator,
+        };
+        let key_err =
+            |key: &'static str, message: String| Error::Config(ConfigError { key, message });
+        Ok(match &self.config.auth {
+            AuthMode::Insecure => {
+                tracing::warn!(
+                    "--auth insecure: EVERY client is accepted with the userId it claims. \
+                     For development and benchmarks only; never expose this server."
+                );
+                Arc::new(InsecureAuthenticator)
+            }
+            AuthMode::Jwt {
+                secret,
+                public_key_file,
+                leeway_s,
+            } => {
+                let key = match (secret, public_key_file) {
+                    (Some(s), _) => JwtKey::Hs256(s.as_bytes().to_vec()),
+                    (None, Some(path)) => {
+                        let pem = std::fs::read(path).map_err(|e| {
+                            key_err(
+                                "--jwt-public-key",
+                                format!("cannot read {}: {e}", path.display()),
+                            )
+                        })?;
+                        JwtKey::from_public_key_pem(pem)
+                            .map_err(|e| key_err("--jwt-public-key", e.to_string()))?
+                    }
+                    (None, None) => {
+                        return Err(key_err("--jwt-secret", "missing".into()));
+                    }
+                };
+                let cfg = JwtConfig {
+                    key,
+                    leeway_s: *leeway_s,
+                    audience: None,
+                    issuer: None,
+                };
+                Arc::new(
+                    JwtAuthenticator::new(cfg)
+                        .map_err(|e| key_err("--jwt-public-key", e.to_string()))?,
+                )
+            }
+            AuthMode::Webhook { url, timeout } => Arc::new(
+                WebhookAuthenticator::new(url.clone(), *timeout)
+                    .map_err(|e| key_err("--auth-url", e.to_string()))?,
+            ),
+            AuthMode::Custom => {
+                return Err(key_err(
+                    "--auth",
+                    "no authenticator: set config.auth or call ServerBuilder::authenticator".into(),
+                ));
+            }
+        })
+    }
+
+    fn make_room_validator(&self) -> Option<Arc<dyn RoomValidator>> {
+        if let Some(v) = &self.room_validator {
+            return Some(v.clone());
+        }
+        let token_rooms = matches!(
+            self.config.auth,
+            AuthMode::Jwt { .. } | AuthMode::Webhook { .. }
+        );
+        if self.config.room_allow.is_empty() && !token_rooms {
+            // As in Ignis without `validateRoomFn`: joins are refused.
+            return None;
+        }
+        Some(Arc::new(crate::auth::GlobRoomValidator::new(
+            self.config.room_allow.clone(),
+        )))
+    }
+
+    /// Bind, start every thread, return when the server accepts connections.
+    pub fn start(self) -> Result<Server, Error> {
+        self.config.validate()?;
+        let authenticator = self.make_authenticator()?;
+        let room_validator = self.make_room_validator();
+        let mut config = self.config.clone();
+        let backend = driver::resolve(config.io).map_err(Error::Runtime)?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        if config.shards == 0 {
+            config.shards = cores;
+        }
+        let fd_limit = raise_fd_limit();
+        if config.max_connections == 0 {
+            // Each connection is one fd; keep some for listeners, the
+            // runtime, Redis and logs.
+            config.max_connections = fd_limit.saturating_sub(64).max(1) as usize;
+            tracing::info!(
+                fd_limit,
+                max_connections = config.max_connections,
+                "--max-connections sized from the file-descriptor limit"
+            );
+        }
+        let n = config.shards;
+        let listeners = bind_all(config.listen, n)?;
+        let local_addr = listeners[0]
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(config.listen);
+        let config = Arc::new(config);
+        let control = Control::start()?;
+        let metrics: Vec<Arc<ShardMetrics>> =
+            (0..n).map(|_| Arc::new(ShardMetrics::default())).collect();
+        let registry = Arc::new(Registry {
+            shards: metrics.clone(),
+            started: Instant::now(),
+            io_backend: backend.name(),
+            max_connections: config.max_connections,
+        });
+        let channels: Vec<(flume::Sender<ShardCommand>, flume::Receiver<ShardCommand>)> =
+            (0..n).map(|_| flume::unbounded()).collect();
+        let handle = Handle {
+            inner: Arc::new(Inner {
+                shards: channels.iter().map(|(tx, _)| tx.clone()).collect(),
+                registry: registry.clone(),
+                control: control.handle(),
+            }),
+        };
+        let per_shard = config.max_connections.div_ceil(n).max(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let mut threads = Vec::with_capacity(n);
+        for (i, (listener, (tx, rx))) in listeners.into_iter().zip(channels).enumerate() {
+            let ctx = ShardCtx {
+                index: i,
+                config: config.clone(),
+                authenticator: authenticator.clone(),
+                room_validator: room_validator.clone(),
+                hooks: self.hooks.clone(),
+                control: control.handle(),
+                metrics: metrics[i].clone(),
+                self_tx: tx,
+                max_conns: per_shard,
+            };
+            let core = config.pin_cores.then_some(i % cores);
+            let registry = registry.clone();
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("ignis-ws-shard-{i}"))
+                .spawn(move || run_shard(ctx, backend, core, listener, rx, registry, ready))?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    for tx in &handle.inner.shards {
+                        let _ = tx.send(ShardCommand::Shutdown);
+                    }
+                    return Err(Error::Runtime(std::io::Error::other(e)));
+                }
+                Err(_) => {
+                    return Err(Error::Runtime(std::io::Error::other(
+                        "a shard thread died at start",
+                    )));
+                }
+            }
+        }
+        tracing::info!(
+            addr = %local_addr,
+            path = %config.path,
+            shards = n,
+            io = backend.name(),
+            "ignis-ws listening"
+        );
+        Ok(Server {
+            handle,
+            local_addr,
+            backend,
+            threads,
+            control: Some(control),
+        })
+    }
+}
+
+impl Server {
+    /// Start a server with the authenticator named by `config.auth`.
+    pub fn start(config: Config) -> Result<Server, Error> {
+        ServerBuilder::new(config).start()
+    }
+
+    /// The delivery API.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The address the shards listen on (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The I/O back end in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Close every client with 1001 after flushing what is queued, wait for
+    /// them (at most `shutdown_timeout`), stop every thread.
+    pub fn shutdown(mut self) {
+        for tx in &self.handle.inner.shards {
+            let _ = tx.send(ShardCommand::Shutdown);
+        }
+        self.join();
+    }
+
+    fn join(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(c) = self.control.take() {
+            c.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            for tx in &self.handle.inner.shards {
+                let _ = tx.send(ShardCommand::Shutdown);
+            }
+            self.join();
+        }
+    }
+}
+
+/// Raise the soft fd limit to the hard limit; return the limit in force.
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let Some(max) = lim.maximum
+        && lim.current != Some(max)
+    {
+        lim.current = Some(max);
+        if setrlimit(Resource::Nofile, lim).is_err() {
+            return getrlimit(Resource::Nofile).current.unwrap_or(1024);
+        }
+    }
+    lim.current.unwrap_or(1 << 20)
+}
+
+/// One listening socket per shard on the same address (SO_REUSEPORT lets
+/// the kernel spread connections over them). With port 0 the first socket
+/// picks the port and the others join it.
+fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<Socket>, Error> {
+    let mut out: Vec<Socket> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let listen_err = |source| Error::Listen { addr, source };
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(listen_err)?;
+        s.set_reuse_address(true).map_err(listen_err)?;
+        s.set_reuse_port(true).map_err(listen_err)?;
+        s.set_nonblocking(true).map_err(listen_err)?;
+        s.bind(&addr.into()).map_err(listen_err)?;
+        s.listen(4096).map_err(listen_err)?;
+        if addr.port() == 0
+            && let Some(a) = s.local_addr().ok().and_then(|a| a.as_socket())
+        {
+            addr = a;
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn run_shard(
+    ctx: ShardCtx,
+    backend: Backend,
+    core: Option<usize>,
+    listener: Socket,
+    rx: flume::Receiver<ShardCommand>,
+    registry: Arc<Registry>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let index = ctx.index;
+    let shutdown_timeout = ctx.config.shutdown_timeout;
+    let rt = match driver::build_runtime(backend, core) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {index}: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match compio::runtime::fd::PollFd::new(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {index}: {e}")));
+                return;
+            }
+        };
+        let shard = Shard::new(ctx, Instant::now());
+        let io = ShardIo::new(shard, registry);
+        let accept = compio::runtime::spawn(conn::accept_loop(io.clone(), listener));
+        compio::runtime::spawn(conn::flusher(io.clone())).detach();
+        compio::runtime::spawn(conn::ticker(io.clone())).detach();
+        compio::runtime::spawn(conn::commands(io.clone(), rx)).detach();
+        let _ = ready.send(Ok(()));
+        wait_for_shutdown(&io).await;
+        // Stop accepting; the listener closes with the task.
+        let _ = accept.cancel().await;
+        let deadline = Instant::now() + shutdown_timeout;
+        while !io.shard.borrow().is_empty() && Instant::now() < deadline {
+            compio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::debug!(
+            shard = index,
+            left = io.shard.borrow().len(),
+            "shard stopped"
+        );
+    });
+}
+
+async fn wait_for_shutdown(io: &Rc<ShardIo>) {
+    std::future::poll_fn(|cx| {
+        let mut sh = io.shard.borrow_mut();
+        if sh.shutting_down {
+            std::task::Poll::Ready(())
+        } else {
+            sh.shutdown_waker = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}

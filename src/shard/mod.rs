@@ -1,0 +1,956 @@
+//! One core's world: the connections a shard owns (in a slab), their
+//! protocol sessions, the room and user indexes, and fan-out. Still no
+//! syscalls of its own: the I/O layer feeds bytes and commands in, and
+//! writes out what the shard queued (each connection's `out` queue, listed
+//! in `dirty`).
+//!
+//! Call order for the I/O layer: [`Shard::register`] after the upgrade;
+//! [`Shard::on_bytes`] for what was read; [`Shard::handle_command`] for what
+//! arrived on the shard's channel; [`Shard::on_tick`] periodically; then
+//! write every connection in [`Shard::take_dirty`]; [`Shard::remove`] when a
+//! connection's task ends (it ends when [`Conn::dead`] is set).
+
+pub mod fanout;
+pub mod index;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use slab::Slab;
+use smallvec::SmallVec;
+
+use crate::auth::{
+    AuthError, AuthRequest, AuthResult, Authenticator, Identity, JoinRequest, RoomValidator,
+};
+use crate::config::{Config, SlowClientPolicy};
+use crate::control::{ControlHandle, Inline};
+use crate::handle::{ClientId, Delivery};
+use crate::hooks::{self, Hooks};
+use crate::metrics::ShardMetrics;
+use crate::proto::close::CloseReason;
+use crate::proto::frame::{self, Message, MessageDecoder, OpCode, Role};
+use crate::proto::message::{self, Buffers, Connected};
+use crate::proto::session::{Action, AuthStep, Session, State, Timeouts, Verdict};
+
+pub use index::{ConnKey, RoomId};
+
+/// What arrives on a shard's channel.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// A message for local recipients.
+    Deliver(Delivery),
+    /// An authenticator that had to wait finished (on the control thread).
+    AuthDone {
+        key: ConnKey,
+        generation: u32,
+        result: AuthResult,
+    },
+    /// A room validator that had to wait finished.
+    JoinDone {
+        key: ConnKey,
+        generation: u32,
+        requested: Vec<String>,
+        allowed: Vec<String>,
+    },
+    /// Close every client with 1001 after flushing, then stop.
+    Shutdown,
+    /// Answer once every earlier command has been handled.
+    Barrier(flume::Sender<()>),
+}
+
+/// What a shard shares with the rest of the process (read-only).
+pub struct ShardCtx {
+    pub index: usize,
+    pub config: Arc<Config>,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub room_validator: Option<Arc<dyn RoomValidator>>,
+    pub hooks: Arc<dyn Hooks>,
+    pub control: ControlHandle,
+    pub metrics: Arc<ShardMetrics>,
+    /// This shard's own channel, for results coming back from the control
+    /// thread.
+    pub self_tx: flume::Sender<ShardCommand>,
+    /// Connection limit of this shard.
+    pub max_conns: usize,
+}
+
+/// What authentication left behind that is rarely needed: kept out of line
+/// so an idle connection stays small.
+#[derive(Debug, Default)]
+pub struct ConnExtra {
+    pub metadata: Option<serde_json::Value>,
+    pub room_patterns: Option<Vec<String>>,
+}
+
+/// Close progress of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Closing {
+    /// After this the TCP connection is dropped regardless.
+    pub deadline: Instant,
+    /// The client's close frame arrived.
+    pub received: bool,
+    /// Input after a protocol error is no longer parsed.
+    pub discard_input: bool,
+}
+
+/// One upgraded connection. `S` is the I/O layer's socket handle; the shard
+/// only stores it.
+#[derive(Debug)]
+pub struct Conn<S> {
+    pub id: ClientId,
+    pub generation: u32,
+    pub session: Session,
+    pub user: Option<Box<str>>,
+    pub extra: Option<Box<ConnExtra>>,
+    /// Rooms joined (the own-id room is the flag below).
+    pub rooms: SmallVec<[RoomId; 4]>,
+    /// In the room named by its own id (from authentication until it
+    /// leaves it).
+    pub in_own_room: bool,
+    /// Frames waiting to be written; the front one may be partly written.
+    pub out: VecDeque<Bytes>,
+    /// Bytes in `out`.
+    pub out_bytes: usize,
+    /// Bytes of the front frame already written.
+    pub front_written: usize,
+    /// In the shard's dirty list.
+    pub dirty: bool,
+    /// The socket did not take everything: wait for writability.
+    pub write_blocked: bool,
+    /// Our close frame has been queued.
+    pub closing: Option<Closing>,
+    /// Our close frame has been fully written and the write side shut.
+    pub write_shut: bool,
+    /// The connection is finished: its task must end and call `remove`.
+    pub dead: bool,
+    /// Last frame of any kind (for the idle ping/close).
+    pub last_rx: Instant,
+    pub ping_sent: bool,
+    pub decoder: MessageDecoder,
+    /// Bytes read but not yet a whole frame (empty and unallocated when idle).
+    pub rbuf: BytesMut,
+    /// The connection task, woken when the shard kills the connection.
+    pub waker: Option<Waker>,
+    pub sock: S,
+}
+
+/// One shard.
+pub struct Shard<S> {
+    pub ctx: ShardCtx,
+    pub timeouts: Timeouts,
+    pub conns: Slab<Conn<S>>,
+    by_id: HashMap<ClientId, ConnKey, index::BuildIdentity>,
+    pub rooms: index::Rooms,
+    pub users: index::Users,
+    /// Connections with something to write.
+    dirty: Vec<ConnKey>,
+    /// The flusher task, woken when `dirty` becomes non-empty.
+    pub flush_waker: Option<Waker>,
+    /// Auth deadlines in order: connect (auth timeout) and in-progress (×3).
+    connect_deadlines: VecDeque<(Instant, ConnKey, u32)>,
+    auth_deadlines: VecDeque<(Instant, ConnKey, u32)>,
+    next_sweep: Instant,
+    next_heartbeat: Instant,
+    next_generation: u32,
+    json_buf: Vec<u8>,
+    json_buffers: Buffers,
+    ping_frame: Bytes,
+    /// Set once `Shutdown` arrived.
+    pub shutting_down: bool,
+    /// The shard's main task, woken when `Shutdown` arrives.
+    pub shutdown_waker: Option<Waker>,
+}
+
+impl<S> Shard<S> {
+    /// A new, empty shard.
+    pub fn new(ctx: ShardCtx, now: Instant) -> Self {
+        let c = &ctx.config;
+        let timeouts = Timeouts {
+            auth: c.auth_timeout,
+            heartbeat: c.heartbeat_timeout,
+        };
+        let next_heartbeat = now + c.heartbeat_interval;
+        Shard {
+            timeouts,
+            conns: Slab::new(),
+            by_id: HashMap::default(),
+            rooms: Default::default(),
+            users: Default::default(),
+            dirty: Vec::new(),
+            flush_waker: None,
+            connect_deadlines: VecDeque::new(),
+            auth_deadlines: VecDeque::new(),
+            next_sweep: now,
+            next_heartbeat,
+            next_generation: 0,
+            json_buf: Vec::new(),
+            json_buffers: Buffers::default(),
+            ping_frame: frame::server_frame(OpCode::Ping, b""),
+            shutting_down: false,
+            shutdown_waker: None,
+            ctx,
+        }
+    }
+
+    /// How often [`Shard::on_tick`] should run: fine enough for the
+    /// shortest timer.
+    pub fn tick_interval(&self) -> Duration {
+        let c = &self.ctx.config;
+        let mut t = c
+            .auth_timeout
+            .min(c.heartbeat_interval)
+            .min(c.close_timeout);
+        if let Some(i) = c.idle_timeout {
+            t = t.min(i);
+        }
+        (t / 4).clamp(Duration::from_millis(5), Duration::from_millis(250))
+    }
+
+    /// Whether another connection may be accepted.
+    pub fn has_room_for_connection(&self) -> bool {
+        !self.shutting_down && self.conns.len() < self.ctx.max_conns
+    }
+
+    /// The connection at `key` if it is still the one with `generation`.
+    fn live(&mut self, key: ConnKey, generation: u32) -> Option<&mut Conn<S>> {
+        self.conns
+            .get_mut(key as usize)
+            .filter(|c| c.generation == generation && !c.dead)
+    }
+
+    /// Look up a local client by id.
+    pub fn key_of(&self, id: &ClientId) -> Option<ConnKey> {
+        self.by_id.get(id).copied()
+    }
+
+    /// A freshly upgraded connection: `Unauthorized`, auth timer running.
+    /// `rest` is whatever followed the HTTP request head.
+    pub fn register(&mut self, sock: S, rest: &[u8], now: Instant) -> (ConnKey, ClientId) {
+        let id = loop {
+            let id = ClientId::new(self.ctx.index);
+            if !self.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let c = &self.ctx.config;
+        let key = self.conns.insert(Conn {
+            id,
+            generation,
+            session: Session::new(now, &self.timeouts),
+            user: None,
+            extra: None,
+            rooms: SmallVec::new(),
+            // The reference subscribes a socket to its own id at connect, so
+            // room messages to that id reach it even before authentication.
+            in_own_room: true,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            front_written: 0,
+            dirty: false,
+            write_blocked: false,
+            closing: None,
+            write_shut: false,
+            dead: false,
+            last_rx: now,
+            ping_sent: false,
+            decoder: MessageDecoder::new(Role::Server, c.max_payload),
+            rbuf: BytesMut::new(),
+            waker: None,
+            sock,
+        }) as ConnKey;
+        self.by_id.insert(id, key);
+        self.connect_deadlines
+            .push_back((now + self.timeouts.auth, key, generation));
+        let m = &self.ctx.metrics;
+        m.conns_unauthorized
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ShardMetrics::add(&m.upgrades_total, 1);
+        if let Some(fut) = self.ctx.hooks.on_open(hooks::Opened {
+            client_id: id.to_string(),
+        }) {
+            self.ctx.control.run_or_offload(fut, |()| {});
+        }
+        if !rest.is_empty() {
+            self.on_bytes(key, rest, now);
+        }
+        (key, id)
+    }
+
+    /// Bytes read from a connection.
+    pub fn on_bytes(&mut self, key: ConnKey, data: &[u8], now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.dead {
+            return;
+        }
+        conn.last_rx = now;
+        conn.ping_sent = false;
+        if conn.closing.is_some_and(|c| c.discard_input) {
+            return;
+        }
+        conn.rbuf.extend_from_slice(data);
+        loop {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return;
+            };
+            if conn.dead {
+                return;
+            }
+            match conn.decoder.decode(&mut conn.rbuf) {
+                Ok(Some(msg)) => self.on_message(key, msg, now),
+                Ok(None) => break,
+                Err(e) => {
+                    conn.rbuf = BytesMut::new();
+                    self.close(key, CloseReason::Frame(e), now);
+                    if let Some(c) = self
+                        .conns
+                        .get_mut(key as usize)
+                        .and_then(|c| c.closing.as_mut())
+                    {
+                        c.discard_input = true;
+                    }
+                    return;
+                }
+            }
+        }
+        // Release the read buffer of an idle connection.
+        if let Some(conn) = self.conns.get_mut(key as usize)
+            && conn.rbuf.is_empty()
+            && conn.rbuf.capacity() > 0
+        {
+            conn.rbuf = BytesMut::new();
+        }
+    }
+
+    /// End of input from the client.
+    pub fn on_eof(&mut self, key: ConnKey) {
+        self.kill(key);
+    }
+
+    /// The connection is finished: wake its task so it ends.
+    pub fn kill(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key as usize)
+            && !conn.dead
+        {
+            conn.dead = true;
+            conn.out.clear();
+            conn.out_bytes = 0;
+            if let Some(w) = conn.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn on_message(&mut self, key: ConnKey, msg: Message, now: Instant) {
+        let m = &self.ctx.metrics;
+        match msg {
+            Message::Text(payload) | Message::Binary(payload) => {
+                ShardMetrics::add(&m.messages_in, 1);
+                ShardMetrics::add(&m.bytes_in, payload.len() as u64);
+                if self.conns[key as usize].closing.is_some() {
+                    return;
+                }
+                self.on_data(key, &payload, now);
+            }
+            Message::Ping(payload) => {
+                let pong = frame::server_frame(OpCode::Pong, &payload);
+                self.push_control(key, pong);
+            }
+            Message::Pong(_) => {}
+            Message::Close(cf) => self.on_close_frame(key, cf, now),
+        }
+    }
+
+    fn on_close_frame(&mut self, key: ConnKey, cf: Option<frame::CloseFrame>, now: Instant) {
+        let conn = &mut self.conns[key as usize];
+        match &mut conn.closing {
+            Some(c) => {
+                // The reply to our close: the handshake is complete.
+                c.received = true;
+                if conn.write_shut {
+                    self.kill(key);
+                }
+            }
+            None => {
+                // Echo the client's code (RFC 6455 §5.5.1).
+                let mut buf = BytesMut::new();
+                match &cf {
+                    Some(cf) => {
+                        let reason = std::str::from_utf8(&cf.reason).unwrap_or("");
+                        frame::encode_close(&mut buf, cf.code, reason, None);
+                    }
+                    None => frame::encode_frame(&mut buf, true, OpCode::Close, &[], None),
+                }
+                conn.closing = Some(Closing {
+                    deadline: now + self.ctx.config.close_timeout,
+                    received: true,
+                    discard_input: true,
+                });
+                conn.rbuf = BytesMut::new();
+                let f = buf.freeze();
+                self.enqueue(key, f);
+            }
+        }
+    }
+
+    /// One data message (text, or binary treated as text like the
+    /// reference's `message.toString()`).
+    fn on_data(&mut self, key: ConnKey, payload: &[u8], now: Instant) {
+        let mut buf = std::mem::take(&mut self.json_buf);
+        let mut buffers = std::mem::take(&mut self.json_buffers);
+        buf.clear();
+        buf.extend_from_slice(payload);
+        {
+            let parsed = message::parse(&mut buf, &mut buffers);
+            let conn = &mut self.conns[key as usize];
+            let was = conn.session.state();
+            let action = conn.session.handle_message(parsed, now, &self.timeouts);
+            match action {
+                Action::None => {}
+                Action::Error(text) => self.send_error(key, text),
+                Action::Authenticate(data) => {
+                    let data = message::to_json(&data);
+                    self.start_auth(key, was, data, now);
+                }
+                Action::Join(rooms) => self.start_join(key, rooms),
+                Action::Leave(rooms) => self.leave(key, &rooms),
+                Action::Custom { event, data, id } => {
+                    if self.ctx.hooks.wants_messages() {
+                        let conn = &self.conns[key as usize];
+                        let msg = hooks::Message {
+                            client_id: conn.id.to_string(),
+                            user_id: conn.user.as_deref().map(str::to_owned),
+                            event: event.into_owned(),
+                            data: data.as_ref().map(message::to_json),
+                            id: id.map(|s| s.into_owned()),
+                        };
+                        if let Some(fut) = self.ctx.hooks.on_message(msg) {
+                            self.ctx.control.run_or_offload(fut, |()| {});
+                        }
+                    } else {
+                        tracing::debug!(event = %event, "no message hook for custom event; dropped");
+                    }
+                }
+            }
+        }
+        self.json_buf = buf;
+        self.json_buffers = buffers;
+    }
+
+    fn set_state_gauge(&self, from: State, to: State) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.ctx.metrics;
+        let g = |s: State| match s {
+            State::Unauthorized => &m.conns_unauthorized,
+            State::Authenticating => &m.conns_authenticating,
+            State::Authenticated => &m.conns_authenticated,
+        };
+        if from != to {
+            g(from).fetch_sub(1, Relaxed);
+            g(to).fetch_add(1, Relaxed);
+        }
+    }
+
+    fn start_auth(&mut self, key: ConnKey, was: State, data: serde_json::Value, now: Instant) {
+        let conn = &self.conns[key as usize];
+        let generation = conn.generation;
+        self.set_state_gauge(was, State::Authenticating);
+        if let Some(d) = conn.session.deadline() {
+            self.auth_deadlines.push_back((d, key, generation));
+        }
+        let req = AuthRequest {
+            client_id: conn.id.to_string(),
+            data,
+        };
+        let fut = self.ctx.authenticator.authenticate(req);
+        let tx = self.ctx.self_tx.clone();
+        let ready = self.ctx.control.run_or_offload(fut, move |result| {
+            let _ = tx.send(ShardCommand::AuthDone {
+                key,
+                generation,
+                result,
+            });
+        });
+        match ready {
+            Inline::Ready(result) => self.finish_auth(key, generation, result, now),
+            Inline::Panicked => self.finish_auth(
+                key,
+                generation,
+                Err(AuthError::Internal("authenticator panicked".into())),
+                now,
+            ),
+            Inline::Offloaded => {}
+        }
+    }
+
+    fn finish_auth(&mut self, key: ConnKey, generation: u32, result: AuthResult, now: Instant) {
+        let m = self.ctx.metrics.clone();
+        let Some(conn) = self.live(key, generation) else {
+            tracing::debug!("client disconnected during authentication; result dropped");
+            return;
+        };
+        if conn.closing.is_some() {
+            return;
+        }
+        let (verdict, identity) = match result {
+            Ok(Some(identity)) => (Verdict::Accepted, Some(identity)),
+            Ok(None) => (Verdict::Refused, None),
+            Err(e) => {
+                log_auth_error(&conn.id, &e);
+                (Verdict::Failed, None)
+            }
+        };
+        match conn.session.handle_auth_result(verdict) {
+            AuthStep::Stale => {}
+            AuthStep::Reject(text) => {
+                match verdict {
+                    Verdict::Failed => ShardMetrics::add(&m.auth_errors, 1),
+                    _ => ShardMetrics::add(&m.auth_refused, 1),
+                }
+                self.send_error(key, text);
+                self.close(key, CloseReason::AuthFailed, now);
+            }
+            AuthStep::Accept => {
+                ShardMetrics::add(&m.auth_accepted, 1);
+                let identity = identity.unwrap_or_default();
+                self.accept(key, identity);
+            }
+        }
+    }
+
+    /// Index the client, join its own and default rooms, send `connected`.
+    fn accept(&mut self, key: ConnKey, identity: Identity) {
+        self.set_state_gauge(State::Authenticating, State::Authenticated);
+        let Identity {
+            user_id,
+            metadata,
+            room_patterns,
+        } = identity;
+        let conn = &mut self.conns[key as usize];
+        conn.user = user_id.as_deref().filter(|u| !u.is_empty()).map(Box::from);
+        if metadata.is_some() || room_patterns.is_some() {
+            conn.extra = Some(Box::new(ConnExtra {
+                metadata: metadata.clone(),
+                room_patterns,
+            }));
+        }
+        conn.in_own_room = true;
+        let id = conn.id;
+        // An empty userId is falsy in the reference: not indexed.
+        if let Some(u) = user_id.as_deref().filter(|u| !u.is_empty()) {
+            self.users.add(u, key);
+        }
+        let defaults = self.ctx.config.default_rooms.clone();
+        for r in &defaults {
+            self.join_room(key, r);
+        }
+        self.update_index_gauges();
+        let id_s = id.to_string();
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let time = message::iso8601_millis(unix_ms);
+        let payload = Connected {
+            id: &id_s,
+            user_id: user_id.as_deref(),
+            time: &time,
+        };
+        if let Ok(f) = crate::handle::encode(message::event::CONNECTED, Some(&payload)) {
+            self.enqueue(key, f);
+        }
+        tracing::debug!(client = %id_s, user = ?user_id, "authenticated");
+        if let Some(fut) = self.ctx.hooks.on_connect(hooks::Connected {
+            client_id: id_s,
+            user_id,
+            metadata,
+        }) {
+            self.ctx.control.run_or_offload(fut, |()| {});
+        }
+    }
+
+    fn update_index_gauges(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.ctx.metrics;
+        m.rooms.store(self.rooms.len() as i64, Relaxed);
+        m.users.store(self.users.len() as i64, Relaxed);
+    }
+
+    /// Join one room (the own-id room is a flag, not an index entry).
+    fn join_room(&mut self, key: ConnKey, name: &str) {
+        let conn = &mut self.conns[key as usize];
+        if ClientId::parse(name) == Some(conn.id) {
+            conn.in_own_room = true;
+            return;
+        }
+        let (rid, new) = self.rooms.join(name, key);
+        if new {
+            self.conns[key as usize].rooms.push(rid);
+        }
+    }
+
+    fn start_join(&mut self, key: ConnKey, rooms: Vec<String>) {
+        let Some(validator) = self.ctx.room_validator.clone() else {
+            tracing::debug!("join refused: no room validator configured");
+            ShardMetrics::add(&self.ctx.metrics.rooms_refused, rooms.len() as u64);
+            return;
+        };
+        let conn = &self.conns[key as usize];
+        let generation = conn.generation;
+        let req = JoinRequest {
+            client_id: conn.id.to_string(),
+            user_id: conn.user.as_deref().map(str::to_owned),
+            rooms: rooms.clone(),
+            room_patterns: conn.extra.as_ref().and_then(|e| e.room_patterns.clone()),
+        };
+        let fut = validator.allowed_rooms(req);
+        let tx = self.ctx.self_tx.clone();
+        let requested = rooms.clone();
+        let ready = self.ctx.control.run_or_offload(fut, move |allowed| {
+            let _ = tx.send(ShardCommand::JoinDone {
+                key,
+                generation,
+                requested,
+                allowed,
+            });
+        });
+        match ready {
+            Inline::Ready(allowed) => self.finish_join(key, generation, &rooms, allowed),
+            Inline::Panicked => self.finish_join(key, generation, &rooms, Vec::new()),
+            Inline::Offloaded => {}
+        }
+    }
+
+    fn finish_join(
+        &mut self,
+        key: ConnKey,
+        generation: u32,
+        requested: &[String],
+        allowed: Vec<String>,
+    ) {
+        if self.live(key, generation).is_none() {
+            return;
+        }
+        // Only rooms that were asked for and passed the filter: a validator
+        // cannot put a client into `ws:` rooms.
+        let mut joined = 0u64;
+        for r in allowed.iter().filter(|r| requested.contains(r)) {
+            self.join_room(key, r);
+            joined += 1;
+        }
+        let m = &self.ctx.metrics;
+        ShardMetrics::add(&m.rooms_joined, joined);
+        ShardMetrics::add(
+            &m.rooms_refused,
+            requested.len() as u64 - joined.min(requested.len() as u64),
+        );
+        self.update_index_gauges();
+    }
+
+    /// `leave`: only rooms the client is in.
+    fn leave(&mut self, key: ConnKey, names: &[String]) {
+        for name in names {
+            let conn = &mut self.conns[key as usize];
+            if ClientId::parse(name) == Some(conn.id) {
+                conn.in_own_room = false;
+                continue;
+            }
+            let Some(rid) = self.rooms.id(name) else {
+                continue;
+            };
+            let conn = &mut self.conns[key as usize];
+            if let Some(pos) = conn.rooms.iter().position(|r| *r == rid) {
+                conn.rooms.swap_remove(pos);
+                self.rooms.leave(rid, key);
+            }
+        }
+        self.update_index_gauges();
+    }
+
+    fn send_error(&mut self, key: ConnKey, text: &str) {
+        let f = frame::server_frame_with(OpCode::Text, |b| message::write_error(b, text));
+        self.enqueue(key, f);
+    }
+
+    /// Queue a control frame (pong): never subject to the budget.
+    fn push_control(&mut self, key: ConnKey, f: Bytes) {
+        if self.conns[key as usize].closing.is_none() {
+            self.enqueue(key, f);
+        }
+    }
+
+    /// Queue a frame for a client without budget checks.
+    fn enqueue(&mut self, key: ConnKey, f: Bytes) {
+        let conn = &mut self.conns[key as usize];
+        if conn.dead {
+            return;
+        }
+        let m = &self.ctx.metrics;
+        ShardMetrics::add(&m.messages_out, 1);
+        ShardMetrics::add(&m.bytes_out, f.len() as u64);
+        conn.out_bytes += f.len();
+        conn.out.push_back(f);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+            if self.dirty.len() == 1
+                && let Some(w) = &self.flush_waker
+            {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Queue a delivery frame for a client, applying the outbound budget.
+    /// Returns whether it was queued.
+    #[inline]
+    pub fn push(&mut self, key: ConnKey, f: &Bytes, now: Instant) -> bool {
+        let limit = self.ctx.config.backpressure_limit;
+        let conn = &mut self.conns[key as usize];
+        if conn.closing.is_some() || conn.dead {
+            ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
+            return false;
+        }
+        if conn.out_bytes + f.len() > limit {
+            match self.ctx.config.slow_client {
+                SlowClientPolicy::Drop => {
+                    ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
+                }
+                SlowClientPolicy::Close => {
+                    ShardMetrics::add(&self.ctx.metrics.slow_clients_closed, 1);
+                    ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
+                    self.close(key, CloseReason::SlowClient, now);
+                }
+            }
+            return false;
+        }
+        conn.out_bytes += f.len();
+        conn.out.push_back(f.clone());
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+            if self.dirty.len() == 1
+                && let Some(w) = &self.flush_waker
+            {
+                w.wake_by_ref();
+            }
+        }
+        true
+    }
+
+    /// Start the closing handshake with `reason`: queue the close frame
+    /// after what is already queued (for a slow client: instead of it), stop
+    /// queuing anything else, drop the connection after `close_timeout`.
+    pub fn close(&mut self, key: ConnKey, reason: CloseReason, now: Instant) {
+        let deadline = now + self.ctx.config.close_timeout;
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.closing.is_some() || conn.dead {
+            return;
+        }
+        let (code, text) = reason.wire();
+        if matches!(reason, CloseReason::SlowClient) {
+            // Keep only a partly written front frame: the stream must stay
+            // well-framed for the close frame to be readable.
+            let keep = if conn.front_written > 0 { 1 } else { 0 };
+            conn.out.truncate(keep);
+            conn.out_bytes = conn.out.front().map(|f| f.len()).unwrap_or(0);
+        }
+        if matches!(reason, CloseReason::AuthTimeout) {
+            ShardMetrics::add(&self.ctx.metrics.auth_timeouts, 1);
+        }
+        tracing::debug!(client = %conn.id, code, reason = text, "closing");
+        self.ctx.metrics.close_sent(code);
+        conn.closing = Some(Closing {
+            deadline,
+            received: false,
+            discard_input: false,
+        });
+        let mut buf = BytesMut::with_capacity(4 + text.len());
+        frame::encode_close(&mut buf, code, text, None);
+        let f = buf.freeze();
+        self.enqueue(key, f);
+    }
+
+    /// Whether some connection has queued output.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Take the list of connections with queued output.
+    pub fn take_dirty(&mut self, into: &mut Vec<ConnKey>) {
+        std::mem::swap(&mut self.dirty, into);
+        self.dirty.clear();
+    }
+
+    /// A command from the shard's channel.
+    pub fn handle_command(&mut self, cmd: ShardCommand, now: Instant) {
+        match cmd {
+            ShardCommand::Deliver(d) => self.deliver(&d, now),
+            ShardCommand::AuthDone {
+                key,
+                generation,
+                result,
+            } => self.finish_auth(key, generation, result, now),
+            ShardCommand::JoinDone {
+                key,
+                generation,
+                requested,
+                allowed,
+            } => self.finish_join(key, generation, &requested, allowed),
+            ShardCommand::Shutdown => self.begin_shutdown(now),
+            ShardCommand::Barrier(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Close every client with 1001 after what is queued for it.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        if let Some(w) = self.shutdown_waker.take() {
+            w.wake();
+        }
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k as ConnKey).collect();
+        for k in keys {
+            self.close(k, CloseReason::Shutdown, now);
+        }
+    }
+
+    /// Timers: auth timeouts (4001), heartbeat (4002), idle ping/close, and
+    /// the close-handshake deadline.
+    pub fn on_tick(&mut self, now: Instant) {
+        for q in 0..2 {
+            loop {
+                let queue = if q == 0 {
+                    &mut self.connect_deadlines
+                } else {
+                    &mut self.auth_deadlines
+                };
+                match queue.front() {
+                    Some((d, _, _)) if *d <= now => {}
+                    _ => break,
+                }
+                let Some((_, key, generation)) = queue.pop_front() else {
+                    break;
+                };
+                let Some(conn) = self.live(key, generation) else {
+                    continue;
+                };
+                if conn.closing.is_some() {
+                    continue;
+                }
+                if let Some(reason) = conn.session.poll_timeout(now) {
+                    tracing::debug!(client = %conn.id, "authentication timeout");
+                    self.close(key, reason, now);
+                }
+            }
+        }
+        let heartbeat_due = now >= self.next_heartbeat;
+        if heartbeat_due {
+            self.next_heartbeat = now + self.ctx.config.heartbeat_interval;
+        }
+        if !(heartbeat_due || now >= self.next_sweep) {
+            return;
+        }
+        let c = &self.ctx.config;
+        let sweep_every = c
+            .idle_timeout
+            .map(|i| i / 4)
+            .unwrap_or(Duration::from_secs(1))
+            .min(c.close_timeout / 2)
+            .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        self.next_sweep = now + sweep_every;
+        let idle = c.idle_timeout;
+        let mut to_close: Vec<(ConnKey, CloseReason)> = Vec::new();
+        let mut to_kill: Vec<ConnKey> = Vec::new();
+        let mut to_ping: Vec<ConnKey> = Vec::new();
+        for (k, conn) in self.conns.iter_mut() {
+            let k = k as ConnKey;
+            if conn.dead {
+                continue;
+            }
+            if let Some(cl) = &conn.closing {
+                if now >= cl.deadline {
+                    to_kill.push(k);
+                }
+                continue;
+            }
+            if heartbeat_due && conn.session.heartbeat_expired(now, &self.timeouts) {
+                to_close.push((k, CloseReason::HeartbeatTimeout));
+                continue;
+            }
+            if let Some(idle) = idle {
+                let quiet = now.saturating_duration_since(conn.last_rx);
+                if quiet >= idle {
+                    to_close.push((k, CloseReason::IdleTimeout));
+                } else if quiet >= idle / 2 && !conn.ping_sent {
+                    conn.ping_sent = true;
+                    to_ping.push(k);
+                }
+            }
+        }
+        for k in to_kill {
+            self.kill(k);
+        }
+        for (k, r) in to_close {
+            self.close(k, r, now);
+        }
+        let ping = self.ping_frame.clone();
+        for k in to_ping {
+            self.enqueue(k, ping.clone());
+        }
+    }
+
+    /// The connection's task ended: take it out of every index.
+    pub fn remove(&mut self, key: ConnKey) -> Option<S> {
+        if !self.conns.contains(key as usize) {
+            return None;
+        }
+        let conn = self.conns.remove(key as usize);
+        self.by_id.remove(&conn.id);
+        if let Some(u) = &conn.user {
+            self.users.remove(u, key);
+        }
+        for rid in &conn.rooms {
+            self.rooms.leave(*rid, key);
+        }
+        let st = conn.session.state();
+        let m = &self.ctx.metrics;
+        use std::sync::atomic::Ordering::Relaxed;
+        match st {
+            State::Unauthorized => m.conns_unauthorized.fetch_sub(1, Relaxed),
+            State::Authenticating => m.conns_authenticating.fetch_sub(1, Relaxed),
+            State::Authenticated => m.conns_authenticated.fetch_sub(1, Relaxed),
+        };
+        self.update_index_gauges();
+        if let Some(fut) = self.ctx.hooks.on_disconnect(hooks::Disconnected {
+            client_id: conn.id.to_string(),
+            user_id: conn.user.as_deref().map(str::to_owned),
+        }) {
+            self.ctx.control.run_or_offload(fut, |()| {});
+        }
+        Some(conn.sock)
+    }
+
+    /// Number of connections (any state).
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether the shard holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}
+
+fn log_auth_error(id: &ClientId, e: &AuthError) {
+    tracing::warn!(client = %id, error = %e, "authenticator error");
+}

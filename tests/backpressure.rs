@@ -1,0 +1,184 @@
+//! PROTOCOL.md §9 on the wire: a client that stops reading never slows the
+//! others; past its outbound budget it is closed (1008) or its messages are
+//! dropped, and both are counted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
+
+mod util;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use ignis_ws::config::{IoMode, SlowClientPolicy};
+use serde_json::json;
+use tokio::net::TcpSocket;
+use util::*;
+
+/// An upgraded, authenticated raw client with a tiny receive buffer that
+/// will never read again. Returns it and its id.
+async fn stalled_client(s: &TestServer, room: &str) -> (Raw, String) {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.addr).await.unwrap();
+    let mut r = Raw {
+        s: stream,
+        buf: Vec::new(),
+    };
+    let addr = s.addr;
+    r.write(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(r.read_http_head().await.starts_with("HTTP/1.1 101"));
+    r.write(&text(
+        r#"{"event":"authenticate","data":{"userId":"slow"}}"#,
+    ))
+    .await;
+    let (_, _, p) = r.read_frame().await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+    let id = v["data"]["id"].as_str().unwrap().to_string();
+    r.write(&text(
+        &json!({"event":"join","data":{"rooms":[room]}}).to_string(),
+    ))
+    .await;
+    (r, id)
+}
+
+fn cfg(io: IoMode, policy: SlowClientPolicy) -> ignis_ws::Config {
+    let mut c = config(io);
+    c.backpressure_limit = 256 * 1024;
+    c.slow_client = policy;
+    c
+}
+
+/// Fill a client's kernel buffers and its queue (to within 1 KiB of the
+/// budget) with 1 KiB direct messages: 16 MiB, far more than any buffer.
+async fn flood(h: &ignis_ws::Handle, id: &str) {
+    let small = "x".repeat(1000);
+    for _ in 0..16 * 1024 {
+        h.to_client(id, "fill", &small).unwrap();
+    }
+    h.settle().await;
+}
+
+async fn stalled_client_does_not_slow_a_thousand_others(io: IoMode) {
+    let s = start(cfg(io, SlowClientPolicy::Drop));
+    let h = s.handle();
+    let (_slow, slow_id) = stalled_client(&s, "r").await;
+    let mut fast = Vec::new();
+    for chunk in 0..10 {
+        let batch = join_all((0..100).map(|i| {
+            let url = s.url();
+            async move {
+                let (mut c, _) = authed(&url, &format!("u{chunk}-{i}")).await;
+                c.join(&["r"]).await;
+                c.expect_silence().await;
+                c
+            }
+        }))
+        .await;
+        fast.extend(batch);
+    }
+    flood(&h, &slow_id).await;
+    let dropped_before: u64 = h
+        .metrics()
+        .shards
+        .iter()
+        .map(|m| m.frames_dropped.load(Relaxed))
+        .sum();
+    assert!(
+        dropped_before > 0,
+        "the stalled client's budget is exhausted"
+    );
+    // Room messages bigger than the budget's slack: none fits the
+    // stalled client's queue any more.
+    let pad = "z".repeat(1100);
+    for i in 0..100 {
+        h.to_room("r", "m", &json!([i, pad]), &[]).unwrap();
+    }
+    // Every fast client gets all 100, in order.
+    join_all(fast.iter_mut().map(|c| async move {
+        for i in 0..100 {
+            assert_eq!(c.recv().await["data"][0], i);
+        }
+    }))
+    .await;
+    let dropped_after: u64 = h
+        .metrics()
+        .shards
+        .iter()
+        .map(|m| m.frames_dropped.load(Relaxed))
+        .sum();
+    assert_eq!(
+        dropped_after - dropped_before,
+        100,
+        "only the stalled client lost them"
+    );
+    assert_eq!(h.connections(), 1001, "drop policy keeps the connection");
+}
+
+async fn over_budget_client_is_closed_1008(io: IoMode) {
+    let s = start(cfg(io, SlowClientPolicy::Close));
+    let h = s.handle();
+    let (mut slow, slow_id) = stalled_client(&s, "r").await;
+    let (mut other, _) = authed(&s.url(), "other").await;
+    other.join(&["r"]).await;
+    other.expect_silence().await;
+    flood(&h, &slow_id).await;
+    h.to_room("r", "after", &1, &[]).unwrap();
+    assert_eq!(other.recv().await, json!({"event":"after","data":1}));
+    // The stalled client, reading at last, finds whole frames and then
+    // the close.
+    loop {
+        match slow.read_frame().await {
+            Some((true, 1, _)) => continue,
+            Some((_, 8, p)) => {
+                assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1008);
+                assert_eq!(&p[2..], b"Backpressure limit exceeded");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let closed: u64 = h
+        .metrics()
+        .shards
+        .iter()
+        .map(|m| m.slow_clients_closed.load(Relaxed))
+        .sum();
+    assert_eq!(closed, 1);
+    let (_, body) = http_get(s.addr, "/metrics").await;
+    assert!(
+        body.contains("ignis_ws_slow_clients_closed_total 1"),
+        "{body}"
+    );
+    // The budget bounded what was queued: far less than the 16 MiB sent.
+    let _ = Duration::from_secs(0);
+}
+
+async fn reader_that_catches_up_gets_everything_in_order(io: IoMode) {
+    // Within the budget nothing is lost: a client that pauses and resumes
+    // receives every message in order.
+    let s = start(cfg(io, SlowClientPolicy::Close));
+    let h = s.handle();
+    let (mut c, d) = authed(&s.url(), "pauser").await;
+    let id = d["id"].as_str().unwrap().to_string();
+    let payload = "y".repeat(1000);
+    for i in 0..200 {
+        h.to_client(&id, "p", &json!([i, payload])).unwrap();
+    }
+    for i in 0..200 {
+        assert_eq!(c.recv().await["data"][0], i);
+    }
+}
+
+io_tests!(
+    stalled_client_does_not_slow_a_thousand_others,
+    over_budget_client_is_closed_1008,
+    reader_that_catches_up_gets_everything_in_order,
+);

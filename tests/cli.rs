@@ -1,0 +1,256 @@
+//! The `ignis-ws` binary as a user runs it: configuration errors exit 2
+//! naming the key, `--help` documents every flag, `serve` with flags, env
+//! or a TOML file works, SIGTERM closes clients with 1001 and exits 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use util::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ignis-ws");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // A clean environment of IGNIS_WS_* variables.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IGNIS_WS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("run the binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn no_auth_mode_exits_2_naming_auth() {
+    let (code, out) = run(&["serve", "--listen", "127.0.0.1:0"], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--auth"), "{out}");
+}
+
+#[test]
+fn bad_values_exit_2_naming_the_key() {
+    for (args, env, key) in [
+        (
+            vec!["serve", "--auth", "insecure", "--shards", "abc"],
+            vec![],
+            "--shards",
+        ),
+        (vec!["serve", "--auth", "nope"], vec![], "--auth"),
+        (
+            vec!["serve", "--auth", "insecure", "--max-payload", "12XB"],
+            vec![],
+            "--max-payload",
+        ),
+        (
+            vec!["serve", "--auth", "insecure"],
+            vec![("IGNIS_WS_AUTH_TIMEOUT_MS", "0")],
+            "--auth-timeout-ms",
+        ),
+        (
+            vec!["serve", "--auth", "insecure"],
+            vec![("IGNIS_WS_HEARTBEAT_INTERVAL_MS", "x")],
+            "--heartbeat-interval-ms",
+        ),
+        (vec!["serve", "--auth", "jwt"], vec![], "--jwt-secret"),
+        (vec!["serve", "--auth", "webhook"], vec![], "--auth-url"),
+        (
+            vec!["serve", "--auth", "webhook", "--auth-url", "ftp://x"],
+            vec![],
+            "--auth-url",
+        ),
+        (
+            vec![
+                "serve",
+                "--auth",
+                "jwt",
+                "--jwt-public-key",
+                "/nonexistent.pem",
+            ],
+            vec![],
+            "--jwt-public-key",
+        ),
+        (
+            vec!["serve", "--auth", "insecure", "--default-rooms", "ws:bad"],
+            vec![],
+            "--default-rooms",
+        ),
+        (
+            vec!["serve", "--auth", "insecure", "--path", "nope"],
+            vec![],
+            "--path",
+        ),
+    ] {
+        let (code, out) = run(&args, &env);
+        assert_eq!(code, 2, "{args:?} {env:?}: {out}");
+        assert!(
+            out.contains(key),
+            "{args:?} {env:?} should name {key}: {out}"
+        );
+    }
+}
+
+#[test]
+fn config_file_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "auth = \"insecure\"\nauth-timeout = 5\n").unwrap();
+    let (code, out) = run(&["serve", "--config", p.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("auth-timeout"), "{out}");
+    std::fs::write(&p, "auth = \"insecure\"\nshards = \"two\"\n").unwrap();
+    let (code, out) = run(&["serve", "--config", p.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("shards"), "{out}");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let (code, out) = run(&["serve", "--help"], &[]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--listen",
+        "--path",
+        "--shards",
+        "--io",
+        "--auth",
+        "--jwt-secret",
+        "--jwt-public-key",
+        "--auth-url",
+        "--room-allow",
+        "--default-rooms",
+        "--auth-timeout-ms",
+        "--heartbeat-interval-ms",
+        "--heartbeat-timeout-ms",
+        "--idle-timeout-s",
+        "--max-payload",
+        "--backpressure-limit",
+        "--slow-client",
+        "--max-connections",
+        "--config",
+        "--log",
+        "IGNIS_WS_LISTEN",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}");
+    }
+    let (code, out) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("serve"), "{out}");
+}
+
+/// Start `ignis-ws serve` and return it with the address it logged.
+#[allow(clippy::zombie_processes)] // reason: every caller waits for the child
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if line.contains("listening") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .expect("addr= in the listening line");
+            // Keep draining the log so the server never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, addr.parse().unwrap());
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_then_sigterm_closes_clients_1001() {
+    let (mut child, addr) = spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "insecure",
+            "--shards",
+            "2",
+            "--room-allow",
+            "*",
+        ],
+        &[],
+    );
+    let url = format!("ws://{addr}/ws");
+    let (mut c, d) = authed(&url, "cli-user").await;
+    assert_eq!(d["userId"], "cli-user");
+    c.join(&["room"]).await;
+    c.expect_silence().await;
+    let (head, body) = http_get(addr, "/health").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("\"connections\":1"), "{body}");
+    sigterm(&child);
+    assert_eq!(
+        c.expect_close().await,
+        (1001, "Server shutting down".into())
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_and_toml_configure_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ignis.toml");
+    std::fs::write(
+        &p,
+        "auth = \"insecure\"\npath = \"/from-file\"\nlisten = \"127.0.0.1:0\"\ndefault-rooms = \"lobby\"\nshards = 1\n",
+    )
+    .unwrap();
+    // The environment wins over the file for the path.
+    let (mut child, addr) = spawn(
+        &["--config", p.to_str().unwrap()],
+        &[("IGNIS_WS_PATH", "/from-env")],
+    );
+    let (head, _) = http_get(addr, "/from-env").await;
+    assert!(
+        head.starts_with("HTTP/1.1 426"),
+        "the WebSocket path is /from-env: {head}"
+    );
+    let (mut c, _) = authed(&format!("ws://{addr}/from-env"), "u").await;
+    c.expect_silence().await;
+    sigterm(&child);
+    let _ = c.expect_close().await;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let _ = Duration::ZERO;
+}
