@@ -380,34 +380,42 @@ fn run_shard(
             return;
         }
     };
-    rt.block_on(async move {
-        let listener = match compio::runtime::fd::PollFd::new(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(format!("shard {index}: {e}")));
-                return;
+    // A panic here is a bug in ignis-ws; a shard that silently stopped
+    // would strand its clients, so the process stops loudly instead.
+    let run = std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async move {
+            let listener = match compio::runtime::fd::PollFd::new(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(format!("shard {index}: {e}")));
+                    return;
+                }
+            };
+            let shard = Shard::new(ctx, Instant::now());
+            let io = ShardIo::new(shard, registry);
+            let accept = compio::runtime::spawn(conn::accept_loop(io.clone(), listener));
+            compio::runtime::spawn(conn::flusher(io.clone())).detach();
+            compio::runtime::spawn(conn::ticker(io.clone())).detach();
+            compio::runtime::spawn(conn::commands(io.clone(), rx)).detach();
+            let _ = ready.send(Ok(()));
+            wait_for_shutdown(&io).await;
+            // Stop accepting; the listener closes with the task.
+            let _ = accept.cancel().await;
+            let deadline = Instant::now() + shutdown_timeout;
+            while !io.shard.borrow().is_empty() && Instant::now() < deadline {
+                compio::time::sleep(Duration::from_millis(5)).await;
             }
-        };
-        let shard = Shard::new(ctx, Instant::now());
-        let io = ShardIo::new(shard, registry);
-        let accept = compio::runtime::spawn(conn::accept_loop(io.clone(), listener));
-        compio::runtime::spawn(conn::flusher(io.clone())).detach();
-        compio::runtime::spawn(conn::ticker(io.clone())).detach();
-        compio::runtime::spawn(conn::commands(io.clone(), rx)).detach();
-        let _ = ready.send(Ok(()));
-        wait_for_shutdown(&io).await;
-        // Stop accepting; the listener closes with the task.
-        let _ = accept.cancel().await;
-        let deadline = Instant::now() + shutdown_timeout;
-        while !io.shard.borrow().is_empty() && Instant::now() < deadline {
-            compio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tracing::debug!(
-            shard = index,
-            left = io.shard.borrow().len(),
-            "shard stopped"
-        );
+            tracing::debug!(
+                shard = index,
+                left = io.shard.borrow().len(),
+                "shard stopped"
+            );
+        })
     });
+    if std::panic::catch_unwind(run).is_err() {
+        tracing::error!(shard = index, "shard panicked; aborting the process");
+        std::process::abort();
+    }
 }
 
 async fn wait_for_shutdown(io: &Rc<ShardIo>) {

@@ -111,6 +111,17 @@ async fn message_size_limit_1009(io: IoMode) {
     expect_close_code(&s, &b, 1009).await;
 }
 
+async fn configured_max_payload(io: IoMode) {
+    let mut cfg = config(io);
+    cfg.max_payload = 1024;
+    let s = start(cfg);
+    let mut r = Raw::upgraded(s.addr).await;
+    r.write(&client_frame(true, 0, 1, &[b' '; 1024], M)).await;
+    let (_, op, _) = r.read_frame().await.unwrap();
+    assert_eq!(op, 1, "1024 bytes are accepted");
+    expect_close_code(&s, &client_frame(true, 0, 1, &[b' '; 1025], M), 1009).await;
+}
+
 async fn fragments_with_interleaved_ping(io: IoMode) {
     let s = start(config(io));
     let mut r = Raw::upgraded(s.addr).await;
@@ -171,6 +182,7 @@ async fn bytes_in_any_split_are_one_message(io: IoMode) {
 use tokio::io::AsyncWriteExt;
 
 io_tests!(
+    configured_max_payload,
     protocol_errors_close_1002,
     invalid_utf8_closes_1007,
     message_size_limit_1009,

@@ -414,7 +414,47 @@ async fn arc_authenticator_is_shared(io: IoMode) {
     assert_eq!(d["userId"], "shared");
 }
 
+struct PanickyHooks(ChannelHooks);
+
+impl ignis_ws::Hooks for PanickyHooks {
+    fn on_message(&self, m: ignis_ws::hooks::Message) -> Option<ignis_ws::auth::BoxFuture<()>> {
+        if m.event == "boom" {
+            panic!("a buggy message handler");
+        }
+        self.0.on_message(m)
+    }
+}
+
+async fn failing_message_hook_harms_nothing(io: IoMode) {
+    let (hooks, mut rx) = ChannelHooks::new();
+    let s = start_with(ServerBuilder::new(config(io)).hooks(PanickyHooks(hooks)));
+    let (mut c, _) = authed(&s.url(), "u").await;
+    let (mut other, _) = authed(&s.url(), "v").await;
+    c.send(json!({"event":"boom"})).await;
+    c.send(json!({"event":"after"})).await;
+    match next_hook(&mut rx).await {
+        HookEvent::Message { event, .. } => assert_eq!(event, "after"),
+        e => panic!("{e:?}"),
+    }
+    c.expect_silence().await;
+    other.expect_silence().await;
+}
+
+async fn empty_user_id_is_not_indexed(io: IoMode) {
+    let s = start(config(io));
+    let mut c = Client::connect(&s.url()).await;
+    c.send(json!({"event":"authenticate","data":{"userId":""}}))
+        .await;
+    let text = c.recv_text().await;
+    assert!(text.contains(r#""userId":"""#), "{text}");
+    s.handle().to_user("", "x", &json!(1)).unwrap();
+    s.handle().settle().await;
+    c.expect_silence().await;
+}
+
 io_tests!(
+    failing_message_hook_harms_nothing,
+    empty_user_id_is_not_indexed,
     invalid_json_gets_error,
     non_object_json_gets_error,
     missing_or_falsy_event_is_dropped_silently,

@@ -248,7 +248,30 @@ async fn many_rooms_join_and_leave(io: IoMode) {
     assert_eq!(rooms_now, 2, "only the default rooms remain");
 }
 
+async fn failing_validator_joins_nothing(io: IoMode) {
+    let b = ServerBuilder::new(config(io)).room_validator(room_validator_fn(
+        |req: JoinRequest| async move {
+            if req.rooms.iter().any(|r| r == "boom") {
+                panic!("a buggy validator");
+            }
+            req.rooms
+        },
+    ));
+    let s = start_with(b);
+    let h = s.handle();
+    let (mut c, d) = authed(&s.url(), "u").await;
+    let id = d["id"].as_str().unwrap().to_string();
+    c.join(&["boom", "room-x"]).await;
+    c.expect_silence().await;
+    misses(&h, &mut c, &id, "room-x").await;
+    // The shard is fine: later joins work.
+    c.join(&["room-y"]).await;
+    c.expect_silence().await;
+    gets(&h, &mut c, "room-y").await;
+}
+
 io_tests!(
+    failing_validator_joins_nothing,
     join_then_receive_leave_then_not,
     default_and_own_rooms,
     custom_default_rooms,

@@ -188,7 +188,30 @@ async fn upgrade_and_first_frame_in_one_packet(io: IoMode) {
     assert!(String::from_utf8_lossy(&p).contains("\"eager\""));
 }
 
+async fn max_connections_refuses_with_503(io: IoMode) {
+    let mut cfg = config(io);
+    cfg.shards = 1;
+    cfg.max_connections = 2;
+    let s = start(cfg);
+    let (_a, _) = authed(&s.url(), "a").await;
+    let (_b, _) = authed(&s.url(), "b").await;
+    let resp = raw_response(&s, &upgrade_req("/ws", "Sec-WebSocket-Version: 13\r\n")).await;
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    let (_, body) = http_get(s.addr, "/metrics").await;
+    // The /metrics request itself is refused too while full.
+    let _ = body;
+    let refused: u64 = s
+        .handle()
+        .metrics()
+        .shards
+        .iter()
+        .map(|m| m.refused_total.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(refused >= 1);
+}
+
 io_tests!(
+    max_connections_refuses_with_503,
     upgrade_only_on_the_path,
     bad_upgrades_get_http_errors,
     no_extensions_are_negotiated,

@@ -70,11 +70,13 @@ impl CloseReason {
 /// RFC 6455 §7.4.1: protocol errors are 1002, bad UTF-8 is 1007, an
 /// oversized message is 1009.
 fn frame_error_wire(e: &FrameError) -> (u16, &'static str) {
-    match e {
-        FrameError::InvalidUtf8 => (INVALID_PAYLOAD, "Invalid UTF-8"),
-        FrameError::MessageTooBig { .. } => (MESSAGE_TOO_BIG, "Message too big"),
-        _ => (PROTOCOL_ERROR, "Protocol error"),
-    }
+    let code = e.close_code();
+    let reason = match code {
+        INVALID_PAYLOAD => "Invalid UTF-8",
+        MESSAGE_TOO_BIG => "Message too big",
+        _ => "Protocol error",
+    };
+    (code, reason)
 }
 
 /// Close codes that get their own series in `/metrics`.

@@ -270,8 +270,10 @@ impl<S> Shard<S> {
         m.conns_unauthorized
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ShardMetrics::add(&m.upgrades_total, 1);
-        if let Some(fut) = self.ctx.hooks.on_open(hooks::Opened {
-            client_id: id.to_string(),
+        if let Some(fut) = guarded(|| {
+            self.ctx.hooks.on_open(hooks::Opened {
+                client_id: id.to_string(),
+            })
         }) {
             self.ctx.control.run_or_offload(fut, |()| {});
         }
@@ -382,8 +384,7 @@ impl<S> Shard<S> {
                 let mut buf = BytesMut::new();
                 match &cf {
                     Some(cf) => {
-                        let reason = std::str::from_utf8(&cf.reason).unwrap_or("");
-                        frame::encode_close(&mut buf, cf.code, reason, None);
+                        frame::encode_close(&mut buf, cf.code, cf.reason_str(), None);
                     }
                     None => frame::encode_frame(&mut buf, true, OpCode::Close, &[], None),
                 }
@@ -430,7 +431,7 @@ impl<S> Shard<S> {
                             data: data.as_ref().map(message::to_json),
                             id: id.map(|s| s.into_owned()),
                         };
-                        if let Some(fut) = self.ctx.hooks.on_message(msg) {
+                        if let Some(fut) = guarded(|| self.ctx.hooks.on_message(msg)) {
                             self.ctx.control.run_or_offload(fut, |()| {});
                         }
                     } else {
@@ -468,7 +469,11 @@ impl<S> Shard<S> {
             client_id: conn.id.to_string(),
             data,
         };
-        let fut = self.ctx.authenticator.authenticate(req);
+        let Some(fut) = guarded(|| Some(self.ctx.authenticator.authenticate(req))) else {
+            let e = Err(AuthError::Internal("authenticator panicked".into()));
+            self.finish_auth(key, generation, e, now);
+            return;
+        };
         let tx = self.ctx.self_tx.clone();
         let ready = self.ctx.control.run_or_offload(fut, move |result| {
             let _ = tx.send(ShardCommand::AuthDone {
@@ -566,10 +571,12 @@ impl<S> Shard<S> {
             self.enqueue(key, f);
         }
         tracing::debug!(client = %id_s, user = ?user_id, "authenticated");
-        if let Some(fut) = self.ctx.hooks.on_connect(hooks::Connected {
-            client_id: id_s,
-            user_id,
-            metadata,
+        if let Some(fut) = guarded(|| {
+            self.ctx.hooks.on_connect(hooks::Connected {
+                client_id: id_s,
+                user_id,
+                metadata,
+            })
         }) {
             self.ctx.control.run_or_offload(fut, |()| {});
         }
@@ -609,7 +616,10 @@ impl<S> Shard<S> {
             rooms: rooms.clone(),
             room_patterns: conn.extra.as_ref().and_then(|e| e.room_patterns.clone()),
         };
-        let fut = validator.allowed_rooms(req);
+        let Some(fut) = guarded(|| Some(validator.allowed_rooms(req))) else {
+            self.finish_join(key, generation, &rooms, Vec::new());
+            return;
+        };
         let tx = self.ctx.self_tx.clone();
         let requested = rooms.clone();
         let ready = self.ctx.control.run_or_offload(fut, move |allowed| {
@@ -931,9 +941,11 @@ impl<S> Shard<S> {
             State::Authenticated => m.conns_authenticated.fetch_sub(1, Relaxed),
         };
         self.update_index_gauges();
-        if let Some(fut) = self.ctx.hooks.on_disconnect(hooks::Disconnected {
-            client_id: conn.id.to_string(),
-            user_id: conn.user.as_deref().map(str::to_owned),
+        if let Some(fut) = guarded(|| {
+            self.ctx.hooks.on_disconnect(hooks::Disconnected {
+                client_id: conn.id.to_string(),
+                user_id: conn.user.as_deref().map(str::to_owned),
+            })
         }) {
             self.ctx.control.run_or_offload(fut, |()| {});
         }
@@ -948,6 +960,18 @@ impl<S> Shard<S> {
     /// Whether the shard holds no connection.
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+}
+
+/// Call user code (authenticators, validators, hooks) so that a panic in it
+/// is logged and treated as "nothing", never unwinding through the shard.
+fn guarded<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(_) => {
+            tracing::error!("an authenticator, room validator or hook panicked");
+            None
+        }
     }
 }
 

@@ -1,0 +1,130 @@
+//! A browser-style client (the standard `WebSocket` API, written against
+//! the Ignis docs, run by Node) connects, authenticates with a JWT, joins a
+//! room, receives room, user and broadcast messages, and closes cleanly.
+//! Skipped with a printed reason where Node is missing; required in CI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
+
+mod util;
+
+use std::process::Stdio;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ignis_ws::ServerBuilder;
+use ignis_ws::config::{AuthMode, IoMode};
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use util::*;
+
+/// `node` with a global WebSocket, or why not.
+fn node() -> Result<Vec<String>, String> {
+    for flags in [vec![], vec!["--experimental-websocket".to_string()]] {
+        let out = std::process::Command::new("node")
+            .args(&flags)
+            .args([
+                "-e",
+                "process.exit(typeof WebSocket === 'function' ? 0 : 3)",
+            ])
+            .output();
+        match out {
+            Err(e) => return Err(format!("node not runnable: {e}")),
+            Ok(o) if o.status.success() => return Ok(flags),
+            Ok(_) => continue,
+        }
+    }
+    Err("this node has no WebSocket API (needs Node 20.10+)".into())
+}
+
+async fn browser_style_client(io: IoMode) {
+    let flags = match node() {
+        Ok(f) => f,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must run this test: {why}"
+            );
+            eprintln!("SKIPPED browser_style_client: {why}");
+            return;
+        }
+    };
+    let secret = "browser-secret";
+    let mut cfg = config(io);
+    cfg.auth = AuthMode::Jwt {
+        secret: Some(secret.into()),
+        public_key_file: None,
+        leeway_s: 0,
+    };
+    cfg.room_allow = vec!["public:*".into()];
+    let (hooks, mut hook_rx) = ChannelHooks::new();
+    let s = start_with(ServerBuilder::new(cfg).hooks(hooks));
+    let h = s.handle();
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let token = encode(
+        &Header::default(),
+        &json!({"sub":"web-user","exp":exp}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let script = format!(
+        "{}/tests/clients/browser_client.mjs",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = tokio::process::Command::new("node")
+        .args(&flags)
+        .arg(&script)
+        .arg(s.url())
+        .arg(&token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let l = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a line from the client");
+        serde_json::from_str(&l).unwrap()
+    };
+    let connected = next().await;
+    assert_eq!(connected["event"], "connected");
+    assert_eq!(connected["data"]["userId"], "web-user");
+    // `ready` comes after join and heartbeat on the same connection, so
+    // the join has been applied when the hook sees it.
+    loop {
+        if let HookEvent::Message { event, .. } = next_hook(&mut hook_rx).await
+            && event == "ready"
+        {
+            break;
+        }
+    }
+    h.to_room("public:news", "news", &json!({"title":"hello"}), &[])
+        .unwrap();
+    h.to_room("private:x", "secret", &json!(1), &[]).unwrap();
+    h.to_user("web-user", "dm", &json!("hi")).unwrap();
+    h.broadcast("bye", &json!(null), &[]).unwrap();
+    assert_eq!(
+        next().await,
+        json!({"event":"news","data":{"title":"hello"}})
+    );
+    assert_eq!(
+        next().await,
+        json!({"event":"dm","data":"hi"}),
+        "the refused room sent nothing"
+    );
+    assert_eq!(next().await, json!({"event":"bye","data":null}));
+    assert_eq!(
+        next().await,
+        json!({"closed":1000,"reason":"done","wasClean":true})
+    );
+    let _ = child.wait().await;
+}
+
+io_tests!(browser_style_client);
