@@ -177,7 +177,43 @@ async fn reader_that_catches_up_gets_everything_in_order(io: IoMode) {
     }
 }
 
+async fn ping_flood_without_reading_is_bounded(io: IoMode) {
+    // Pongs and error replies count against the budget too: a client that
+    // sends pings (or bad JSON) and never reads is closed, not buffered
+    // without end.
+    let s = start(cfg(io, SlowClientPolicy::Close));
+    let h = s.handle();
+    let (mut r, _id) = stalled_client(&s, "r").await;
+    let ping = client_frame(true, 0, 9, &[7u8; 125], Some([1, 2, 3, 4]));
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    let closed = || -> u64 {
+        h.metrics()
+            .shards
+            .iter()
+            .map(|m| m.slow_clients_closed.load(Relaxed))
+            .sum()
+    };
+    for _ in 0..400 {
+        use tokio::io::AsyncWriteExt;
+        if r.s.write_all(&burst).await.is_err() || closed() > 0 {
+            break;
+        }
+    }
+    h.settle().await;
+    assert_eq!(
+        closed(),
+        1,
+        "the pinging, non-reading client was closed for its budget"
+    );
+}
+
 io_tests!(
+    ping_flood_without_reading_is_bounded,
     stalled_client_does_not_slow_a_thousand_others,
     over_budget_client_is_closed_1008,
     reader_that_catches_up_gets_everything_in_order,

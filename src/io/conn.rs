@@ -2,7 +2,7 @@
 //! then read → codec → session), the flusher (queued frames → one
 //! `sendmsg` per connection), the ticker and the command loop.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
@@ -34,6 +34,9 @@ const SCRATCH: usize = 64 * 1024;
 pub struct ShardIo {
     pub shard: RefCell<IoShard>,
     scratch: RefCell<Vec<u8>>,
+    /// Connections accepted but not yet upgraded (they count against
+    /// `max_connections` too).
+    handshaking: Cell<usize>,
     registry: Arc<Registry>,
     limits: HandshakeLimits,
     path: String,
@@ -53,6 +56,7 @@ impl ShardIo {
             handshake_timeout: c.handshake_timeout,
             shard: RefCell::new(shard),
             scratch: RefCell::new(vec![0; SCRATCH]),
+            handshaking: Cell::new(0),
             registry,
         })
     }
@@ -79,7 +83,11 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
             match listener.accept() {
                 Ok((s, _peer)) => {
                     ShardMetrics::add(&m.accepted_total, 1);
-                    if !io.shard.borrow().has_room_for_connection() {
+                    if !io
+                        .shard
+                        .borrow()
+                        .has_room_for_connection(io.handshaking.get())
+                    {
                         ShardMetrics::add(&m.refused_total, 1);
                         let _ = s.set_nonblocking(true);
                         let _ = s.send_with_flags(
@@ -201,7 +209,10 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
-    let rest = match compio::time::timeout(io.handshake_timeout, handshake(&io, &pfd)).await {
+    io.handshaking.set(io.handshaking.get() + 1);
+    let upgraded = compio::time::timeout(io.handshake_timeout, handshake(&io, &pfd)).await;
+    io.handshaking.set(io.handshaking.get() - 1);
+    let rest = match upgraded {
         Ok(Ok(Some(rest))) => rest,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {

@@ -209,9 +209,10 @@ impl<S> Shard<S> {
         (t / 4).clamp(Duration::from_millis(5), Duration::from_millis(250))
     }
 
-    /// Whether another connection may be accepted.
-    pub fn has_room_for_connection(&self) -> bool {
-        !self.shutting_down && self.conns.len() < self.ctx.max_conns
+    /// Whether another connection may be accepted, with `pending` more
+    /// still in their HTTP upgrade.
+    pub fn has_room_for_connection(&self, pending: usize) -> bool {
+        !self.shutting_down && self.conns.len() + pending < self.ctx.max_conns
     }
 
     /// The connection at `key` if it is still the one with `generation`.
@@ -362,7 +363,7 @@ impl<S> Shard<S> {
             }
             Message::Ping(payload) => {
                 let pong = frame::server_frame(OpCode::Pong, &payload);
-                self.push_control(key, pong);
+                self.send_own(key, pong, now);
             }
             Message::Pong(_) => {}
             Message::Close(cf) => self.on_close_frame(key, cf, now),
@@ -414,7 +415,7 @@ impl<S> Shard<S> {
             let action = conn.session.handle_message(parsed, now, &self.timeouts);
             match action {
                 Action::None => {}
-                Action::Error(text) => self.send_error(key, text),
+                Action::Error(text) => self.send_error(key, text, now),
                 Action::Authenticate(data) => {
                     let data = message::to_json(&data);
                     self.start_auth(key, was, data, now);
@@ -518,19 +519,19 @@ impl<S> Shard<S> {
                     Verdict::Failed => ShardMetrics::add(&m.auth_errors, 1),
                     _ => ShardMetrics::add(&m.auth_refused, 1),
                 }
-                self.send_error(key, text);
+                self.send_error(key, text, now);
                 self.close(key, CloseReason::AuthFailed, now);
             }
             AuthStep::Accept => {
                 ShardMetrics::add(&m.auth_accepted, 1);
                 let identity = identity.unwrap_or_default();
-                self.accept(key, identity);
+                self.accept(key, identity, now);
             }
         }
     }
 
     /// Index the client, join its own and default rooms, send `connected`.
-    fn accept(&mut self, key: ConnKey, identity: Identity) {
+    fn accept(&mut self, key: ConnKey, identity: Identity, now: Instant) {
         self.set_state_gauge(State::Authenticating, State::Authenticated);
         let Identity {
             user_id,
@@ -568,7 +569,7 @@ impl<S> Shard<S> {
             time: &time,
         };
         if let Ok(f) = crate::handle::encode(message::event::CONNECTED, Some(&payload)) {
-            self.enqueue(key, f);
+            self.send_own(key, f, now);
         }
         tracing::debug!(client = %id_s, user = ?user_id, "authenticated");
         if let Some(fut) = guarded(|| {
@@ -683,19 +684,13 @@ impl<S> Shard<S> {
         self.update_index_gauges();
     }
 
-    fn send_error(&mut self, key: ConnKey, text: &str) {
+    fn send_error(&mut self, key: ConnKey, text: &str, now: Instant) {
         let f = frame::server_frame_with(OpCode::Text, |b| message::write_error(b, text));
-        self.enqueue(key, f);
+        self.send_own(key, f, now);
     }
 
-    /// Queue a control frame (pong): never subject to the budget.
-    fn push_control(&mut self, key: ConnKey, f: Bytes) {
-        if self.conns[key as usize].closing.is_none() {
-            self.enqueue(key, f);
-        }
-    }
-
-    /// Queue a frame for a client without budget checks.
+    /// Queue a frame without budget checks (only the close frame, which is
+    /// bounded: one per connection).
     fn enqueue(&mut self, key: ConnKey, f: Bytes) {
         let conn = &mut self.conns[key as usize];
         if conn.dead {
@@ -706,6 +701,11 @@ impl<S> Shard<S> {
         ShardMetrics::add(&m.bytes_out, f.len() as u64);
         conn.out_bytes += f.len();
         conn.out.push_back(f);
+        self.mark_dirty(key);
+    }
+
+    fn mark_dirty(&mut self, key: ConnKey) {
+        let conn = &mut self.conns[key as usize];
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
@@ -714,6 +714,17 @@ impl<S> Shard<S> {
             {
                 w.wake_by_ref();
             }
+        }
+    }
+
+    /// Queue a frame the server itself sends (error, `connected`, ping,
+    /// pong) under the same budget as deliveries: a client that floods
+    /// pings or bad JSON without reading cannot grow its queue either.
+    fn send_own(&mut self, key: ConnKey, f: Bytes, now: Instant) {
+        if self.push(key, &f, now) {
+            let m = &self.ctx.metrics;
+            ShardMetrics::add(&m.messages_out, 1);
+            ShardMetrics::add(&m.bytes_out, f.len() as u64);
         }
     }
 
@@ -742,15 +753,7 @@ impl<S> Shard<S> {
         }
         conn.out_bytes += f.len();
         conn.out.push_back(f.clone());
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
-            if self.dirty.len() == 1
-                && let Some(w) = &self.flush_waker
-            {
-                w.wake_by_ref();
-            }
-        }
+        self.mark_dirty(key);
         true
     }
 
@@ -771,7 +774,11 @@ impl<S> Shard<S> {
             // well-framed for the close frame to be readable.
             let keep = if conn.front_written > 0 { 1 } else { 0 };
             conn.out.truncate(keep);
-            conn.out_bytes = conn.out.front().map(|f| f.len()).unwrap_or(0);
+            conn.out_bytes = conn
+                .out
+                .front()
+                .map(|f| f.len() - conn.front_written)
+                .unwrap_or(0);
         }
         if matches!(reason, CloseReason::AuthTimeout) {
             ShardMetrics::add(&self.ctx.metrics.auth_timeouts, 1);
@@ -915,7 +922,7 @@ impl<S> Shard<S> {
         }
         let ping = self.ping_frame.clone();
         for k in to_ping {
-            self.enqueue(k, ping.clone());
+            self.send_own(k, ping.clone(), now);
         }
     }
 
