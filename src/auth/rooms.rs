@@ -18,11 +18,7 @@ const USER_ID_PLACEHOLDER: &str = "{userId}";
 
 /// Splits a comma-separated pattern list, trimming blanks and dropping empties.
 pub fn parse_patterns(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect()
+    crate::config::comma_list(s)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

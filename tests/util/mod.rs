@@ -218,7 +218,12 @@ impl Raw {
 
     /// Connect and complete the upgrade on `/ws`.
     pub async fn upgraded(addr: SocketAddr) -> Raw {
-        let mut r = Raw::connect(addr).await;
+        Raw::connect(addr).await.upgrade(addr).await
+    }
+
+    /// Complete the upgrade on `/ws` over this connection.
+    pub async fn upgrade(mut self, addr: SocketAddr) -> Raw {
+        let r = &mut self;
         r.write(
             format!(
                 "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -230,7 +235,7 @@ impl Raw {
         let head = r.read_http_head().await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
-        r
+        self
     }
 
     pub async fn write(&mut self, b: &[u8]) {
