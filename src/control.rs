@@ -82,7 +82,7 @@ impl Control {
             .build()?;
         let rt_handle = rt.handle().clone();
         let thread = std::thread::Builder::new()
-            .name("ignis-ws-control".into())
+            .name("ignis-control".into())
             .spawn(move || {
                 rt.block_on(async move {
                     loop {

@@ -233,7 +233,7 @@ impl ServerBuilder {
             let registry = registry.clone();
             let ready = ready_tx.clone();
             let t = std::thread::Builder::new()
-                .name(format!("ignis-ws-shard-{i}"))
+                .name(format!("ignis-shard-{i}"))
                 .spawn(move || run_shard(ctx, backend, core, listener, rx, registry, ready))?;
             threads.push(t);
         }

@@ -181,6 +181,28 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
     }
 }
 
+/// Each `ignis-shard-N` thread may run on core N only.
+fn assert_shards_pinned(pid: u32) {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let mut seen = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let Some(n) = comm.trim().strip_prefix("ignis-shard-") else { continue };
+        let n: usize = n.parse().unwrap();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(allowed, (n % cores).to_string(), "shard {n} pinned to its core");
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "two shard threads");
+}
+
 fn sigterm(child: &Child) {
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
@@ -212,6 +234,7 @@ async fn serve_then_sigterm_closes_clients_1001() {
     let (head, body) = http_get(addr, "/health").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(body.contains("\"connections\":1"), "{body}");
+    assert_shards_pinned(child.id());
     sigterm(&child);
     assert_eq!(
         c.expect_close().await,
