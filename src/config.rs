@@ -118,6 +118,27 @@ pub struct Config {
     /// After the server sent a close frame: time to wait for the client's
     /// close frame before dropping the TCP connection.
     pub close_timeout: Duration,
+    /// Redis for cross-instance delivery: one URL (`redis://`, `rediss://`
+    /// for TLS, `user:password@` for AUTH/ACL), or the nodes of a Redis
+    /// Cluster. Empty: single node, no Redis.
+    pub redis: Vec<String>,
+    /// Whether `redis` lists the nodes of a Redis Cluster.
+    pub redis_cluster: bool,
+    /// PEM file with the CA that signed the Redis server's certificate, for
+    /// `rediss://` with a private CA (default: the system trust store).
+    pub redis_tls_ca: Option<PathBuf>,
+    /// Messages waiting for Redis while it is unreachable; past it new
+    /// publishes are dropped and counted.
+    pub redis_outbox: usize,
+    /// Largest Redis envelope accepted; a bigger one is dropped and counted
+    /// (a frame larger than `backpressure_limit` could never be queued).
+    pub redis_max_message: usize,
+    /// Bearer key for `POST /api/publish`; `None` disables the endpoint.
+    pub api_key: Option<String>,
+    /// Redis channel that custom client events are forwarded to.
+    pub events_channel: Option<String>,
+    /// URL that custom client events are POSTed to.
+    pub events_webhook: Option<String>,
 }
 
 impl Default for Config {
@@ -143,6 +164,14 @@ impl Default for Config {
             max_handshake_bytes: 8 * 1024,
             shutdown_timeout: Duration::from_millis(5_000),
             close_timeout: Duration::from_millis(2_000),
+            redis: Vec::new(),
+            redis_cluster: false,
+            redis_tls_ca: None,
+            redis_outbox: 10_000,
+            redis_max_message: 1024 * 1024,
+            api_key: None,
+            events_channel: None,
+            events_webhook: None,
         }
     }
 }
@@ -238,6 +267,49 @@ impl Config {
                 }
             }
             AuthMode::Insecure | AuthMode::Custom => {}
+        }
+        let redis_key = if self.redis_cluster {
+            "--redis-cluster"
+        } else {
+            "--redis"
+        };
+        for url in &self.redis {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(bad(redis_key, format!("{url:?} is not a Redis URL: {e}")));
+            }
+        }
+        if let Some(ca) = &self.redis_tls_ca
+            && let Err(e) = std::fs::metadata(ca)
+        {
+            return Err(bad(
+                "--redis-tls-ca",
+                format!("cannot read {}: {e}", ca.display()),
+            ));
+        }
+        if self.redis_outbox == 0 {
+            return Err(bad("--redis-outbox", "must be > 0"));
+        }
+        if self.redis_max_message < 1024 {
+            return Err(bad("--redis-max-message", "at least 1 KiB"));
+        }
+        if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return Err(bad("--api-key", "use at least 16 characters"));
+        }
+        if let Some(c) = &self.events_channel
+            && c.is_empty()
+        {
+            return Err(bad("--events-channel", "must not be empty"));
+        }
+        if self.events_channel.is_some() && self.redis.is_empty() {
+            return Err(bad("--events-channel", "needs --redis or --redis-cluster"));
+        }
+        if let Some(u) = &self.events_webhook
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(bad(
+                "--events-webhook",
+                "must be an http:// or https:// URL",
+            ));
         }
         Ok(())
     }
@@ -401,6 +473,44 @@ pub struct ServeArgs {
     #[arg(long, env = "IGNIS_WS_CLOSE_TIMEOUT_MS", value_name = "MS")]
     pub close_timeout_ms: Option<u64>,
 
+    /// Redis URL for cross-instance delivery: redis://[user:password@]host:port[/db],
+    /// rediss:// for TLS. Absent: single node.
+    #[arg(
+        long,
+        env = "IGNIS_WS_REDIS",
+        value_name = "URL",
+        conflicts_with = "redis_cluster"
+    )]
+    pub redis: Option<String>,
+    /// Redis Cluster nodes, comma separated (any reachable node is used;
+    /// Redis propagates PUBLISH to every node).
+    #[arg(long, env = "IGNIS_WS_REDIS_CLUSTER", value_name = "URL,URL…")]
+    pub redis_cluster: Option<String>,
+    /// PEM CA certificate for rediss:// with a private CA.
+    #[arg(long, env = "IGNIS_WS_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// Messages queued for Redis during an outage before new ones are
+    /// dropped (and counted) [default: 10000].
+    #[arg(long, env = "IGNIS_WS_REDIS_OUTBOX", value_name = "N")]
+    pub redis_outbox: Option<usize>,
+    /// Largest Redis envelope accepted [default: 1MiB].
+    #[arg(long, env = "IGNIS_WS_REDIS_MAX_MESSAGE", value_name = "SIZE")]
+    pub redis_max_message: Option<ByteSize>,
+    /// Bearer key that enables POST /api/publish.
+    #[arg(
+        long,
+        env = "IGNIS_WS_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// Redis channel custom client events are forwarded to (e.g. ws:events).
+    #[arg(long, env = "IGNIS_WS_EVENTS_CHANNEL", value_name = "CHANNEL")]
+    pub events_channel: Option<String>,
+    /// URL custom client events are POSTed to.
+    #[arg(long, env = "IGNIS_WS_EVENTS_WEBHOOK", value_name = "URL")]
+    pub events_webhook: Option<String>,
+
     /// Log filter (tracing EnvFilter syntax, e.g. `info`,
     /// `ignis_ws=debug`); RUST_LOG is used when absent [default: info].
     #[arg(long, env = "IGNIS_WS_LOG", value_name = "FILTER")]
@@ -458,6 +568,14 @@ impl ServeArgs {
             max_handshake_bytes,
             shutdown_timeout_ms,
             close_timeout_ms,
+            redis,
+            redis_cluster,
+            redis_tls_ca,
+            redis_outbox,
+            redis_max_message,
+            api_key,
+            events_channel,
+            events_webhook,
             log,
         );
         self
@@ -541,6 +659,33 @@ impl ServeArgs {
                 .unwrap_or(d.max_handshake_bytes),
             shutdown_timeout: ms(self.shutdown_timeout_ms, d.shutdown_timeout),
             close_timeout: ms(self.close_timeout_ms, d.close_timeout),
+            redis_cluster: self.redis_cluster.is_some(),
+            redis_tls_ca: self.redis_tls_ca,
+            redis: match (&self.redis, &self.redis_cluster) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "--redis-cluster",
+                        "give either --redis or --redis-cluster",
+                    ));
+                }
+                (Some(u), None) => vec![u.clone()],
+                (None, Some(list)) => {
+                    let v = comma_list(list);
+                    if v.is_empty() {
+                        return Err(bad("--redis-cluster", "list at least one node URL"));
+                    }
+                    v
+                }
+                (None, None) => Vec::new(),
+            },
+            redis_outbox: self.redis_outbox.unwrap_or(d.redis_outbox),
+            redis_max_message: self
+                .redis_max_message
+                .map(|b| b.0)
+                .unwrap_or(d.redis_max_message),
+            api_key: self.api_key.filter(|k| !k.is_empty()),
+            events_channel: self.events_channel,
+            events_webhook: self.events_webhook,
         };
         cfg.validate()?;
         Ok(cfg)

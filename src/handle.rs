@@ -10,6 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::bridge::Publisher;
+use crate::bridge::envelope::{self, Kind};
 use crate::control::ControlHandle;
 use crate::metrics::Registry;
 use crate::proto::frame::{OpCode, server_frame_with};
@@ -109,6 +111,7 @@ pub(crate) struct Inner {
     pub(crate) shards: Vec<flume::Sender<ShardCommand>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) control: ControlHandle,
+    pub(crate) bridge: Option<Publisher>,
 }
 
 /// The delivery API of a running server.
@@ -137,6 +140,22 @@ pub fn encode<D: Serialize + ?Sized>(event: &str, data: Option<&D>) -> Result<By
         Some(e) => Err(SendError::Encode(e)),
         None => Ok(frame),
     }
+}
+
+/// Encode `{"event":E,"data":D}` with `data` already JSON (`None`: no
+/// `data` key), as one unmasked text frame.
+pub fn encode_raw(event: &str, data_json: Option<&[u8]>) -> Bytes {
+    use bytes::BufMut;
+    server_frame_with(OpCode::Text, |buf| {
+        buf.put_slice(b"{\"event\":");
+        // A &str always serializes.
+        let _ = serde_json::to_writer(buf.writer(), event);
+        if let Some(d) = data_json {
+            buf.put_slice(b",\"data\":");
+            buf.put_slice(d);
+        }
+        buf.put_slice(b"}");
+    })
 }
 
 fn exclude_ids(exclude: &[&str]) -> Option<Arc<[ClientId]>> {
@@ -228,6 +247,102 @@ impl Handle {
             frame: encode(event, Some(data))?,
             exclude: exclude_ids(exclude),
         })
+    }
+
+    /// The Redis bridge's publisher, when Redis is configured.
+    pub fn bridge(&self) -> Option<&Publisher> {
+        self.inner.bridge.as_ref()
+    }
+
+    /// Deliver to local recipients, then publish to Redis (with this
+    /// process's `serverId`, so other instances deliver it and this one
+    /// ignores the echo). `target` is the client id, user id or room; none
+    /// for a broadcast. `exclude` applies to rooms and broadcasts.
+    pub fn publish<D: Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        target: Option<&str>,
+        event: &str,
+        data: &D,
+        exclude: &[&str],
+    ) -> Result<(), SendError> {
+        let data_json = serde_json::to_vec(data)?;
+        self.publish_raw(kind, target, event, Some(&data_json), exclude)
+    }
+
+    /// [`Handle::publish`] with `data` already serialized (`None`: no
+    /// `data` key).
+    pub fn publish_raw(
+        &self,
+        kind: Kind,
+        target: Option<&str>,
+        event: &str,
+        data_json: Option<&[u8]>,
+        exclude: &[&str],
+    ) -> Result<(), SendError> {
+        let frame = encode_raw(event, data_json);
+        let local = match (kind, target) {
+            (Kind::Broadcast, _) => Some(Target::Broadcast),
+            (Kind::Room, Some(t)) => Some(Target::Room(t.into())),
+            (Kind::User, Some(t)) => Some(Target::User(t.into())),
+            (Kind::Client, Some(t)) => ClientId::parse(t).map(Target::Client),
+            (_, None) => None,
+        };
+        let excl = match kind {
+            Kind::Room | Kind::Broadcast => exclude,
+            _ => &[],
+        };
+        if let Some(target) = local {
+            let r = self.deliver(Delivery {
+                target,
+                frame,
+                exclude: exclude_ids(excl),
+            });
+            if self.inner.bridge.is_none() {
+                return r;
+            }
+        }
+        if let Some(p) = &self.inner.bridge {
+            let payload = envelope::encode(
+                p.server_id(),
+                kind,
+                if kind == Kind::Broadcast {
+                    None
+                } else {
+                    target
+                },
+                event,
+                data_json,
+                if excl.is_empty() { None } else { Some(excl) },
+            );
+            p.publish(crate::bridge::Outgoing {
+                channel: envelope::channel(kind, target),
+                payload: payload.into(),
+                kind: Some(kind),
+            });
+        }
+        Ok(())
+    }
+
+    /// The reference's `send({destination, payload: {topic, data}})`: no
+    /// destination → broadcast; a client id of this process → that client;
+    /// anything else → that room (locally, if it has members here). Local
+    /// delivery first, then the same routing is published to Redis (a
+    /// non-local destination goes out as a room message, as in Ignis).
+    pub fn send<D: Serialize + ?Sized>(
+        &self,
+        destination: Option<&str>,
+        event: &str,
+        data: &D,
+    ) -> Result<(), SendError> {
+        match destination {
+            None => self.publish(Kind::Broadcast, None, event, data, &[]),
+            Some(d) => {
+                let ours = ClientId::parse(d).is_some_and(|id| id.shard() < self.shards());
+                let kind = if ours { Kind::Client } else { Kind::Room };
+                self.publish(kind, Some(d), event, data, &[])
+            }
+        }
     }
 
     /// Wait until every shard has handled everything sent before this call

@@ -38,6 +38,7 @@
 //! * [`http`] — `/health` and `/metrics`.
 
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod control;
 pub mod error;

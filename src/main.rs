@@ -24,6 +24,101 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
+    /// Publish one message through Redis, exactly as Ignis's
+    /// WebSocketEmitter does (every ignis-ws and Ignis server on that Redis
+    /// delivers it).
+    Emit(EmitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["client", "user", "room", "broadcast"])))]
+struct EmitArgs {
+    /// Redis URL (redis://[user:password@]host:port, rediss:// for TLS).
+    #[arg(long, env = "IGNIS_WS_REDIS", value_name = "URL")]
+    redis: String,
+    /// To one client id.
+    #[arg(long, value_name = "ID")]
+    client: Option<String>,
+    /// To every session of a user id.
+    #[arg(long, value_name = "ID")]
+    user: Option<String>,
+    /// To every member of a room.
+    #[arg(long, value_name = "NAME")]
+    room: Option<String>,
+    /// To every authenticated client.
+    #[arg(long)]
+    broadcast: bool,
+    /// Client ids to leave out (with --room), comma separated.
+    #[arg(long, value_name = "ID,…", requires = "room")]
+    exclude: Option<String>,
+    /// Event name.
+    #[arg(long, value_name = "NAME")]
+    event: String,
+    /// Data as JSON; `-` reads it from stdin. Absent: no `data` key.
+    #[arg(long, value_name = "JSON")]
+    data: Option<String>,
+}
+
+fn emit(args: EmitArgs) -> ExitCode {
+    use ignis_ws::bridge::emitter::Emitter;
+    use ignis_ws::bridge::envelope::Kind;
+    let data = match args.data.as_deref() {
+        Some("-") => {
+            let mut s = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                return config_error(&format!("--data -: cannot read stdin: {e}"));
+            }
+            Some(s)
+        }
+        other => other.map(str::to_owned),
+    };
+    if let Some(d) = &data
+        && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(d)
+    {
+        return config_error(&format!("--data is not valid JSON: {e}"));
+    }
+    let (kind, target) = if let Some(c) = &args.client {
+        (Kind::Client, Some(c.as_str()))
+    } else if let Some(u) = &args.user {
+        (Kind::User, Some(u.as_str()))
+    } else if let Some(r) = &args.room {
+        (Kind::Room, Some(r.as_str()))
+    } else {
+        (Kind::Broadcast, None)
+    };
+    let exclude = args.exclude.as_deref().map(ignis_ws::config::comma_list);
+    let exclude_refs: Option<Vec<&str>> = exclude
+        .as_ref()
+        .map(|v| v.iter().map(String::as_str).collect());
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ignis-ws emit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        let emitter = Emitter::connect(&args.redis).await?;
+        emitter
+            .publish_raw(
+                kind,
+                target,
+                &args.event,
+                data.as_deref().map(str::as_bytes),
+                exclude_refs.as_deref(),
+            )
+            .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ignis-ws emit: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -84,5 +179,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Emit(args) => emit(args),
     }
 }

@@ -74,9 +74,51 @@ impl ShardMetrics {
     }
 }
 
+/// Numbers of the Redis bridge (one per process).
+#[derive(Debug, Default)]
+pub struct BridgeMetrics {
+    /// The subscriber connection is up and subscribed.
+    pub subscribed: std::sync::atomic::AtomicBool,
+    /// The publisher connection is up.
+    pub publisher_up: std::sync::atomic::AtomicBool,
+    /// Envelopes received and delivered locally, by type
+    /// (client, user, room, broadcast).
+    pub envelopes_in: [AtomicU64; 4],
+    /// Envelopes dropped, by reason (see `bridge::envelope::DropReason`).
+    pub envelopes_dropped: [AtomicU64; 8],
+    /// Envelopes of our own `serverId`, skipped.
+    pub own_skipped: AtomicU64,
+    /// Messages published, by type.
+    pub published: [AtomicU64; 4],
+    /// Custom client events forwarded to the events channel.
+    pub events_forwarded: AtomicU64,
+    /// Publishes dropped because the outbox was full.
+    pub outbox_dropped: AtomicU64,
+    /// Messages waiting in the outbox now.
+    pub outbox_depth: AtomicI64,
+    /// Reconnections of either connection.
+    pub reconnects: AtomicU64,
+}
+
+/// Forwarding of custom client events (`--events-channel`,
+/// `--events-webhook`).
+#[derive(Debug, Default)]
+pub struct EventsMetrics {
+    /// Events queued for the Redis events channel.
+    pub to_channel: AtomicU64,
+    /// Events POSTed to the webhook with a 2xx answer.
+    pub webhook_ok: AtomicU64,
+    /// Webhook POSTs that failed (status, timeout, connection).
+    pub webhook_failed: AtomicU64,
+}
+
 /// All shards' metrics plus process facts.
 #[derive(Debug)]
 pub struct Registry {
+    /// The Redis bridge, when Redis is configured.
+    pub bridge: Option<Arc<BridgeMetrics>>,
+    /// Custom-event forwarding, when configured.
+    pub events: Option<Arc<EventsMetrics>>,
     pub shards: Vec<Arc<ShardMetrics>>,
     pub started: Instant,
     /// `io_uring` or `epoll`.
@@ -84,7 +126,109 @@ pub struct Registry {
     pub max_connections: usize,
 }
 
+const KINDS: [&str; 4] = ["client", "user", "room", "broadcast"];
+const DROP_REASONS: [&str; 8] = [
+    "too_large",
+    "bad_json",
+    "not_an_object",
+    "missing_server_id",
+    "missing_event",
+    "unknown_type",
+    "missing_target",
+    "bad_field_type",
+];
+
 impl Registry {
+    fn write_bridge(&self, o: &mut String, b: &BridgeMetrics) -> std::fmt::Result {
+        writeln!(
+            o,
+            "# HELP ignis_ws_redis_connected Redis connections up (1) or down (0)."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_redis_connected gauge")?;
+        writeln!(
+            o,
+            "ignis_ws_redis_connected{{conn=\"subscriber\"}} {}",
+            u8::from(b.subscribed.load(Relaxed))
+        )?;
+        writeln!(
+            o,
+            "ignis_ws_redis_connected{{conn=\"publisher\"}} {}",
+            u8::from(b.publisher_up.load(Relaxed))
+        )?;
+        writeln!(
+            o,
+            "# HELP ignis_ws_redis_envelopes_in_total Envelopes from Redis delivered locally, by type."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_redis_envelopes_in_total counter")?;
+        for (i, k) in KINDS.iter().enumerate() {
+            writeln!(
+                o,
+                "ignis_ws_redis_envelopes_in_total{{type=\"{k}\"}} {}",
+                b.envelopes_in[i].load(Relaxed)
+            )?;
+        }
+        writeln!(
+            o,
+            "# HELP ignis_ws_redis_envelopes_dropped_total Envelopes from Redis dropped, by reason."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_redis_envelopes_dropped_total counter")?;
+        for (i, r) in DROP_REASONS.iter().enumerate() {
+            writeln!(
+                o,
+                "ignis_ws_redis_envelopes_dropped_total{{reason=\"{r}\"}} {}",
+                b.envelopes_dropped[i].load(Relaxed)
+            )?;
+        }
+        writeln!(
+            o,
+            "ignis_ws_redis_envelopes_dropped_total{{reason=\"own_server_id\"}} {}",
+            b.own_skipped.load(Relaxed)
+        )?;
+        writeln!(
+            o,
+            "# HELP ignis_ws_redis_published_total Messages published to Redis, by type."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_redis_published_total counter")?;
+        for (i, k) in KINDS.iter().enumerate() {
+            writeln!(
+                o,
+                "ignis_ws_redis_published_total{{type=\"{k}\"}} {}",
+                b.published[i].load(Relaxed)
+            )?;
+        }
+        for (name, help, kind, v) in [
+            (
+                "redis_events_forwarded_total",
+                "Custom client events forwarded to the events channel.",
+                "counter",
+                b.events_forwarded.load(Relaxed) as i64,
+            ),
+            (
+                "redis_outbox_dropped_total",
+                "Publishes dropped because the outbox was full.",
+                "counter",
+                b.outbox_dropped.load(Relaxed) as i64,
+            ),
+            (
+                "redis_outbox_depth",
+                "Messages waiting for Redis.",
+                "gauge",
+                b.outbox_depth.load(Relaxed),
+            ),
+            (
+                "redis_reconnects_total",
+                "Redis reconnections.",
+                "counter",
+                b.reconnects.load(Relaxed) as i64,
+            ),
+        ] {
+            writeln!(o, "# HELP ignis_ws_{name} {help}")?;
+            writeln!(o, "# TYPE ignis_ws_{name} {kind}")?;
+            writeln!(o, "ignis_ws_{name} {v}")?;
+        }
+        Ok(())
+    }
+
     /// Open connections in the process.
     pub fn connections(&self) -> i64 {
         self.shards.iter().map(|s| s.connections()).sum()
@@ -94,10 +238,27 @@ impl Registry {
         self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
     }
 
+    /// `ok`, or `degraded` when Redis is configured but not connected
+    /// (local delivery goes on regardless).
+    pub fn status(&self) -> &'static str {
+        match &self.bridge {
+            Some(b) if !(b.subscribed.load(Relaxed) && b.publisher_up.load(Relaxed)) => "degraded",
+            _ => "ok",
+        }
+    }
+
     /// `/health` body.
-    pub fn health_json(&self, status: &str) -> String {
+    pub fn health_json(&self) -> String {
+        let redis = self.bridge.as_ref().map(|b| {
+            serde_json::json!({
+                "subscribed": b.subscribed.load(Relaxed),
+                "publisherUp": b.publisher_up.load(Relaxed),
+                "outboxDepth": b.outbox_depth.load(Relaxed),
+            })
+        });
         serde_json::json!({
-            "status": status,
+            "status": self.status(),
+            "redis": redis,
             "connections": self.connections(),
             "shards": self.shards.len(),
             "io": self.io_backend,
@@ -266,6 +427,31 @@ impl Registry {
                 .map(|s| s.closes_by_code[slot].load(Relaxed))
                 .sum();
             writeln!(o, "ignis_ws_closes_total{{code=\"{code}\"}} {v}")?;
+        }
+        if let Some(b) = &self.bridge {
+            self.write_bridge(o, b)?;
+        }
+        if let Some(e) = &self.events {
+            writeln!(
+                o,
+                "# HELP ignis_ws_events_forwarded_total Custom client events forwarded, by destination and result."
+            )?;
+            writeln!(o, "# TYPE ignis_ws_events_forwarded_total counter")?;
+            writeln!(
+                o,
+                "ignis_ws_events_forwarded_total{{to=\"channel\",result=\"queued\"}} {}",
+                e.to_channel.load(Relaxed)
+            )?;
+            writeln!(
+                o,
+                "ignis_ws_events_forwarded_total{{to=\"webhook\",result=\"ok\"}} {}",
+                e.webhook_ok.load(Relaxed)
+            )?;
+            writeln!(
+                o,
+                "ignis_ws_events_forwarded_total{{to=\"webhook\",result=\"failed\"}} {}",
+                e.webhook_failed.load(Relaxed)
+            )?;
         }
         writeln!(o, "# HELP ignis_ws_uptime_seconds Seconds since start.")?;
         writeln!(o, "# TYPE ignis_ws_uptime_seconds gauge")?;

@@ -199,7 +199,27 @@ impl ServerBuilder {
         let control = Control::start()?;
         let metrics: Vec<Arc<ShardMetrics>> =
             (0..n).map(|_| Arc::new(ShardMetrics::default())).collect();
+        let tls_ca = match &config.redis_tls_ca {
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                Error::Config(ConfigError {
+                    key: "--redis-tls-ca",
+                    message: format!("cannot read {}: {e}", p.display()),
+                })
+            })?),
+            None => None,
+        };
+        let bridge_cfg = (!config.redis.is_empty()).then(|| crate::bridge::BridgeConfig {
+            urls: config.redis.clone(),
+            outbox: config.redis_outbox,
+            max_message: config.redis_max_message,
+            tls_ca,
+        });
+        let bridge = bridge_cfg.as_ref().map(crate::bridge::outbox);
+        let events_metrics = (config.events_channel.is_some() || config.events_webhook.is_some())
+            .then(|| Arc::new(crate::metrics::EventsMetrics::default()));
         let registry = Arc::new(Registry {
+            bridge: bridge.as_ref().map(|(p, _)| p.metrics().clone()),
+            events: events_metrics.clone(),
             shards: metrics.clone(),
             started: Instant::now(),
             io_backend: backend.name(),
@@ -212,7 +232,19 @@ impl ServerBuilder {
                 shards: channels.iter().map(|(tx, _)| tx.clone()).collect(),
                 registry: registry.clone(),
                 control: control.handle(),
+                bridge: bridge.as_ref().map(|(p, _)| p.clone()),
             }),
+        };
+        let hooks: Arc<dyn Hooks> = match events_metrics {
+            Some(m) => Arc::new(crate::hooks::Forwarding::new(
+                self.hooks.clone(),
+                config.events_channel.clone(),
+                config.events_webhook.clone(),
+                handle.bridge().cloned(),
+                control.handle(),
+                m,
+            )?),
+            None => self.hooks.clone(),
         };
         let per_shard = config.max_connections.div_ceil(n).max(1);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -223,7 +255,7 @@ impl ServerBuilder {
                 config: config.clone(),
                 authenticator: authenticator.clone(),
                 room_validator: room_validator.clone(),
-                hooks: self.hooks.clone(),
+                hooks: hooks.clone(),
                 control: control.handle(),
                 metrics: metrics[i].clone(),
                 self_tx: tx,
@@ -232,9 +264,10 @@ impl ServerBuilder {
             let core = config.pin_cores.then_some(i % cores);
             let registry = registry.clone();
             let ready = ready_tx.clone();
+            let h = handle.clone();
             let t = std::thread::Builder::new()
                 .name(format!("ignis-shard-{i}"))
-                .spawn(move || run_shard(ctx, backend, core, listener, rx, registry, ready))?;
+                .spawn(move || run_shard(ctx, backend, core, listener, rx, registry, h, ready))?;
             threads.push(t);
         }
         drop(ready_tx);
@@ -253,6 +286,9 @@ impl ServerBuilder {
                     )));
                 }
             }
+        }
+        if let (Some(cfg), Some((publisher, outbox))) = (bridge_cfg, bridge) {
+            crate::bridge::start(cfg, &publisher, outbox, handle.clone(), &control.handle());
         }
         tracing::info!(
             addr = %local_addr,
@@ -362,6 +398,7 @@ fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<Socket>, Error> {
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)] // reason: a thread entry point taking what it owns
 fn run_shard(
     ctx: ShardCtx,
     backend: Backend,
@@ -369,6 +406,7 @@ fn run_shard(
     listener: Socket,
     rx: flume::Receiver<ShardCommand>,
     registry: Arc<Registry>,
+    handle: Handle,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let index = ctx.index;
@@ -392,7 +430,7 @@ fn run_shard(
                 }
             };
             let shard = Shard::new(ctx, Instant::now());
-            let io = ShardIo::new(shard, registry);
+            let io = ShardIo::new(shard, registry, handle);
             let accept = compio::runtime::spawn(conn::accept_loop(io.clone(), listener));
             compio::runtime::spawn(conn::flusher(io.clone())).detach();
             compio::runtime::spawn(conn::ticker(io.clone())).detach();

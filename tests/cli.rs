@@ -188,7 +188,9 @@ fn assert_shards_pinned(pid: u32) {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        let Some(n) = comm.trim().strip_prefix("ignis-shard-") else { continue };
+        let Some(n) = comm.trim().strip_prefix("ignis-shard-") else {
+            continue;
+        };
         let n: usize = n.parse().unwrap();
         let status = std::fs::read_to_string(dir.join("status")).unwrap();
         let allowed = status
@@ -197,7 +199,11 @@ fn assert_shards_pinned(pid: u32) {
             .unwrap()
             .trim()
             .to_string();
-        assert_eq!(allowed, (n % cores).to_string(), "shard {n} pinned to its core");
+        assert_eq!(
+            allowed,
+            (n % cores).to_string(),
+            "shard {n} pinned to its core"
+        );
         seen += 1;
     }
     assert_eq!(seen, 2, "two shard threads");

@@ -33,6 +33,10 @@ const SCRATCH: usize = 64 * 1024;
 /// Everything a shard's tasks share.
 pub struct ShardIo {
     pub shard: RefCell<IoShard>,
+    /// For `POST /api/publish`.
+    handle: crate::handle::Handle,
+    api_key: Option<String>,
+    max_body: usize,
     scratch: RefCell<Vec<u8>>,
     /// Connections accepted but not yet upgraded (they count against
     /// `max_connections` too).
@@ -45,9 +49,16 @@ pub struct ShardIo {
 
 impl ShardIo {
     /// Wrap a shard.
-    pub fn new(shard: IoShard, registry: Arc<Registry>) -> Rc<ShardIo> {
+    pub fn new(
+        shard: IoShard,
+        registry: Arc<Registry>,
+        handle: crate::handle::Handle,
+    ) -> Rc<ShardIo> {
         let c = shard.ctx.config.clone();
         Rc::new(ShardIo {
+            handle,
+            api_key: c.api_key.clone(),
+            max_body: c.redis_max_message,
             limits: HandshakeLimits {
                 max_head_bytes: c.max_handshake_bytes,
                 max_headers: 64,
@@ -144,27 +155,40 @@ impl AsFdRef for PollFd<Socket> {
 
 /// Read the HTTP request head and answer it. `Some(rest)`: upgraded, with
 /// the bytes that followed the head; `None`: answered and done.
+/// Read what the socket has into `buf` (stopping past `limit` bytes).
+/// Returns false at end of stream.
+async fn read_more(
+    io: &ShardIo,
+    pfd: &PollFd<Socket>,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<bool> {
+    pfd.read_ready().await?;
+    loop {
+        let mut scratch = io.scratch.borrow_mut();
+        match rustix::net::recv(pfd.as_fd_ref(), &mut scratch[..], RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Ok(false),
+            Ok((n, _)) => {
+                buf.extend_from_slice(&scratch[..n]);
+                if n < scratch.len() {
+                    return Ok(true);
+                }
+            }
+            Err(Errno::AGAIN) => return Ok(true),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if buf.len() > limit {
+            return Ok(true);
+        }
+    }
+}
+
 async fn handshake(io: &ShardIo, pfd: &PollFd<Socket>) -> io::Result<Option<Vec<u8>>> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        pfd.read_ready().await?;
-        loop {
-            let mut scratch = io.scratch.borrow_mut();
-            match rustix::net::recv(pfd.as_fd_ref(), &mut scratch[..], RecvFlags::DONTWAIT) {
-                Ok((0, _)) => return Ok(None),
-                Ok((n, _)) => {
-                    buf.extend_from_slice(&scratch[..n]);
-                    if n < scratch.len() {
-                        break;
-                    }
-                }
-                Err(Errno::AGAIN) => break,
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            if buf.len() > io.limits.max_head_bytes {
-                break;
-            }
+        if !read_more(io, pfd, &mut buf, io.limits.max_head_bytes).await? {
+            return Ok(None);
         }
         let reply: Vec<u8> = match handshake::parse_request(&buf, &io.limits) {
             Ok(None) => continue,
@@ -184,9 +208,43 @@ async fn handshake(io: &ShardIo, pfd: &PollFd<Socket>) -> io::Result<Option<Vec<
                     return Ok(Some(rest));
                 }
             }
+            Ok(Some(Request::Http {
+                method,
+                path,
+                head_len,
+                authorization,
+                content_length,
+            })) if method.eq_ignore_ascii_case("POST")
+                && path == crate::http::PUBLISH_PATH
+                && io.api_key.is_some() =>
+            {
+                ShardMetrics::add(&io.metrics().http_requests_total, 1);
+                let api_key = io.api_key.as_deref().unwrap_or_default();
+                match content_length {
+                    None => handshake::http_response(411, "text/plain", b"Length Required\n", &[]),
+                    Some(n) if n > io.max_body => {
+                        handshake::http_response(413, "text/plain", b"Payload Too Large\n", &[])
+                    }
+                    Some(n) => {
+                        let authorization = authorization.map(str::to_owned);
+                        let end = head_len + n;
+                        while buf.len() < end {
+                            if !read_more(io, pfd, &mut buf, end).await? {
+                                return Ok(None);
+                            }
+                        }
+                        crate::http::publish(
+                            &io.handle,
+                            api_key,
+                            authorization.as_deref(),
+                            &buf[head_len..end],
+                        )
+                    }
+                }
+            }
             Ok(Some(Request::Http { method, path, .. })) => {
                 ShardMetrics::add(&io.metrics().http_requests_total, 1);
-                crate::http::respond(&io.registry, method, path, &io.path)
+                crate::http::respond(&io.registry, method, path, &io.path, io.api_key.is_some())
             }
             Err(e) => {
                 ShardMetrics::add(&io.metrics().handshake_errors_total, 1);

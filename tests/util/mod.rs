@@ -492,3 +492,44 @@ pub async fn next_hook_any(rx: &mut tokio::sync::mpsc::UnboundedReceiver<HookEve
         .expect("hook event in time")
         .expect("hooks alive")
 }
+
+pub mod redis_server;
+
+/// A test configuration on Redis `url`.
+pub fn redis_config(io: IoMode, url: &str) -> Config {
+    let mut c = config(io);
+    c.redis = vec![url.to_string()];
+    c
+}
+
+/// Wait until both Redis connections of the server are up.
+pub async fn wait_subscribed(h: &ignis_ws::Handle) {
+    let mut rx = h.bridge().expect("redis configured").link();
+    tokio::time::timeout(WAIT, rx.wait_for(|l| l.up()))
+        .await
+        .expect("redis up in time")
+        .unwrap();
+}
+
+/// Wait until the server noticed that both Redis connections are lost.
+pub async fn wait_unsubscribed(h: &ignis_ws::Handle) {
+    let mut rx = h.bridge().expect("redis configured").link();
+    tokio::time::timeout(WAIT, rx.wait_for(|l| !l.subscribed && !l.publisher))
+        .await
+        .expect("loss noticed in time")
+        .unwrap();
+}
+
+/// PUBLISH raw bytes on `channel`.
+pub async fn redis_publish(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    channel: &str,
+    payload: &[u8],
+) {
+    let _: i64 = ::redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async(conn)
+        .await
+        .unwrap();
+}

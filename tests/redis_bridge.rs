@@ -1,0 +1,411 @@
+//! Cross-instance delivery (PROTOCOL.md §6) against real `redis-server`
+//! processes on free ports: two ignis-ws nodes on one Redis, emitter
+//! envelopes exactly as Ignis's `WebSocketEmitter` publishes them, send
+//! routing and self-dedup, malformed envelopes, Redis outages, the outbox.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
+
+mod util;
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use ignis_ws::bridge::envelope::Kind;
+use ignis_ws::config::IoMode;
+use serde_json::{Value, json};
+use util::redis_server::RedisServer;
+use util::*;
+
+/// Broadcast a fence through Redis and require it to be each client's next
+/// frame: everything published before it has been handled by then.
+async fn fence(redis: &RedisServer, clients: &mut [&mut Client]) {
+    let mut r = redis.client().await;
+    redis_publish(
+        &mut r,
+        "ws:broadcast",
+        br#"{"serverId":"emitter","type":"broadcast","event":"fence"}"#,
+    )
+    .await;
+    for c in clients.iter_mut() {
+        assert_eq!(
+            c.recv_text().await,
+            r#"{"event":"fence"}"#,
+            "nothing before the fence"
+        );
+    }
+}
+
+fn id_of(d: &Value) -> String {
+    d["id"].as_str().unwrap().to_string()
+}
+
+/// Two nodes on one Redis, both subscribed.
+async fn two_nodes(io: IoMode, redis: &RedisServer) -> (TestServer, TestServer) {
+    let a = start(redis_config(io, &redis.url()));
+    let b = start(redis_config(io, &redis.url()));
+    wait_subscribed(&a.handle()).await;
+    wait_subscribed(&b.handle()).await;
+    (a, b)
+}
+
+async fn emitter_envelopes_reach_both_nodes_once(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = two_nodes(io, &redis).await;
+    let (mut ca, da) = authed(&a.url(), "alice").await;
+    let (mut cb, db) = authed(&b.url(), "bob").await;
+    for c in [&mut ca, &mut cb] {
+        c.join(&["lobby"]).await;
+        c.expect_silence().await;
+    }
+    let mut r = redis.client().await;
+    // The exact texts the reference WebSocketEmitter publishes.
+    redis_publish(&mut r, "ws:room:lobby", br#"{"serverId":"emitter","type":"room","target":"lobby","event":"update","data":{"status":"active"}}"#).await;
+    redis_publish(&mut r, "ws:broadcast", br#"{"serverId":"emitter","type":"broadcast","event":"global","data":{"announcement":true}}"#).await;
+    for c in [&mut ca, &mut cb] {
+        assert_eq!(
+            c.recv_text().await,
+            r#"{"event":"update","data":{"status":"active"}}"#
+        );
+        assert_eq!(
+            c.recv_text().await,
+            r#"{"event":"global","data":{"announcement":true}}"#
+        );
+    }
+    expect_nothing_before_marker(&a.handle(), &mut ca, &id_of(&da)).await;
+    expect_nothing_before_marker(&b.handle(), &mut cb, &id_of(&db)).await;
+    // No `data` key in the envelope: no `data` key in the frame.
+    redis_publish(
+        &mut r,
+        "ws:broadcast",
+        br#"{"serverId":"emitter","type":"broadcast","event":"g"}"#,
+    )
+    .await;
+    assert_eq!(ca.recv_text().await, r#"{"event":"g"}"#);
+    assert_eq!(cb.recv_text().await, r#"{"event":"g"}"#);
+}
+
+async fn user_sessions_on_both_nodes(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = two_nodes(io, &redis).await;
+    let mut sessions = Vec::new();
+    for s in [&a, &b, &a, &b] {
+        let (c, d) = authed(&s.url(), "u1").await;
+        sessions.push((c, d, s.handle()));
+    }
+    let (mut other, od) = authed(&b.url(), "u2").await;
+    let emitter = ignis_ws::bridge::emitter::Emitter::connect(&redis.url())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        emitter
+            .to_user("u1", "notify", &json!({"n": i}))
+            .await
+            .unwrap();
+    }
+    for (c, d, h) in sessions.iter_mut() {
+        for i in 0..3 {
+            assert_eq!(c.recv().await, json!({"event":"notify","data":{"n":i}}));
+        }
+        expect_nothing_before_marker(h, c, &id_of(d)).await;
+    }
+    expect_nothing_before_marker(&b.handle(), &mut other, &id_of(&od)).await;
+}
+
+async fn room_exclude_across_nodes(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = two_nodes(io, &redis).await;
+    let (mut c1, _) = authed(&a.url(), "x").await;
+    let (mut c2, d2) = authed(&b.url(), "y").await;
+    let (mut c3, _) = authed(&b.url(), "z").await;
+    for c in [&mut c1, &mut c2, &mut c3] {
+        c.join(&["r"]).await;
+        c.expect_silence().await;
+    }
+    let emitter = ignis_ws::bridge::emitter::Emitter::connect(&redis.url())
+        .await
+        .unwrap();
+    let excluded = id_of(&d2);
+    emitter
+        .to_room("r", "e", &1, Some(&[excluded.as_str()]))
+        .await
+        .unwrap();
+    assert_eq!(c1.recv().await, json!({"event":"e","data":1}));
+    assert_eq!(c3.recv().await, json!({"event":"e","data":1}));
+    expect_nothing_before_marker(&b.handle(), &mut c2, &excluded).await;
+}
+
+async fn client_message_finds_its_node(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = two_nodes(io, &redis).await;
+    let (mut ca, da) = authed(&a.url(), "x").await;
+    let (mut cb, db) = authed(&b.url(), "y").await;
+    let emitter = ignis_ws::bridge::emitter::Emitter::connect(&redis.url())
+        .await
+        .unwrap();
+    emitter
+        .to_client(&id_of(&db), "private", &json!({"secret":true}))
+        .await
+        .unwrap();
+    assert_eq!(
+        cb.recv().await,
+        json!({"event":"private","data":{"secret":true}})
+    );
+    expect_nothing_before_marker(&a.handle(), &mut ca, &id_of(&da)).await;
+    // A node-A send to a client on node B goes through Redis (a client id
+    // of another node is a room to A, as in Ignis's send()).
+    a.handle().send(Some(&id_of(&db)), "via-a", &2).unwrap();
+    assert_eq!(cb.recv().await, json!({"event":"via-a","data":2}));
+}
+
+async fn send_on_a_reaches_b_and_a_once(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = two_nodes(io, &redis).await;
+    let (mut ca, da) = authed(&a.url(), "x").await;
+    let (mut cb, db) = authed(&b.url(), "y").await;
+    for c in [&mut ca, &mut cb] {
+        c.join(&["news"]).await;
+        c.expect_silence().await;
+    }
+    a.handle()
+        .send(Some("news"), "headline", &json!("hi"))
+        .unwrap();
+    a.handle().send(None, "all", &json!(1)).unwrap();
+    a.handle()
+        .publish(Kind::User, Some("y"), "dm", &json!(3), &[])
+        .unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"headline","data":"hi"}));
+    assert_eq!(ca.recv().await, json!({"event":"all","data":1}));
+    assert_eq!(cb.recv().await, json!({"event":"headline","data":"hi"}));
+    assert_eq!(cb.recv().await, json!({"event":"all","data":1}));
+    assert_eq!(cb.recv().await, json!({"event":"dm","data":3}));
+    // A fence published after A's three messages reaches A's subscriber
+    // after their echoes: had A delivered an echo, it would come first.
+    fence(&redis, &mut [&mut ca, &mut cb]).await;
+    let m = a.handle().bridge().unwrap().metrics().clone();
+    assert_eq!(
+        m.own_skipped.load(Relaxed),
+        3,
+        "A ignored its own three echoes"
+    );
+    let published: u64 = m.published.iter().map(|c| c.load(Relaxed)).sum();
+    assert_eq!(published, 3);
+    let _ = (da, db);
+}
+
+async fn malformed_envelopes_are_dropped_and_counted(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let s = start(redis_config(io, &redis.url()));
+    let h = s.handle();
+    wait_subscribed(&h).await;
+    let (mut c, d) = authed(&s.url(), "u").await;
+    let mut r = redis.client().await;
+    let big = format!(
+        r#"{{"serverId":"o","type":"broadcast","event":"big","data":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let bad: Vec<&[u8]> = vec![
+        b"not json",
+        b"null",
+        b"[1,2]",
+        br#"{"type":"broadcast","event":"e","data":1}"#,
+        br#"{"serverId":7,"type":"broadcast","event":"e"}"#,
+        br#"{"serverId":"o","type":"CLIENT","target":"x","event":"e"}"#,
+        br#"{"serverId":"o","type":"room","event":"e"}"#,
+        br#"{"serverId":"o","type":"room","target":5,"event":"e"}"#,
+        br#"{"serverId":"o","type":"broadcast","event":null}"#,
+        br#"{"serverId":"o","type":"broadcast","event":"e","exclude":"abc"}"#,
+        br#"{"serverId":"o","type":"broadcast","event":"e","exclude":{"length":1}}"#,
+        big.as_bytes(),
+    ];
+    for p in &bad {
+        redis_publish(&mut r, "ws:broadcast", p).await;
+    }
+    redis_publish(
+        &mut r,
+        "ws:broadcast",
+        br#"{"serverId":"o","type":"broadcast","event":"valid","data":1}"#,
+    )
+    .await;
+    assert_eq!(
+        c.recv().await,
+        json!({"event":"valid","data":1}),
+        "the valid envelope after the bad ones"
+    );
+    expect_nothing_before_marker(&h, &mut c, &id_of(&d)).await;
+    let m = h.bridge().unwrap().metrics();
+    let dropped: u64 = m.envelopes_dropped.iter().map(|c| c.load(Relaxed)).sum();
+    assert_eq!(dropped, bad.len() as u64);
+    let (_, body) = http_get(s.addr, "/metrics").await;
+    assert!(
+        body.contains(r#"ignis_ws_redis_envelopes_dropped_total{reason="too_large"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"ignis_ws_redis_envelopes_dropped_total{reason="bad_json"} 1"#),
+        "{body}"
+    );
+}
+
+async fn redis_outage_and_recovery(io: IoMode) {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = two_nodes(io, &redis).await;
+    let (mut ca, _) = authed(&a.url(), "x").await;
+    let (mut cb, _) = authed(&b.url(), "y").await;
+    for c in [&mut ca, &mut cb] {
+        c.join(&["r"]).await;
+        c.expect_silence().await;
+    }
+    redis.kill();
+    wait_unsubscribed(&a.handle()).await;
+    wait_unsubscribed(&b.handle()).await;
+    let (_, health) = http_get(a.addr, "/health").await;
+    assert!(health.contains(r#""status":"degraded""#), "{health}");
+    // Local delivery never stops.
+    for i in 0..3 {
+        a.handle().to_room("r", "local", &i, &[]).unwrap();
+        assert_eq!(ca.recv().await, json!({"event":"local","data":i}));
+    }
+    // A send during the outage is delivered locally at once.
+    a.handle()
+        .publish(Kind::Room, Some("r"), "queued", &7, &[])
+        .unwrap();
+    assert_eq!(
+        ca.recv().await,
+        json!({"event":"queued","data":7}),
+        "local part at once"
+    );
+    redis.restart();
+    wait_subscribed(&a.handle()).await;
+    wait_subscribed(&b.handle()).await;
+    // (Whether B also sees "queued" depends on which reconnects first, A's
+    // publisher or B's subscriber: Redis pub/sub keeps nothing for absent
+    // subscribers. `outbox_holds_publishes_until_redis_takes_them` checks
+    // the outbox deterministically.) Delivery through Redis resumes:
+    let emitter = ignis_ws::bridge::emitter::Emitter::connect(&redis.url())
+        .await
+        .unwrap();
+    emitter.to_room("r", "after", &1, None).await.unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"after","data":1}));
+    let m = cb.recv().await;
+    let m = if m["event"] == "queued" {
+        cb.recv().await
+    } else {
+        m
+    };
+    assert_eq!(m, json!({"event":"after","data":1}));
+    let (_, health) = http_get(a.addr, "/health").await;
+    assert!(health.contains(r#""status":"ok""#), "{health}");
+    assert!(
+        a.handle()
+            .bridge()
+            .unwrap()
+            .metrics()
+            .reconnects
+            .load(Relaxed)
+            >= 2
+    );
+}
+
+async fn outbox_holds_publishes_until_redis_takes_them(io: IoMode) {
+    // Redis refuses PUBLISH (ACL) while both subscribers stay connected:
+    // node A's publishes wait in its outbox and arrive, in order, once
+    // Redis takes them again.
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = two_nodes(io, &redis).await;
+    let (mut cb, _) = authed(&b.url(), "y").await;
+    let mut r = redis.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-publish")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        a.handle()
+            .publish(Kind::Broadcast, None, "held", &i, &[])
+            .unwrap();
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("+publish")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        assert_eq!(cb.recv().await, json!({"event":"held","data":i}));
+    }
+    let m = a.handle().bridge().unwrap().metrics().clone();
+    assert_eq!(m.outbox_dropped.load(Relaxed), 0);
+}
+
+async fn outbox_is_bounded(io: IoMode) {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let mut cfg = redis_config(io, &redis.url());
+    cfg.redis_outbox = 5;
+    let s = start(cfg);
+    let h = s.handle();
+    wait_subscribed(&h).await;
+    redis.kill();
+    wait_unsubscribed(&h).await;
+    for i in 0..20 {
+        h.publish(Kind::Broadcast, None, "e", &i, &[]).unwrap();
+    }
+    let m = h.bridge().unwrap().metrics();
+    // 5 in the outbox, at most one more in the publisher's hand.
+    let dropped = m.outbox_dropped.load(Relaxed);
+    assert!((14..=15).contains(&dropped), "dropped {dropped}");
+    let (_, body) = http_get(s.addr, "/metrics").await;
+    assert!(
+        body.contains("ignis_ws_redis_outbox_dropped_total"),
+        "{body}"
+    );
+}
+
+async fn redis_down_at_start(io: IoMode) {
+    if !util::redis_server::available() {
+        return;
+    }
+    let port = util::redis_server::free_port();
+    let s = start(redis_config(io, &format!("redis://127.0.0.1:{port}")));
+    // Serves local traffic, reports degraded.
+    let (mut c, _) = authed(&s.url(), "u").await;
+    s.handle().broadcast("local", &1, &[]).unwrap();
+    assert_eq!(c.recv().await, json!({"event":"local","data":1}));
+    let (_, health) = http_get(s.addr, "/health").await;
+    assert!(health.contains(r#""status":"degraded""#), "{health}");
+    // Redis appears: the bridge connects by itself.
+    let _redis = RedisServer::start_on(port).unwrap();
+    wait_subscribed(&s.handle()).await;
+}
+
+io_tests!(
+    emitter_envelopes_reach_both_nodes_once,
+    user_sessions_on_both_nodes,
+    room_exclude_across_nodes,
+    client_message_finds_its_node,
+    send_on_a_reaches_b_and_a_once,
+    malformed_envelopes_are_dropped_and_counted,
+    redis_outage_and_recovery,
+    outbox_holds_publishes_until_redis_takes_them,
+    outbox_is_bounded,
+    redis_down_at_start,
+);

@@ -1,0 +1,355 @@
+//! Real `redis-server` processes for the tests, each on its own free port
+//! (never the machine's shared 6379). Where redis-server is not installed
+//! the tests skip with a printed reason, except under `CI=true`, where they
+//! must run.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running redis-server.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+    _dir: Option<std::sync::Arc<tempfile::TempDir>>,
+    tls: bool,
+}
+
+/// Whether redis-server can be run; prints why not and panics in CI.
+pub fn available() -> bool {
+    match Command::new("redis-server").arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must run the Redis tests: redis-server is not installed"
+            );
+            eprintln!("SKIPPED: redis-server not installed");
+            false
+        }
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[String]) -> Child {
+    let mut child = Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    // Wait for the server's own "ready" line: an event, not a guess.
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("Ready to accept connections")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("redis-server ready in time");
+    child
+}
+
+impl RedisServer {
+    /// A plain redis-server on a free port; `None` (skip) if not installed.
+    pub fn start() -> Option<RedisServer> {
+        Self::start_with(&[])
+    }
+
+    /// With extra arguments (e.g. `--requirepass`, ACL users).
+    pub fn start_with(extra: &[&str]) -> Option<RedisServer> {
+        Self::start_full(free_port(), extra)
+    }
+
+    /// On a given port.
+    pub fn start_on(port: u16) -> Option<RedisServer> {
+        Self::start_full(port, &[])
+    }
+
+    fn start_full(port: u16, extra: &[&str]) -> Option<RedisServer> {
+        if !available() {
+            return None;
+        }
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = spawn(&args);
+        Some(RedisServer {
+            child: Some(child),
+            port,
+            args,
+            _dir: None,
+            tls: false,
+        })
+    }
+
+    /// A TLS-only redis-server with a fresh self-signed certificate.
+    /// `None` if redis-server or openssl is missing (skip).
+    pub fn start_tls() -> Option<(RedisServer, PathBuf)> {
+        if !available() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let (ca_key, ca, key, csr, cert, ext) = (
+            p("ca.key"),
+            p("ca.pem"),
+            p("key.pem"),
+            p("server.csr"),
+            p("cert.pem"),
+            p("ext.cnf"),
+        );
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        // A private CA, and a server certificate it signs for 127.0.0.1.
+        let steps: [Vec<&str>; 3] = [
+            vec![
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=ignis-ws test CA",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+            ],
+            vec![
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+                "-out",
+                &cert,
+            ],
+        ];
+        let ok = steps.iter().all(|args| {
+            Command::new("openssl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !ok {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI needs openssl for the TLS test"
+            );
+            eprintln!("SKIPPED: openssl not available to make a test certificate");
+            return None;
+        }
+        let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
+        let ca_path = PathBuf::from(&ca);
+        let port = free_port();
+        let args: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            ca_path.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+            "--logfile".into(),
+            "".into(),
+        ];
+        let child = spawn(&args);
+        let dir = std::sync::Arc::new(dir);
+        Some((
+            RedisServer {
+                child: Some(child),
+                port,
+                args,
+                _dir: Some(dir),
+                tls: true,
+            },
+            ca_path,
+        ))
+    }
+
+    /// `redis://127.0.0.1:PORT` (or `rediss://` for TLS).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (SIGKILL: as abrupt as a crash) and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn(&self.args));
+    }
+
+    /// A plain (test-side) connection.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters on free ports.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Option<RedisCluster> {
+        if !available() {
+            return None;
+        }
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("nodes-{port}.conf"));
+            let args: Vec<String> = vec![
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                conf.display().to_string(),
+                "--save".into(),
+                "".into(),
+                "--appendonly".into(),
+                "no".into(),
+                "--logfile".into(),
+                "".into(),
+                "--dir".into(),
+                dir.path().display().to_string(),
+            ];
+            let child = spawn(&args);
+            nodes.push(RedisServer {
+                child: Some(child),
+                port,
+                args,
+                _dir: Some(dir.clone()),
+                tls: false,
+            });
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("All 16384 slots covered"),
+            "cluster create failed: {text}"
+        );
+        Some(RedisCluster { nodes, _dir: dir })
+    }
+
+    /// Wait until every node reports `cluster_state:ok` (cluster gossip
+    /// is what we wait for; there is no event to subscribe to).
+    pub async fn wait_ok(&self) {
+        for n in &self.nodes {
+            let mut c = n.client().await;
+            for _ in 0..200 {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
