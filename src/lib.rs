@@ -13,7 +13,7 @@
 //! ```text
 //!            ┌──────────── control thread (tokio) ─────────────┐
 //!            │ authenticators/validators/hooks that await,      │
-//!            │ (next: the Redis bridge)                         │
+//!            │ the Redis bridge (one per process)               │
 //!            └──────▲──────────────────────────────┬───────────┘
 //!                   │ boxed futures                │ ShardCommand (flume)
 //!   shard 0 ────────┴───┐   shard 1 ...            ▼
@@ -32,6 +32,8 @@
 //! * [`handle`] — the delivery API ([`Handle`]), cheap to clone, usable from
 //!   any thread.
 //! * [`runtime`] — start-up: shards, pinning, channels, the control thread.
+//! * [`bridge`] — the Redis bridge (subscriber, outbox publisher), the
+//!   envelope codec and the [`bridge::emitter::Emitter`].
 //! * [`auth`] — [`auth::Authenticator`] and [`auth::RoomValidator`] traits;
 //!   JWT, webhook and insecure authenticators; glob room validator.
 //! * [`config`] — every setting, its default and where the default comes from.
