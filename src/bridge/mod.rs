@@ -36,6 +36,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle publisher pings this often, so a lost connection is noticed
 /// (and `/health` says so) before the next publish needs it.
 const PUBLISHER_PING: Duration = Duration::from_secs(1);
+/// How often the subscriber checks that its connection is alive.
+const SUBSCRIBER_PING: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -246,9 +248,24 @@ async fn subscriber(
                 link.send_modify(|l| l.subscribed = true);
                 tracing::info!(node = %redact(url), "redis bridge subscribed");
                 backoff.reset();
-                let mut stream = ps.into_on_message();
-                while let Some(msg) = stream.next().await {
-                    on_envelope(msg.get_payload_bytes(), &cfg, &server_id, &handle, &metrics);
+                let (mut sink, mut stream) = ps.split();
+                // A connection that dies without a FIN (a partition) never
+                // ends the stream: ping it to find out.
+                let mut ping = tokio::time::interval(SUBSCRIBER_PING);
+                ping.tick().await;
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => on_envelope(msg.get_payload_bytes(), &cfg, &server_id, &handle, &metrics),
+                            None => break,
+                        },
+                        _ = ping.tick() => {
+                            let alive = tokio::time::timeout(PUBLISH_TIMEOUT, sink.ping::<redis::Value>()).await;
+                            if !matches!(alive, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
                 }
                 metrics.subscribed.store(false, Relaxed);
                 link.send_modify(|l| l.subscribed = false);
