@@ -144,14 +144,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e.to_string()),
     };
-    let server = match ServerBuilder::new(config).start() {
-        Ok(s) => s,
-        Err(Error::Config(e)) => return config_error(&e.to_string()),
-        Err(e) => {
-            eprintln!("ignis-ws: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    // Before the server starts (and logs that it listens): a signal that
+    // arrives early must still mean a clean shutdown, not the default kill.
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -159,6 +153,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ignis-ws: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match ServerBuilder::new(config).start() {
+        Ok(s) => s,
+        Err(Error::Config(e)) => return config_error(&e.to_string()),
+        Err(e) => {
+            eprintln!("ignis-ws: {e}");
             return ExitCode::from(1);
         }
     };
