@@ -1,0 +1,159 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: bench setup
+//! In-process fan-out: one room message to 10,000 authenticated clients
+//! spread over two shards, timed per recipient (the shard's work only:
+//! refcount + queue push + dirty-list entry; the socket writes are measured
+//! by `ignis-ws bench`). A counting allocator checks that a delivery
+//! allocates nothing per recipient.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ignis_ws::Config;
+use ignis_ws::auth::InsecureAuthenticator;
+use ignis_ws::control::Control;
+use ignis_ws::handle::{Delivery, Target, encode};
+use ignis_ws::hooks::NoHooks;
+use ignis_ws::metrics::ShardMetrics;
+use ignis_ws::proto::frame::{OpCode, encode_frame};
+use ignis_ws::shard::{Shard, ShardCtx};
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const CLIENTS: usize = 10_000;
+const SHARDS: usize = 2;
+
+fn shard(index: usize, control: &Control) -> Shard<()> {
+    let (tx, _rx) = flume::unbounded();
+    let config = Config {
+        room_allow: vec!["*".into()],
+        backpressure_limit: 64 * 1024 * 1024,
+        ..Config::default()
+    };
+    let ctx = ShardCtx {
+        index,
+        config: Arc::new(config),
+        authenticator: Arc::new(InsecureAuthenticator),
+        room_validator: None,
+        hooks: Arc::new(NoHooks),
+        control: control.handle(),
+        metrics: Arc::new(ShardMetrics::default()),
+        self_tx: tx,
+        max_conns: CLIENTS,
+    };
+    let now = Instant::now();
+    let mut s = Shard::new(ctx, now);
+    let mut auth = BytesMut::new();
+    encode_frame(
+        &mut auth,
+        true,
+        OpCode::Text,
+        br#"{"event":"authenticate","data":{"userId":"u"}}"#,
+        Some([1, 2, 3, 4]),
+    );
+    for _ in 0..CLIENTS / SHARDS {
+        // Authenticated through the real path: joins ws-default.
+        s.register((), &auth, now);
+    }
+    reset(&mut s);
+    s
+}
+
+/// Empty every queue (the sockets' job in the server). The dirty list is
+/// swapped with a kept vector, as the flusher does, so its capacity is
+/// reused.
+fn reset(s: &mut Shard<()>) {
+    thread_local! {
+        static SPARE: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        s.take_dirty(&mut spare);
+        spare.clear();
+    });
+    for (_, c) in s.conns.iter_mut() {
+        c.out.clear();
+        c.out_bytes = 0;
+        c.dirty = false;
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let control = Control::start().unwrap();
+    let mut shards: Vec<Shard<()>> = (0..SHARDS).map(|i| shard(i, &control)).collect();
+    for size in [100usize, 1024] {
+        let data = "x".repeat(size.saturating_sub(30));
+        let d = Delivery {
+            target: Target::Room("ws-default".into()),
+            frame: encode("b", Some(&data)).unwrap(),
+            exclude: None,
+        };
+        // One delivery to warm the queues' capacity, then count.
+        let now = Instant::now();
+        for s in shards.iter_mut() {
+            s.deliver(&d, now);
+            reset(s);
+        }
+        let before = ALLOCS.load(Relaxed);
+        for s in shards.iter_mut() {
+            s.deliver(&d, now);
+        }
+        let allocs = ALLOCS.load(Relaxed) - before;
+        println!("fanout/{size}B: {allocs} allocations for one delivery to {CLIENTS} clients");
+        for s in shards.iter_mut() {
+            reset(s);
+        }
+        let mut g = c.benchmark_group("fanout");
+        g.throughput(Throughput::Elements(CLIENTS as u64));
+        g.bench_function(format!("room_10k_clients_2_shards/{size}B"), |b| {
+            b.iter_custom(|iters| {
+                let mut t = Duration::ZERO;
+                for _ in 0..iters {
+                    let now = Instant::now();
+                    let t0 = Instant::now();
+                    for s in shards.iter_mut() {
+                        s.deliver(black_box(&d), now);
+                    }
+                    t += t0.elapsed();
+                    for s in shards.iter_mut() {
+                        reset(s);
+                    }
+                }
+                t
+            })
+        });
+        g.finish();
+    }
+    drop(shards);
+    control.join();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);
