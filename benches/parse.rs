@@ -13,10 +13,17 @@ use ignis_ws::proto::message::{self, Buffers};
 fn client_messages() -> Vec<(&'static str, String)> {
     vec![
         ("heartbeat", r#"{"event":"heartbeat"}"#.to_string()),
-        ("join", r#"{"event":"join","data":{"rooms":["public:news","user:alice:inbox","team:red"]}}"#.to_string()),
+        (
+            "join",
+            r#"{"event":"join","data":{"rooms":["public:news","user:alice:inbox","team:red"]}}"#
+                .to_string(),
+        ),
         (
             "custom_1KiB",
-            format!(r#"{{"event":"chat","data":{{"text":"{}","to":"room-1","n":[1,2,3]}},"id":"m-1"}}"#, "x".repeat(960)),
+            format!(
+                r#"{{"event":"chat","data":{{"text":"{}","to":"room-1","n":[1,2,3]}},"id":"m-1"}}"#,
+                "x".repeat(960)
+            ),
         ),
     ]
 }
@@ -78,7 +85,8 @@ fn envelope(c: &mut Criterion) {
             b.iter(|| {
                 scratch.clear();
                 scratch.extend_from_slice(t.as_bytes());
-                let v = simd_json::borrowed::to_value_with_buffers(&mut scratch, &mut buffers).unwrap();
+                let v =
+                    simd_json::borrowed::to_value_with_buffers(&mut scratch, &mut buffers).unwrap();
                 black_box(matches!(v, simd_json::BorrowedValue::Object(_)));
             })
         });

@@ -118,6 +118,15 @@ pub struct Config {
     /// After the server sent a close frame: time to wait for the client's
     /// close frame before dropping the TCP connection.
     pub close_timeout: Duration,
+    /// Buffers (4 KiB each) in each shard's io_uring provided-buffer ring.
+    /// More absorbs more simultaneous receives; when the ring runs dry a
+    /// connection waits for readability and re-arms.
+    pub io_ring_buffers: u16,
+    /// Hold a shard's writes up to this long after the first frame is
+    /// queued, so more messages share one syscall per client: less CPU per
+    /// delivery for up to this much more latency. Zero: write every loop
+    /// turn.
+    pub write_coalesce: Duration,
     /// Redis for cross-instance delivery: one URL (`redis://`, `rediss://`
     /// for TLS, `user:password@` for AUTH/ACL), or the nodes of a Redis
     /// Cluster. Empty: single node, no Redis.
@@ -164,6 +173,8 @@ impl Default for Config {
             max_handshake_bytes: 8 * 1024,
             shutdown_timeout: Duration::from_millis(5_000),
             close_timeout: Duration::from_millis(2_000),
+            write_coalesce: Duration::ZERO,
+            io_ring_buffers: 1024,
             redis: Vec::new(),
             redis_cluster: false,
             redis_tls_ca: None,
@@ -285,6 +296,12 @@ impl Config {
                 "--redis-tls-ca",
                 format!("cannot read {}: {e}", ca.display()),
             ));
+        }
+        if self.io_ring_buffers == 0 {
+            return Err(bad("--io-ring-buffers", "must be > 0"));
+        }
+        if self.write_coalesce > Duration::from_secs(1) {
+            return Err(bad("--write-coalesce-us", "at most 1000000 (1 s)"));
         }
         if self.redis_outbox == 0 {
             return Err(bad("--redis-outbox", "must be > 0"));
@@ -473,6 +490,13 @@ pub struct ServeArgs {
     #[arg(long, env = "IGNIS_WS_CLOSE_TIMEOUT_MS", value_name = "MS")]
     pub close_timeout_ms: Option<u64>,
 
+    /// Buffers (4 KiB) in each shard's io_uring receive ring [default: 1024].
+    #[arg(long, env = "IGNIS_WS_IO_RING_BUFFERS", value_name = "N")]
+    pub io_ring_buffers: Option<u16>,
+    /// Hold writes up to this many microseconds so more messages share one
+    /// syscall (CPU for latency) [default: 0].
+    #[arg(long, env = "IGNIS_WS_WRITE_COALESCE_US", value_name = "US")]
+    pub write_coalesce_us: Option<u64>,
     /// Redis URL for cross-instance delivery: redis://[user:password@]host:port[/db],
     /// rediss:// for TLS. Absent: single node.
     #[arg(
@@ -568,6 +592,8 @@ impl ServeArgs {
             max_handshake_bytes,
             shutdown_timeout_ms,
             close_timeout_ms,
+            write_coalesce_us,
+            io_ring_buffers,
             redis,
             redis_cluster,
             redis_tls_ca,
@@ -659,6 +685,11 @@ impl ServeArgs {
                 .unwrap_or(d.max_handshake_bytes),
             shutdown_timeout: ms(self.shutdown_timeout_ms, d.shutdown_timeout),
             close_timeout: ms(self.close_timeout_ms, d.close_timeout),
+            write_coalesce: self
+                .write_coalesce_us
+                .map(Duration::from_micros)
+                .unwrap_or(d.write_coalesce),
+            io_ring_buffers: self.io_ring_buffers.unwrap_or(d.io_ring_buffers),
             redis_cluster: self.redis_cluster.is_some(),
             redis_tls_ca: self.redis_tls_ca,
             redis: match (&self.redis, &self.redis_cluster) {

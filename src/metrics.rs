@@ -40,6 +40,9 @@ pub struct ShardMetrics {
     /// Bytes actually written to sockets, and the write syscalls used.
     pub bytes_written: AtomicU64,
     pub write_calls: AtomicU64,
+    /// io_uring receives that found the provided-buffer ring empty (raise
+    /// `--io-ring-buffers` if this grows fast).
+    pub recv_ring_empty: AtomicU64,
     /// Frames dropped by `--slow-client drop` or for a closing client.
     pub frames_dropped: AtomicU64,
     /// Clients closed by `--slow-client close`.
@@ -314,7 +317,12 @@ impl Registry {
             }
         }
         type Getter = fn(&ShardMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Getter); 17] = [
+        let counters: [(&str, &str, Getter); 18] = [
+            (
+                "recv_ring_empty_total",
+                "io_uring receives that found the buffer ring empty.",
+                |s| &s.recv_ring_empty,
+            ),
             ("accepted_total", "TCP connections accepted.", |s| {
                 &s.accepted_total
             }),

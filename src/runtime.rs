@@ -411,7 +411,7 @@ fn run_shard(
 ) {
     let index = ctx.index;
     let shutdown_timeout = ctx.config.shutdown_timeout;
-    let rt = match driver::build_runtime(backend, core) {
+    let rt = match driver::build_runtime(backend, core, ctx.config.io_ring_buffers) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(format!("shard {index}: {e}")));
@@ -422,16 +422,25 @@ fn run_shard(
     // would strand its clients, so the process stops loudly instead.
     let run = std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
-            let listener = match compio::runtime::fd::PollFd::new(listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = ready.send(Err(format!("shard {index}: {e}")));
-                    return;
-                }
-            };
             let shard = Shard::new(ctx, Instant::now());
             let io = ShardIo::new(shard, registry, handle);
-            let accept = compio::runtime::spawn(conn::accept_loop(io.clone(), listener));
+            let accept = match backend {
+                Backend::Epoll => match compio::runtime::fd::PollFd::new(listener) {
+                    Ok(l) => compio::runtime::spawn(conn::accept_loop(io.clone(), l)),
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("shard {index}: {e}")));
+                        return;
+                    }
+                },
+                // Multishot accept on the listener.
+                Backend::IoUring => match compio::net::TcpListener::from_std(listener.into()) {
+                    Ok(l) => compio::runtime::spawn(conn::accept_loop_uring(io.clone(), l)),
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("shard {index}: {e}")));
+                        return;
+                    }
+                },
+            };
             compio::runtime::spawn(conn::flusher(io.clone())).detach();
             compio::runtime::spawn(conn::ticker(io.clone())).detach();
             compio::runtime::spawn(conn::commands(io.clone(), rx)).detach();

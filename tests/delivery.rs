@@ -210,7 +210,37 @@ async fn closed_client_is_gone_from_every_index(io: IoMode) {
     assert_eq!(users, 1);
 }
 
+async fn write_coalescing_shares_syscalls(io: IoMode) {
+    let mut cfg = config(io);
+    cfg.shards = 1;
+    cfg.write_coalesce = std::time::Duration::from_millis(100);
+    let s = start(cfg);
+    let h = s.handle();
+    let (mut c, d) = authed(&s.url(), "u").await;
+    let id = id_of(&d);
+    let calls = || -> u64 {
+        h.metrics()
+            .shards
+            .iter()
+            .map(|m| m.write_calls.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    let before = calls();
+    // Ten messages spread over ~20 ms (pacing, not synchronisation): all
+    // inside one 100 ms window.
+    for i in 0..10 {
+        h.to_client(&id, "m", &i).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for i in 0..10 {
+        assert_eq!(c.recv().await, json!({"event":"m","data":i}));
+    }
+    let used = calls() - before;
+    assert!(used <= 3, "10 messages took {used} write calls");
+}
+
 io_tests!(
+    write_coalescing_shares_syscalls,
     to_client_reaches_only_that_client,
     unauthenticated_client_gets_direct_and_own_room_only,
     to_user_reaches_every_session_on_every_shard,

@@ -152,12 +152,17 @@ async fn slow_request_head_is_cut_off(io: IoMode) {
     let mut cfg = config(io);
     cfg.handshake_timeout = Duration::from_millis(300);
     let s = start(cfg);
-    let mut r = Raw::connect(s.addr).await;
     let t0 = Instant::now();
+    let mut r = Raw::connect(s.addr).await;
     r.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await; // never finished
     let resp = String::from_utf8_lossy(&r.read_to_end().await).to_string();
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
-    assert!(t0.elapsed() >= Duration::from_millis(300));
+    // Cut off by the timeout, not at once (timer granularity aside).
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
     // A well-behaved client is unaffected meanwhile.
     let (_c, _) = authed(&s.url(), "ok").await;
 }

@@ -184,10 +184,34 @@ async fn read_more(
     }
 }
 
+/// Where the bytes of a connection come from before it is a shard
+/// connection: readiness + `recv` (epoll back end) or the multishot receive
+/// stream (io_uring back end).
+trait Source {
+    /// Append what arrived to `buf` (stopping past `limit`); false at EOF.
+    async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool>;
+}
+
+struct Readiness<'a>(&'a PollFd<Socket>);
+
+impl Source for Readiness<'_> {
+    async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
+        read_more(io, self.0, buf, limit).await
+    }
+}
+
 async fn handshake(io: &ShardIo, pfd: &PollFd<Socket>) -> io::Result<Option<Vec<u8>>> {
+    handshake_from(io, pfd, &mut Readiness(pfd)).await
+}
+
+async fn handshake_from(
+    io: &ShardIo,
+    pfd: &PollFd<Socket>,
+    src: &mut impl Source,
+) -> io::Result<Option<Vec<u8>>> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        if !read_more(io, pfd, &mut buf, io.limits.max_head_bytes).await? {
+        if !src.more(io, &mut buf, io.limits.max_head_bytes).await? {
             return Ok(None);
         }
         let reply: Vec<u8> = match handshake::parse_request(&buf, &io.limits) {
@@ -229,7 +253,7 @@ async fn handshake(io: &ShardIo, pfd: &PollFd<Socket>) -> io::Result<Option<Vec<
                         let authorization = authorization.map(str::to_owned);
                         let end = head_len + n;
                         while buf.len() < end {
-                            if !read_more(io, pfd, &mut buf, end).await? {
+                            if !src.more(io, &mut buf, end).await? {
                                 return Ok(None);
                             }
                         }
@@ -329,6 +353,189 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
                 }
                 Poll::Ready(Err(_)) => {
                     io.shard.borrow_mut().kill(key);
+                    continue;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    let sock = io.shard.borrow_mut().remove(key);
+    drop(sock);
+    drop(pfd);
+}
+
+/// The multishot receive stream of an io_uring connection: the kernel
+/// picks a buffer from the shard's provided-buffer ring only when data
+/// arrives, so an idle connection holds none.
+struct Multishot<'a, R: futures_util::Stream<Item = io::Result<compio::driver::BufferRef>> + Unpin>
+{
+    rx: &'a mut R,
+    pfd: &'a PollFd<Socket>,
+}
+
+impl<R: futures_util::Stream<Item = io::Result<compio::driver::BufferRef>> + Unpin> Source
+    for Multishot<'_, R>
+{
+    async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, _limit: usize) -> io::Result<bool> {
+        use futures_util::StreamExt;
+        loop {
+            match self.rx.next().await {
+                Some(Ok(b)) => {
+                    buf.extend_from_slice(&b);
+                    return Ok(true);
+                }
+                Some(Err(e)) if is_no_buffers(&e) => {
+                    ShardMetrics::add(&io.metrics().recv_ring_empty, 1);
+                    self.pfd.read_ready().await?
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(false),
+            }
+        }
+    }
+}
+
+/// The provided-buffer ring is empty (every buffer is out): wait for
+/// readability, then re-arm the multishot receive.
+fn is_no_buffers(e: &io::Error) -> bool {
+    // compio reports the kernel's ENOBUFS as `ResourceBusy`.
+    e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == io::ErrorKind::ResourceBusy
+}
+
+/// io_uring: multishot accept on the shard's listener.
+pub async fn accept_loop_uring(io: Rc<ShardIo>, listener: compio::net::TcpListener) {
+    use futures_util::StreamExt;
+    let m = io.metrics();
+    let mut incoming = listener.incoming();
+    while let Some(r) = incoming.next().await {
+        match r {
+            Ok(stream) => {
+                ShardMetrics::add(&m.accepted_total, 1);
+                if !io
+                    .shard
+                    .borrow()
+                    .has_room_for_connection(io.handshaking.get())
+                {
+                    ShardMetrics::add(&m.refused_total, 1);
+                    let fd = stream.to_shared_fd();
+                    let _ = rustix::net::send(
+                        &*fd,
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+                    );
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                compio::runtime::spawn(conn_task_uring(io.clone(), stream)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                compio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Bytes read per multishot completion at most (the ring's buffer size).
+const RECV_LEN: usize = 0;
+
+/// One io_uring connection: multishot receive into the provided-buffer
+/// ring; writes are the same coalesced `sendmsg` as on epoll.
+async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
+    use compio::io::AsyncReadMulti;
+    use futures_util::Stream;
+    let shared = stream.to_shared_fd();
+    let pfd = match PollFd::from_shared_fd(shared.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register socket");
+            return;
+        }
+    };
+    let rx = stream.read_multi(RECV_LEN);
+    let mut rx = std::pin::pin!(rx);
+    io.handshaking.set(io.handshaking.get() + 1);
+    let upgraded = {
+        let mut src = Multishot {
+            rx: &mut rx,
+            pfd: &pfd,
+        };
+        compio::time::timeout(io.handshake_timeout, handshake_from(&io, &pfd, &mut src)).await
+    };
+    io.handshaking.set(io.handshaking.get() - 1);
+    let rest = match upgraded {
+        Ok(Ok(Some(rest))) => rest,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection failed during the upgrade");
+            return;
+        }
+        Err(_) => {
+            ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
+            let _ = write_all(
+                &pfd,
+                &handshake::http_response(408, "text/plain", b"Request Timeout\n", &[]),
+            )
+            .await;
+            return;
+        }
+    };
+    let key = {
+        let mut sh = io.shard.borrow_mut();
+        sh.register(shared, &rest, Instant::now()).0
+    };
+    // Set while the ring was empty: wait for readability before re-arming.
+    let mut starved = false;
+    poll_fn(|cx| {
+        loop {
+            let write_blocked = {
+                let mut sh = io.shard.borrow_mut();
+                let Some(conn) = sh.conns.get_mut(key as usize) else {
+                    return Poll::Ready(());
+                };
+                if conn.dead {
+                    return Poll::Ready(());
+                }
+                if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    conn.waker = Some(cx.waker().clone());
+                }
+                conn.write_blocked
+            };
+            if write_blocked {
+                match pfd.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        if let Some(c) = io.shard.borrow_mut().conns.get_mut(key as usize) {
+                            c.write_blocked = false;
+                        }
+                        flush_one(&io, key);
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        io.shard.borrow_mut().kill(key);
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if starved {
+                match pfd.poll_read_ready(cx) {
+                    Poll::Ready(_) => starved = false,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match rx.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(b))) => {
+                    io.shard.borrow_mut().on_bytes(key, &b, Instant::now());
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) if is_no_buffers(&e) => {
+                    ShardMetrics::add(&io.metrics().recv_ring_empty, 1);
+                    starved = true;
+                    continue;
+                }
+                Poll::Ready(Some(Err(_)) | None) => {
+                    io.shard.borrow_mut().on_eof(key);
                     continue;
                 }
                 Poll::Pending => return Poll::Pending,
@@ -472,9 +679,11 @@ fn advance(conn: &mut crate::shard::Conn<SharedFd<Socket>>, mut n: usize) {
     }
 }
 
-/// Write every dirty connection, once per loop turn.
+/// Write every dirty connection, once per loop turn (or, with
+/// `--write-coalesce-us`, once per coalescing window).
 pub async fn flusher(io: Rc<ShardIo>) {
     let mut keys: Vec<ConnKey> = Vec::new();
+    let coalesce = io.shard.borrow().ctx.config.write_coalesce;
     loop {
         poll_fn(|cx| {
             let mut sh = io.shard.borrow_mut();
@@ -486,6 +695,9 @@ pub async fn flusher(io: Rc<ShardIo>) {
             }
         })
         .await;
+        if !coalesce.is_zero() && !io.shard.borrow().shutting_down {
+            compio::time::sleep(coalesce).await;
+        }
         io.shard.borrow_mut().take_dirty(&mut keys);
         for k in keys.drain(..) {
             flush_one(&io, k);

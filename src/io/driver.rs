@@ -34,9 +34,21 @@ impl Backend {
     }
 }
 
-fn proactor(b: Backend) -> ProactorBuilder {
+/// Size of each provided-buffer ring buffer (io_uring): client messages
+/// are small; larger ones arrive in several completions.
+const RING_BUFFER_LEN: usize = 4096;
+
+fn proactor(b: Backend, ring_buffers: u16) -> ProactorBuilder {
     let mut p = ProactorBuilder::new();
     p.driver_type(b.driver_type());
+    if b == Backend::IoUring
+        && let Some(n) = std::num::NonZeroU16::new(ring_buffers)
+    {
+        // Receives take a buffer only when data arrives and give it back
+        // once the shard consumed it.
+        p.buffer_pool_size(n);
+        p.buffer_pool_buffer_len(RING_BUFFER_LEN);
+    }
     // Room for many in-flight readiness polls per loop turn.
     p.capacity(4096);
     // Nothing here uses the blocking thread pool; keep it small.
@@ -47,7 +59,7 @@ fn proactor(b: Backend) -> ProactorBuilder {
 /// Decide the back end once per process.
 pub fn resolve(mode: IoMode) -> io::Result<Backend> {
     let probe = || -> io::Result<()> {
-        let p = proactor(Backend::IoUring);
+        let p = proactor(Backend::IoUring, 1);
         p.build().map(drop)
     };
     match mode {
@@ -69,10 +81,11 @@ pub fn resolve(mode: IoMode) -> io::Result<Backend> {
     }
 }
 
-/// Build one shard's runtime, pinned to `core` when given.
-pub fn build_runtime(b: Backend, core: Option<usize>) -> io::Result<Runtime> {
+/// Build one shard's runtime, pinned to `core` when given, with a
+/// provided-buffer ring of `ring_buffers` buffers on io_uring.
+pub fn build_runtime(b: Backend, core: Option<usize>, ring_buffers: u16) -> io::Result<Runtime> {
     let mut rb = RuntimeBuilder::new();
-    rb.with_proactor(proactor(b));
+    rb.with_proactor(proactor(b, ring_buffers));
     if let Some(c) = core {
         rb.thread_affinity(HashSet::from([c]));
     }
