@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use ignis_ws::config::ServeArgs;
 use ignis_ws::{Error, ServerBuilder};
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -292,7 +292,13 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
         }
     };
     io.handshaking.set(io.handshaking.get() + 1);
-    let upgraded = compio::time::timeout(io.handshake_timeout, handshake(&io, &pfd)).await;
+    // Boxed: the handshake's state lives only while it runs, not for the
+    // whole life of an idle connection's task.
+    let upgraded = Box::pin(compio::time::timeout(
+        io.handshake_timeout,
+        handshake(&io, &pfd),
+    ))
+    .await;
     io.handshaking.set(io.handshaking.get() - 1);
     let rest = match upgraded {
         Ok(Ok(Some(rest))) => rest,
@@ -461,7 +467,12 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
             rx: &mut rx,
             pfd: &pfd,
         };
-        compio::time::timeout(io.handshake_timeout, handshake_from(&io, &pfd, &mut src)).await
+        // Boxed: see `conn_task`.
+        Box::pin(compio::time::timeout(
+            io.handshake_timeout,
+            handshake_from(&io, &pfd, &mut src),
+        ))
+        .await
     };
     io.handshaking.set(io.handshaking.get() - 1);
     let rest = match upgraded {

@@ -175,8 +175,13 @@ impl<S> Shard<S> {
         let next_heartbeat = now + c.heartbeat_interval;
         Shard {
             timeouts,
-            conns: Slab::new(),
-            by_id: HashMap::default(),
+            // Reserved up front (virtual memory: pages count only once
+            // used), so growing never doubles and copies the table.
+            conns: Slab::with_capacity(ctx.max_conns.min(1 << 20)),
+            by_id: HashMap::with_capacity_and_hasher(
+                ctx.max_conns.min(1 << 20),
+                Default::default(),
+            ),
             rooms: Default::default(),
             users: Default::default(),
             dirty: Vec::new(),
@@ -903,6 +908,10 @@ impl<S> Shard<S> {
             if heartbeat_due && conn.session.heartbeat_expired(now, &self.timeouts) {
                 to_close.push((k, CloseReason::HeartbeatTimeout));
                 continue;
+            }
+            if conn.out.is_empty() && conn.out.capacity() > 0 && !conn.dirty {
+                // An idle connection keeps no queue allocation.
+                conn.out = VecDeque::new();
             }
             if let Some(idle) = idle {
                 let quiet = now.saturating_duration_since(conn.last_rx);
