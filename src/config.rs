@@ -118,7 +118,7 @@ pub struct Config {
     /// After the server sent a close frame: time to wait for the client's
     /// close frame before dropping the TCP connection.
     pub close_timeout: Duration,
-    /// Buffers (4 KiB each) in each shard's io_uring provided-buffer ring.
+    /// Buffers (2 KiB each) in each shard's io_uring provided-buffer ring.
     /// More absorbs more simultaneous receives; when the ring runs dry a
     /// connection waits for readability and re-arms.
     pub io_ring_buffers: u16,
@@ -174,7 +174,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_millis(5_000),
             close_timeout: Duration::from_millis(2_000),
             write_coalesce: Duration::ZERO,
-            io_ring_buffers: 1024,
+            io_ring_buffers: 512,
             redis: Vec::new(),
             redis_cluster: false,
             redis_tls_ca: None,
@@ -490,7 +490,7 @@ pub struct ServeArgs {
     #[arg(long, env = "IGNIS_WS_CLOSE_TIMEOUT_MS", value_name = "MS")]
     pub close_timeout_ms: Option<u64>,
 
-    /// Buffers (4 KiB) in each shard's io_uring receive ring [default: 1024].
+    /// Buffers (2 KiB) in each shard's io_uring receive ring [default: 512].
     #[arg(long, env = "IGNIS_WS_IO_RING_BUFFERS", value_name = "N")]
     pub io_ring_buffers: Option<u16>,
     /// Hold writes up to this many microseconds so more messages share one

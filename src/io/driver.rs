@@ -36,7 +36,7 @@ impl Backend {
 
 /// Size of each provided-buffer ring buffer (io_uring): client messages
 /// are small; larger ones arrive in several completions.
-const RING_BUFFER_LEN: usize = 4096;
+const RING_BUFFER_LEN: usize = 2048;
 
 fn proactor(b: Backend, ring_buffers: u16) -> ProactorBuilder {
     let mut p = ProactorBuilder::new();

@@ -96,6 +96,25 @@ pub struct Closing {
     pub discard_input: bool,
 }
 
+/// A connection's partial input (see [`Conn::read`]).
+#[derive(Debug)]
+pub struct ReadState {
+    pub decoder: MessageDecoder,
+    pub rbuf: BytesMut,
+}
+
+impl ReadState {
+    fn new(max_message: usize) -> Self {
+        ReadState {
+            decoder: MessageDecoder::new(Role::Server, max_message),
+            rbuf: BytesMut::new(),
+        }
+    }
+}
+
+/// The spare read buffer keeps at most this much capacity between uses.
+const SPARE_READ_CAPACITY: usize = 64 * 1024;
+
 /// One upgraded connection. `S` is the I/O layer's socket handle; the shard
 /// only stores it.
 #[derive(Debug)]
@@ -129,9 +148,9 @@ pub struct Conn<S> {
     /// Last frame of any kind (for the idle ping/close).
     pub last_rx: Instant,
     pub ping_sent: bool,
-    pub decoder: MessageDecoder,
-    /// Bytes read but not yet a whole frame (empty and unallocated when idle).
-    pub rbuf: BytesMut,
+    /// Bytes of an incomplete frame or message, and the decoder's state;
+    /// `None` (no allocation) whenever the connection is between messages.
+    pub read: Option<Box<ReadState>>,
     /// The connection task, woken when the shard kills the connection.
     pub waker: Option<Waker>,
     pub sock: S,
@@ -157,6 +176,8 @@ pub struct Shard<S> {
     next_generation: u32,
     json_buf: Vec<u8>,
     json_buffers: Buffers,
+    /// The read state lent to connections between messages.
+    spare_read: Option<Box<ReadState>>,
     ping_frame: Bytes,
     /// Set once `Shutdown` arrived.
     pub shutting_down: bool,
@@ -193,6 +214,7 @@ impl<S> Shard<S> {
             next_generation: 0,
             json_buf: Vec::new(),
             json_buffers: Buffers::default(),
+            spare_read: None,
             ping_frame: frame::server_frame(OpCode::Ping, b""),
             shutting_down: false,
             shutdown_waker: None,
@@ -243,7 +265,6 @@ impl<S> Shard<S> {
         };
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
-        let c = &self.ctx.config;
         let key = self.conns.insert(Conn {
             id,
             generation,
@@ -264,8 +285,7 @@ impl<S> Shard<S> {
             dead: false,
             last_rx: now,
             ping_sent: false,
-            decoder: MessageDecoder::new(Role::Server, c.max_payload),
-            rbuf: BytesMut::new(),
+            read: None,
             waker: None,
             sock,
         }) as ConnKey;
@@ -302,19 +322,26 @@ impl<S> Shard<S> {
         if conn.closing.is_some_and(|c| c.discard_input) {
             return;
         }
-        conn.rbuf.extend_from_slice(data);
+        // The connection's read state, or the shard's spare one: a
+        // connection keeps its own only while a frame or fragmented message
+        // is incomplete.
+        let max = self.ctx.config.max_payload;
+        let mut st = conn
+            .read
+            .take()
+            .or_else(|| self.spare_read.take())
+            .unwrap_or_else(|| Box::new(ReadState::new(max)));
+        st.rbuf.extend_from_slice(data);
         loop {
-            let Some(conn) = self.conns.get_mut(key as usize) else {
-                return;
-            };
-            if conn.dead {
-                return;
+            if !self.conns.get(key as usize).is_some_and(|c| !c.dead) {
+                break;
             }
-            match conn.decoder.decode(&mut conn.rbuf) {
+            match st.decoder.decode(&mut st.rbuf) {
                 Ok(Some(msg)) => self.on_message(key, msg, now),
                 Ok(None) => break,
                 Err(e) => {
-                    conn.rbuf = BytesMut::new();
+                    st.rbuf.clear();
+                    st.decoder.reset();
                     self.close(key, CloseReason::Frame(e), now);
                     if let Some(c) = self
                         .conns
@@ -323,16 +350,22 @@ impl<S> Shard<S> {
                     {
                         c.discard_input = true;
                     }
-                    return;
+                    break;
                 }
             }
         }
-        // Release the read buffer of an idle connection.
-        if let Some(conn) = self.conns.get_mut(key as usize)
-            && conn.rbuf.is_empty()
-            && conn.rbuf.capacity() > 0
-        {
-            conn.rbuf = BytesMut::new();
+        match self.conns.get_mut(key as usize) {
+            Some(conn) if !conn.dead && !(st.rbuf.is_empty() && st.decoder.is_idle()) => {
+                conn.read = Some(st);
+            }
+            _ => {
+                st.rbuf.clear();
+                st.decoder.reset();
+                if st.rbuf.capacity() > SPARE_READ_CAPACITY {
+                    st.rbuf = BytesMut::new();
+                }
+                self.spare_read = Some(st);
+            }
         }
     }
 
@@ -399,7 +432,7 @@ impl<S> Shard<S> {
                     received: true,
                     discard_input: true,
                 });
-                conn.rbuf = BytesMut::new();
+                conn.read = None;
                 let f = buf.freeze();
                 self.enqueue(key, f);
             }
