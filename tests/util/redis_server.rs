@@ -32,6 +32,26 @@ pub fn available() -> bool {
     }
 }
 
+/// A port for a cluster node: it and its cluster-bus port (+10000) are
+/// free and valid.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+        // An ephemeral port above the range: pick one below it.
+        for q in (20_000..30_000).step_by(97) {
+            let q = q + (p % 97);
+            if std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", q + 10_000)).is_ok()
+            {
+                return q;
+            }
+        }
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -286,7 +306,7 @@ impl RedisCluster {
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
+            let port = free_cluster_port();
             let conf = dir.path().join(format!("nodes-{port}.conf"));
             let args: Vec<String> = vec![
                 "--port".into(),
