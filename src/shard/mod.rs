@@ -333,7 +333,7 @@ impl<S> Shard<S> {
             .unwrap_or_else(|| Box::new(ReadState::new(max)));
         st.rbuf.extend_from_slice(data);
         loop {
-            if !self.conns.get(key as usize).is_some_and(|c| !c.dead) {
+            if self.conns.get(key as usize).is_none_or(|c| c.dead) {
                 break;
             }
             match st.decoder.decode(&mut st.rbuf) {
@@ -355,7 +355,7 @@ impl<S> Shard<S> {
             }
         }
         match self.conns.get_mut(key as usize) {
-            Some(conn) if !conn.dead && !(st.rbuf.is_empty() && st.decoder.is_idle()) => {
+            Some(conn) if !conn.dead && (!st.rbuf.is_empty() || !st.decoder.is_idle()) => {
                 conn.read = Some(st);
             }
             _ => {
