@@ -309,17 +309,19 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
         }
         Err(_) => {
             ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
-            let _ = write_all(
+            let _ = Box::pin(write_all(
                 &pfd,
                 &handshake::http_response(408, "text/plain", b"Request Timeout\n", &[]),
-            )
+            ))
             .await;
             return;
         }
     };
     let key = {
         let mut sh = io.shard.borrow_mut();
-        sh.register(pfd.to_shared_fd(), &rest, Instant::now()).0
+        let key = sh.register(pfd.to_shared_fd(), &rest, Instant::now()).0;
+        drop(rest);
+        key
     };
     poll_fn(|cx| {
         loop {
@@ -484,17 +486,19 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
         }
         Err(_) => {
             ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
-            let _ = write_all(
+            let _ = Box::pin(write_all(
                 &pfd,
                 &handshake::http_response(408, "text/plain", b"Request Timeout\n", &[]),
-            )
+            ))
             .await;
             return;
         }
     };
     let key = {
         let mut sh = io.shard.borrow_mut();
-        sh.register(shared, &rest, Instant::now()).0
+        let key = sh.register(shared, &rest, Instant::now()).0;
+        drop(rest);
+        key
     };
     // Set while the ring was empty: wait for readability before re-arming.
     let mut starved = false;
