@@ -40,6 +40,7 @@
 //! * [`http`] — `/health` and `/metrics`.
 
 pub mod auth;
+pub mod bench;
 pub mod bridge;
 pub mod config;
 pub mod control;

@@ -29,6 +29,12 @@ enum Command {
     /// WebSocketEmitter does (every ignis-ws and Ignis server on that Redis
     /// delivers it).
     Emit(EmitArgs),
+    /// Fan-out load generator: N connections, publish, count every
+    /// delivery (loss, latency, throughput, server CPU and memory).
+    Bench(Box<ignis_ws::bench::BenchArgs>),
+    /// Internal: one worker process of `bench`.
+    #[command(hide = true)]
+    BenchWorker(ignis_ws::bench::WorkerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -183,5 +189,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Emit(args) => emit(args),
+        Command::Bench(args) => ignis_ws::bench::run(*args),
+        Command::BenchWorker(args) => ignis_ws::bench::run_worker(args),
     }
 }

@@ -1,0 +1,844 @@
+//! Owns the command line of `ignis-ws bench` and of the hidden
+//! `ignis-ws bench-worker`, and turns the former into a checked [`Plan`]:
+//! every cross-flag rule (JWT needs a secret, HTTP publishing needs a key,
+//! enough workers for the per-process fd limit, enough source IPs for the
+//! ephemeral port range) is decided here, before anything connects, so a bad
+//! command line exits with status 2 and never half-runs.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::config::ByteSize;
+
+use super::payload::MIN_PAYLOAD_SIZE;
+
+/// Connections one worker process may hold: the machine allows 20,000 fds
+/// per process and a worker needs a few for its runtime and pipes.
+pub const MAX_CONNECTIONS_PER_WORKER: usize = 19_000;
+/// Largest `--payload-size`: ignis-ws's default `--redis-max-message` is
+/// 1 MiB for the whole envelope.
+pub const MAX_PAYLOAD_SIZE: usize = 1_000_000;
+/// ignis-ws's default `--backpressure-limit`: a client lagging by more
+/// queued bytes than this is closed (1008).
+pub const SERVER_BACKPRESSURE_LIMIT: u64 = 1024 * 1024;
+/// Environment variable that carries the JWT secret to worker processes
+/// (not on their command line, where `ps` would show it).
+pub const JWT_SECRET_ENV: &str = "IGNIS_WS_BENCH_JWT_SECRET";
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthArg {
+    /// `data.token` = the user id (ignis-ws `--auth insecure`, Ignis on Bun
+    /// with a token-is-the-user authenticator).
+    Insecure,
+    /// `data.token` = an HS256 JWT with `sub` = the user id, signed with
+    /// `--jwt-secret`.
+    Jwt,
+}
+
+/// How messages are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishArg {
+    /// PUBLISH through Redis as an Ignis emitter (`serverId: "emitter"`).
+    Redis,
+    /// `POST /api/publish` on an ignis-ws node (`--api-key`).
+    Http,
+}
+
+/// Who a message is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetArg {
+    /// The room every client joined (`--room`).
+    Room,
+    /// Every authenticated client.
+    Broadcast,
+}
+
+/// `ignis-ws bench`: the fan-out load generator.
+///
+/// Opens N WebSocket connections, authenticates them and joins them to one
+/// room, then publishes messages that every client receives (through Redis as
+/// an Ignis emitter, or through ignis-ws's HTTP publish API), counting and
+/// timing every delivery. Reports loss, latency, throughput, connect rate,
+/// and — with `--server-pid` — the server's CPU and memory per connection.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").args(["rate", "flood"])))]
+pub struct BenchArgs {
+    /// WebSocket URL of the server (ws:// only).
+    #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Connections to open.
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: u64,
+    /// Local addresses to connect from, round robin: a range
+    /// (127.0.0.1-127.0.0.8), a comma list, or both (127.0.0.1-127.0.0.4,127.0.0.9).
+    /// Each address has its own ephemeral port range, so this is how N exceeds
+    /// ~28,000 per server address.
+    #[arg(long, value_name = "IPS", value_parser = parse_ip_list)]
+    pub source_ips: Option<IpList>,
+    /// Worker processes [default: ceil(N / 19000): a process may hold at most
+    /// 20,000 fds].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub workers: Option<u64>,
+    /// Connection handshakes in flight per worker.
+    #[arg(long, value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_concurrency: u64,
+    /// Time allowed for one connection's TCP connect, upgrade and
+    /// authentication, seconds.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_secs)]
+    pub connect_timeout: f64,
+    /// How clients authenticate.
+    #[arg(long, value_enum, default_value_t = AuthArg::Insecure)]
+    pub auth: AuthArg,
+    /// HS256 secret for `--auth jwt`.
+    #[arg(long, value_name = "SECRET", env = JWT_SECRET_ENV, hide_env_values = true,
+          required_if_eq("auth", "jwt"))]
+    pub jwt_secret: Option<String>,
+    /// Distinct user ids; connection i is user `bench-(i mod U)` [default: N].
+    #[arg(long, value_name = "U", value_parser = clap::value_parser!(u64).range(1..))]
+    pub users: Option<u64>,
+    /// Room every client joins and messages go to.
+    #[arg(long, value_name = "NAME", default_value = "bench")]
+    pub room: String,
+    /// How messages are published.
+    #[arg(long, value_enum, default_value_t = PublishArg::Redis)]
+    pub publish: PublishArg,
+    /// Redis URL for `--publish redis` (use your own redis-server, not a
+    /// shared one).
+    #[arg(long, value_name = "URL", required_if_eq("publish", "redis"))]
+    pub redis: Option<String>,
+    /// Publish endpoint for `--publish http` [default: http://HOST:PORT/api/publish
+    /// of --url].
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Bearer key for `--publish http` (the server's --api-key).
+    #[arg(long, value_name = "KEY", required_if_eq("publish", "http"))]
+    pub api_key: Option<String>,
+    /// Room messages (every member of --room) or broadcasts (every
+    /// authenticated client).
+    #[arg(long, value_enum, default_value_t = TargetArg::Room)]
+    pub target: TargetArg,
+    /// Messages published per second (each reaches all N clients).
+    #[arg(long, value_name = "R", default_value = "10", value_parser = parse_rate)]
+    pub rate: f64,
+    /// Publish as fast as the server delivers: keep at most --window messages
+    /// in flight, a message being in flight until every live client has
+    /// received it or a later one.
+    #[arg(long)]
+    pub flood: bool,
+    /// Messages in flight with --flood. Throughput grows with W until the
+    /// server saturates (more queued lets both ends batch), and so does
+    /// latency; keep W × frame size under the server's backpressure limit.
+    #[arg(long, value_name = "W", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=32_768))]
+    pub window: u64,
+    /// Measured publishing time, seconds.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_secs)]
+    pub duration: f64,
+    /// Publishing before the measured part (same rate or flood; deliveries
+    /// are checked but not counted), seconds.
+    #[arg(long, value_name = "S", default_value = "0", value_parser = parse_secs_or_zero)]
+    pub warmup: f64,
+    /// Bytes of each client frame payload `{"event":"b","data":"…"}`
+    /// (min 87; KiB/MiB suffixes work).
+    #[arg(long, value_name = "BYTES", default_value = "100", value_parser = parse_payload_size)]
+    pub payload_size: usize,
+    /// After publishing, wait at most this long for deliveries still on
+    /// their way (ends as soon as all arrived), seconds.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_secs_or_zero)]
+    pub drain_timeout: f64,
+    /// Server process to measure (CPU from /proc/PID/stat, RSS from
+    /// /proc/PID/status); repeat or comma-separate for several.
+    #[arg(long, value_name = "PID", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub server_pid: Vec<u32>,
+    /// Print one JSON object with every figure instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars (they are also off when stderr is not a terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `ignis-ws bench-worker`: internal. One worker process of `bench`, driven
+/// by the coordinator with JSON lines on stdin/stdout.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Worker number (for messages).
+    #[arg(long, default_value_t = 0)]
+    pub id: u64,
+    /// Server address to connect to.
+    #[arg(long)]
+    pub server: SocketAddr,
+    /// Host header of the upgrade request.
+    #[arg(long)]
+    pub host: String,
+    /// WebSocket path.
+    #[arg(long, default_value = "/ws")]
+    pub path: String,
+    /// Connections this worker opens.
+    #[arg(long)]
+    pub connections: u64,
+    /// Global index of this worker's first connection (picks its source IP
+    /// and user id).
+    #[arg(long, default_value_t = 0)]
+    pub first_index: u64,
+    /// Source addresses, as for `bench`.
+    #[arg(long, value_parser = parse_ip_list)]
+    pub source_ips: Option<IpList>,
+    #[arg(long, default_value_t = 512)]
+    pub connect_concurrency: u64,
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    pub connect_timeout: f64,
+    #[arg(long, value_enum, default_value_t = AuthArg::Insecure)]
+    pub auth: AuthArg,
+    #[arg(long, env = JWT_SECRET_ENV, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub users: u64,
+    #[arg(long, default_value = "bench")]
+    pub room: String,
+    /// Report the flood frontier on every advance.
+    #[arg(long)]
+    pub flood: bool,
+}
+
+/// A bad combination of flags (exit status 2).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ArgError(pub String);
+
+/// A parsed `--source-ips`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpList(pub Vec<IpAddr>);
+
+/// Largest number of addresses one range may expand to.
+const MAX_RANGE: u128 = 65_536;
+
+/// Parses `A-B` ranges and single addresses, comma separated.
+pub fn parse_ip_list(s: &str) -> Result<IpList, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        match item.split_once('-') {
+            None => out.push(parse_ip(item)?),
+            Some((a, b)) => {
+                let (a, b) = (parse_ip(a.trim())?, parse_ip(b.trim())?);
+                let (lo, hi, v4) = match (a, b) {
+                    (IpAddr::V4(a), IpAddr::V4(b)) => {
+                        (u128::from(u32::from(a)), u128::from(u32::from(b)), true)
+                    }
+                    (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), false),
+                    _ => return Err(format!("range {item:?} mixes IPv4 and IPv6")),
+                };
+                if hi < lo {
+                    return Err(format!("range {item:?} ends before it starts"));
+                }
+                if hi - lo >= MAX_RANGE {
+                    return Err(format!(
+                        "range {item:?} has more than {MAX_RANGE} addresses"
+                    ));
+                }
+                for x in lo..=hi {
+                    out.push(if v4 {
+                        IpAddr::from(std::net::Ipv4Addr::from(
+                            u32::try_from(x).map_err(|_| "IPv4 overflow".to_owned())?,
+                        ))
+                    } else {
+                        IpAddr::from(std::net::Ipv6Addr::from(x))
+                    });
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(IpList(out))
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
+    }
+}
+
+fn parse_secs_or_zero(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in [0, 86400]")),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1_000_000.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a rate in (0, 1000000] messages/s")),
+    }
+}
+
+fn parse_payload_size(s: &str) -> Result<usize, String> {
+    let ByteSize(n) = s.parse::<ByteSize>()?;
+    if !(MIN_PAYLOAD_SIZE..=MAX_PAYLOAD_SIZE).contains(&n) {
+        return Err(format!(
+            "{n} bytes: must be {MIN_PAYLOAD_SIZE}..={MAX_PAYLOAD_SIZE} (the fixed fields need {MIN_PAYLOAD_SIZE})"
+        ));
+    }
+    Ok(n)
+}
+
+/// Where to connect: parsed from `ws://HOST:PORT/PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsTarget {
+    pub addr: SocketAddr,
+    /// `HOST:PORT` as written, for the Host header.
+    pub host: String,
+    pub path: String,
+}
+
+/// Splits `scheme://host[:port][/path]`, resolving the host.
+fn split_url(
+    url: &str,
+    scheme: &str,
+    default_port: u16,
+) -> Result<(SocketAddr, String, String), String> {
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| format!("{url:?} is not a {scheme}:// URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("{url:?}: expected {scheme}://HOST:PORT/PATH"));
+    }
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:{default_port}")
+    } else {
+        authority.to_owned()
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{url:?}: cannot resolve {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url:?}: {authority} resolves to nothing"))?;
+    Ok((addr, authority.to_owned(), path.to_owned()))
+}
+
+/// Parses the `--url` of the server.
+pub fn parse_ws_url(url: &str) -> Result<WsTarget, String> {
+    if url.starts_with("wss://") {
+        return Err("wss:// is not supported: benchmark the server without TLS".into());
+    }
+    let (addr, host, path) = split_url(url, "ws", 80)?;
+    let path = if path.is_empty() { "/".into() } else { path };
+    Ok(WsTarget { addr, host, path })
+}
+
+/// Where `--publish http` POSTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+/// Parses `--api-url` (or derives it from the WebSocket target).
+pub fn parse_api_url(url: Option<&str>, ws: &WsTarget) -> Result<HttpTarget, String> {
+    let Some(url) = url else {
+        return Ok(HttpTarget {
+            addr: ws.addr,
+            host: ws.host.clone(),
+            path: "/api/publish".into(),
+        });
+    };
+    if url.starts_with("https://") {
+        return Err("https:// is not supported for --api-url".into());
+    }
+    let (addr, host, path) = split_url(url, "http", 80)?;
+    let path = if path.is_empty() || path == "/" {
+        "/api/publish".into()
+    } else {
+        path
+    };
+    Ok(HttpTarget { addr, host, path })
+}
+
+/// The publish path, resolved.
+#[derive(Debug, Clone)]
+pub enum PublishPlan {
+    Redis { url: String },
+    Http { target: HttpTarget, key: String },
+}
+
+/// How fast to publish.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Messages per second.
+    Rate(f64),
+    /// At most this many messages in flight.
+    Flood { window: u64 },
+}
+
+/// A checked run: everything the coordinator needs, nothing left to parse.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub url: String,
+    pub target: WsTarget,
+    pub connections: u64,
+    pub workers: u64,
+    pub source_ips: Vec<IpAddr>,
+    pub connect_concurrency: u64,
+    pub connect_timeout: Duration,
+    pub auth: AuthArg,
+    pub jwt_secret: Option<String>,
+    pub users: u64,
+    pub room: String,
+    pub publish: PublishPlan,
+    pub broadcast: bool,
+    pub pace: Pace,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub payload_size: usize,
+    pub drain_timeout: Duration,
+    pub server_pids: Vec<u32>,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+/// The first and last ports of the kernel's ephemeral range, when readable.
+fn ephemeral_ports() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = s.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(lo)), Some(Ok(hi))) = (it.next(), it.next()) else {
+        return None;
+    };
+    hi.checked_sub(lo).map(|d| d + 1)
+}
+
+/// `ceil(connections / MAX_CONNECTIONS_PER_WORKER)`.
+pub fn default_workers(connections: u64) -> u64 {
+    connections
+        .div_ceil(MAX_CONNECTIONS_PER_WORKER as u64)
+        .max(1)
+}
+
+impl BenchArgs {
+    /// Checks the flags against each other and the machine.
+    pub fn plan(&self) -> Result<Plan, ArgError> {
+        let bad = |m: String| ArgError(m);
+        let target = parse_ws_url(&self.url).map_err(|e| bad(format!("--url: {e}")))?;
+        let n = self.connections;
+        let workers = self.workers.unwrap_or_else(|| default_workers(n));
+        if workers > n {
+            return Err(bad(format!(
+                "--workers {workers} is more than --connections {n}"
+            )));
+        }
+        let per_worker = n.div_ceil(workers);
+        if per_worker > MAX_CONNECTIONS_PER_WORKER as u64 {
+            return Err(bad(format!(
+                "{per_worker} connections per worker exceed {MAX_CONNECTIONS_PER_WORKER} \
+                 (20,000 fds per process): use --workers {} or more",
+                default_workers(n)
+            )));
+        }
+        let source_ips = self.source_ips.clone().map(|l| l.0).unwrap_or_default();
+        if let Some(ports) = ephemeral_ports() {
+            let addrs = source_ips.len().max(1) as u64;
+            let per_addr = n.div_ceil(addrs);
+            if per_addr > ports {
+                return Err(bad(format!(
+                    "{per_addr} connections per source address exceed the {ports} ephemeral ports: \
+                     give --source-ips with at least {} addresses",
+                    n.div_ceil(ports)
+                )));
+            }
+        }
+        if let Some(ip) = source_ips
+            .iter()
+            .find(|ip| ip.is_ipv4() != target.addr.is_ipv4())
+        {
+            return Err(bad(format!(
+                "--source-ips {ip} is not of the same family as the server address {}",
+                target.addr
+            )));
+        }
+        let jwt_secret = match self.auth {
+            AuthArg::Jwt => match &self.jwt_secret {
+                Some(s) if !s.is_empty() => Some(s.clone()),
+                _ => return Err(bad("--auth jwt needs a non-empty --jwt-secret".into())),
+            },
+            AuthArg::Insecure => None,
+        };
+        let users = self.users.unwrap_or(n);
+        if self.room.is_empty() || self.room.starts_with("ws:") {
+            return Err(bad(format!(
+                "--room {:?}: a room name is non-empty and does not start with ws:",
+                self.room
+            )));
+        }
+        let publish = match self.publish {
+            PublishArg::Redis => {
+                let url = self
+                    .redis
+                    .clone()
+                    .ok_or_else(|| bad("--publish redis needs --redis URL".into()))?;
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(bad(format!("--redis {url:?} is not a redis:// URL")));
+                }
+                PublishPlan::Redis { url }
+            }
+            PublishArg::Http => {
+                let key = self
+                    .api_key
+                    .clone()
+                    .ok_or_else(|| bad("--publish http needs --api-key".into()))?;
+                let target = parse_api_url(self.api_url.as_deref(), &target)
+                    .map_err(|e| bad(format!("--api-url: {e}")))?;
+                PublishPlan::Http { target, key }
+            }
+        };
+        if self.api_url.is_some() && self.publish != PublishArg::Http {
+            return Err(bad("--api-url only applies to --publish http".into()));
+        }
+        let pace = if self.flood {
+            Pace::Flood {
+                window: self.window,
+            }
+        } else {
+            Pace::Rate(self.rate)
+        };
+        Ok(Plan {
+            url: self.url.clone(),
+            target,
+            connections: n,
+            workers,
+            source_ips,
+            connect_concurrency: self.connect_concurrency,
+            connect_timeout: Duration::from_secs_f64(self.connect_timeout),
+            auth: self.auth,
+            jwt_secret,
+            users,
+            room: self.room.clone(),
+            publish,
+            broadcast: self.target == TargetArg::Broadcast,
+            pace,
+            duration: Duration::from_secs_f64(self.duration),
+            warmup: Duration::from_secs_f64(self.warmup),
+            payload_size: self.payload_size,
+            drain_timeout: Duration::from_secs_f64(self.drain_timeout),
+            server_pids: self.server_pids_checked()?,
+            json: self.json,
+            quiet: self.quiet,
+        })
+    }
+
+    fn server_pids_checked(&self) -> Result<Vec<u32>, ArgError> {
+        let mut pids = self.server_pid.clone();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in &pids {
+            if !std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
+                return Err(ArgError(format!("--server-pid {pid}: no such process")));
+            }
+        }
+        Ok(pids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let mut v = vec!["bench"];
+        v.extend_from_slice(extra);
+        Cli::try_parse_from(v).map(|c| c.args)
+    }
+
+    fn plan(extra: &[&str]) -> Result<Plan, String> {
+        parse(extra)
+            .map_err(|e| e.to_string())?
+            .plan()
+            .map_err(|e| e.0)
+    }
+
+    const REDIS: [&str; 2] = ["--redis", "redis://127.0.0.1:1"];
+
+    #[test]
+    fn ip_ranges_lists_and_mixes() {
+        let l = parse_ip_list("127.0.0.1-127.0.0.8").unwrap().0;
+        assert_eq!(l.len(), 8);
+        assert_eq!(l[0], "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(l[7], "127.0.0.8".parse::<IpAddr>().unwrap());
+        let l = parse_ip_list(" 127.0.0.1 , 127.0.0.3-127.0.0.4,10.0.0.1")
+            .unwrap()
+            .0;
+        assert_eq!(
+            l,
+            ["127.0.0.1", "127.0.0.3", "127.0.0.4", "10.0.0.1"]
+                .map(|s| s.parse::<IpAddr>().unwrap())
+                .to_vec()
+        );
+        // Across an octet boundary.
+        let l = parse_ip_list("127.0.0.255-127.0.1.1").unwrap().0;
+        assert_eq!(l.len(), 3);
+        assert_eq!(l[1], "127.0.1.0".parse::<IpAddr>().unwrap());
+        // A one-address range and IPv6.
+        assert_eq!(parse_ip_list("127.0.0.5-127.0.0.5").unwrap().0.len(), 1);
+        assert_eq!(parse_ip_list("::1-::3").unwrap().0.len(), 3);
+    }
+
+    #[test]
+    fn ip_list_errors() {
+        for bad in [
+            "",
+            ",",
+            "127.0.0.8-127.0.0.1",
+            "127.0.0.1-::1",
+            "127.0.0.1-",
+            "localhost",
+            "127.0.0.256",
+            "10.0.0.0-10.1.0.0",
+        ] {
+            assert!(parse_ip_list(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let p = plan(&REDIS).unwrap();
+        assert_eq!(p.connections, 1000);
+        assert_eq!(p.workers, 1);
+        assert_eq!(p.users, 1000);
+        assert_eq!(p.pace, Pace::Rate(10.0));
+        assert_eq!(p.payload_size, 100);
+        assert_eq!(p.room, "bench");
+        assert_eq!(p.target.path, "/ws");
+        assert_eq!(p.target.addr, "127.0.0.1:8080".parse().unwrap());
+        assert!(!p.broadcast);
+    }
+
+    #[test]
+    fn workers_default_to_the_fd_limit() {
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(19_000), 1);
+        assert_eq!(default_workers(19_001), 2);
+        assert_eq!(default_workers(25_000), 2);
+        let p = plan(
+            &[
+                &REDIS[..],
+                &["-c", "25000", "--source-ips", "127.0.0.1-127.0.0.2"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(p.workers, 2);
+        // Explicitly too few workers for the fd limit.
+        let e = plan(
+            &[
+                &REDIS[..],
+                &[
+                    "-c",
+                    "25000",
+                    "--workers",
+                    "1",
+                    "--source-ips",
+                    "127.0.0.1,127.0.0.2",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(e.contains("--workers 2"), "{e}");
+        let e = plan(&[&REDIS[..], &["-c", "3", "--workers", "4"]].concat()).unwrap_err();
+        assert!(e.contains("more than --connections"), "{e}");
+    }
+
+    #[test]
+    fn too_many_connections_per_source_address() {
+        // 200,000 exceeds any ephemeral range (at most 64,512 ports).
+        let e = plan(&[&REDIS[..], &["-c", "200000", "--workers", "11"]].concat()).unwrap_err();
+        assert!(e.contains("--source-ips"), "{e}");
+        assert!(
+            plan(
+                &[
+                    &REDIS[..],
+                    &[
+                        "-c",
+                        "200000",
+                        "--workers",
+                        "11",
+                        "--source-ips",
+                        "127.0.0.1-127.0.0.64"
+                    ]
+                ]
+                .concat()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn rate_flood_and_bounds() {
+        assert!(parse(&[&REDIS[..], &["--rate", "5", "--flood"]].concat()).is_err());
+        let p = plan(&[&REDIS[..], &["--flood", "--window", "8"]].concat()).unwrap();
+        assert_eq!(p.pace, Pace::Flood { window: 8 });
+        for bad in [
+            &["--rate", "0"][..],
+            &["--rate", "-1"],
+            &["--rate", "nan"],
+            &["--duration", "0"],
+            &["--warmup", "-1"],
+            &["--window", "0"],
+            &["-c", "0"],
+            &["--connect-concurrency", "0"],
+            &["--payload-size", "86"],
+            &["--payload-size", "2MiB"],
+            &["--payload-size", "10 parsecs"],
+            &["--users", "0"],
+            &["--auth", "webhook"],
+            &["--target", "user"],
+        ] {
+            assert!(
+                parse(&[&REDIS[..], bad].concat()).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        let p = plan(&[&REDIS[..], &["--payload-size", "1KiB", "--warmup", "0"]].concat()).unwrap();
+        assert_eq!(p.payload_size, 1024);
+        assert_eq!(p.warmup, Duration::ZERO);
+        assert!(plan(&[&REDIS[..], &["--payload-size", "87"]].concat()).is_ok());
+    }
+
+    #[test]
+    fn publish_paths_need_their_settings() {
+        // Redis is the default path and needs a URL (clap's required_if_eq
+        // does not see a defaulted --publish; plan() does, also exit 2).
+        assert!(plan(&[]).unwrap_err().contains("--redis"));
+        let e = parse(&["--publish", "redis"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(
+            plan(&["--redis", "http://x"])
+                .unwrap_err()
+                .contains("redis://")
+        );
+        // HTTP needs the key; the endpoint defaults to the WebSocket server's.
+        let e = parse(&["--publish", "http"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let p = plan(&[
+            "--publish",
+            "http",
+            "--api-key",
+            "k",
+            "--url",
+            "ws://127.0.0.1:9000/ws",
+        ])
+        .unwrap();
+        let PublishPlan::Http { target, key } = p.publish else {
+            panic!("http plan")
+        };
+        assert_eq!(key, "k");
+        assert_eq!(target.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(target.path, "/api/publish");
+        let p = plan(&[
+            "--publish",
+            "http",
+            "--api-key",
+            "k",
+            "--api-url",
+            "http://127.0.0.1:9001",
+        ])
+        .unwrap();
+        let PublishPlan::Http { target, .. } = p.publish else {
+            panic!("http plan")
+        };
+        assert_eq!(target.addr, "127.0.0.1:9001".parse().unwrap());
+        assert!(plan(&[&REDIS[..], &["--api-url", "http://127.0.0.1:1"]].concat()).is_err());
+    }
+
+    #[test]
+    fn jwt_needs_a_secret() {
+        // clap falls back to the environment variable; only check without it.
+        if std::env::var_os(JWT_SECRET_ENV).is_none() {
+            let e = parse(&[&REDIS[..], &["--auth", "jwt"]].concat()).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
+        assert!(plan(&[&REDIS[..], &["--auth", "jwt", "--jwt-secret", ""]].concat()).is_err());
+        let p = plan(&[&REDIS[..], &["--auth", "jwt", "--jwt-secret", "s3cret"]].concat()).unwrap();
+        assert_eq!(p.jwt_secret.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn urls() {
+        let t = parse_ws_url("ws://127.0.0.1:9000/ws").unwrap();
+        assert_eq!(t.host, "127.0.0.1:9000");
+        assert_eq!(t.path, "/ws");
+        let t = parse_ws_url("ws://localhost").unwrap();
+        assert_eq!(t.addr.port(), 80);
+        assert_eq!(t.path, "/");
+        let t = parse_ws_url("ws://[::1]:9000/x/y").unwrap();
+        assert_eq!(t.addr, "[::1]:9000".parse().unwrap());
+        assert_eq!(t.path, "/x/y");
+        for bad in [
+            "wss://127.0.0.1/ws",
+            "http://127.0.0.1/ws",
+            "ws://",
+            "ws://u@h/ws",
+            "127.0.0.1:9000",
+        ] {
+            assert!(parse_ws_url(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            plan(
+                &[
+                    &REDIS[..],
+                    &["--url", "ws://127.0.0.1:1/ws", "--source-ips", "::1"]
+                ]
+                .concat()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn server_pids() {
+        let me = std::process::id().to_string();
+        let p = plan(
+            &[
+                &REDIS[..],
+                &["--server-pid", &format!("{me},{me}"), "--server-pid", &me],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(p.server_pids, vec![std::process::id()]);
+        assert!(plan(&[&REDIS[..], &["--server-pid", "4000000000"]].concat()).is_err());
+        assert!(parse(&[&REDIS[..], &["--server-pid", "abc"]].concat()).is_err());
+    }
+
+    #[test]
+    fn rooms() {
+        assert!(plan(&[&REDIS[..], &["--room", ""]].concat()).is_err());
+        assert!(plan(&[&REDIS[..], &["--room", "ws:x"]].concat()).is_err());
+        assert!(
+            plan(&[&REDIS[..], &["--room", "r1", "--target", "broadcast"]].concat())
+                .unwrap()
+                .broadcast
+        );
+    }
+}

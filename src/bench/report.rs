@@ -1,0 +1,431 @@
+//! Owns the result of a run: every figure as one serializable [`Report`]
+//! (`--json` prints it as is) and its rendering as the human table.
+//!
+//! Units are in the field names (`_s`, `_us`, `_bytes`, `_per_s`) so the
+//! JSON needs no legend. A figure that could not be measured is `null`
+//! (e.g. server figures without `--server-pid`), never a made-up 0.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Every figure of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub config: RunConfig,
+    pub connect: ConnectFigures,
+    pub publish: PublishFigures,
+    pub delivery: DeliveryFigures,
+    pub latency_us: LatencyFigures,
+    pub throughput: ThroughputFigures,
+    pub server: Option<ServerFigures>,
+    pub generator: GeneratorFigures,
+    /// Warnings a reader must see (saturation, drain cut short, …).
+    pub notes: Vec<String>,
+}
+
+/// What was asked.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunConfig {
+    pub url: String,
+    pub connections: u64,
+    pub workers: u64,
+    pub source_ips: usize,
+    pub auth: String,
+    pub users: u64,
+    pub room: String,
+    /// `redis` or `http`.
+    pub publish: String,
+    /// `room` or `broadcast`.
+    pub target: String,
+    /// `rate` or `flood`.
+    pub mode: String,
+    pub rate_per_s: Option<f64>,
+    pub flood_window: Option<u64>,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub payload_size_bytes: usize,
+    pub drain_timeout_s: f64,
+}
+
+/// Connection set-up: upgraded, authenticated and joined.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectFigures {
+    pub connected: u64,
+    pub failed: u64,
+    /// From the first connect to the last `connected` reply.
+    pub seconds: f64,
+    pub per_s: f64,
+}
+
+/// The measured publishing phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PublishFigures {
+    /// Measured messages the publish path accepted.
+    pub published: u64,
+    pub failed: u64,
+    pub warmup_published: u64,
+    /// Wall time of the measured phase.
+    pub seconds: f64,
+    pub per_s: f64,
+    /// Redis: fewest and most servers a PUBLISH reached.
+    pub redis_receivers_min: Option<u64>,
+    pub redis_receivers_max: Option<u64>,
+    pub first_error: Option<String>,
+}
+
+/// What the clients received of the measured messages.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeliveryFigures {
+    /// published × connections.
+    pub expected: u64,
+    /// Distinct (message, client) deliveries; duplicates not included.
+    pub received: u64,
+    /// expected − received.
+    pub lost: u64,
+    pub loss_percent: f64,
+    pub duplicates: u64,
+    /// Deliveries older than one the client already had.
+    pub reordered: u64,
+    /// Sequence numbers a client skipped when a later one arrived.
+    pub gaps: u64,
+    pub warmup_received: u64,
+    /// Frames that were not benchmark messages.
+    pub other_messages: u64,
+    pub other_samples: Vec<String>,
+    /// Connections that ended before the run did.
+    pub disconnected: u64,
+    pub close_codes: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    /// Every expected delivery arrived before --drain-timeout.
+    pub drained: bool,
+    /// From the end of publishing to the end of the drain.
+    pub drain_s: f64,
+}
+
+/// Publish → delivery latency of measured deliveries, microseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyFigures {
+    pub count: u64,
+    pub min: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+/// Deliveries per second.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ThroughputFigures {
+    /// Deliveries that arrived while publishing, per second of it.
+    pub publishing_per_s: f64,
+    /// All measured deliveries over publish start → last delivery.
+    pub overall_per_s: f64,
+    pub overall_s: f64,
+}
+
+/// The server processes given with --server-pid (summed).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerFigures {
+    pub pids: Vec<u32>,
+    pub rss_before_bytes: u64,
+    pub rss_idle_bytes: u64,
+    pub rss_after_bytes: u64,
+    /// (RSS idle − RSS before) / connections.
+    pub idle_rss_per_connection_bytes: f64,
+    /// CPU during the measured publishing phase.
+    pub cpu_publishing_s: f64,
+    pub cpu_publishing_percent_of_core: f64,
+    /// CPU from publish start to the end of the drain, per measured delivery.
+    pub cpu_delivery_s: f64,
+    pub cpu_per_delivery_us: Option<f64>,
+}
+
+/// The generator's own CPU during the measured publishing phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GeneratorFigures {
+    pub cpu_publishing_s: f64,
+    pub cpu_publishing_percent_of_core: f64,
+    /// Cores this process may run on (its affinity).
+    pub cores_allowed: usize,
+    /// CPU ≥ 90% of one core's wall time, in total or in one process.
+    pub saturated: bool,
+    pub processes: Vec<ProcessCpu>,
+}
+
+/// One generator process.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessCpu {
+    pub role: String,
+    pub pid: u32,
+    pub cpu_s: f64,
+    pub percent_of_core: f64,
+}
+
+fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1} k", v / 1e3)
+    } else {
+        format!("{v:.1} ")
+    }
+}
+
+fn us(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2} s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.2} ms", v / 1e3)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+fn bytes(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", v / (1024.0 * 1024.0 * 1024.0))
+    } else if a >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", v / (1024.0 * 1024.0))
+    } else if a >= 10.0 * 1024.0 {
+        format!("{:.1} KiB", v / 1024.0)
+    } else {
+        format!("{v:.0} B")
+    }
+}
+
+impl Report {
+    /// The human table.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let c = &self.config;
+        let pace = match (c.rate_per_s, c.flood_window) {
+            (Some(r), _) => format!("rate {r}/s"),
+            (None, Some(w)) => format!("flood (window {w})"),
+            (None, None) => c.mode.clone(),
+        };
+        let target = if c.target == "room" {
+            format!("room {:?}", c.room)
+        } else {
+            "broadcast".into()
+        };
+        let _ = writeln!(
+            o,
+            "ignis-ws bench: {} · {} connections ({} worker{}, {} source IP{}) · {} → {} · {} for {} s{} · payload {} B",
+            c.url,
+            c.connections,
+            c.workers,
+            if c.workers == 1 { "" } else { "s" },
+            c.source_ips.max(1),
+            if c.source_ips > 1 { "s" } else { "" },
+            c.publish,
+            target,
+            pace,
+            c.duration_s,
+            if c.warmup_s > 0.0 {
+                format!(" (+{} s warmup)", c.warmup_s)
+            } else {
+                String::new()
+            },
+            c.payload_size_bytes
+        );
+        let row = |o: &mut String, k: &str, v: String| {
+            let _ = writeln!(o, "  {k:<12}{v}");
+        };
+        let k = &self.connect;
+        row(
+            &mut o,
+            "connect",
+            format!(
+                "{} connected, {} failed in {:.2} s: {}conn/s",
+                k.connected,
+                k.failed,
+                k.seconds,
+                si(k.per_s)
+            ),
+        );
+        let p = &self.publish;
+        let reach = match (p.redis_receivers_min, p.redis_receivers_max) {
+            (Some(a), Some(b)) if a == b => format!("; each PUBLISH reached {a} server(s)"),
+            (Some(a), Some(b)) => format!("; PUBLISH reached {a}–{b} servers"),
+            _ => String::new(),
+        };
+        row(
+            &mut o,
+            "publish",
+            format!(
+                "{} messages in {:.2} s ({}msg/s), {} failed{}",
+                p.published,
+                p.seconds,
+                si(p.per_s),
+                p.failed,
+                reach
+            ),
+        );
+        let d = &self.delivery;
+        row(
+            &mut o,
+            "delivery",
+            format!(
+                "expected {}, received {}, lost {} ({:.4}%)",
+                d.expected, d.received, d.lost, d.loss_percent
+            ),
+        );
+        row(
+            &mut o,
+            "",
+            format!(
+                "duplicates {}, reordered {}, gaps {}, disconnected {}, other messages {}",
+                d.duplicates, d.reordered, d.gaps, d.disconnected, d.other_messages
+            ),
+        );
+        if !d.close_codes.is_empty() || !d.errors.is_empty() {
+            let mut ends: Vec<String> = d
+                .close_codes
+                .iter()
+                .map(|(c, n)| format!("{n}× close {c}"))
+                .collect();
+            ends.extend(d.errors.iter().map(|(e, n)| format!("{n}× {e}")));
+            row(&mut o, "", format!("ended: {}", ends.join(", ")));
+        }
+        row(
+            &mut o,
+            "drain",
+            format!(
+                "{:.2} s after publishing{}",
+                d.drain_s,
+                if d.drained {
+                    ", everything arrived"
+                } else {
+                    ", timed out"
+                }
+            ),
+        );
+        let l = &self.latency_us;
+        row(
+            &mut o,
+            "latency",
+            format!(
+                "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (min {}, mean {}, n={})",
+                us(l.p50),
+                us(l.p90),
+                us(l.p99),
+                us(l.p99_9),
+                us(l.max),
+                us(l.min),
+                us(l.mean),
+                l.count
+            ),
+        );
+        let t = &self.throughput;
+        row(
+            &mut o,
+            "throughput",
+            format!(
+                "{}deliveries/s while publishing; {}deliveries/s overall ({:.2} s to the last)",
+                si(t.publishing_per_s),
+                si(t.overall_per_s),
+                t.overall_s
+            ),
+        );
+        match &self.server {
+            Some(s) => {
+                row(
+                    &mut o,
+                    "server RSS",
+                    format!(
+                        "{} before → {} idle → {} after: {} per idle connection",
+                        bytes(s.rss_before_bytes as f64),
+                        bytes(s.rss_idle_bytes as f64),
+                        bytes(s.rss_after_bytes as f64),
+                        bytes(s.idle_rss_per_connection_bytes)
+                    ),
+                );
+                row(
+                    &mut o,
+                    "server CPU",
+                    format!(
+                        "{:.2} s while publishing ({:.1}% of a core); {} per delivery ({:.2} s to the end of the drain)",
+                        s.cpu_publishing_s,
+                        s.cpu_publishing_percent_of_core,
+                        s.cpu_per_delivery_us
+                            .map_or_else(|| "n/a".into(), |v| format!("{v:.3} µs")),
+                        s.cpu_delivery_s
+                    ),
+                );
+            }
+            None => row(&mut o, "server", "not measured (give --server-pid)".into()),
+        }
+        let g = &self.generator;
+        let per: Vec<String> = g
+            .processes
+            .iter()
+            .map(|p| format!("{} {:.1}%", p.role, p.percent_of_core))
+            .collect();
+        row(
+            &mut o,
+            "generator",
+            format!(
+                "{:.2} s CPU while publishing ({:.1}% of a core; {}), {} core(s) allowed",
+                g.cpu_publishing_s,
+                g.cpu_publishing_percent_of_core,
+                per.join(", "),
+                g.cores_allowed
+            ),
+        );
+        for n in &self.notes {
+            let _ = writeln!(o, "  NOTE: {n}");
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_section_and_json_has_units() {
+        let r = Report {
+            server: Some(ServerFigures {
+                cpu_per_delivery_us: Some(1.5),
+                ..ServerFigures::default()
+            }),
+            notes: vec!["generator saturated".into()],
+            ..Report::default()
+        };
+        let text = r.render();
+        for k in [
+            "connect",
+            "publish",
+            "delivery",
+            "latency",
+            "throughput",
+            "server RSS",
+            "server CPU",
+            "generator",
+            "NOTE: generator saturated",
+        ] {
+            assert!(text.contains(k), "{k} missing in\n{text}");
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["latency_us"]["p99_9"].is_number());
+        assert!(v["server"]["cpu_per_delivery_us"].is_number());
+        let none = Report::default();
+        assert!(none.render().contains("give --server-pid"));
+        assert!(serde_json::to_value(&none).unwrap()["server"].is_null());
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(us(12.4), "12 µs");
+        assert_eq!(us(1_500.0), "1.50 ms");
+        assert_eq!(bytes(3_500.0), "3500 B");
+        assert_eq!(bytes(-20_480.0), "-20.0 KiB");
+        assert_eq!(si(1_234_567.0), "1.23 M");
+    }
+}

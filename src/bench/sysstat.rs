@@ -1,0 +1,126 @@
+//! Owns reading other processes' resource use from /proc: CPU time
+//! (utime + stime of /proc/PID/stat, in clock ticks) and resident memory
+//! (VmRSS of /proc/PID/status). Used for the server processes
+//! (`--server-pid`) and for the generator's own processes.
+//!
+//! /proc is read rather than getrusage because the workers are alive while
+//! publishing: RUSAGE_CHILDREN only counts children that have been waited
+//! for, so it would miss exactly the interval we care about.
+
+use std::fs;
+
+/// A /proc file that could not be read or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error("cannot read /proc/{pid}/{file}: {source}")]
+    Read {
+        pid: u32,
+        file: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse /proc/{pid}/{file}")]
+    Parse { pid: u32, file: &'static str },
+}
+
+/// One reading of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcSample {
+    /// utime + stime, clock ticks.
+    pub cpu_ticks: u64,
+    /// VmRSS, bytes.
+    pub rss_bytes: u64,
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+pub fn ticks_per_second() -> u64 {
+    rustix::param::clock_ticks_per_second().max(1)
+}
+
+/// Reads CPU and RSS of `pid`.
+pub fn sample(pid: u32) -> Result<ProcSample, SysError> {
+    let stat =
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|source| SysError::Read {
+            pid,
+            file: "stat",
+            source,
+        })?;
+    let cpu_ticks = parse_stat_cpu(&stat).ok_or(SysError::Parse { pid, file: "stat" })?;
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| SysError::Read {
+            pid,
+            file: "status",
+            source,
+        })?;
+    let rss_bytes = parse_status_rss(&status).ok_or(SysError::Parse {
+        pid,
+        file: "status",
+    })?;
+    Ok(ProcSample {
+        cpu_ticks,
+        rss_bytes,
+    })
+}
+
+/// Sum of the readings of several processes.
+pub fn sample_all(pids: &[u32]) -> Result<ProcSample, SysError> {
+    let mut total = ProcSample::default();
+    for &pid in pids {
+        let s = sample(pid)?;
+        total.cpu_ticks += s.cpu_ticks;
+        total.rss_bytes += s.rss_bytes;
+    }
+    Ok(total)
+}
+
+/// utime + stime from a /proc/PID/stat line. The command name (field 2)
+/// may contain spaces and parentheses, so fields are counted from the last
+/// `)`: field 3 (state) is the first after it, utime and stime are fields 14
+/// and 15.
+pub fn parse_stat_cpu(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// VmRSS (kB in the file) in bytes. A kernel thread has no VmRSS: 0.
+pub fn parse_status_rss(status: &str) -> Option<u64> {
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("VmRSS:") {
+            let kb: u64 = v.trim().strip_suffix("kB")?.trim().parse().ok()?;
+            return Some(kb * 1024);
+        }
+    }
+    status.contains("Name:").then_some(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_names() {
+        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 17 0 0 20 0 3 0 5 1000 200 18446744073709551615";
+        assert_eq!(parse_stat_cpu(line), Some(267));
+        assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
+        assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn status_rss() {
+        let s = "Name:\tx\nVmPeak:\t  10 kB\nVmRSS:\t   2048 kB\nThreads: 1\n";
+        assert_eq!(parse_status_rss(s), Some(2048 * 1024));
+        assert_eq!(parse_status_rss("Name:\tkthreadd\nThreads: 1\n"), Some(0));
+        assert_eq!(parse_status_rss("VmRSS: lots"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let s = sample(std::process::id()).unwrap();
+        assert!(s.rss_bytes > 0);
+        assert!(ticks_per_second() >= 1);
+        assert!(sample(u32::MAX).is_err());
+    }
+}

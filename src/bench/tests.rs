@@ -1,0 +1,373 @@
+//! End-to-end tests of the generator against an in-process ignis-ws server
+//! (started through the library) and, for the Redis path, a redis-server of
+//! its own on a free port. The workers run as threads of the test process
+//! (`Launch::InProcess`): the same worker code as `bench-worker`, without
+//! re-executing the test binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{AuthMode, IoMode};
+
+use super::BenchArgs;
+use super::coordinator::{BenchError, Launch, execute};
+use super::report::Report;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+fn args(v: &[&str]) -> BenchArgs {
+    let mut argv = vec!["bench"];
+    argv.extend_from_slice(v);
+    Cli::try_parse_from(argv).unwrap().args
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server of this test, on a free port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A redis-server, or `None` with the reason printed (in CI, where
+/// .ci/run installs it, a missing one fails the test instead).
+fn redis() -> Option<Redis> {
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the bench's Redis test: redis-server is not installed"
+        );
+        eprintln!("SKIPPED: redis-server not installed");
+        return None;
+    }
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("Ready to accept connections")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("redis-server ready in time");
+    Some(Redis { child, port })
+}
+
+fn server(auth: AuthMode, redis: Option<&str>, api_key: Option<&str>) -> crate::Server {
+    crate::ServerBuilder::new(crate::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        pin_cores: false,
+        io: IoMode::Epoll,
+        auth,
+        room_allow: vec!["*".into()],
+        redis: redis.map(|r| vec![r.to_owned()]).unwrap_or_default(),
+        api_key: api_key.map(str::to_owned),
+        ..crate::Config::default()
+    })
+    .start()
+    .expect("server starts")
+}
+
+/// Every figure of a clean run is there and adds up.
+fn assert_complete(r: &Report, connections: u64) {
+    assert_eq!(r.connect.connected, connections);
+    assert_eq!(r.connect.failed, 0);
+    assert!(r.connect.per_s > 0.0 && r.connect.seconds > 0.0);
+    assert!(r.publish.published > 0, "{r:?}");
+    assert_eq!(r.publish.failed, 0, "{:?}", r.publish.first_error);
+    assert!(r.publish.per_s > 0.0);
+    let d = &r.delivery;
+    assert_eq!(d.expected, r.publish.published * connections);
+    assert_eq!(d.received, d.expected, "loss: {r:#?}");
+    assert_eq!(d.lost, 0);
+    assert_eq!(d.loss_percent, 0.0);
+    assert_eq!((d.duplicates, d.reordered, d.gaps), (0, 0, 0));
+    assert_eq!(d.disconnected, 0, "{:?} {:?}", d.close_codes, d.errors);
+    assert_eq!(d.other_messages, 0, "{:?}", d.other_samples);
+    assert!(d.drained);
+    let l = &r.latency_us;
+    assert_eq!(l.count, d.received);
+    assert!(
+        l.min > 0.0 && l.min <= l.p50 && l.p50 <= l.p99 && l.p99 <= l.p99_9 && l.p99_9 <= l.max
+    );
+    assert!(l.mean > 0.0);
+    assert!(r.throughput.publishing_per_s > 0.0);
+    assert!(r.throughput.overall_per_s > 0.0 && r.throughput.overall_s > 0.0);
+    let s = r.server.as_ref().expect("server figures with --server-pid");
+    assert!(s.rss_before_bytes > 0 && s.rss_idle_bytes > 0 && s.rss_after_bytes > 0);
+    assert!(s.cpu_per_delivery_us.is_some());
+    assert!(s.cpu_delivery_s >= 0.0 && s.cpu_publishing_s >= 0.0);
+    let g = &r.generator;
+    assert!(!g.processes.is_empty() && g.cores_allowed >= 1);
+    // The table and the JSON carry them all.
+    let text = r.render();
+    for k in [
+        "connect",
+        "publish",
+        "delivery",
+        "latency",
+        "throughput",
+        "server CPU",
+        "generator",
+    ] {
+        assert!(text.contains(k), "{k} missing:\n{text}");
+    }
+    let v = serde_json::to_value(r).unwrap();
+    for (section, keys) in [
+        ("connect", &["connected", "per_s"][..]),
+        (
+            "delivery",
+            &[
+                "expected",
+                "received",
+                "lost",
+                "duplicates",
+                "reordered",
+                "gaps",
+            ],
+        ),
+        ("latency_us", &["p50", "p99", "p99_9", "max"]),
+        ("throughput", &["publishing_per_s", "overall_per_s"]),
+        (
+            "server",
+            &[
+                "idle_rss_per_connection_bytes",
+                "cpu_publishing_s",
+                "cpu_per_delivery_us",
+            ],
+        ),
+        ("generator", &["cpu_publishing_s", "saturated"]),
+    ] {
+        for k in keys {
+            assert!(!v[section][k].is_null(), "{section}.{k} missing in {v}");
+        }
+    }
+}
+
+#[test]
+fn redis_room_run_in_process() {
+    let Some(redis) = redis() else { return };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let srv = server(AuthMode::Insecure, Some(&url), None);
+    let pid = std::process::id().to_string();
+    let ws = format!("ws://{}/ws", srv.local_addr());
+    let a = args(&[
+        "--url",
+        &ws,
+        "-c",
+        "200",
+        "--workers",
+        "2",
+        "--users",
+        "50",
+        "--redis",
+        &url,
+        "--rate",
+        "20",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "2",
+        "--drain-timeout",
+        "10",
+        "--server-pid",
+        &pid,
+        "--quiet",
+    ]);
+    let report = execute(a.plan().unwrap(), Launch::InProcess).unwrap();
+    srv.shutdown();
+    assert_complete(&report, 200);
+    assert_eq!(report.publish.published, 40);
+    assert!(report.publish.warmup_published >= 9);
+    assert_eq!(
+        report.delivery.warmup_received,
+        report.publish.warmup_published * 200
+    );
+    assert_eq!(report.publish.redis_receivers_min, Some(1));
+}
+
+#[test]
+fn http_broadcast_flood_with_jwt_in_process() {
+    let secret = "bench-test-secret";
+    let srv = server(
+        AuthMode::Jwt {
+            secret: Some(secret.into()),
+            public_key_file: None,
+            leeway_s: 0,
+        },
+        None,
+        Some("bench-test-key-0123456789"),
+    );
+    let pid = std::process::id().to_string();
+    let ws = format!("ws://{}/ws", srv.local_addr());
+    let a = args(&[
+        "--url",
+        &ws,
+        "-c",
+        "100",
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        secret,
+        "--publish",
+        "http",
+        "--api-key",
+        "bench-test-key-0123456789",
+        "--target",
+        "broadcast",
+        "--flood",
+        "--window",
+        "4",
+        "--duration",
+        "1",
+        "--payload-size",
+        "1KiB",
+        "--server-pid",
+        &pid,
+        "--quiet",
+    ]);
+    let report = execute(a.plan().unwrap(), Launch::InProcess).unwrap();
+    srv.shutdown();
+    assert_complete(&report, 100);
+    assert_eq!(report.config.flood_window, Some(4));
+    assert_eq!(report.publish.redis_receivers_min, None);
+}
+
+#[test]
+fn refused_authentication_fails_the_setup() {
+    let srv = server(
+        AuthMode::Jwt {
+            secret: Some("the-right-secret".into()),
+            public_key_file: None,
+            leeway_s: 0,
+        },
+        None,
+        Some("bench-test-key-0123456789"),
+    );
+    let ws = format!("ws://{}/ws", srv.local_addr());
+    let a = args(&[
+        "--url",
+        &ws,
+        "-c",
+        "5",
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        "a-wrong-secret",
+        "--publish",
+        "http",
+        "--api-key",
+        "bench-test-key-0123456789",
+        "--quiet",
+    ]);
+    let err = execute(a.plan().unwrap(), Launch::InProcess).unwrap_err();
+    srv.shutdown();
+    match &err {
+        BenchError::Connect {
+            failed,
+            total,
+            summary,
+        } => {
+            assert_eq!((*failed, *total), (5, 5));
+            assert!(summary.contains("authentication refused"), "{summary}");
+        }
+        other => panic!("expected a connect failure, got {other}"),
+    }
+    assert_eq!(err.exit_code(), 1);
+}
+
+#[test]
+fn unreachable_endpoints_fail_the_setup() {
+    let port = free_port();
+    let ws = format!("ws://127.0.0.1:{port}/ws");
+    // HTTP publishing to a closed port: refused before any connection opens.
+    let a = args(&[
+        "--url",
+        &ws,
+        "-c",
+        "3",
+        "--publish",
+        "http",
+        "--api-key",
+        "k",
+        "--quiet",
+    ]);
+    let err = execute(a.plan().unwrap(), Launch::InProcess).unwrap_err();
+    assert!(matches!(err, BenchError::Publish(_)), "{err}");
+    assert_eq!(err.exit_code(), 1);
+    // A reachable publish endpoint but no WebSocket server behind --url.
+    let srv = server(AuthMode::Insecure, None, Some("bench-test-key-0123456789"));
+    let api = format!("http://{}", srv.local_addr());
+    let a = args(&[
+        "--url",
+        &ws,
+        "-c",
+        "3",
+        "--publish",
+        "http",
+        "--api-url",
+        &api,
+        "--api-key",
+        "bench-test-key-0123456789",
+        "--connect-timeout",
+        "5",
+        "--quiet",
+    ]);
+    let err = execute(a.plan().unwrap(), Launch::InProcess).unwrap_err();
+    srv.shutdown();
+    match &err {
+        BenchError::Connect {
+            failed, summary, ..
+        } => {
+            assert_eq!(*failed, 3);
+            assert!(summary.contains("refused"), "{summary}");
+        }
+        other => panic!("expected a connect failure, got {other}"),
+    }
+}
