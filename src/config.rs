@@ -26,6 +26,16 @@ pub enum IoMode {
     Epoll,
 }
 
+/// How an io_uring shard receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UringRecv {
+    /// Multishot accept and multishot recv into a provided-buffer ring.
+    Multishot,
+    /// POLL_ADD readiness, then `recv` into the shard's scratch buffer.
+    Readiness,
+}
+
 /// What to do with a client whose outbound queue passes the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -118,6 +128,11 @@ pub struct Config {
     /// After the server sent a close frame: time to wait for the client's
     /// close frame before dropping the TCP connection.
     pub close_timeout: Duration,
+    /// On io_uring: receive with multishot accept/recv into the
+    /// provided-buffer ring (true), or wait for readiness (POLL_ADD) and
+    /// `recv` into the shard's scratch buffer like the epoll back end
+    /// (false). Either way an idle connection holds no read buffer.
+    pub io_uring_multishot: bool,
     /// Buffers (2 KiB each) in each shard's io_uring provided-buffer ring.
     /// More absorbs more simultaneous receives; when the ring runs dry a
     /// connection waits for readability and re-arms.
@@ -175,6 +190,7 @@ impl Default for Config {
             close_timeout: Duration::from_millis(2_000),
             write_coalesce: Duration::ZERO,
             io_ring_buffers: 512,
+            io_uring_multishot: true,
             redis: Vec::new(),
             redis_cluster: false,
             redis_tls_ca: None,
@@ -490,6 +506,10 @@ pub struct ServeArgs {
     #[arg(long, env = "IGNIS_WS_CLOSE_TIMEOUT_MS", value_name = "MS")]
     pub close_timeout_ms: Option<u64>,
 
+    /// io_uring receive path: multishot (accept/recv into the buffer ring) or
+    /// readiness (POLL_ADD + recv) [default: multishot].
+    #[arg(long, env = "IGNIS_WS_IO_URING_RECV", value_enum)]
+    pub io_uring_recv: Option<UringRecv>,
     /// Buffers (2 KiB) in each shard's io_uring receive ring [default: 512].
     #[arg(long, env = "IGNIS_WS_IO_RING_BUFFERS", value_name = "N")]
     pub io_ring_buffers: Option<u16>,
@@ -594,6 +614,7 @@ impl ServeArgs {
             close_timeout_ms,
             write_coalesce_us,
             io_ring_buffers,
+            io_uring_recv,
             redis,
             redis_cluster,
             redis_tls_ca,
@@ -690,6 +711,10 @@ impl ServeArgs {
                 .map(Duration::from_micros)
                 .unwrap_or(d.write_coalesce),
             io_ring_buffers: self.io_ring_buffers.unwrap_or(d.io_ring_buffers),
+            io_uring_multishot: self
+                .io_uring_recv
+                .map(|r| r == UringRecv::Multishot)
+                .unwrap_or(d.io_uring_multishot),
             redis_cluster: self.redis_cluster.is_some(),
             redis_tls_ca: self.redis_tls_ca,
             redis: match (&self.redis, &self.redis_cluster) {

@@ -424,8 +424,9 @@ fn run_shard(
         rt.block_on(async move {
             let shard = Shard::new(ctx, Instant::now());
             let io = ShardIo::new(shard, registry, handle);
+            let multishot = backend == Backend::IoUring && io.shard.borrow().ctx.config.io_uring_multishot;
             let accept = match backend {
-                Backend::Epoll => match compio::runtime::fd::PollFd::new(listener) {
+                _ if !multishot => match compio::runtime::fd::PollFd::new(listener) {
                     Ok(l) => compio::runtime::spawn(conn::accept_loop(io.clone(), l)),
                     Err(e) => {
                         let _ = ready.send(Err(format!("shard {index}: {e}")));
@@ -433,7 +434,7 @@ fn run_shard(
                     }
                 },
                 // Multishot accept on the listener.
-                Backend::IoUring => match compio::net::TcpListener::from_std(listener.into()) {
+                _ => match compio::net::TcpListener::from_std(listener.into()) {
                     Ok(l) => compio::runtime::spawn(conn::accept_loop_uring(io.clone(), l)),
                     Err(e) => {
                         let _ = ready.send(Err(format!("shard {index}: {e}")));

@@ -41,6 +41,14 @@ const RING_BUFFER_LEN: usize = 2048;
 fn proactor(b: Backend, ring_buffers: u16) -> ProactorBuilder {
     let mut p = ProactorBuilder::new();
     p.driver_type(b.driver_type());
+    if b == Backend::IoUring {
+        // One thread submits (the shard's), and completions' task work runs
+        // only when the shard asks for events, not at the exit of every
+        // syscall it makes (sendmsg, close): less lock contention with the
+        // peers' softirq work, batched completion handling.
+        p.single_issuer(true);
+        p.defer_taskrun(true);
+    }
     if b == Backend::IoUring
         && let Some(n) = std::num::NonZeroU16::new(ring_buffers)
     {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One side-by-side performance run: a server pinned to core 0, the load
+# generator (and Redis) on core 1, as PERFORMANCE.md describes.
+#
+#   scripts/perf-run.sh SERVER [SERVERS] -- BENCH-ARGS...
+#
+# SERVER:  uring | uring-readiness | epoll | bun
+# SERVERS: processes sharing the port through SO_REUSEPORT (default 1;
+#          a process holds at most ~19,900 connections here). Not for bun.
+# Env:     BIN (default target/release/ignis-ws), PORT (9000),
+#          REDIS_PORT (6391, started if not running), BUN_DIR (the
+#          installed shared/anchors/ignis-bun-perf, for SERVER=bun),
+#          SERVER_ARGS (extra ignis-ws serve flags).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/ignis-ws}
+PORT=${PORT:-9000}
+REDIS_PORT=${REDIS_PORT:-6391}
+kind=$1; shift
+servers=1
+if [ "${1:-}" != "--" ]; then servers=$1; shift; fi
+[ "${1:-}" = "--" ] && shift
+
+if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  taskset -c 1 redis-server --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
+    --logfile "/tmp/ignis-perf-redis-$REDIS_PORT.log"
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+for _ in $(seq "$servers"); do
+  case "$kind" in
+    uring|uring-readiness|epoll)
+      io=${kind%%-*}; recv=multishot
+      [ "$kind" = uring-readiness ] && recv=readiness
+      # shellcheck disable=SC2086
+      taskset -c 0 "$BIN" serve --auth insecure --room-allow '*' --shards 1 --io "$io" \
+        --io-uring-recv "$recv" --redis "redis://127.0.0.1:$REDIS_PORT" \
+        --listen "127.0.0.1:$PORT" --log warn ${SERVER_ARGS:-} >/dev/null 2>&1 &
+      pids+=($!)
+      ;;
+    bun)
+      [ "$servers" = 1 ] || { echo "bun: one process only" >&2; exit 2; }
+      (cd "${BUN_DIR:?set BUN_DIR}" && exec taskset -c 0 env PORT="$PORT" REDIS_PORT="$REDIS_PORT" \
+        APP_ENV_LOGGER_FOLDER_PATH=/tmp/ignis-bun-logs node_modules/.bin/bun run server.ts) >/dev/null 2>&1 &
+      pids+=($!)
+      ;;
+    *) echo "unknown server $kind" >&2; exit 2 ;;
+  esac
+done
+# Ready when the port answers HTTP (health for ignis-ws, stats for Bun).
+for _ in $(seq 100); do
+  curl -s -o /dev/null "http://127.0.0.1:$PORT/health" && curl -s -o /dev/null "http://127.0.0.1:$PORT/stats" && break
+  curl -sf -o /dev/null "http://127.0.0.1:$PORT/health" && break
+  curl -sf -o /dev/null "http://127.0.0.1:$PORT/stats" && break
+  sleep 0.1
+done
+sleep 0.5
+pidlist=$(IFS=,; echo "${pids[*]}")
+taskset -c 1 "$BIN" bench --url "ws://127.0.0.1:$PORT/ws" --redis "redis://127.0.0.1:$REDIS_PORT" \
+  --server-pid "$pidlist" -q "$@"
