@@ -424,7 +424,8 @@ fn run_shard(
         rt.block_on(async move {
             let shard = Shard::new(ctx, Instant::now());
             let io = ShardIo::new(shard, registry, handle);
-            let multishot = backend == Backend::IoUring && io.shard.borrow().ctx.config.io_uring_multishot;
+            let multishot =
+                backend == Backend::IoUring && io.shard.borrow().ctx.config.io_uring_multishot;
             let accept = match backend {
                 _ if !multishot => match compio::runtime::fd::PollFd::new(listener) {
                     Ok(l) => compio::runtime::spawn(conn::accept_loop(io.clone(), l)),
