@@ -13,7 +13,7 @@ run() { # name server [servers] -- args
   scripts/perf-run.sh "$@" 2>&1 | tee -a "$OUT/$name.txt" | grep -E "connect |lost|latency|kdeliveries|server RSS|server CPU|generator|note" || true
   sleep 2
 }
-servers="uring uring-readiness epoll"
+servers="uring uring-multishot epoll"
 [ -n "${BUN_DIR:-}" ] && servers="$servers bun"
 for s in $servers; do
   run "$s-10k-rate10" "$s" -- -c 10000 --rate 10 --duration 10
@@ -24,13 +24,15 @@ for s in uring epoll; do
   run "$s-1k-rate10" "$s" -- -c 1000 --rate 10 --duration 10
   run "$s-1k-flood-100B" "$s" -- -c 1000 --flood --warmup 2 --duration 10
   run "$s-1k-flood-1KiB" "$s" -- -c 1000 --flood --warmup 2 --duration 10 --payload-size 1KiB
-  run "$s-50k-rate1" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.3 --rate 1 --duration 10
-  run "$s-50k-flood-100B" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.3 --flood --warmup 2 --duration 10
-  run "$s-50k-flood-1KiB" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.3 --flood --warmup 2 --duration 10 --payload-size 1KiB
-  run "$s-100k-rate1" "$s" 6 -- -c 100000 --source-ips 127.0.0.1-127.0.0.6 --rate 1 --duration 10
-  run "$s-100k-flood-100B" "$s" 6 -- -c 100000 --source-ips 127.0.0.1-127.0.0.6 --flood --warmup 2 --duration 10
-  run "$s-100k-flood-1KiB" "$s" 6 -- -c 100000 --source-ips 127.0.0.1-127.0.0.6 --flood --warmup 2 --duration 10 --payload-size 1KiB
+  # Several source addresses: each has its own ephemeral ports, and the
+  # TIME_WAIT sockets of the previous runs hold some of them.
+  run "$s-50k-rate1" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --rate 1 --duration 10
+  run "$s-50k-flood-100B" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --flood --warmup 2 --duration 10
+  run "$s-50k-flood-1KiB" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --flood --warmup 2 --duration 10 --payload-size 1KiB
+  run "$s-100k-rate1" "$s" 6 -- -c 100000 --source-ips 127.0.0.11-127.0.0.30 --rate 1 --duration 10
+  run "$s-100k-flood-100B" "$s" 6 -- -c 100000 --source-ips 127.0.0.31-127.0.0.50 --flood --warmup 2 --duration 10
+  run "$s-100k-flood-1KiB" "$s" 6 -- -c 100000 --source-ips 127.0.0.51-127.0.0.70 --flood --warmup 2 --duration 10 --payload-size 1KiB
 done
-for us in 0 1000 5000; do
+for us in 0 5000 20000 50000; do
   SERVER_ARGS="--write-coalesce-us $us" run "uring-10k-rate50-coalesce$us" uring -- -c 10000 --rate 50 --duration 10
 done

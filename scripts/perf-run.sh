@@ -4,7 +4,7 @@
 #
 #   scripts/perf-run.sh SERVER [SERVERS] -- BENCH-ARGS...
 #
-# SERVER:  uring | uring-readiness | epoll | bun
+# SERVER:  uring (readiness receive, the default) | uring-multishot | epoll | bun
 # SERVERS: processes sharing the port through SO_REUSEPORT (default 1;
 #          a process holds at most ~19,900 connections here). Not for bun.
 # Env:     BIN (default target/release/ignis-ws), PORT (9000),
@@ -33,9 +33,9 @@ trap cleanup EXIT
 
 for _ in $(seq "$servers"); do
   case "$kind" in
-    uring|uring-readiness|epoll)
-      io=${kind%%-*}; recv=multishot
-      [ "$kind" = uring-readiness ] && recv=readiness
+    uring|uring-multishot|epoll)
+      io=${kind%%-*}; recv=readiness
+      [ "$kind" = uring-multishot ] && recv=multishot
       # shellcheck disable=SC2086
       taskset -c 0 "$BIN" serve --auth insecure --room-allow '*' --shards 1 --io "$io" \
         --io-uring-recv "$recv" --redis "redis://127.0.0.1:$REDIS_PORT" \
