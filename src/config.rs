@@ -46,6 +46,22 @@ pub enum SlowClientPolicy {
     Drop,
 }
 
+/// Per-client encryption (PROTOCOL.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionMode {
+    /// No handshake; `publicKey` in `authenticate` is ignored.
+    Off,
+    /// Clients whose `authenticate` carries `publicKey` get the handshake
+    /// (a bad key: error `Encryption handshake failed`, close 4004); the
+    /// others stay plain.
+    Optional,
+    /// Every client must send a valid `publicKey`; otherwise error
+    /// `Encryption handshake failed` and close 4004 `Encryption required`
+    /// (the reference's `requireEncryption`).
+    Required,
+}
+
 /// How clients authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMode {
@@ -159,6 +175,15 @@ pub struct Config {
     pub redis_max_message: usize,
     /// Bearer key for `POST /api/publish`; `None` disables the endpoint.
     pub api_key: Option<String>,
+    /// Per-client encryption. Ignis: `requireEncryption` (false) plus a
+    /// `handshakeFn`; here the handshake is built in.
+    pub encryption: EncryptionMode,
+    /// Messages a shard encrypts per loop turn before it lets its other
+    /// work run. Ignis: `WebSocketDefaults.ENCRYPTED_BATCH_LIMIT` (10
+    /// concurrent encryptions); here encryption is synchronous and cheap
+    /// (~1 µs per message), so batches are bigger. Lower: fairer latency
+    /// for plain clients; higher: less scheduling overhead.
+    pub encrypted_batch_limit: usize,
     /// Redis channel that custom client events are forwarded to.
     pub events_channel: Option<String>,
     /// URL that custom client events are POSTed to.
@@ -198,6 +223,8 @@ impl Default for Config {
             redis_tls_ca: None,
             redis_outbox: 10_000,
             redis_max_message: 1024 * 1024,
+            encryption: EncryptionMode::Off,
+            encrypted_batch_limit: 256,
             api_key: None,
             events_channel: None,
             events_webhook: None,
@@ -323,6 +350,9 @@ impl Config {
         }
         if self.redis_outbox == 0 {
             return Err(bad("--redis-outbox", "must be > 0"));
+        }
+        if self.encrypted_batch_limit == 0 {
+            return Err(bad("--encrypted-batch-limit", "must be > 0"));
         }
         if self.redis_max_message < 1024 {
             return Err(bad("--redis-max-message", "at least 1 KiB"));
@@ -542,6 +572,14 @@ pub struct ServeArgs {
     /// Largest Redis envelope accepted [default: 1MiB].
     #[arg(long, env = "IGNIS_WS_REDIS_MAX_MESSAGE", value_name = "SIZE")]
     pub redis_max_message: Option<ByteSize>,
+    /// Per-client encryption (ECDH P-256 + AES-256-GCM): off, optional (for
+    /// clients that send publicKey) or required [default: off].
+    #[arg(long, env = "IGNIS_WS_ENCRYPTION", value_enum)]
+    pub encryption: Option<EncryptionMode>,
+    /// Messages a shard encrypts per loop turn before other work runs
+    /// [default: 256].
+    #[arg(long, env = "IGNIS_WS_ENCRYPTED_BATCH_LIMIT", value_name = "N")]
+    pub encrypted_batch_limit: Option<usize>,
     /// Bearer key that enables POST /api/publish.
     #[arg(
         long,
@@ -623,6 +661,8 @@ impl ServeArgs {
             redis_outbox,
             redis_max_message,
             api_key,
+            encryption,
+            encrypted_batch_limit,
             events_channel,
             events_webhook,
             log,
@@ -742,6 +782,10 @@ impl ServeArgs {
                 .map(|b| b.0)
                 .unwrap_or(d.redis_max_message),
             api_key: self.api_key.filter(|k| !k.is_empty()),
+            encryption: self.encryption.unwrap_or(d.encryption),
+            encrypted_batch_limit: self
+                .encrypted_batch_limit
+                .unwrap_or(d.encrypted_batch_limit),
             events_channel: self.events_channel,
             events_webhook: self.events_webhook,
         };

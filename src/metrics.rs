@@ -55,6 +55,17 @@ pub struct ShardMetrics {
     /// Current rooms and users on this shard (gauges).
     pub rooms: AtomicI64,
     pub users: AtomicI64,
+    /// Clients that completed the encryption handshake and are connected
+    /// (gauge).
+    pub encrypted_clients: AtomicI64,
+    /// Handshakes refused (missing or bad `publicKey`): closed with 4004.
+    pub encryption_handshakes_failed: AtomicU64,
+    /// Messages encrypted for encrypted clients (each one its own
+    /// AES-GCM operation, off the shared-frame path).
+    pub messages_encrypted: AtomicU64,
+    /// Inbound `encrypted` messages that failed to decrypt (bad tag, bad
+    /// base64, wrong shape): answered with an error and dropped.
+    pub decrypt_failures: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -308,7 +319,12 @@ impl Registry {
                 "Distinct authenticated user ids, by shard.",
                 |s: &ShardMetrics| &s.users,
             ),
-        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 2]
+            (
+                "encrypted_clients",
+                "Connected clients with an encryption session, by shard.",
+                |s: &ShardMetrics| &s.encrypted_clients,
+            ),
+        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 3]
         {
             writeln!(o, "# HELP ignis_ws_{name} {help}")?;
             writeln!(o, "# TYPE ignis_ws_{name} gauge")?;
@@ -317,7 +333,7 @@ impl Registry {
             }
         }
         type Getter = fn(&ShardMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Getter); 18] = [
+        let counters: [(&str, &str, Getter); 21] = [
             (
                 "recv_ring_empty_total",
                 "io_uring receives that found the buffer ring empty.",
@@ -398,6 +414,21 @@ impl Registry {
             ("auth_errors_total", "Authenticator errors.", |s| {
                 &s.auth_errors
             }),
+            (
+                "encryption_handshakes_failed_total",
+                "Encryption handshakes refused (closed with 4004).",
+                |s| &s.encryption_handshakes_failed,
+            ),
+            (
+                "messages_encrypted_total",
+                "Messages encrypted per client (off the shared-frame path).",
+                |s| &s.messages_encrypted,
+            ),
+            (
+                "decrypt_failures_total",
+                "Inbound encrypted messages that failed to decrypt (dropped).",
+                |s| &s.decrypt_failures,
+            ),
         ];
         for (name, help, f) in counters {
             writeln!(o, "# HELP ignis_ws_{name} {help}")?;

@@ -411,6 +411,7 @@ fn run_shard(
 ) {
     let index = ctx.index;
     let shutdown_timeout = ctx.config.shutdown_timeout;
+    let encryption_on = ctx.config.encryption != crate::config::EncryptionMode::Off;
     let rt = match driver::build_runtime(backend, core, ctx.config.io_ring_buffers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -445,6 +446,9 @@ fn run_shard(
             };
             compio::runtime::spawn(conn::flusher(io.clone())).detach();
             compio::runtime::spawn(conn::ticker(io.clone())).detach();
+            if encryption_on {
+                compio::runtime::spawn(conn::encryptor(io.clone())).detach();
+            }
             compio::runtime::spawn(conn::commands(io.clone(), rx)).detach();
             let _ = ready.send(Ok(()));
             wait_for_shutdown(&io).await;

@@ -720,6 +720,44 @@ pub async fn flusher(io: Rc<ShardIo>) {
     }
 }
 
+/// Encrypt frames for encrypted clients, at most `encrypted_batch_limit`
+/// per loop turn: between batches the task yields, so a room full of
+/// encrypted clients cannot starve reads, accepts and plain deliveries.
+pub async fn encryptor(io: Rc<ShardIo>) {
+    let limit = io.shard.borrow().ctx.config.encrypted_batch_limit;
+    loop {
+        poll_fn(|cx| {
+            let mut sh = io.shard.borrow_mut();
+            if sh.has_encryption_work() {
+                Poll::Ready(())
+            } else {
+                sh.encrypt_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let more = io.shard.borrow_mut().run_encryption(limit);
+        if more {
+            yield_now().await;
+        }
+    }
+}
+
+/// Let every other ready task of the shard run once.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 /// Run the shard's timers.
 pub async fn ticker(io: Rc<ShardIo>) {
     let period = io.shard.borrow().tick_interval();

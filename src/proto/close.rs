@@ -44,6 +44,8 @@ pub enum CloseReason {
     Shutdown,
     /// The client sent more messages per second than allowed.
     RateLimited,
+    /// Encryption is required (or was asked for) and the handshake failed.
+    EncryptionRequired,
 }
 
 impl CloseReason {
@@ -58,6 +60,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => (NORMAL, "Idle timeout"),
             CloseReason::Shutdown => (GOING_AWAY, "Server shutting down"),
             CloseReason::RateLimited => (POLICY_VIOLATION, "Message rate limit exceeded"),
+            CloseReason::EncryptionRequired => (ENCRYPTION_REQUIRED, "Encryption required"),
         }
     }
 

@@ -36,6 +36,34 @@ pub mod error_text {
     pub const ALREADY_AUTHENTICATED: &str = "Already authenticated";
     pub const AUTH_FAILED: &str = "Authentication failed";
     pub const AUTH_ERROR: &str = "Authentication error";
+    /// The reference's text when encryption is required and the handshake
+    /// refused (sent before close 4004).
+    pub const ENCRYPTION_HANDSHAKE_FAILED: &str = "Encryption handshake failed";
+    /// An inbound `encrypted` message that did not decrypt.
+    pub const DECRYPTION_FAILED: &str = "Decryption failed";
+}
+
+/// The event name of encrypted messages, both directions (PROTOCOL.md §7).
+pub const ENCRYPTED_EVENT: &str = "encrypted";
+
+/// `{"iv": string, "ct": string}` of an inbound `encrypted` message.
+pub fn encrypted_parts<'v>(data: Option<&'v Value<'_>>) -> Option<(&'v str, &'v str)> {
+    let Some(Value::Object(obj)) = data else {
+        return None;
+    };
+    match (obj.get("iv"), obj.get("ct")) {
+        (Some(Value::String(iv)), Some(Value::String(ct))) => Some((iv.as_ref(), ct.as_ref())),
+        _ => None,
+    }
+}
+
+/// `authenticate.data.publicKey`: `None` when absent or `null`,
+/// `Some(None)` when present but not a string.
+pub fn public_key(data: &serde_json::Value) -> Option<Option<&str>> {
+    match data.get("publicKey") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(v.as_str()),
+    }
 }
 
 /// Room names a client may never join: the reference reserves `ws:` for
@@ -220,6 +248,11 @@ pub struct Connected<'a> {
     #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
     pub user_id: Option<&'a str>,
     pub time: &'a str,
+    /// The encryption handshake's answer (PROTOCOL.md §7), when it ran.
+    #[serde(rename = "serverPublicKey", skip_serializing_if = "Option::is_none")]
+    pub server_public_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub salt: Option<&'a str>,
 }
 
 /// ISO-8601 UTC with milliseconds, as JavaScript's `Date.toISOString()`:
@@ -366,10 +399,23 @@ mod tests {
             id: "i",
             user_id: None,
             time: "t",
+            server_public_key: None,
+            salt: None,
         };
         assert_eq!(
             serde_json::to_string(&c).unwrap(),
             r#"{"id":"i","time":"t"}"#
+        );
+        let c = Connected {
+            id: "i",
+            user_id: Some("u"),
+            time: "t",
+            server_public_key: Some("k"),
+            salt: Some("s"),
+        };
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"id":"i","userId":"u","time":"t","serverPublicKey":"k","salt":"s"}"#
         );
     }
 

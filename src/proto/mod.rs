@@ -4,6 +4,7 @@
 //! buffers, so everything here is testable in memory and fuzzable in one line.
 
 pub mod close;
+pub mod encryption;
 pub mod frame;
 pub mod handshake;
 pub mod message;

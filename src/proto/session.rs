@@ -126,6 +126,12 @@ impl Session {
         self.last_activity
     }
 
+    /// Rule 1 for a message the shard handles itself (an encrypted
+    /// envelope): it is activity.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
     /// Apply the rules of PROTOCOL.md §3 to one client message.
     pub fn handle_message<'a>(
         &mut self,

@@ -25,12 +25,13 @@ use smallvec::SmallVec;
 use crate::auth::{
     AuthError, AuthRequest, AuthResult, Authenticator, Identity, JoinRequest, RoomValidator,
 };
-use crate::config::{Config, SlowClientPolicy};
+use crate::config::{Config, EncryptionMode, SlowClientPolicy};
 use crate::control::{ControlHandle, Inline};
 use crate::handle::{ClientId, Delivery};
 use crate::hooks::{self, Hooks};
 use crate::metrics::ShardMetrics;
 use crate::proto::close::CloseReason;
+use crate::proto::encryption::{self, Cipher};
 use crate::proto::frame::{self, Message, MessageDecoder, OpCode, Role};
 use crate::proto::message::{self, Buffers, Connected};
 use crate::proto::session::{Action, AuthStep, Session, State, Timeouts, Verdict};
@@ -83,6 +84,26 @@ pub struct ShardCtx {
 pub struct ConnExtra {
     pub metadata: Option<serde_json::Value>,
     pub room_patterns: Option<Vec<String>>,
+    /// `authenticate.data.publicKey`, kept until the authenticator answers.
+    pub client_key: ClientKey,
+    /// The client's AES-256-GCM key once the handshake succeeded (erased
+    /// when the connection is dropped).
+    pub cipher: Option<Cipher>,
+    /// Bytes of frames waiting in the shard's encryption queue for this
+    /// client (they count against its outbound budget).
+    pub encrypt_pending: usize,
+}
+
+/// What `authenticate` said about encryption.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    /// No `publicKey` (or `null`).
+    #[default]
+    Absent,
+    /// A `publicKey` string, not yet checked.
+    Given(Box<str>),
+    /// A `publicKey` that is not a string.
+    Invalid,
 }
 
 /// Close progress of a connection.
@@ -129,6 +150,9 @@ pub struct Conn<S> {
     /// In the room named by its own id (from authentication until it
     /// leaves it).
     pub in_own_room: bool,
+    /// Completed the encryption handshake: every message to it is
+    /// encrypted for it alone (its cipher is in `extra`).
+    pub encrypted: bool,
     /// Frames waiting to be written; the front one may be partly written.
     pub out: VecDeque<Bytes>,
     /// Bytes in `out`.
@@ -178,6 +202,12 @@ pub struct Shard<S> {
     json_buffers: Buffers,
     /// The read state lent to connections between messages.
     spare_read: Option<Box<ReadState>>,
+    /// Frames waiting to be encrypted for encrypted clients, in order;
+    /// worked off at most `encrypted_batch_limit` per loop turn.
+    encrypt_queue: VecDeque<(ConnKey, u32, Bytes)>,
+    /// The encryption task, woken when `encrypt_queue` becomes non-empty.
+    pub encrypt_waker: Option<Waker>,
+    encrypt_scratch: Vec<u8>,
     ping_frame: Bytes,
     /// Set once `Shutdown` arrived.
     pub shutting_down: bool,
@@ -215,6 +245,9 @@ impl<S> Shard<S> {
             json_buf: Vec::new(),
             json_buffers: Buffers::default(),
             spare_read: None,
+            encrypt_queue: VecDeque::new(),
+            encrypt_waker: None,
+            encrypt_scratch: Vec::new(),
             ping_frame: frame::server_frame(OpCode::Ping, b""),
             shutting_down: false,
             shutdown_waker: None,
@@ -275,6 +308,7 @@ impl<S> Shard<S> {
             // The reference subscribes a socket to its own id at connect, so
             // room messages to that id reach it even before authentication.
             in_own_room: true,
+            encrypted: false,
             out: VecDeque::new(),
             out_bytes: 0,
             front_written: 0,
@@ -442,13 +476,32 @@ impl<S> Shard<S> {
     /// One data message (text, or binary treated as text like the
     /// reference's `message.toString()`).
     fn on_data(&mut self, key: ConnKey, payload: &[u8], now: Instant) {
+        self.on_data_inner(key, payload, now, false);
+    }
+
+    /// `decrypted`: `payload` came out of an `encrypted` message (which
+    /// may not nest).
+    fn on_data_inner(&mut self, key: ConnKey, payload: &[u8], now: Instant, decrypted: bool) {
         let mut buf = std::mem::take(&mut self.json_buf);
         let mut buffers = std::mem::take(&mut self.json_buffers);
         buf.clear();
         buf.extend_from_slice(payload);
-        {
+        let mut inbound: Option<Result<Vec<u8>, encryption::EncryptionError>> = None;
+        'msg: {
             let parsed = message::parse(&mut buf, &mut buffers);
             let conn = &mut self.conns[key as usize];
+            if conn.encrypted
+                && let message::ClientMessage::Custom { event, data, .. } = &parsed
+                && event == message::ENCRYPTED_EVENT
+            {
+                conn.session.touch(now);
+                inbound = Some(if decrypted {
+                    Err(encryption::EncryptionError::Shape)
+                } else {
+                    open_inbound(conn.extra.as_deref(), data.as_ref())
+                });
+                break 'msg;
+            }
             let was = conn.session.state();
             let action = conn.session.handle_message(parsed, now, &self.timeouts);
             match action {
@@ -481,6 +534,15 @@ impl<S> Shard<S> {
         }
         self.json_buf = buf;
         self.json_buffers = buffers;
+        match inbound {
+            None => {}
+            Some(Ok(plain)) => self.on_data_inner(key, &plain, now, true),
+            Some(Err(e)) => {
+                ShardMetrics::add(&self.ctx.metrics.decrypt_failures, 1);
+                tracing::debug!(client = %self.conns[key as usize].id, error = %e, "encrypted message dropped");
+                self.send_error(key, message::error_text::DECRYPTION_FAILED, now);
+            }
+        }
     }
 
     fn set_state_gauge(&self, from: State, to: State) {
@@ -504,10 +566,20 @@ impl<S> Shard<S> {
         if let Some(d) = conn.session.deadline() {
             self.auth_deadlines.push_back((d, key, generation));
         }
+        let client_key = match message::public_key(&data) {
+            _ if self.ctx.config.encryption == EncryptionMode::Off => ClientKey::Absent,
+            None => ClientKey::Absent,
+            Some(Some(k)) => ClientKey::Given(k.into()),
+            Some(None) => ClientKey::Invalid,
+        };
         let req = AuthRequest {
             client_id: conn.id.to_string(),
             data,
         };
+        if client_key != ClientKey::Absent {
+            let conn = &mut self.conns[key as usize];
+            conn.extra.get_or_insert_with(Default::default).client_key = client_key;
+        }
         let Some(fut) = guarded(|| Some(self.ctx.authenticator.authenticate(req))) else {
             let e = Err(AuthError::Internal("authenticator panicked".into()));
             self.finish_auth(key, generation, e, now);
@@ -571,6 +643,17 @@ impl<S> Shard<S> {
     /// Index the client, join its own and default rooms, send `connected`.
     fn accept(&mut self, key: ConnKey, identity: Identity, now: Instant) {
         self.set_state_gauge(State::Authenticating, State::Authenticated);
+        // The handshake comes before the client is indexed: a client that
+        // fails it never receives anything but the error and the close.
+        let handshake = match self.encryption_handshake(key) {
+            Ok(h) => h,
+            Err(()) => {
+                ShardMetrics::add(&self.ctx.metrics.encryption_handshakes_failed, 1);
+                self.send_error(key, message::error_text::ENCRYPTION_HANDSHAKE_FAILED, now);
+                self.close(key, CloseReason::EncryptionRequired, now);
+                return;
+            }
+        };
         let Identity {
             user_id,
             metadata,
@@ -579,10 +662,9 @@ impl<S> Shard<S> {
         let conn = &mut self.conns[key as usize];
         conn.user = user_id.as_deref().filter(|u| !u.is_empty()).map(Box::from);
         if metadata.is_some() || room_patterns.is_some() {
-            conn.extra = Some(Box::new(ConnExtra {
-                metadata: metadata.clone(),
-                room_patterns,
-            }));
+            let extra = conn.extra.get_or_insert_with(Default::default);
+            extra.metadata = metadata.clone();
+            extra.room_patterns = room_patterns;
         }
         conn.in_own_room = true;
         let id = conn.id;
@@ -605,9 +687,22 @@ impl<S> Shard<S> {
             id: &id_s,
             user_id: user_id.as_deref(),
             time: &time,
+            server_public_key: handshake.as_ref().map(|h| h.server_public_key.as_str()),
+            salt: handshake.as_ref().map(|h| h.salt.as_str()),
         };
         if let Ok(f) = crate::handle::encode(message::event::CONNECTED, Some(&payload)) {
             self.send_own(key, f, now);
+        }
+        // `connected` went out in clear (it carries the key material);
+        // everything after it is encrypted.
+        if let Some(h) = handshake {
+            let conn = &mut self.conns[key as usize];
+            conn.encrypted = true;
+            conn.extra.get_or_insert_with(Default::default).cipher = Some(h.cipher);
+            self.ctx
+                .metrics
+                .encrypted_clients
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::debug!(client = %id_s, user = ?user_id, "authenticated");
         if let Some(fut) = guarded(|| {
@@ -618,6 +713,33 @@ impl<S> Shard<S> {
             })
         }) {
             self.ctx.control.run_or_offload(fut, |()| {});
+        }
+    }
+
+    /// PROTOCOL.md §7 for an accepted client: `Ok(None)` for a plain
+    /// client, `Ok(Some)` for a completed handshake, `Err` when encryption
+    /// is required and missing, or was asked for with a bad key.
+    fn encryption_handshake(&mut self, key: ConnKey) -> Result<Option<encryption::Handshake>, ()> {
+        let mode = self.ctx.config.encryption;
+        let conn = &mut self.conns[key as usize];
+        let given = conn
+            .extra
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.client_key))
+            .unwrap_or_default();
+        match (mode, given) {
+            (EncryptionMode::Off, _) | (EncryptionMode::Optional, ClientKey::Absent) => Ok(None),
+            (_, ClientKey::Given(k)) => match encryption::handshake(&k) {
+                Ok(h) => Ok(Some(h)),
+                Err(e) => {
+                    tracing::debug!(client = %conn.id, error = %e, "encryption handshake refused");
+                    Err(())
+                }
+            },
+            (_, ClientKey::Invalid) | (EncryptionMode::Required, ClientKey::Absent) => {
+                tracing::debug!(client = %conn.id, "encryption required: no valid publicKey");
+                Err(())
+            }
         }
     }
 
@@ -724,7 +846,15 @@ impl<S> Shard<S> {
 
     fn send_error(&mut self, key: ConnKey, text: &str, now: Instant) {
         let f = frame::server_frame_with(OpCode::Text, |b| message::write_error(b, text));
-        self.send_own(key, f, now);
+        if self.conns[key as usize].encrypted {
+            // A message like any other: encrypted, and in order with the
+            // deliveries queued before it.
+            if self.push_encrypted(key, &f, now) {
+                ShardMetrics::add(&self.ctx.metrics.messages_out, 1);
+            }
+        } else {
+            self.send_own(key, f, now);
+        }
     }
 
     /// Queue a frame without budget checks (only the close frame, which is
@@ -776,23 +906,115 @@ impl<S> Shard<S> {
             ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
             return false;
         }
+        if conn.encrypted {
+            return self.push_encrypted(key, f, now);
+        }
         if conn.out_bytes + f.len() > limit {
-            match self.ctx.config.slow_client {
-                SlowClientPolicy::Drop => {
-                    ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
-                }
-                SlowClientPolicy::Close => {
-                    ShardMetrics::add(&self.ctx.metrics.slow_clients_closed, 1);
-                    ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
-                    self.close(key, CloseReason::SlowClient, now);
-                }
-            }
+            self.over_budget(key, now);
             return false;
         }
         conn.out_bytes += f.len();
         conn.out.push_back(f.clone());
         self.mark_dirty(key);
         true
+    }
+
+    /// The slow-client policy for a frame that does not fit.
+    fn over_budget(&mut self, key: ConnKey, now: Instant) {
+        match self.ctx.config.slow_client {
+            SlowClientPolicy::Drop => {
+                ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
+            }
+            SlowClientPolicy::Close => {
+                ShardMetrics::add(&self.ctx.metrics.slow_clients_closed, 1);
+                ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
+                self.close(key, CloseReason::SlowClient, now);
+            }
+        }
+    }
+
+    /// An encrypted client's message leaves the shared-frame path: it is
+    /// queued (as the shared frame, a refcount) for the shard's encryption
+    /// task, which encrypts it for this client alone. The budget counts it
+    /// from now.
+    #[inline(never)]
+    fn push_encrypted(&mut self, key: ConnKey, f: &Bytes, now: Instant) -> bool {
+        let limit = self.ctx.config.backpressure_limit;
+        let conn = &mut self.conns[key as usize];
+        if conn.closing.is_some() || conn.dead {
+            ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
+            return false;
+        }
+        let generation = conn.generation;
+        let out_bytes = conn.out_bytes;
+        let Some(extra) = conn.extra.as_deref_mut() else {
+            return false;
+        };
+        if out_bytes + extra.encrypt_pending + f.len() > limit {
+            self.over_budget(key, now);
+            return false;
+        }
+        extra.encrypt_pending += f.len();
+        self.encrypt_queue.push_back((key, generation, f.clone()));
+        if self.encrypt_queue.len() == 1
+            && let Some(w) = &self.encrypt_waker
+        {
+            w.wake_by_ref();
+        }
+        true
+    }
+
+    /// Whether frames wait to be encrypted.
+    pub fn has_encryption_work(&self) -> bool {
+        !self.encrypt_queue.is_empty()
+    }
+
+    /// Encrypt up to `limit` queued frames for their clients (in queue
+    /// order, so each client's messages keep their order). Returns whether
+    /// more are waiting.
+    pub fn run_encryption(&mut self, limit: usize) -> bool {
+        let m = self.ctx.metrics.clone();
+        let mut scratch = std::mem::take(&mut self.encrypt_scratch);
+        for _ in 0..limit {
+            let Some((key, generation, f)) = self.encrypt_queue.pop_front() else {
+                break;
+            };
+            let Some(conn) = self
+                .conns
+                .get_mut(key as usize)
+                .filter(|c| c.generation == generation)
+            else {
+                continue;
+            };
+            let Some(extra) = conn.extra.as_deref_mut() else {
+                continue;
+            };
+            extra.encrypt_pending = extra.encrypt_pending.saturating_sub(f.len());
+            if conn.dead || conn.closing.is_some() {
+                ShardMetrics::add(&m.frames_dropped, 1);
+                continue;
+            }
+            let (Some(cipher), Some(plain)) =
+                (extra.cipher.as_ref(), frame::server_frame_payload(&f))
+            else {
+                continue;
+            };
+            match cipher.encrypt_frame(plain, &mut scratch) {
+                Ok(enc) => {
+                    ShardMetrics::add(&m.messages_encrypted, 1);
+                    ShardMetrics::add(&m.bytes_out, enc.len().saturating_sub(f.len()) as u64);
+                    conn.out_bytes += enc.len();
+                    conn.out.push_back(enc);
+                    self.mark_dirty(key);
+                }
+                Err(e) => {
+                    tracing::error!(client = %conn.id, error = %e, "encryption failed; message dropped");
+                    ShardMetrics::add(&m.frames_dropped, 1);
+                }
+            }
+        }
+        self.encrypt_scratch = scratch;
+        !self.encrypt_queue.is_empty()
     }
 
     /// Start the closing handshake with `reason`: queue the close frame
@@ -806,6 +1028,17 @@ impl<S> Shard<S> {
         if conn.closing.is_some() || conn.dead {
             return;
         }
+        if conn.extra.as_ref().is_some_and(|e| e.encrypt_pending > 0)
+            && !matches!(reason, CloseReason::SlowClient)
+        {
+            // Messages accepted for this encrypted client go out before
+            // the close frame, as a plain client's queue does (the whole
+            // queue is worked off: closes are rare, queues short).
+            self.run_encryption(usize::MAX);
+        }
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         let (code, text) = reason.wire();
         if matches!(reason, CloseReason::SlowClient) {
             // Keep only a partly written front frame: the stream must stay
@@ -975,6 +1208,12 @@ impl<S> Shard<S> {
         }
         let conn = self.conns.remove(key as usize);
         self.by_id.remove(&conn.id);
+        if conn.encrypted {
+            self.ctx
+                .metrics
+                .encrypted_clients
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(u) = &conn.user {
             self.users.remove(u, key);
         }
@@ -1026,4 +1265,17 @@ fn guarded<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
 
 fn log_auth_error(id: &ClientId, e: &AuthError) {
     tracing::warn!(client = %id, error = %e, "authenticator error");
+}
+
+/// Decrypt an inbound `{"event":"encrypted","data":{"iv","ct"}}` of an
+/// encrypted client into the inner message's bytes.
+fn open_inbound(
+    extra: Option<&ConnExtra>,
+    data: Option<&simd_json::borrowed::Value<'_>>,
+) -> Result<Vec<u8>, encryption::EncryptionError> {
+    let cipher = extra
+        .and_then(|e| e.cipher.as_ref())
+        .ok_or(encryption::EncryptionError::Shape)?;
+    let (iv, ct) = message::encrypted_parts(data).ok_or(encryption::EncryptionError::Shape)?;
+    cipher.open(iv, ct)
 }

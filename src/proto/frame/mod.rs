@@ -598,10 +598,43 @@ pub fn server_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// The payload of a complete, unmasked server frame made by this module
+/// (e.g. a delivery's shared frame), or `None` if `frame` is not one.
+pub fn server_frame_payload(frame: &[u8]) -> Option<&[u8]> {
+    let b1 = *frame.get(1)?;
+    if b1 & 0x80 != 0 {
+        return None;
+    }
+    let (start, len): (usize, usize) = match b1 & 0x7f {
+        126 => (
+            4,
+            u16::from_be_bytes(frame.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            10,
+            usize::try_from(u64::from_be_bytes(frame.get(2..10)?.try_into().ok()?)).ok()?,
+        ),
+        n => (2, n as usize),
+    };
+    frame.get(start..start.checked_add(len)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn server_frame_payload_finds_the_payload() {
+        for n in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let p = vec![b'x'; n];
+            let f = server_frame(OpCode::Text, &p);
+            assert_eq!(server_frame_payload(&f), Some(&p[..]));
+            assert_eq!(server_frame_payload(&f[..f.len().saturating_sub(1)]), None);
+        }
+        assert_eq!(server_frame_payload(&[0x81]), None);
+        assert_eq!(server_frame_payload(&[0x81, 0x85, 0, 0, 0, 0]), None);
+    }
 
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
     const BIG: usize = 1 << 20;
