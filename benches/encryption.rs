@@ -141,6 +141,9 @@ fn iv(c: &mut Criterion) {
             black_box(iv)
         })
     });
+    g.bench_function("ignis-ws (rand ThreadRng)", |b| {
+        b.iter(|| black_box(encryption::Cipher::fresh_iv().unwrap()))
+    });
     g.finish();
 }
 

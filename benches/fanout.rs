@@ -155,5 +155,79 @@ fn fanout(c: &mut Criterion) {
     control.join();
 }
 
-criterion_group!(benches, fanout);
+/// One room message to 1,000 encrypted clients on one shard: the
+/// delivery plus the encryption task's work (one AES-256-GCM, base64 and
+/// frame per recipient), timed per recipient.
+fn fanout_encrypted(c: &mut Criterion) {
+    use base64::Engine as _;
+    const ENC: usize = 1000;
+    let control = Control::start().unwrap();
+    let (tx, _rx) = flume::unbounded();
+    let config = Config {
+        backpressure_limit: 64 * 1024 * 1024,
+        encryption: ignis_ws::config::EncryptionMode::Required,
+        ..Config::default()
+    };
+    let ctx = ShardCtx {
+        index: 0,
+        config: Arc::new(config),
+        authenticator: Arc::new(InsecureAuthenticator),
+        room_validator: None,
+        hooks: Arc::new(NoHooks),
+        control: control.handle(),
+        metrics: Arc::new(ShardMetrics::default()),
+        self_tx: tx,
+        max_conns: ENC,
+    };
+    let now = Instant::now();
+    let mut s = Shard::new(ctx, now);
+    for _ in 0..ENC {
+        let k =
+            aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256).unwrap();
+        let public = base64::engine::general_purpose::STANDARD
+            .encode(k.compute_public_key().unwrap().as_ref());
+        let mut auth = BytesMut::new();
+        let msg =
+            format!(r#"{{"event":"authenticate","data":{{"userId":"u","publicKey":"{public}"}}}}"#);
+        encode_frame(
+            &mut auth,
+            true,
+            OpCode::Text,
+            msg.as_bytes(),
+            Some([1, 2, 3, 4]),
+        );
+        s.register((), &auth, now);
+    }
+    assert!(s.conns.iter().all(|(_, c)| c.encrypted));
+    reset(&mut s);
+    for size in [100usize, 1024] {
+        let data = "x".repeat(size.saturating_sub(30));
+        let d = Delivery {
+            target: Target::Room("ws-default".into()),
+            frame: encode("b", Some(&data)).unwrap(),
+            exclude: None,
+        };
+        let mut g = c.benchmark_group("fanout");
+        g.throughput(Throughput::Elements(ENC as u64));
+        g.bench_function(format!("room_1k_encrypted_clients/{size}B"), |b| {
+            b.iter_custom(|iters| {
+                let mut t = Duration::ZERO;
+                for _ in 0..iters {
+                    let now = Instant::now();
+                    let t0 = Instant::now();
+                    s.deliver(black_box(&d), now);
+                    while s.run_encryption(usize::MAX) {}
+                    t += t0.elapsed();
+                    reset(&mut s);
+                }
+                t
+            })
+        });
+        g.finish();
+    }
+    drop(s);
+    control.join();
+}
+
+criterion_group!(benches, fanout, fanout_encrypted);
 criterion_main!(benches);
