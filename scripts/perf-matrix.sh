@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every run behind PERFORMANCE.md, in one sitting: each server pinned to
 # core 0, generator and Redis on core 1. Output: one file per run in
-# ${OUT:-perf-results}/. Needs a release build (cargo build --release) and,
+# ${OUT:-perf-results}/ (ONLY=regex: just the matching rows). Needs a release build (cargo build --release) and,
 # for the Bun rows, BUN_DIR (see scripts/perf-run.sh). Takes ~15 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ OUT=${OUT:-perf-results}
 mkdir -p "$OUT"
 run() { # name server [servers] -- args
   local name=$1; shift
+  # ONLY=regex runs the matching rows alone (e.g. ONLY='100k-flood').
+  [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && return 0
   echo "== $name: $*" | tee "$OUT/$name.txt"
   scripts/perf-run.sh "$@" 2>&1 | tee -a "$OUT/$name.txt" | grep -E "connect |lost|latency|kdeliveries|server RSS|server CPU|generator|note" || true
   sleep 2
@@ -30,8 +32,8 @@ for s in uring epoll; do
   run "$s-50k-flood-100B" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --flood --warmup 2 --duration 10
   run "$s-50k-flood-1KiB" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --flood --warmup 2 --duration 10 --payload-size 1KiB
   run "$s-100k-rate1" "$s" 6 -- -c 100000 --source-ips 127.0.0.11-127.0.0.30 --rate 1 --duration 10
-  run "$s-100k-flood-100B" "$s" 6 -- -c 100000 --source-ips 127.0.0.31-127.0.0.50 --flood --warmup 2 --duration 10
-  run "$s-100k-flood-1KiB" "$s" 6 -- -c 100000 --source-ips 127.0.0.51-127.0.0.70 --flood --warmup 2 --duration 10 --payload-size 1KiB
+  run "$s-100k-flood-100B" "$s" 6 -- -c 100000 --source-ips 127.0.0.31-127.0.0.50 --flood --window 64 --warmup 2 --duration 10
+  run "$s-100k-flood-1KiB" "$s" 6 -- -c 100000 --source-ips 127.0.0.51-127.0.0.70 --flood --window 64 --warmup 2 --duration 10 --payload-size 1KiB
 done
 for us in 0 5000 20000 50000; do
   SERVER_ARGS="--write-coalesce-us $us" run "uring-10k-rate50-coalesce$us" uring -- -c 10000 --rate 50 --duration 10

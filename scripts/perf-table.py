@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Turn the files of scripts/perf-matrix.sh into PERFORMANCE.md's tables.
+
+    scripts/perf-table.py [perf-results]
+
+Every figure printed is read from a run's own report; nothing is computed
+except ratios between runs of the same sitting."""
+import glob
+import os
+import re
+import sys
+
+out = sys.argv[1] if len(sys.argv) > 1 else "perf-results"
+runs = {}
+for f in glob.glob(os.path.join(out, "*.txt")):
+    t = open(f, encoding="utf-8").read()
+
+    def g(p):
+        m = re.search(p, t)
+        return m.group(1) if m else None
+
+    runs[os.path.basename(f)[:-4]] = dict(
+        conn=g(r"in [\d.]+ s: ([\d.]+ k?conn/s)"),
+        lost=g(r"lost (\d+)"),
+        expected=g(r"expected (\d+)"),
+        p50=g(r"p50 ([\d.]+ \S+)"),
+        p99=g(r"p99 ([\d.]+ \S+)"),
+        thr=g(r"throughput\s+([\d.]+ \S+) while publishing"),
+        rss=g(r"(\d+) B per idle connection"),
+        cpu=g(r"([\d.]+) µs per delivery"),
+        gen=g(r"generator\s+[\d.]+ s CPU while publishing \(([\d.]+)% of a core"),
+        sat="SATURATED" in t,
+    )
+
+
+def r(name, key, suffix=""):
+    v = runs.get(name, {}).get(key)
+    return f"{v}{suffix}" if v else "—"
+
+
+def flood(name):
+    x = runs.get(name)
+    if not x or not x["thr"]:
+        return "—"
+    loss = "0 lost" if x["lost"] == "0" else f"{x['lost']} lost"
+    sat = " (generator saturated)" if x["sat"] else ""
+    return f"{x['thr'].replace('deliveries/s', '/s')}, {x['cpu']} µs, {loss}{sat}"
+
+
+def num(name, key):
+    v = runs.get(name, {}).get(key)
+    if not v:
+        return None
+    m = re.match(r"([\d.]+)\s*(\S*)", v)
+    f = float(m.group(1))
+    unit = m.group(2)
+    if unit.startswith("M"):
+        f *= 1e6
+    elif unit.startswith("k"):
+        f *= 1e3
+    elif unit == "s":
+        f *= 1000  # latency in ms
+    return f
+
+
+print("### Per back end\n")
+print("Flood cells: delivered messages/s while publishing, server CPU per delivery, loss.")
+print("Fixed rate: 10 msg/s to each client at 1k/10k, 1 msg/s at 50k/100k.\n")
+for be in ["uring", "epoll"]:
+    print(f"**{ {'uring': 'io_uring (default readiness receive)', 'epoll': 'epoll'}[be] }**\n")
+    print("| N | connect + auth | flood 100 B | flood 1 KiB | p50 / p99 at fixed rate | server CPU per delivery at fixed rate | idle RSS per connection |")
+    print("|---|---|---|---|---|---|---|")
+    for n, rate in [("1k", "rate10"), ("10k", "rate10"), ("50k", "rate1"), ("100k", "rate1")]:
+        fr = f"{be}-{n}-{rate}"
+        print(
+            f"| {n} | {r(fr, 'conn')} | {flood(f'{be}-{n}-flood-100B')} | {flood(f'{be}-{n}-flood-1KiB')} "
+            f"| {r(fr, 'p50')} / {r(fr, 'p99')} | {r(fr, 'cpu', ' µs')} | {r(fr, 'rss', ' B')} |"
+        )
+    print()
+
+print("### 10,000 clients, side by side\n")
+cols = ["uring", "uring-multishot", "epoll", "bun"]
+print("| figure | io_uring | io_uring multishot | epoll | Ignis on Bun | Bun ÷ io_uring |")
+print("|---|---|---|---|---|---|")
+for label, run, key, unit, better_low in [
+    ("server CPU per delivery, flood 100 B", "10k-flood-100B", "cpu", " µs", True),
+    ("server CPU per delivery, flood 1 KiB", "10k-flood-1KiB", "cpu", " µs", True),
+    ("delivered/s without loss, flood 100 B", "10k-flood-100B", "thr", "", False),
+    ("delivered/s without loss, flood 1 KiB", "10k-flood-1KiB", "thr", "", False),
+    ("server CPU per delivery, 10 msg/s each", "10k-rate10", "cpu", " µs", True),
+    ("p50 latency, 10 msg/s each", "10k-rate10", "p50", "", True),
+    ("p99 latency, 10 msg/s each", "10k-rate10", "p99", "", True),
+    ("idle RSS per authenticated connection", "10k-rate10", "rss", " B", True),
+    ("connect + authenticate rate", "10k-rate10", "conn", "", False),
+]:
+    cells = []
+    for c in cols:
+        v = r(f"{c}-{run}", key, unit)
+        if key == "thr" and runs.get(f"{c}-{run}", {}).get("sat"):
+            v += " (generator saturated)"
+        cells.append(v)
+    a = num(f"uring-{run}", key)
+    b = num(f"bun-{run}", key)
+    ratio = f"{b / a:.2f}×" if a and b else "—"
+    print(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+print()
+
+print("### --write-coalesce-us, 10,000 clients × 50 msg/s (io_uring)\n")
+print("| --write-coalesce-us | server CPU per delivery | p50 / p99 latency | connect + auth |")
+print("|---|---|---|---|")
+for us in ["0", "5000", "20000", "50000"]:
+    n = f"uring-10k-rate50-coalesce{us}"
+    print(f"| {us} | {r(n, 'cpu', ' µs')} | {r(n, 'p50')} / {r(n, 'p99')} | {r(n, 'conn')} |")
+print()
+gens = [(k, v["gen"]) for k, v in sorted(runs.items()) if v["gen"]]
+sat = [k for k, v in sorted(runs.items()) if v["sat"]]
+print(
+    "Generator CPU while publishing ranged from "
+    f"{min(float(g) for _, g in gens):.0f}% to {max(float(g) for _, g in gens):.0f}% of its core; "
+    + (f"saturated in: {', '.join(sat)}." if sat else "it never saturated.")
+)
