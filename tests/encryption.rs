@@ -460,11 +460,35 @@ async fn shutdown_delivers_queued_encrypted_messages(io: IoMode) {
     shutdown.await.unwrap();
 }
 
-/// The IV is fresh for every message (none repeats across the 1,000 a
-/// client receives) and the frame has exactly the documented shape.
+/// `connected` carries the key material in the reference's key order; the
+/// IV is fresh for every message (none repeats across the 1,000 a client
+/// receives) and the frame has exactly the documented shape and key order.
 async fn frame_shape_and_fresh_ivs(io: IoMode) {
     let s = start(enc_config(io, EncryptionMode::Required));
-    let mut e = Enc::connect(&s.url(), "u").await;
+    let (secret, public) = client_key();
+    let mut c = Client::connect(&s.url()).await;
+    c.send(json!({"event":"authenticate","data":{"userId":"u1","publicKey":public}}))
+        .await;
+    let text = c.recv_text().await;
+    let connected: Value = serde_json::from_str(&text).unwrap();
+    let d = &connected["data"];
+    let id = d["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        text,
+        format!(
+            r#"{{"event":"connected","data":{{"id":"{id}","userId":"u1","time":"{}","serverPublicKey":"{}","salt":"{}"}}}}"#,
+            d["time"].as_str().unwrap(),
+            d["serverPublicKey"].as_str().unwrap(),
+            d["salt"].as_str().unwrap()
+        )
+    );
+    assert_eq!(d["serverPublicKey"].as_str().unwrap().len(), 88);
+    assert_eq!(d["salt"].as_str().unwrap().len(), 44);
+    let mut e = Enc {
+        key: derive(&secret, d),
+        c,
+        id,
+    };
     let h = s.handle();
     for i in 0..1000 {
         h.to_client(&e.id, "n", &json!(i)).unwrap();
@@ -477,6 +501,13 @@ async fn frame_shape_and_fresh_ivs(io: IoMode) {
         let v: Value = serde_json::from_str(&t).unwrap();
         let obj = v["data"].as_object().unwrap();
         assert_eq!(obj.len(), 2, "{t}");
+        assert!(
+            t.starts_with(r#"{"event":"encrypted","data":{"iv":""#)
+                && t.contains(r#"","ct":""#)
+                && t.ends_with(r#""}}"#),
+            "{t}"
+        );
+        assert_eq!(obj["iv"].as_str().unwrap().len(), 16);
         assert!(
             ivs.insert(obj["iv"].as_str().unwrap().to_string()),
             "IV reused"
