@@ -295,6 +295,7 @@ impl ServerBuilder {
             path = %config.path,
             shards = n,
             io = backend.name(),
+            encryption = ?config.encryption,
             "ignis-ws listening"
         );
         Ok(Server {
