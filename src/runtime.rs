@@ -447,6 +447,8 @@ fn run_shard(
             };
             compio::runtime::spawn(conn::flusher(io.clone())).detach();
             compio::runtime::spawn(conn::ticker(io.clone())).detach();
+            compio::runtime::spawn(conn::poller(io.clone())).detach();
+            compio::runtime::spawn(conn::reaper(io.clone())).detach();
             if encryption_on {
                 compio::runtime::spawn(conn::encryptor(io.clone())).detach();
             }

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+
 use compio::driver::{SharedFd, ToSharedFd};
 use compio::runtime::fd::PollFd;
+use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags, Shutdown};
 use socket2::Socket;
@@ -45,7 +48,22 @@ pub struct ShardIo {
     limits: HandshakeLimits,
     path: String,
     handshake_timeout: Duration,
+    /// The shard's own epoll instance for upgraded connections on the
+    /// readiness path: an idle connection is an entry in it and a record
+    /// in the slab, with no task, future or pending operation of its own.
+    /// The poller task waits for this fd through compio (a POLL_ADD on
+    /// io_uring, the driver's poller on epoll). `None` if it could not be
+    /// created: connections then keep a task each.
+    ep: Option<PollFd<OwnedFd>>,
 }
+
+/// What a parked connection's epoll entry carries: slab key and generation.
+fn ep_data(key: ConnKey, generation: u32) -> epoll::EventData {
+    epoll::EventData::new_u64((u64::from(generation) << 32) | u64::from(key))
+}
+
+const EP_READ: epoll::EventFlags = epoll::EventFlags::IN.union(epoll::EventFlags::RDHUP);
+const EP_READ_WRITE: epoll::EventFlags = EP_READ.union(epoll::EventFlags::OUT);
 
 impl ShardIo {
     /// Wrap a shard.
@@ -69,6 +87,11 @@ impl ShardIo {
             scratch: RefCell::new(vec![0; SCRATCH]),
             handshaking: Cell::new(0),
             registry,
+            ep: epoll::create(epoll::CreateFlags::CLOEXEC)
+                .map_err(io::Error::from)
+                .and_then(PollFd::new)
+                .map_err(|e| tracing::warn!(error = %e, "no shard epoll: one task per connection"))
+                .ok(),
         })
     }
 
@@ -323,6 +346,10 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
         drop(rest);
         key
     };
+    if park(&io, key) {
+        // The poller watches it from now on; this task and its future end.
+        return;
+    }
     poll_fn(|cx| {
         loop {
             let write_blocked = {
@@ -371,6 +398,153 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
     let sock = io.shard.borrow_mut().remove(key);
     drop(sock);
     drop(pfd);
+}
+
+/// Hand an upgraded connection to the shard's poller: register it in the
+/// shard's epoll and mark it parked. False (the caller keeps a task for
+/// it) without a shard epoll, or when the connection already died.
+fn park(io: &ShardIo, key: ConnKey) -> bool {
+    let Some(ep) = &io.ep else { return false };
+    let mut sh = io.shard.borrow_mut();
+    let Some(conn) = sh.conns.get_mut(key as usize) else {
+        return false;
+    };
+    if conn.dead {
+        return false;
+    }
+    // Output queued during the upgrade (a `connected` for an
+    // `authenticate` that came with the request) may already be blocked.
+    let flags = if conn.write_blocked {
+        EP_READ_WRITE
+    } else {
+        EP_READ
+    };
+    match epoll::add(ep, &conn.sock, ep_data(key, conn.generation), flags) {
+        Ok(()) => {
+            conn.parked = true;
+            conn.waker = None;
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "epoll add failed; the connection keeps a task");
+            false
+        }
+    }
+}
+
+/// Read and write readiness of every parked connection of the shard, from
+/// the shard's epoll: level-triggered, so what one turn leaves unread (the
+/// read budget) is reported again on the next.
+pub async fn poller(io: Rc<ShardIo>) {
+    let Some(ep) = &io.ep else { return };
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
+    loop {
+        if let Err(e) = ep.read_ready().await {
+            tracing::warn!(error = %e, "shard epoll readiness failed");
+            compio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        loop {
+            events.clear();
+            match epoll::wait(
+                ep,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                }),
+            ) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "epoll_wait failed");
+                    break;
+                }
+            }
+            for ev in &events {
+                let (flags, data) = (ev.flags, ev.data.u64());
+                on_ready(&io, ep, data as u32, (data >> 32) as u32, flags);
+            }
+            if events.len() < events.capacity() {
+                break;
+            }
+            // A full batch: let the other tasks run before the next one.
+            yield_now().await;
+        }
+    }
+}
+
+/// One readiness event of a parked connection.
+fn on_ready(
+    io: &ShardIo,
+    ep: &PollFd<OwnedFd>,
+    key: ConnKey,
+    generation: u32,
+    flags: epoll::EventFlags,
+) {
+    {
+        let mut sh = io.shard.borrow_mut();
+        let Some(conn) = sh.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.generation != generation || conn.dead || !conn.parked {
+            return;
+        }
+        if !flags.contains(epoll::EventFlags::OUT) || !conn.write_blocked {
+            drop(sh);
+        } else {
+            conn.write_blocked = false;
+            drop(sh);
+            flush_one(io, key);
+            let sh = io.shard.borrow();
+            if let Some(conn) = sh.conns.get(key as usize)
+                && !conn.dead
+                && !conn.write_blocked
+            {
+                let _ = epoll::modify(ep, &conn.sock, ep_data(key, generation), EP_READ);
+            }
+        }
+    }
+    if flags.intersects(
+        epoll::EventFlags::IN
+            | epoll::EventFlags::RDHUP
+            | epoll::EventFlags::HUP
+            | epoll::EventFlags::ERR,
+    ) {
+        read_some(io, key);
+    }
+}
+
+/// Deregister and remove parked connections that died.
+pub async fn reaper(io: Rc<ShardIo>) {
+    loop {
+        poll_fn(|cx| {
+            let mut sh = io.shard.borrow_mut();
+            if sh.reap.is_empty() {
+                sh.reap_waker = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        let keys = std::mem::take(&mut io.shard.borrow_mut().reap);
+        for key in keys {
+            let mut sh = io.shard.borrow_mut();
+            let Some(conn) = sh.conns.get(key as usize) else {
+                continue;
+            };
+            if !(conn.dead && conn.parked) {
+                continue;
+            }
+            if let Some(ep) = &io.ep {
+                let _ = epoll::delete(ep, &conn.sock);
+            }
+            let sock = sh.remove(key);
+            drop(sh);
+            drop(sock);
+        }
+    }
 }
 
 /// The multishot receive stream of an io_uring connection: the kernel
@@ -659,7 +833,12 @@ pub fn flush_one(io: &ShardIo, key: ConnKey) {
         return;
     };
     if conn.write_blocked {
-        if let Some(w) = &conn.waker {
+        if conn.parked {
+            // Ask the shard's epoll for writability too.
+            if let Some(ep) = &io.ep {
+                let _ = epoll::modify(ep, &conn.sock, ep_data(key, conn.generation), EP_READ_WRITE);
+            }
+        } else if let Some(w) = &conn.waker {
             w.wake_by_ref();
         }
         return;

@@ -175,8 +175,13 @@ pub struct Conn<S> {
     /// Bytes of an incomplete frame or message, and the decoder's state;
     /// `None` (no allocation) whenever the connection is between messages.
     pub read: Option<Box<ReadState>>,
-    /// The connection task, woken when the shard kills the connection.
+    /// The connection task, woken when the shard kills the connection
+    /// (connections with a task of their own; see `parked`).
     pub waker: Option<Waker>,
+    /// Watched by the shard's poller instead of a task of its own (the I/O
+    /// layer's choice): killing it queues it in `reap` for the I/O layer
+    /// to deregister and `remove`.
+    pub parked: bool,
     pub sock: S,
 }
 
@@ -209,6 +214,11 @@ pub struct Shard<S> {
     pub encrypt_waker: Option<Waker>,
     encrypt_scratch: Vec<u8>,
     ping_frame: Bytes,
+    /// Parked connections that died: the I/O layer deregisters and
+    /// removes them.
+    pub reap: Vec<ConnKey>,
+    /// The reaper task, woken when `reap` becomes non-empty.
+    pub reap_waker: Option<Waker>,
     /// Set once `Shutdown` arrived.
     pub shutting_down: bool,
     /// The shard's main task, woken when `Shutdown` arrives.
@@ -249,6 +259,8 @@ impl<S> Shard<S> {
             encrypt_waker: None,
             encrypt_scratch: Vec::new(),
             ping_frame: frame::server_frame(OpCode::Ping, b""),
+            reap: Vec::new(),
+            reap_waker: None,
             shutting_down: false,
             shutdown_waker: None,
             ctx,
@@ -321,6 +333,7 @@ impl<S> Shard<S> {
             ping_sent: false,
             read: None,
             waker: None,
+            parked: false,
             sock,
         }) as ConnKey;
         self.by_id.insert(id, key);
@@ -416,7 +429,12 @@ impl<S> Shard<S> {
             conn.dead = true;
             conn.out.clear();
             conn.out_bytes = 0;
-            if let Some(w) = conn.waker.take() {
+            if conn.parked {
+                self.reap.push(key);
+                if let Some(w) = &self.reap_waker {
+                    w.wake_by_ref();
+                }
+            } else if let Some(w) = conn.waker.take() {
                 w.wake();
             }
         }
@@ -868,7 +886,7 @@ impl<S> Shard<S> {
         ShardMetrics::add(&m.messages_out, 1);
         ShardMetrics::add(&m.bytes_out, f.len() as u64);
         conn.out_bytes += f.len();
-        conn.out.push_back(f);
+        push_frame(&mut conn.out, f);
         self.mark_dirty(key);
     }
 
@@ -914,7 +932,7 @@ impl<S> Shard<S> {
             return false;
         }
         conn.out_bytes += f.len();
-        conn.out.push_back(f.clone());
+        push_frame(&mut conn.out, f.clone());
         self.mark_dirty(key);
         true
     }
@@ -1004,7 +1022,7 @@ impl<S> Shard<S> {
                     ShardMetrics::add(&m.messages_encrypted, 1);
                     ShardMetrics::add(&m.bytes_out, enc.len().saturating_sub(f.len()) as u64);
                     conn.out_bytes += enc.len();
-                    conn.out.push_back(enc);
+                    push_frame(&mut conn.out, enc);
                     self.mark_dirty(key);
                 }
                 Err(e) => {
@@ -1278,4 +1296,15 @@ fn open_inbound(
         .ok_or(encryption::EncryptionError::Shape)?;
     let (iv, ct) = message::encrypted_parts(data).ok_or(encryption::EncryptionError::Shape)?;
     cipher.open(iv, ct)
+}
+
+/// Queue a frame. A connection whose queue was released (idle) gets room
+/// for exactly one frame first: most idle clients receive one message at a
+/// time, and the default first allocation would be four slots.
+#[inline]
+fn push_frame(out: &mut VecDeque<Bytes>, f: Bytes) {
+    if out.capacity() == 0 {
+        out.reserve_exact(1);
+    }
+    out.push_back(f);
 }
