@@ -60,11 +60,7 @@ pub use handle::{ClientId, Handle};
 pub use hooks::Hooks;
 pub use runtime::{Server, ServerBuilder};
 
-/// Internals reachable by fuzz targets and benches. Not a stable API.
+/// The fuzz targets' checks, reachable by `fuzz/` and `tests/`. Not a
+/// stable API.
 #[doc(hidden)]
-pub mod fuzzing {
-    pub use crate::proto::frame;
-    pub use crate::proto::handshake;
-    pub use crate::proto::message;
-    pub use crate::proto::session;
-}
+pub mod fuzzing;
