@@ -1100,6 +1100,8 @@ io_tests!(
     close_payload_shapes,
     frames_after_close_are_ignored,
     big_messages_up_to_the_limit,
+    close_echo_survives_a_client_fin,
+    close_echo_survives_a_client_fin_after_64_kib,
 );
 
 // ---- 7 (cont.): a client that half-closes after its close frame ----
@@ -1161,59 +1163,5 @@ async fn close_echo_survives_a_client_fin_after_64_kib(io: IoMode) {
     assert_eq!(bytes.len(), 65_536);
     for _ in 0..20 {
         expect_fail_after_fin(&s, "64 KiB, FIN", &bytes, 1, 1000).await;
-    }
-}
-
-/// Written out by hand instead of with `io_tests!` so that a server bug
-/// can be marked on the back ends where it shows.
-mod half_close {
-    use ignis_ws::config::IoMode;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn uring() {
-        super::close_echo_survives_a_client_fin(IoMode::Uring).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "server bug: with multishot recv, conn_task_uring handles the EOF completion \
-                in the same poll as the data before it; on_eof -> kill clears the queued \
-                reply and close echo before the flusher runs (RFC 6455 5.5.1)"]
-    async fn uring_multishot() {
-        crate::util::MULTISHOT.with(|m| m.set(true));
-        super::close_echo_survives_a_client_fin(IoMode::Uring).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn epoll() {
-        super::close_echo_survives_a_client_fin(IoMode::Epoll).await
-    }
-}
-
-mod half_close_after_64_kib {
-    use ignis_ws::config::IoMode;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "server bug: read_some keeps calling recv while a read fills the 64 KiB \
-                scratch buffer, reads the EOF in the same call and kills the connection, \
-                dropping the queued reply and close echo (RFC 6455 5.5.1)"]
-    async fn uring() {
-        super::close_echo_survives_a_client_fin_after_64_kib(IoMode::Uring).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "server bug: with multishot recv, conn_task_uring handles the EOF completion \
-                in the same poll as the data before it; on_eof -> kill clears the queued \
-                reply and close echo before the flusher runs (RFC 6455 5.5.1)"]
-    async fn uring_multishot() {
-        crate::util::MULTISHOT.with(|m| m.set(true));
-        super::close_echo_survives_a_client_fin_after_64_kib(IoMode::Uring).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "server bug: read_some keeps calling recv while a read fills the 64 KiB \
-                scratch buffer, reads the EOF in the same call and kills the connection, \
-                dropping the queued reply and close echo (RFC 6455 5.5.1)"]
-    async fn epoll() {
-        super::close_echo_survives_a_client_fin_after_64_kib(IoMode::Epoll).await
     }
 }

@@ -65,6 +65,26 @@ fn ep_data(key: ConnKey, generation: u32) -> epoll::EventData {
 const EP_READ: epoll::EventFlags = epoll::EventFlags::IN.union(epoll::EventFlags::RDHUP);
 const EP_READ_WRITE: epoll::EventFlags = EP_READ.union(epoll::EventFlags::OUT);
 
+/// Interest of a parked connection that is not write-blocked: reads, or
+/// nothing once the peer sent FIN (its end of stream would be reported
+/// forever, level-triggered).
+fn read_flags(peer_eof: bool) -> epoll::EventFlags {
+    if peer_eof {
+        epoll::EventFlags::empty()
+    } else {
+        EP_READ
+    }
+}
+
+/// Interest of a parked, write-blocked connection.
+fn write_flags(peer_eof: bool) -> epoll::EventFlags {
+    if peer_eof {
+        epoll::EventFlags::OUT
+    } else {
+        EP_READ_WRITE
+    }
+}
+
 impl ShardIo {
     /// Wrap a shard.
     pub fn new(
@@ -352,7 +372,7 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
     }
     poll_fn(|cx| {
         loop {
-            let write_blocked = {
+            let (write_blocked, peer_eof) = {
                 let mut sh = io.shard.borrow_mut();
                 let Some(conn) = sh.conns.get_mut(key as usize) else {
                     return Poll::Ready(());
@@ -363,7 +383,7 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
                 if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     conn.waker = Some(cx.waker().clone());
                 }
-                conn.write_blocked
+                (conn.write_blocked, conn.peer_eof)
             };
             if write_blocked {
                 match pfd.poll_write_ready(cx) {
@@ -380,6 +400,10 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
                     }
                     Poll::Pending => {}
                 }
+            }
+            if peer_eof {
+                // Only the queued output is left to write (see `on_eof`).
+                return Poll::Pending;
             }
             match pfd.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {
@@ -490,6 +514,7 @@ fn on_ready(
         if conn.generation != generation || conn.dead || !conn.parked {
             return;
         }
+        let eof = conn.peer_eof;
         if !flags.contains(epoll::EventFlags::OUT) || !conn.write_blocked {
             drop(sh);
         } else {
@@ -501,8 +526,11 @@ fn on_ready(
                 && !conn.dead
                 && !conn.write_blocked
             {
-                let _ = epoll::modify(ep, &conn.sock, ep_data(key, generation), EP_READ);
+                let _ = epoll::modify(ep, &conn.sock, ep_data(key, generation), read_flags(eof));
             }
+        }
+        if eof {
+            return;
         }
     }
     if flags.intersects(
@@ -678,7 +706,7 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
     let mut starved = false;
     poll_fn(|cx| {
         loop {
-            let write_blocked = {
+            let (write_blocked, peer_eof) = {
                 let mut sh = io.shard.borrow_mut();
                 let Some(conn) = sh.conns.get_mut(key as usize) else {
                     return Poll::Ready(());
@@ -689,7 +717,7 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
                 if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     conn.waker = Some(cx.waker().clone());
                 }
-                conn.write_blocked
+                (conn.write_blocked, conn.peer_eof)
             };
             if write_blocked {
                 match pfd.poll_write_ready(cx) {
@@ -706,6 +734,10 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
                     }
                     Poll::Pending => {}
                 }
+            }
+            if peer_eof {
+                // The receive stream ended; only the queued output is left.
+                return Poll::Pending;
             }
             if starved {
                 match pfd.poll_read_ready(cx) {
@@ -724,7 +756,7 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
                     continue;
                 }
                 Poll::Ready(Some(Err(_)) | None) => {
-                    io.shard.borrow_mut().on_eof(key);
+                    io.shard.borrow_mut().on_eof(key, Instant::now());
                     continue;
                 }
                 Poll::Pending => return Poll::Pending,
@@ -750,10 +782,26 @@ fn read_some(io: &ShardIo, key: ConnKey) {
         if conn.dead {
             return;
         }
+        if conn.peer_eof {
+            return;
+        }
         let r = rustix::net::recv(&conn.sock, &mut scratch[..], RecvFlags::DONTWAIT);
         match r {
             Ok((0, _)) => {
-                sh.on_eof(key);
+                sh.on_eof(key, now);
+                // Still owed output: stop watching for reads (see `read_flags`).
+                if let Some(conn) = sh.conns.get(key as usize)
+                    && conn.parked
+                    && conn.peer_eof
+                    && let Some(ep) = &io.ep
+                {
+                    let flags = if conn.write_blocked {
+                        write_flags(true)
+                    } else {
+                        read_flags(true)
+                    };
+                    let _ = epoll::modify(ep, &conn.sock, ep_data(key, conn.generation), flags);
+                }
                 return;
             }
             Ok((n, _)) => {
@@ -836,7 +884,8 @@ pub fn flush_one(io: &ShardIo, key: ConnKey) {
         if conn.parked {
             // Ask the shard's epoll for writability too.
             if let Some(ep) = &io.ep {
-                let _ = epoll::modify(ep, &conn.sock, ep_data(key, conn.generation), EP_READ_WRITE);
+                let flags = write_flags(conn.peer_eof);
+                let _ = epoll::modify(ep, &conn.sock, ep_data(key, conn.generation), flags);
             }
         } else if let Some(w) = &conn.waker {
             w.wake_by_ref();

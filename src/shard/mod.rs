@@ -169,6 +169,9 @@ pub struct Conn<S> {
     pub write_shut: bool,
     /// The connection is finished: its task must end and call `remove`.
     pub dead: bool,
+    /// The client shut its sending side (FIN): no more reads; the queue is
+    /// written out, then the connection is dropped.
+    pub peer_eof: bool,
     /// Last frame of any kind (for the idle ping/close).
     pub last_rx: Instant,
     pub ping_sent: bool,
@@ -329,6 +332,7 @@ impl<S> Shard<S> {
             closing: None,
             write_shut: false,
             dead: false,
+            peer_eof: false,
             last_rx: now,
             ping_sent: false,
             read: None,
@@ -416,9 +420,45 @@ impl<S> Shard<S> {
         }
     }
 
-    /// End of input from the client.
-    pub fn on_eof(&mut self, key: ConnKey) {
-        self.kill(key);
+    /// End of input from the client (TCP FIN). It sends nothing more, but
+    /// what is owed to it — the echo of its close frame, replies to what it
+    /// sent just before, the close after a protocol error — is written
+    /// first (RFC 6455 §5.5.1: a received close MUST be answered), within
+    /// `close_timeout`; then the connection is dropped. Nothing new is
+    /// queued for it.
+    pub fn on_eof(&mut self, key: ConnKey, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.dead || conn.peer_eof {
+            return;
+        }
+        if conn.extra.as_ref().is_some_and(|e| e.encrypt_pending > 0) {
+            self.run_encryption(usize::MAX);
+        }
+        let deadline = now + self.ctx.config.close_timeout;
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            self.kill(key);
+            return;
+        }
+        conn.peer_eof = true;
+        conn.read = None;
+        match &mut conn.closing {
+            Some(c) => {
+                c.received = true;
+                c.discard_input = true;
+            }
+            None => {
+                conn.closing = Some(Closing {
+                    deadline,
+                    received: true,
+                    discard_input: true,
+                });
+            }
+        }
     }
 
     /// The connection is finished: wake its task so it ends.
