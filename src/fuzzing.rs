@@ -320,9 +320,23 @@ pub fn redis_envelope(data: &[u8]) {
     };
     let mut msg = BytesMut::new();
     env.write_client_message(&mut msg);
-    let v: serde_json::Value =
+    // `data` goes to clients verbatim, as the publisher wrote it. It may
+    // hold escapes strict parsers refuse but JavaScript's JSON.parse takes
+    // (a lone surrogate `\udd00`), so the frame is checked with the same
+    // raw-value rules the envelope parser applied, not a stricter parser.
+    let fields: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
         serde_json::from_slice(&msg).unwrap_or_else(|e| panic!("client message is not JSON: {e}"));
-    assert_eq!(v["event"].as_str(), Some(env.event.as_ref()));
+    let event: String = fields
+        .get("event")
+        .and_then(|e| serde_json::from_str(e.get()).ok())
+        .unwrap_or_else(|| panic!("client message without a string event"));
+    assert_eq!(event, env.event.as_ref());
+    assert_eq!(
+        fields.get("data").map(|d| d.get()),
+        env.data.map(|d| d.get()),
+        "data not carried verbatim"
+    );
+    assert_eq!(fields.len(), 1 + usize::from(env.data.is_some()));
     let exclude: Vec<&str> = env.exclude.iter().map(|s| s.as_ref()).collect();
     let again = envelope::encode(
         &env.server_id,
