@@ -450,6 +450,8 @@ fn spawn_node(redis: &str) -> (Child, std::net::SocketAddr) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut addr = None;
+    let mut subscribed = false;
+    // The two lines come from different threads, in either order.
     for line in lines.by_ref() {
         let line = line.unwrap();
         if line.contains("listening") {
@@ -459,6 +461,9 @@ fn spawn_node(redis: &str) -> (Child, std::net::SocketAddr) {
                 .map(|a| a.parse().unwrap());
         }
         if line.contains("redis bridge subscribed") {
+            subscribed = true;
+        }
+        if subscribed && addr.is_some() {
             break;
         }
     }
