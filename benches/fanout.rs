@@ -50,26 +50,34 @@ static GLOBAL: Counting = Counting;
 const CLIENTS: usize = 10_000;
 const SHARDS: usize = 2;
 
-fn shard(index: usize, control: &Control) -> Shard<()> {
+/// An empty in-memory shard: insecure authentication, a 64 MiB budget
+/// per client (the bench empties the queues itself).
+fn new_shard(index: usize, control: &Control, config: Config, max_conns: usize) -> Shard<()> {
     let (tx, _rx) = flume::unbounded();
-    let config = Config {
-        room_allow: vec!["*".into()],
-        backpressure_limit: 64 * 1024 * 1024,
-        ..Config::default()
-    };
     let ctx = ShardCtx {
         index,
-        config: Arc::new(config),
+        config: Arc::new(Config {
+            backpressure_limit: 64 * 1024 * 1024,
+            ..config
+        }),
         authenticator: Arc::new(InsecureAuthenticator),
         room_validator: None,
         hooks: Arc::new(NoHooks),
         control: control.handle(),
         metrics: Arc::new(ShardMetrics::default()),
         self_tx: tx,
-        max_conns: CLIENTS,
+        max_conns,
+    };
+    Shard::new(ctx, Instant::now())
+}
+
+fn shard(index: usize, control: &Control) -> Shard<()> {
+    let config = Config {
+        room_allow: vec!["*".into()],
+        ..Config::default()
     };
     let now = Instant::now();
-    let mut s = Shard::new(ctx, now);
+    let mut s = new_shard(index, control, config, CLIENTS);
     let mut auth = BytesMut::new();
     encode_frame(
         &mut auth,
@@ -162,25 +170,12 @@ fn fanout_encrypted(c: &mut Criterion) {
     use base64::Engine as _;
     const ENC: usize = 1000;
     let control = Control::start().unwrap();
-    let (tx, _rx) = flume::unbounded();
     let config = Config {
-        backpressure_limit: 64 * 1024 * 1024,
         encryption: ignis_ws::config::EncryptionMode::Required,
         ..Config::default()
     };
-    let ctx = ShardCtx {
-        index: 0,
-        config: Arc::new(config),
-        authenticator: Arc::new(InsecureAuthenticator),
-        room_validator: None,
-        hooks: Arc::new(NoHooks),
-        control: control.handle(),
-        metrics: Arc::new(ShardMetrics::default()),
-        self_tx: tx,
-        max_conns: ENC,
-    };
     let now = Instant::now();
-    let mut s = Shard::new(ctx, now);
+    let mut s = new_shard(0, &control, config, ENC);
     for _ in 0..ENC {
         let k =
             aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256).unwrap();

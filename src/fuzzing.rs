@@ -15,11 +15,6 @@ use crate::proto::handshake::{
     HandshakeLimits, Request, accept_response, error_response, parse_request,
 };
 
-pub use crate::proto::frame as frame_codec;
-pub use crate::proto::handshake;
-pub use crate::proto::message;
-pub use crate::proto::session;
-
 /// One fuzz target's check.
 pub type Check = fn(&[u8]);
 

@@ -17,36 +17,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use util::*;
 
-/// `node` with a global WebSocket, or why not.
-fn node() -> Result<Vec<String>, String> {
-    for flags in [vec![], vec!["--experimental-websocket".to_string()]] {
-        let out = std::process::Command::new("node")
-            .args(&flags)
-            .args([
-                "-e",
-                "process.exit(typeof WebSocket === 'function' ? 0 : 3)",
-            ])
-            .output();
-        match out {
-            Err(e) => return Err(format!("node not runnable: {e}")),
-            Ok(o) if o.status.success() => return Ok(flags),
-            Ok(_) => continue,
-        }
-    }
-    Err("this node has no WebSocket API (needs Node 20.10+)".into())
-}
-
 async fn browser_style_client(io: IoMode) {
-    let flags = match node() {
-        Ok(f) => f,
-        Err(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run this test: {why}"
-            );
-            eprintln!("SKIPPED browser_style_client: {why}");
-            return;
-        }
+    let Some(flags) = node_or_skip("browser_style_client", "true") else {
+        return;
     };
     let secret = "browser-secret";
     let mut cfg = config(io);

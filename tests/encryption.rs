@@ -134,38 +134,11 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
-/// `node` with a global WebSocket (and WebCrypto), or why not.
-fn node() -> Result<Vec<String>, String> {
-    for flags in [vec![], vec!["--experimental-websocket".to_string()]] {
-        let out = std::process::Command::new("node")
-            .args(&flags)
-            .args([
-                "-e",
-                "process.exit(typeof WebSocket === 'function' && globalThis.crypto?.subtle ? 0 : 3)",
-            ])
-            .output();
-        match out {
-            Err(e) => return Err(format!("node not runnable: {e}")),
-            Ok(o) if o.status.success() => return Ok(flags),
-            Ok(_) => continue,
-        }
-    }
-    Err("this node has no WebSocket API (needs Node 20.10+)".into())
-}
-
 /// The WebCrypto client (tests/clients/webcrypto_client.mjs): handshake,
 /// an encrypted message up, a room and a direct message down, decrypted.
 async fn webcrypto_client(io: IoMode) {
-    let flags = match node() {
-        Ok(f) => f,
-        Err(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run this test: {why}"
-            );
-            eprintln!("SKIPPED webcrypto_client: {why}");
-            return;
-        }
+    let Some(flags) = node_or_skip("webcrypto_client", "globalThis.crypto?.subtle") else {
+        return;
     };
     let (hooks, mut hook_rx) = ChannelHooks::new();
     let s = start_with(ServerBuilder::new(enc_config(io, EncryptionMode::Required)).hooks(hooks));

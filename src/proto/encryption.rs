@@ -48,8 +48,6 @@ pub const PUBLIC_KEY_LEN: usize = 65;
 /// every input here comes from a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EncryptionError {
-    #[error("publicKey is missing or not a string")]
-    PublicKeyMissing,
     #[error("publicKey is not standard base64")]
     PublicKeyBase64,
     #[error("publicKey is not a 65-byte uncompressed P-256 point")]
@@ -68,6 +66,8 @@ pub enum EncryptionError {
     Rng,
     #[error("key derivation failed")]
     Derive,
+    #[error("encryption failed")]
+    Seal,
 }
 
 /// What a successful handshake gives: the two strings for `connected`
@@ -176,7 +176,7 @@ impl Cipher {
         buf.extend_from_slice(plaintext);
         self.key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), buf)
-            .map_err(|_| EncryptionError::Derive)
+            .map_err(|_| EncryptionError::Seal)
     }
 
     /// A fresh random IV, from the thread's ChaCha12 CSPRNG (rand's

@@ -433,9 +433,7 @@ impl<S> Shard<S> {
         if conn.dead || conn.peer_eof {
             return;
         }
-        if conn.extra.as_ref().is_some_and(|e| e.encrypt_pending > 0) {
-            self.run_encryption(usize::MAX);
-        }
+        self.encrypt_pending_of(key);
         let deadline = now + self.ctx.config.close_timeout;
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
@@ -1022,6 +1020,21 @@ impl<S> Shard<S> {
         true
     }
 
+    /// Before a connection stops taking output (close, end of input):
+    /// encrypt what was accepted for it, so it goes out like a plain
+    /// client's queue. The whole queue is worked off, keeping every
+    /// client's order; closes are rare and queues short.
+    fn encrypt_pending_of(&mut self, key: ConnKey) {
+        if self
+            .conns
+            .get(key as usize)
+            .and_then(|c| c.extra.as_ref())
+            .is_some_and(|e| e.encrypt_pending > 0)
+        {
+            self.run_encryption(usize::MAX);
+        }
+    }
+
     /// Whether frames wait to be encrypted.
     pub fn has_encryption_work(&self) -> bool {
         !self.encrypt_queue.is_empty()
@@ -1086,13 +1099,8 @@ impl<S> Shard<S> {
         if conn.closing.is_some() || conn.dead {
             return;
         }
-        if conn.extra.as_ref().is_some_and(|e| e.encrypt_pending > 0)
-            && !matches!(reason, CloseReason::SlowClient)
-        {
-            // Messages accepted for this encrypted client go out before
-            // the close frame, as a plain client's queue does (the whole
-            // queue is worked off: closes are rare, queues short).
-            self.run_encryption(usize::MAX);
+        if !matches!(reason, CloseReason::SlowClient) {
+            self.encrypt_pending_of(key);
         }
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;

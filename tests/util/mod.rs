@@ -549,3 +549,33 @@ pub async fn redis_publish(
         .await
         .unwrap();
 }
+
+/// The flags that give `node` a global `WebSocket` (none on Node 22+,
+/// `--experimental-websocket` on Node 20), where `also` (a JavaScript
+/// boolean expression) holds too. Without such a node: prints why `test`
+/// is skipped and returns `None` — except in CI (`CI=true`), which must
+/// run it.
+pub fn node_or_skip(test: &str, also: &str) -> Option<Vec<String>> {
+    let check = format!("process.exit(typeof WebSocket === 'function' && ({also}) ? 0 : 3)");
+    let mut why = "this node has no WebSocket API (needs Node 20.10+)".to_string();
+    for flags in [vec![], vec!["--experimental-websocket".to_string()]] {
+        match std::process::Command::new("node")
+            .args(&flags)
+            .args(["-e", &check])
+            .output()
+        {
+            Err(e) => {
+                why = format!("node not runnable: {e}");
+                break;
+            }
+            Ok(o) if o.status.success() => return Some(flags),
+            Ok(_) => continue,
+        }
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must run {test}: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    None
+}
