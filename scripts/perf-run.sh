@@ -7,7 +7,8 @@
 # SERVER:  uring (readiness receive, the default) | uring-multishot | epoll | bun
 # SERVERS: processes sharing the port through SO_REUSEPORT (default 1;
 #          a process holds at most ~19,900 connections here). Not for bun.
-# Env:     BIN (default target/release/ignis-ws), PORT (9000),
+# Env:     BIN (default target/release/ignis-ws), GEN_BIN (the load
+#          generator's binary, default BIN), PORT (9000),
 #          REDIS_PORT (6391, started if not running), BUN_DIR (the
 #          installed shared/anchors/ignis-bun-perf, for SERVER=bun),
 #          SERVER_ARGS (extra ignis-ws serve flags).
@@ -60,5 +61,5 @@ for _ in $(seq 100); do
 done
 sleep 0.5
 pidlist=$(IFS=,; echo "${pids[*]}")
-taskset -c 1 "$BIN" bench --url "ws://127.0.0.1:$PORT/ws" --redis "redis://127.0.0.1:$REDIS_PORT" \
+taskset -c 1 "${GEN_BIN:-$BIN}" bench --url "ws://127.0.0.1:$PORT/ws" --redis "redis://127.0.0.1:$REDIS_PORT" \
   --server-pid "$pidlist" -q "$@"

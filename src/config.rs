@@ -272,6 +272,19 @@ impl Config {
         if self.heartbeat_timeout.is_zero() {
             return Err(bad("--heartbeat-timeout-ms", "must be > 0"));
         }
+        // Per-connection timers are kept in 32-bit millisecond stamps.
+        let day = Duration::from_secs(86_400);
+        for (key, d) in [
+            ("--auth-timeout-ms", self.auth_timeout * 3),
+            ("--heartbeat-interval-ms", self.heartbeat_interval),
+            ("--heartbeat-timeout-ms", self.heartbeat_timeout),
+            ("--idle-timeout-s", self.idle_timeout.unwrap_or_default()),
+            ("--close-timeout-ms", self.close_timeout),
+        ] {
+            if d > day {
+                return Err(bad(key, "at most one day"));
+            }
+        }
         if self.max_payload == 0 {
             return Err(bad("--max-payload", "must be > 0"));
         }

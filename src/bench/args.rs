@@ -149,6 +149,12 @@ pub struct BenchArgs {
     /// their way (ends as soon as all arrived), seconds.
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_secs_or_zero)]
     pub drain_timeout: f64,
+    /// With --server-pid: after every client connected, authenticated and
+    /// saw the probe, wait this long with nothing sent before reading the
+    /// server's idle RSS (a connection storm leaves freed memory the
+    /// server returns within a couple of seconds), seconds.
+    #[arg(long, value_name = "S", default_value = "3", value_parser = parse_secs_or_zero)]
+    pub idle_settle: f64,
     /// Server process to measure (CPU from /proc/PID/stat, RSS from
     /// /proc/PID/status); repeat or comma-separate for several.
     #[arg(long, value_name = "PID", value_delimiter = ',', action = clap::ArgAction::Append)]
@@ -407,6 +413,7 @@ pub struct Plan {
     pub warmup: Duration,
     pub payload_size: usize,
     pub drain_timeout: Duration,
+    pub idle_settle: Duration,
     pub server_pids: Vec<u32>,
     pub json: bool,
     pub quiet: bool,
@@ -534,6 +541,7 @@ impl BenchArgs {
             warmup: Duration::from_secs_f64(self.warmup),
             payload_size: self.payload_size,
             drain_timeout: Duration::from_secs_f64(self.drain_timeout),
+            idle_settle: Duration::from_secs_f64(self.idle_settle),
             server_pids: self.server_pids_checked()?,
             json: self.json,
             quiet: self.quiet,

@@ -415,6 +415,12 @@ impl Coordinator {
 
         // 2. Probe.
         self.probe(connected).await?;
+        if !pids.is_empty() && !self.plan.idle_settle.is_zero() {
+            self.bars.start("idle", 0);
+            self.pump_until(Instant::now() + self.plan.idle_settle)
+                .await;
+            self.bars.finish();
+        }
         let idle = sysstat::sample_all(&pids)?;
 
         // 3. Warmup and measured publishing.
@@ -639,6 +645,7 @@ impl Coordinator {
                 warmup_s: p.warmup.as_secs_f64(),
                 payload_size_bytes: p.payload_size,
                 drain_timeout_s: p.drain_timeout.as_secs_f64(),
+                idle_settle_s: p.idle_settle.as_secs_f64(),
             },
             connect: ConnectFigures {
                 connected,

@@ -47,6 +47,8 @@ pub struct RunConfig {
     pub warmup_s: f64,
     pub payload_size_bytes: usize,
     pub drain_timeout_s: f64,
+    /// Quiet time before the idle RSS reading.
+    pub idle_settle_s: f64,
 }
 
 /// Connection set-up: upgraded, authenticated and joined.

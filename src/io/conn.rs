@@ -3,6 +3,7 @@
 //! `sendmsg` per connection), the ticker and the command loop.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
@@ -23,8 +24,28 @@ use crate::metrics::{Registry, ShardMetrics};
 use crate::proto::handshake::{self, HandshakeLimits, Request};
 use crate::shard::{ConnKey, Shard, ShardCommand};
 
-/// The shard as the I/O layer sees it: connections hold the shared fd.
-pub type IoShard = Shard<SharedFd<Socket>>;
+/// The shard as the I/O layer sees it.
+pub type IoShard = Shard<ConnSock>;
+
+/// A connection's socket as its shard record holds it.
+#[derive(Debug)]
+pub enum ConnSock {
+    /// A parked connection's socket, owned by the record alone: no shared
+    /// handle is allocated for an idle connection.
+    Owned(Socket),
+    /// Shared with the connection's own task (multishot receive, or no
+    /// shard epoll).
+    Shared(SharedFd<Socket>),
+}
+
+impl std::os::fd::AsFd for ConnSock {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            ConnSock::Owned(s) => s.as_fd(),
+            ConnSock::Shared(s) => s.as_fd(),
+        }
+    }
+}
 
 /// Bytes read from one connection before other tasks get a turn.
 const READ_BUDGET: usize = 256 * 1024;
@@ -360,16 +381,40 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
+    let mut shared = compio::buf::IntoInner::into_inner(pfd);
+    if io.ep.is_some() {
+        // Nothing is pending on the socket now: the record can own it.
+        match shared.try_unwrap() {
+            Ok(sock) => {
+                let key = io
+                    .shard
+                    .borrow_mut()
+                    .register(ConnSock::Owned(sock), &rest, Instant::now())
+                    .0;
+                drop(rest);
+                // The poller watches it from now on; this task and its
+                // future end.
+                park(&io, key);
+                return;
+            }
+            Err(s) => shared = s,
+        }
+    }
+    let pfd = match PollFd::from_shared_fd(shared.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register socket");
+            return;
+        }
+    };
     let key = {
         let mut sh = io.shard.borrow_mut();
-        let key = sh.register(pfd.to_shared_fd(), &rest, Instant::now()).0;
+        let key = sh
+            .register(ConnSock::Shared(shared), &rest, Instant::now())
+            .0;
         drop(rest);
         key
     };
-    if park(&io, key) {
-        // The poller watches it from now on; this task and its future end.
-        return;
-    }
     poll_fn(|cx| {
         loop {
             let (write_blocked, peer_eof) = {
@@ -381,7 +426,7 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
                     return Poll::Ready(());
                 }
                 if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    conn.waker = Some(cx.waker().clone());
+                    conn.waker = Some(Box::new(cx.waker().clone()));
                 }
                 (conn.write_blocked, conn.peer_eof)
             };
@@ -425,17 +470,17 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
 }
 
 /// Hand an upgraded connection to the shard's poller: register it in the
-/// shard's epoll and mark it parked. False (the caller keeps a task for
-/// it) without a shard epoll, or when the connection already died.
-fn park(io: &ShardIo, key: ConnKey) -> bool {
-    let Some(ep) = &io.ep else { return false };
+/// shard's epoll and mark it parked. A connection that already died, or
+/// that the shard's epoll does not take, is removed.
+fn park(io: &ShardIo, key: ConnKey) {
     let mut sh = io.shard.borrow_mut();
     let Some(conn) = sh.conns.get_mut(key as usize) else {
-        return false;
+        return;
     };
-    if conn.dead {
-        return false;
-    }
+    let Some(ep) = io.ep.as_ref().filter(|_| !conn.dead) else {
+        drop(sh.remove(key));
+        return;
+    };
     // Output queued during the upgrade (a `connected` for an
     // `authenticate` that came with the request) may already be blocked.
     let flags = if conn.write_blocked {
@@ -446,12 +491,10 @@ fn park(io: &ShardIo, key: ConnKey) -> bool {
     match epoll::add(ep, &conn.sock, ep_data(key, conn.generation), flags) {
         Ok(()) => {
             conn.parked = true;
-            conn.waker = None;
-            true
         }
         Err(e) => {
-            tracing::debug!(error = %e, "epoll add failed; the connection keeps a task");
-            false
+            tracing::warn!(error = %e, "the shard's epoll refused a connection; dropping it");
+            drop(sh.remove(key));
         }
     }
 }
@@ -556,22 +599,27 @@ pub async fn reaper(io: Rc<ShardIo>) {
             }
         })
         .await;
-        let keys = std::mem::take(&mut io.shard.borrow_mut().reap);
-        for key in keys {
-            let mut sh = io.shard.borrow_mut();
-            let Some(conn) = sh.conns.get(key as usize) else {
-                continue;
-            };
-            if !(conn.dead && conn.parked) {
-                continue;
-            }
-            if let Some(ep) = &io.ep {
-                let _ = epoll::delete(ep, &conn.sock);
-            }
-            let sock = sh.remove(key);
-            drop(sh);
-            drop(sock);
+        reap(&io);
+    }
+}
+
+/// Deregister and remove the parked connections that died so far.
+fn reap(io: &ShardIo) {
+    let keys = std::mem::take(&mut io.shard.borrow_mut().reap);
+    for key in keys {
+        let mut sh = io.shard.borrow_mut();
+        let Some(conn) = sh.conns.get(key as usize) else {
+            continue;
+        };
+        if !(conn.dead && conn.parked) {
+            continue;
         }
+        if let Some(ep) = &io.ep {
+            let _ = epoll::delete(ep, &conn.sock);
+        }
+        let sock = sh.remove(key);
+        drop(sh);
+        drop(sock);
     }
 }
 
@@ -698,7 +746,9 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
     };
     let key = {
         let mut sh = io.shard.borrow_mut();
-        let key = sh.register(shared, &rest, Instant::now()).0;
+        let key = sh
+            .register(ConnSock::Shared(shared), &rest, Instant::now())
+            .0;
         drop(rest);
         key
     };
@@ -715,7 +765,7 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
                     return Poll::Ready(());
                 }
                 if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    conn.waker = Some(cx.waker().clone());
+                    conn.waker = Some(Box::new(cx.waker().clone()));
                 }
                 (conn.write_blocked, conn.peer_eof)
             };
@@ -877,6 +927,12 @@ pub fn flush_one(io: &ShardIo, key: ConnKey) {
         sh.kill(key);
         return;
     }
+    if conn.out.is_empty() && conn.out.capacity() == 1 {
+        // The usual one-frame queue of a quiet connection: an idle
+        // connection keeps no queue allocation (larger ones, of busy
+        // connections, are kept until the sweep).
+        conn.out = VecDeque::new();
+    }
     let Some(conn) = sh.conns.get_mut(key as usize) else {
         return;
     };
@@ -906,7 +962,7 @@ pub fn flush_one(io: &ShardIo, key: ConnKey) {
 }
 
 /// Drop `n` written bytes from the front of the queue.
-fn advance(conn: &mut crate::shard::Conn<SharedFd<Socket>>, mut n: usize) {
+fn advance(conn: &mut crate::shard::Conn<ConnSock>, mut n: usize) {
     conn.out_bytes -= n.min(conn.out_bytes);
     while n > 0 {
         let Some(front) = conn.out.front() else { break };
@@ -989,15 +1045,45 @@ async fn yield_now() {
 /// Run the shard's timers.
 pub async fn ticker(io: Rc<ShardIo>) {
     let period = io.shard.borrow().tick_interval();
+    let mut next_release = Instant::now() + RELEASE_EVERY;
+    let mut churn_seen = churn(&io);
     loop {
         compio::time::sleep(period).await;
-        io.shard.borrow_mut().on_tick(Instant::now());
+        let now = Instant::now();
+        io.shard.borrow_mut().on_tick(now);
+        if now >= next_release {
+            next_release = now + RELEASE_EVERY;
+            // After connections came or went, once no upgrade is running.
+            let c = churn(&io);
+            if c != churn_seen && io.handshaking.get() == 0 {
+                churn_seen = c;
+                crate::runtime::release_free_memory();
+            }
+        }
     }
+}
+
+/// How often a shard may hand freed memory back (see
+/// [`crate::runtime::release_free_memory`]).
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
+
+/// Changes whenever a connection was upgraded or removed.
+fn churn(io: &ShardIo) -> (u64, usize) {
+    let sh = io.shard.borrow();
+    let upgrades = sh
+        .ctx
+        .metrics
+        .upgrades_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    (upgrades, sh.len())
 }
 
 /// Apply commands from the shard's channel, in batches.
 pub async fn commands(io: Rc<ShardIo>, rx: flume::Receiver<ShardCommand>) {
     while let Ok(cmd) = rx.recv_async().await {
+        // Connections that died before these commands are gone for them
+        // (a `Barrier` then sees the indexes without them).
+        reap(&io);
         let now = Instant::now();
         let mut sh = io.shard.borrow_mut();
         sh.handle_command(cmd, now);

@@ -9,3 +9,4 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod session;
+pub mod stamp;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::close::CloseReason;
 use super::message::{self, ClientMessage, error_text};
+use super::stamp::Stamp;
 use simd_json::borrowed::Value;
 
 /// Where a client is in its life (the reference's `WebSocketClientStates`,
@@ -96,18 +97,19 @@ pub struct Session {
     state: State,
     /// Last data frame of any kind (even invalid JSON); WebSocket pings and
     /// pongs do not count (PROTOCOL.md §10). The clock starts at connect.
-    last_activity: Instant,
+    last_activity: Stamp,
     /// Auth deadline while `Unauthorized`/`Authenticating`.
-    deadline: Option<Instant>,
+    deadline: Option<Stamp>,
 }
 
 impl Session {
     /// A freshly upgraded client: `Unauthorized`, auth timer running.
     pub fn new(now: Instant, t: &Timeouts) -> Self {
+        let now = Stamp::at(now);
         Session {
             state: State::Unauthorized,
             last_activity: now,
-            deadline: Some(now + t.auth),
+            deadline: Some(now.after(t.auth)),
         }
     }
 
@@ -117,19 +119,19 @@ impl Session {
     }
 
     /// When the current auth timer fires, if one runs.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Stamp> {
         self.deadline
     }
 
     /// Last data message time.
-    pub fn last_activity(&self) -> Instant {
+    pub fn last_activity(&self) -> Stamp {
         self.last_activity
     }
 
     /// Rule 1 for a message the shard handles itself (an encrypted
     /// envelope): it is activity.
     pub fn touch(&mut self, now: Instant) {
-        self.last_activity = now;
+        self.last_activity = Stamp::at(now);
     }
 
     /// Apply the rules of PROTOCOL.md §3 to one client message.
@@ -140,6 +142,7 @@ impl Session {
         t: &Timeouts,
     ) -> Action<'a> {
         // Rule 1: every message, even an invalid one, is activity.
+        let now = Stamp::at(now);
         self.last_activity = now;
         match msg {
             ClientMessage::Invalid => Action::Error(error_text::INVALID_FORMAT),
@@ -151,7 +154,7 @@ impl Session {
                 self.state = State::Authenticating;
                 // The in-progress timer replaces the connect timer so a
                 // hanging authenticator cannot hold the slot forever.
-                self.deadline = Some(now + t.auth * 3);
+                self.deadline = Some(now.after(t.auth * 3));
                 Action::Authenticate(data)
             }
             _ if self.state != State::Authenticated => Action::Error(error_text::NOT_AUTHENTICATED),
@@ -204,7 +207,7 @@ impl Session {
     /// deadline may have passed; returns the close to perform.
     pub fn poll_timeout(&mut self, now: Instant) -> Option<CloseReason> {
         match self.deadline {
-            Some(d) if now >= d && self.state != State::Authenticated => {
+            Some(d) if Stamp::at(now).reached(d) && self.state != State::Authenticated => {
                 self.deadline = None;
                 Some(CloseReason::AuthTimeout)
             }
@@ -215,8 +218,7 @@ impl Session {
     /// The heartbeat sweep (4002): only authenticated clients; the auth
     /// timers cover the others.
     pub fn heartbeat_expired(&self, now: Instant, t: &Timeouts) -> bool {
-        self.state == State::Authenticated
-            && now.saturating_duration_since(self.last_activity) > t.heartbeat
+        self.state == State::Authenticated && Stamp::at(now).since(self.last_activity) > t.heartbeat
     }
 }
 
@@ -271,7 +273,7 @@ mod tests {
             .starts_with("Authenticate(")
         );
         assert_eq!(s.state(), State::Authenticating);
-        assert_eq!(s.deadline(), Some(t0 + T.auth * 3));
+        assert_eq!(s.deadline(), Some(Stamp::at(t0 + T.auth * 3)));
         // A second authenticate while the first runs.
         assert_eq!(
             send(&mut s, r#"{"event":"authenticate"}"#, t0),

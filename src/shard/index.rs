@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 use indexmap::IndexSet;
 use slab::Slab;
@@ -123,16 +124,28 @@ impl Rooms {
 /// user id → that user's connections on this shard.
 #[derive(Debug, Default)]
 pub struct Users {
-    map: HashMap<Box<str>, SmallVec<[ConnKey; 2]>>,
+    /// The key string is shared with the sessions' records (`Conn::user`).
+    map: HashMap<Rc<str>, SmallVec<[ConnKey; 2]>>,
 }
 
 impl Users {
-    /// Index `key` under `user`.
-    pub fn add(&mut self, user: &str, key: ConnKey) {
-        let v = self.map.entry(user.into()).or_default();
-        if !v.contains(&key) {
-            v.push(key);
+    /// Index `key` under `user`; returns the index's copy of the user id
+    /// for the session's record to share.
+    pub fn add(&mut self, user: &str, key: ConnKey) -> Rc<str> {
+        if let Some((name, _)) = self.map.get_key_value(user) {
+            let name = name.clone();
+            if let Some(v) = self.map.get_mut(user)
+                && !v.contains(&key)
+            {
+                v.push(key);
+            }
+            return name;
         }
+        let name: Rc<str> = Rc::from(user);
+        let mut v = SmallVec::new();
+        v.push(key);
+        self.map.insert(name.clone(), v);
+        name
     }
 
     /// Remove `key` from `user`; the user disappears with its last session.

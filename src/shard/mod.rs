@@ -35,6 +35,7 @@ use crate::proto::encryption::{self, Cipher};
 use crate::proto::frame::{self, Message, MessageDecoder, OpCode, Role};
 use crate::proto::message::{self, Buffers, Connected};
 use crate::proto::session::{Action, AuthStep, Session, State, Timeouts, Verdict};
+use crate::proto::stamp::Stamp;
 
 pub use index::{ConnKey, RoomId};
 
@@ -110,7 +111,7 @@ pub enum ClientKey {
 #[derive(Debug, Clone, Copy)]
 pub struct Closing {
     /// After this the TCP connection is dropped regardless.
-    pub deadline: Instant,
+    pub deadline: Stamp,
     /// The client's close frame arrived.
     pub received: bool,
     /// Input after a protocol error is no longer parsed.
@@ -143,7 +144,8 @@ pub struct Conn<S> {
     pub id: ClientId,
     pub generation: u32,
     pub session: Session,
-    pub user: Option<Box<str>>,
+    /// Shared with the user index.
+    pub user: Option<std::rc::Rc<str>>,
     pub extra: Option<Box<ConnExtra>>,
     /// Rooms joined (the own-id room is the flag below).
     pub rooms: SmallVec<[RoomId; 4]>,
@@ -173,14 +175,14 @@ pub struct Conn<S> {
     /// written out, then the connection is dropped.
     pub peer_eof: bool,
     /// Last frame of any kind (for the idle ping/close).
-    pub last_rx: Instant,
+    pub last_rx: Stamp,
     pub ping_sent: bool,
     /// Bytes of an incomplete frame or message, and the decoder's state;
     /// `None` (no allocation) whenever the connection is between messages.
     pub read: Option<Box<ReadState>>,
     /// The connection task, woken when the shard kills the connection
     /// (connections with a task of their own; see `parked`).
-    pub waker: Option<Waker>,
+    pub waker: Option<Box<Waker>>,
     /// Watched by the shard's poller instead of a task of its own (the I/O
     /// layer's choice): killing it queues it in `reap` for the I/O layer
     /// to deregister and `remove`.
@@ -201,8 +203,8 @@ pub struct Shard<S> {
     /// The flusher task, woken when `dirty` becomes non-empty.
     pub flush_waker: Option<Waker>,
     /// Auth deadlines in order: connect (auth timeout) and in-progress (×3).
-    connect_deadlines: VecDeque<(Instant, ConnKey, u32)>,
-    auth_deadlines: VecDeque<(Instant, ConnKey, u32)>,
+    connect_deadlines: VecDeque<(Stamp, ConnKey, u32)>,
+    auth_deadlines: VecDeque<(Stamp, ConnKey, u32)>,
     next_sweep: Instant,
     next_heartbeat: Instant,
     next_generation: u32,
@@ -333,7 +335,7 @@ impl<S> Shard<S> {
             write_shut: false,
             dead: false,
             peer_eof: false,
-            last_rx: now,
+            last_rx: Stamp::at(now),
             ping_sent: false,
             read: None,
             waker: None,
@@ -341,8 +343,9 @@ impl<S> Shard<S> {
             sock,
         }) as ConnKey;
         self.by_id.insert(id, key);
-        self.connect_deadlines
-            .push_back((now + self.timeouts.auth, key, generation));
+        if let Some(d) = self.conns[key as usize].session.deadline() {
+            self.connect_deadlines.push_back((d, key, generation));
+        }
         let m = &self.ctx.metrics;
         m.conns_unauthorized
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -368,7 +371,7 @@ impl<S> Shard<S> {
         if conn.dead {
             return;
         }
-        conn.last_rx = now;
+        conn.last_rx = Stamp::at(now);
         conn.ping_sent = false;
         if conn.closing.is_some_and(|c| c.discard_input) {
             return;
@@ -434,7 +437,7 @@ impl<S> Shard<S> {
             return;
         }
         self.encrypt_pending_of(key);
-        let deadline = now + self.ctx.config.close_timeout;
+        let deadline = Stamp::at(now).after(self.ctx.config.close_timeout);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -473,7 +476,7 @@ impl<S> Shard<S> {
                     w.wake_by_ref();
                 }
             } else if let Some(w) = conn.waker.take() {
-                w.wake();
+                (*w).wake();
             }
         }
     }
@@ -518,7 +521,7 @@ impl<S> Shard<S> {
                     None => frame::encode_frame(&mut buf, true, OpCode::Close, &[], None),
                 }
                 conn.closing = Some(Closing {
-                    deadline: now + self.ctx.config.close_timeout,
+                    deadline: Stamp::at(now).after(self.ctx.config.close_timeout),
                     received: true,
                     discard_input: true,
                 });
@@ -716,7 +719,6 @@ impl<S> Shard<S> {
             room_patterns,
         } = identity;
         let conn = &mut self.conns[key as usize];
-        conn.user = user_id.as_deref().filter(|u| !u.is_empty()).map(Box::from);
         if metadata.is_some() || room_patterns.is_some() {
             let extra = conn.extra.get_or_insert_with(Default::default);
             extra.metadata = metadata.clone();
@@ -726,7 +728,8 @@ impl<S> Shard<S> {
         let id = conn.id;
         // An empty userId is falsy in the reference: not indexed.
         if let Some(u) = user_id.as_deref().filter(|u| !u.is_empty()) {
-            self.users.add(u, key);
+            let name = self.users.add(u, key);
+            self.conns[key as usize].user = Some(name);
         }
         let defaults = self.ctx.config.default_rooms.clone();
         for r in &defaults {
@@ -1092,7 +1095,7 @@ impl<S> Shard<S> {
     /// after what is already queued (for a slow client: instead of it), stop
     /// queuing anything else, drop the connection after `close_timeout`.
     pub fn close(&mut self, key: ConnKey, reason: CloseReason, now: Instant) {
-        let deadline = now + self.ctx.config.close_timeout;
+        let deadline = Stamp::at(now).after(self.ctx.config.close_timeout);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -1181,6 +1184,7 @@ impl<S> Shard<S> {
     /// Timers: auth timeouts (4001), heartbeat (4002), idle ping/close, and
     /// the close-handshake deadline.
     pub fn on_tick(&mut self, now: Instant) {
+        let stamp = Stamp::at(now);
         for q in 0..2 {
             loop {
                 let queue = if q == 0 {
@@ -1189,7 +1193,7 @@ impl<S> Shard<S> {
                     &mut self.auth_deadlines
                 };
                 match queue.front() {
-                    Some((d, _, _)) if *d <= now => {}
+                    Some((d, _, _)) if stamp.reached(*d) => {}
                     _ => break,
                 }
                 let Some((_, key, generation)) = queue.pop_front() else {
@@ -1232,7 +1236,7 @@ impl<S> Shard<S> {
                 continue;
             }
             if let Some(cl) = &conn.closing {
-                if now >= cl.deadline {
+                if stamp.reached(cl.deadline) {
                     to_kill.push(k);
                 }
                 continue;
@@ -1246,7 +1250,7 @@ impl<S> Shard<S> {
                 conn.out = VecDeque::new();
             }
             if let Some(idle) = idle {
-                let quiet = now.saturating_duration_since(conn.last_rx);
+                let quiet = stamp.since(conn.last_rx);
                 if quiet >= idle {
                     to_close.push((k, CloseReason::IdleTimeout));
                 } else if quiet >= idle / 2 && !conn.ping_sent {
