@@ -131,6 +131,14 @@ pub struct Config {
     /// Outbound bytes queued per client before the slow-client policy acts.
     /// Ignis/Bun: `BACKPRESSURE_LIMIT` (1 MiB). Bounds memory per client.
     pub backpressure_limit: usize,
+    /// Messages (data frames, pings and pongs) a client may send within one
+    /// second of the clock; one more and it is closed with 1008. 0 = no
+    /// limit. Not in the reference: a guard against message floods.
+    pub client_max_msgs_per_sec: u32,
+    /// Rooms one client may be in (default rooms count; they are always
+    /// joined); joins past it are refused like rooms the validator refuses.
+    /// 0 = no limit. Not in the reference: bounds a client's index entries.
+    pub max_rooms_per_client: usize,
     /// What happens past the budget.
     pub slow_client: SlowClientPolicy,
     /// Connections per process; 0 = derived from the file-descriptor limit.
@@ -210,6 +218,8 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(60)),
             max_payload: 128 * 1024,
             backpressure_limit: 1024 * 1024,
+            client_max_msgs_per_sec: 1000,
+            max_rooms_per_client: 100,
             slow_client: SlowClientPolicy::Close,
             max_connections: 0,
             handshake_timeout: Duration::from_millis(5_000),
@@ -536,6 +546,14 @@ pub struct ServeArgs {
     /// [default: 1MiB].
     #[arg(long, env = "IGNIS_WS_BACKPRESSURE_LIMIT", value_name = "SIZE")]
     pub backpressure_limit: Option<ByteSize>,
+    /// Messages (data, ping, pong) one client may send per second; one more
+    /// closes it with 1008; 0 = no limit [default: 1000].
+    #[arg(long, env = "IGNIS_WS_CLIENT_MAX_MSGS_PER_SEC", value_name = "N")]
+    pub client_max_msgs_per_sec: Option<u32>,
+    /// Rooms one client may be in; joins past it are refused; 0 = no limit
+    /// [default: 100].
+    #[arg(long, env = "IGNIS_WS_MAX_ROOMS_PER_CLIENT", value_name = "N")]
+    pub max_rooms_per_client: Option<usize>,
     /// Past the budget: close (1008) or drop messages [default: close].
     #[arg(long, env = "IGNIS_WS_SLOW_CLIENT", value_enum)]
     pub slow_client: Option<SlowClientPolicy>,
@@ -663,6 +681,8 @@ impl ServeArgs {
             idle_timeout_s,
             max_payload,
             backpressure_limit,
+            client_max_msgs_per_sec,
+            max_rooms_per_client,
             slow_client,
             max_connections,
             handshake_timeout_ms,
@@ -756,6 +776,10 @@ impl ServeArgs {
                 .backpressure_limit
                 .map(|b| b.0)
                 .unwrap_or(d.backpressure_limit),
+            client_max_msgs_per_sec: self
+                .client_max_msgs_per_sec
+                .unwrap_or(d.client_max_msgs_per_sec),
+            max_rooms_per_client: self.max_rooms_per_client.unwrap_or(d.max_rooms_per_client),
             slow_client: self.slow_client.unwrap_or(d.slow_client),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             handshake_timeout: ms(self.handshake_timeout_ms, d.handshake_timeout),

@@ -52,6 +52,8 @@ pub struct ShardMetrics {
     /// Join requests and rooms joined/refused by the validator.
     pub rooms_joined: AtomicU64,
     pub rooms_refused: AtomicU64,
+    pub rooms_over_limit: AtomicU64,
+    pub rate_limited: AtomicU64,
     /// Current rooms and users on this shard (gauges).
     pub rooms: AtomicI64,
     pub users: AtomicI64,
@@ -333,7 +335,7 @@ impl Registry {
             }
         }
         type Getter = fn(&ShardMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Getter); 21] = [
+        let counters: [(&str, &str, Getter); 23] = [
             (
                 "recv_ring_empty_total",
                 "io_uring receives that found the buffer ring empty.",
@@ -405,8 +407,18 @@ impl Registry {
             ),
             (
                 "rooms_refused_total",
-                "Rooms refused by filter or validator.",
+                "Rooms refused by filter or validator, or past --max-rooms-per-client.",
                 |s| &s.rooms_refused,
+            ),
+            (
+                "rooms_over_limit_total",
+                "Rooms refused because the client was in --max-rooms-per-client rooms.",
+                |s| &s.rooms_over_limit,
+            ),
+            (
+                "rate_limited_total",
+                "Clients closed with 1008 for sending more than --client-max-msgs-per-sec.",
+                |s| &s.rate_limited,
             ),
             ("auth_timeouts_total", "Clients closed with 4001.", |s| {
                 &s.auth_timeouts

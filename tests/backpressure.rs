@@ -53,6 +53,9 @@ fn cfg(io: IoMode, policy: SlowClientPolicy) -> ignis_ws::Config {
     let mut c = config(io);
     c.backpressure_limit = 256 * 1024;
     c.slow_client = policy;
+    // The outbound budget is under test here, not the message rate limit
+    // (tests/limits.rs).
+    c.client_max_msgs_per_sec = 0;
     c
 }
 

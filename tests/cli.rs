@@ -66,6 +66,27 @@ fn bad_values_exit_2_naming_the_key() {
             vec![("IGNIS_WS_HEARTBEAT_INTERVAL_MS", "x")],
             "--heartbeat-interval-ms",
         ),
+        (
+            vec![
+                "serve",
+                "--auth",
+                "insecure",
+                "--client-max-msgs-per-sec",
+                "lots",
+            ],
+            vec![],
+            "--client-max-msgs-per-sec",
+        ),
+        (
+            vec!["serve", "--auth", "insecure"],
+            vec![("IGNIS_WS_MAX_ROOMS_PER_CLIENT", "many")],
+            "--max-rooms-per-client",
+        ),
+        (
+            vec!["serve", "--auth", "insecure"],
+            vec![("IGNIS_WS_HEARTBEAT_TIMEOUT_MS", "90000000000")],
+            "--heartbeat-timeout-ms",
+        ),
         (vec!["serve", "--auth", "jwt"], vec![], "--jwt-secret"),
         (vec!["serve", "--auth", "webhook"], vec![], "--auth-url"),
         (
@@ -140,6 +161,8 @@ fn help_documents_every_flag() {
         "--max-payload",
         "--backpressure-limit",
         "--slow-client",
+        "--client-max-msgs-per-sec",
+        "--max-rooms-per-client",
         "--max-connections",
         "--config",
         "--log",

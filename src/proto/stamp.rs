@@ -50,6 +50,12 @@ impl Stamp {
         Duration::from_millis(diff.max(0) as u64)
     }
 
+    /// The whole second of the epoch's clock this stamp falls in (wraps
+    /// with the stamp; for counting per second).
+    pub fn seconds(self) -> u32 {
+        self.0 / 1000
+    }
+
     /// `self` is at or after `deadline`.
     pub fn reached(self, deadline: Stamp) -> bool {
         self.0.wrapping_sub(deadline.0) as i32 >= 0

@@ -176,6 +176,10 @@ pub struct Conn<S> {
     pub peer_eof: bool,
     /// Last frame of any kind (for the idle ping/close).
     pub last_rx: Stamp,
+    /// `--client-max-msgs-per-sec`: the clock second being counted and the
+    /// messages seen in it.
+    pub rate_window: u32,
+    pub rate_count: u32,
     pub ping_sent: bool,
     /// Bytes of an incomplete frame or message, and the decoder's state;
     /// `None` (no allocation) whenever the connection is between messages.
@@ -336,6 +340,8 @@ impl<S> Shard<S> {
             dead: false,
             peer_eof: false,
             last_rx: Stamp::at(now),
+            rate_window: 0,
+            rate_count: 0,
             ping_sent: false,
             read: None,
             waker: None,
@@ -482,6 +488,9 @@ impl<S> Shard<S> {
     }
 
     fn on_message(&mut self, key: ConnKey, msg: Message, now: Instant) {
+        if !matches!(msg, Message::Close(_)) && self.over_rate(key, now) {
+            return;
+        }
         let m = &self.ctx.metrics;
         match msg {
             Message::Text(payload) | Message::Binary(payload) => {
@@ -499,6 +508,37 @@ impl<S> Shard<S> {
             Message::Pong(_) => {}
             Message::Close(cf) => self.on_close_frame(key, cf, now),
         }
+    }
+
+    /// Count one message against `--client-max-msgs-per-sec`; true if it is
+    /// over (the client is then being closed with 1008, or already was).
+    fn over_rate(&mut self, key: ConnKey, now: Instant) -> bool {
+        let limit = self.ctx.config.client_max_msgs_per_sec;
+        let conn = &mut self.conns[key as usize];
+        if limit == 0 {
+            return false;
+        }
+        let second = Stamp::at(now).seconds();
+        if conn.rate_window != second {
+            conn.rate_window = second;
+            conn.rate_count = 0;
+        }
+        conn.rate_count = conn.rate_count.saturating_add(1);
+        if conn.rate_count <= limit {
+            return false;
+        }
+        if conn.rate_count == limit + 1 && conn.closing.is_none() {
+            tracing::debug!(client = %conn.id, limit, "message rate limit exceeded");
+            ShardMetrics::add(&self.ctx.metrics.rate_limited, 1);
+            self.close(key, CloseReason::RateLimited, now);
+            if let Some(c) = self.conns.get_mut(key as usize)
+                && let Some(cl) = &mut c.closing
+            {
+                // Nothing more it sends is looked at.
+                cl.discard_input = true;
+            }
+        }
+        true
     }
 
     fn on_close_frame(&mut self, key: ConnKey, cf: Option<frame::CloseFrame>, now: Instant) {
@@ -822,7 +862,29 @@ impl<S> Shard<S> {
         }
     }
 
-    fn start_join(&mut self, key: ConnKey, rooms: Vec<String>) {
+    /// Joining `name` would not take one of the client's room slots: it is
+    /// in it already, or it is the room named by its own id (a flag, not
+    /// an index entry).
+    fn takes_no_slot(&self, key: ConnKey, name: &str) -> bool {
+        let conn = &self.conns[key as usize];
+        if ClientId::parse(name) == Some(conn.id) {
+            return true;
+        }
+        self.rooms
+            .id(name)
+            .is_some_and(|rid| conn.rooms.contains(&rid))
+    }
+
+    fn start_join(&mut self, key: ConnKey, mut rooms: Vec<String>) {
+        let cap = self.ctx.config.max_rooms_per_client;
+        if cap > 0 && rooms.len() > cap {
+            // More than could ever be joined: the rest is refused unseen.
+            let over = (rooms.len() - cap) as u64;
+            rooms.truncate(cap);
+            let m = &self.ctx.metrics;
+            ShardMetrics::add(&m.rooms_refused, over);
+            ShardMetrics::add(&m.rooms_over_limit, over);
+        }
         let Some(validator) = self.ctx.room_validator.clone() else {
             tracing::debug!("join refused: no room validator configured");
             ShardMetrics::add(&self.ctx.metrics.rooms_refused, rooms.len() as u64);
@@ -869,13 +931,25 @@ impl<S> Shard<S> {
         }
         // Only rooms that were asked for and passed the filter: a validator
         // cannot put a client into `ws:` rooms.
+        let asked: std::collections::HashSet<&str> = requested.iter().map(String::as_str).collect();
+        let cap = self.ctx.config.max_rooms_per_client;
         let mut joined = 0u64;
-        for r in allowed.iter().filter(|r| requested.contains(r)) {
+        let mut over = 0u64;
+        for r in allowed.iter().filter(|r| asked.contains(r.as_str())) {
+            if cap > 0 && self.conns[key as usize].rooms.len() >= cap && !self.takes_no_slot(key, r)
+            {
+                over += 1;
+                continue;
+            }
             self.join_room(key, r);
             joined += 1;
         }
+        if over > 0 {
+            tracing::debug!(client = %self.conns[key as usize].id, over, cap, "joins past --max-rooms-per-client refused");
+        }
         let m = &self.ctx.metrics;
         ShardMetrics::add(&m.rooms_joined, joined);
+        ShardMetrics::add(&m.rooms_over_limit, over);
         ShardMetrics::add(
             &m.rooms_refused,
             requested.len() as u64 - joined.min(requested.len() as u64),
