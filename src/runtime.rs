@@ -387,6 +387,8 @@ fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<Socket>, Error> {
         s.set_reuse_address(true).map_err(listen_err)?;
         s.set_reuse_port(true).map_err(listen_err)?;
         s.set_nonblocking(true).map_err(listen_err)?;
+        // Inherited by every accepted socket: no setsockopt per connection.
+        s.set_tcp_nodelay(true).map_err(listen_err)?;
         s.bind(&addr.into()).map_err(listen_err)?;
         s.listen(4096).map_err(listen_err)?;
         if addr.port() == 0
@@ -516,5 +518,21 @@ mod release_tests {
             assert_eq!(v.len(), 100 + i % 300);
             assert!(v.iter().all(|&b| b == i as u8));
         }
+    }
+}
+
+#[cfg(test)]
+mod listener_tests {
+    /// `bind_all` sets TCP_NODELAY on the listener only: accepted sockets
+    /// must inherit it (Linux copies it), or small frames would wait for
+    /// Nagle.
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let ls = super::bind_all("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = ls[0].local_addr().unwrap().as_socket().unwrap();
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        ls[0].set_nonblocking(false).unwrap();
+        let (s, _) = ls[0].accept().unwrap();
+        assert!(s.tcp_nodelay().unwrap());
     }
 }

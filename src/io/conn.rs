@@ -155,8 +155,16 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
             continue;
         }
         loop {
-            match listener.accept() {
-                Ok((s, _peer)) => {
+            // Non-blocking from the start (no fcntl); TCP_NODELAY comes
+            // from the listener (Linux copies it to accepted sockets).
+            let accepted = rustix::net::accept_with(
+                listener.as_fd_ref(),
+                rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+            )
+            .map(Socket::from)
+            .map_err(io::Error::from);
+            match accepted {
+                Ok(s) => {
                     ShardMetrics::add(&m.accepted_total, 1);
                     if !io
                         .shard
@@ -164,17 +172,12 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
                         .has_room_for_connection(io.handshaking.get())
                     {
                         ShardMetrics::add(&m.refused_total, 1);
-                        let _ = s.set_nonblocking(true);
                         let _ = s.send_with_flags(
                             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                             libc::MSG_NOSIGNAL,
                         );
                         continue;
                     }
-                    if s.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let _ = s.set_tcp_nodelay(true);
                     compio::runtime::spawn(conn_task(io.clone(), s)).detach();
                 }
                 Err(e) if is_would_block(&e) => break,
@@ -227,18 +230,32 @@ async fn read_more(
     buf: &mut Vec<u8>,
     limit: usize,
 ) -> io::Result<bool> {
-    pfd.read_ready().await?;
+    // The request is often there already: read first, wait only if not.
+    let (mut waited, mut got) = (false, false);
     loop {
-        let mut scratch = io.scratch.borrow_mut();
-        match rustix::net::recv(pfd.as_fd_ref(), &mut scratch[..], RecvFlags::DONTWAIT) {
+        let r = {
+            let mut scratch = io.scratch.borrow_mut();
+            rustix::net::recv(pfd.as_fd_ref(), &mut scratch[..], RecvFlags::DONTWAIT).map(
+                |(n, _)| {
+                    buf.extend_from_slice(&scratch[..n]);
+                    (n, n < scratch.len())
+                },
+            )
+        };
+        match r {
             Ok((0, _)) => return Ok(false),
-            Ok((n, _)) => {
-                buf.extend_from_slice(&scratch[..n]);
-                if n < scratch.len() {
+            Ok((_, drained)) => {
+                got = true;
+                if drained {
                     return Ok(true);
                 }
             }
-            Err(Errno::AGAIN) => return Ok(true),
+            Err(Errno::AGAIN) if waited || got => return Ok(true),
+            Err(Errno::AGAIN) => {
+                pfd.read_ready().await?;
+                waited = true;
+                continue;
+            }
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
