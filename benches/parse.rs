@@ -52,6 +52,33 @@ fn client(c: &mut Criterion) {
     g.finish();
 }
 
+/// A `join`'s room list is filtered and deduplicated before the shard
+/// applies `--max-rooms-per-client`: the cost must grow linearly with the
+/// message (the largest join under 128 KiB lists 21,835 short names).
+fn join_rooms(c: &mut Criterion) {
+    let mut g = c.benchmark_group("join_rooms");
+    let mut buffers = Buffers::default();
+    let mut scratch = Vec::new();
+    for n in [1_000usize, 21_835] {
+        let names: Vec<String> = (0..n).map(|i| format!("{i:x}")).collect();
+        let text = serde_json::json!({"event":"join","data":{"rooms":names}}).to_string();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &text, |b, t| {
+            b.iter(|| {
+                scratch.clear();
+                scratch.extend_from_slice(t.as_bytes());
+                match message::parse(&mut scratch, &mut buffers) {
+                    message::ClientMessage::Join(d) => {
+                        black_box(message::join_rooms(d.as_ref()).len());
+                    }
+                    _ => unreachable!(),
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 fn envelopes() -> Vec<(&'static str, String)> {
     vec![
         (
@@ -100,5 +127,5 @@ fn envelope(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, client, envelope);
+criterion_group!(benches, client, join_rooms, envelope);
 criterion_main!(benches);

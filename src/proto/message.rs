@@ -161,6 +161,9 @@ fn rooms_array<'v, 'a>(data: Option<&'v Value<'a>>) -> &'v [Value<'a>] {
 /// without duplicates. The room validator sees only these.
 pub fn join_rooms(data: Option<&Value<'_>>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    // Duplicates are collapsed in one pass (a 128 KiB join lists ~30,000
+    // names: comparing each with all before it stalled the shard).
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for r in rooms_array(data) {
         let Value::String(name) = r else { continue };
         if name.is_empty()
@@ -169,7 +172,7 @@ pub fn join_rooms(data: Option<&Value<'_>>) -> Vec<String> {
         {
             continue;
         }
-        if !out.iter().any(|o| o == name.as_ref()) {
+        if seen.insert(name.as_ref()) {
             out.push(name.to_string());
         }
     }
