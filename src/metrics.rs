@@ -57,6 +57,8 @@ pub struct ShardMetrics {
     /// Current rooms and users on this shard (gauges).
     pub rooms: AtomicI64,
     pub users: AtomicI64,
+    /// Accepted connections still in their HTTP upgrade.
+    pub handshaking: AtomicI64,
     /// Clients that completed the encryption handshake and are connected
     /// (gauge).
     pub encrypted_clients: AtomicI64,
@@ -326,7 +328,12 @@ impl Registry {
                 "Connected clients with an encryption session, by shard.",
                 |s: &ShardMetrics| &s.encrypted_clients,
             ),
-        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 3]
+            (
+                "handshakes_in_progress",
+                "Accepted connections still in their HTTP upgrade (they count against --max-connections), by shard.",
+                |s: &ShardMetrics| &s.handshaking,
+            ),
+        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 4]
         {
             writeln!(o, "# HELP ignis_ws_{name} {help}")?;
             writeln!(o, "# TYPE ignis_ws_{name} gauge")?;

@@ -323,6 +323,17 @@ async fn slowloris(io: IoMode) {
         0,
         "the normal client was served while the attack was still on"
     );
+    // The attackers were accepted before the normal client (one listen
+    // queue, served in order): all of them are in their upgrade now (the
+    // handle's view of the /metrics gauge: no HTTP slot is left for it).
+    let in_upgrade = |h: &ignis_ws::Handle| -> i64 {
+        h.metrics()
+            .shards
+            .iter()
+            .map(|m| m.handshaking.load(SeqCst))
+            .sum()
+    };
+    assert_eq!(in_upgrade(&h), SLOWLORIS as i64);
     let (mut got_408, mut closed) = (0, 0);
     for a in attackers {
         let (held, resp) = a.await.unwrap();
@@ -353,6 +364,13 @@ async fn slowloris(io: IoMode) {
         1,
         "only the normal client is open: {body}"
     );
+    // (The /metrics request counted itself while it was served.)
+    assert_eq!(
+        metric(&body, "ignis_ws_handshakes_in_progress"),
+        1,
+        "{body}"
+    );
+    assert_eq!(in_upgrade(&h), 0);
     // Every handshake slot was given back: exactly SLOWLORIS more clients
     // fit beside the normal one, and the next is refused.
     let more = join_all((0..SLOWLORIS).map(|i| {

@@ -372,7 +372,7 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
-    io.handshaking.set(io.handshaking.get() + 1);
+    handshaking(&io, 1);
     // Boxed: the handshake's state lives only while it runs, not for the
     // whole life of an idle connection's task.
     let upgraded = Box::pin(compio::time::timeout(
@@ -380,7 +380,7 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
         handshake(&io, &pfd),
     ))
     .await;
-    io.handshaking.set(io.handshaking.get() - 1);
+    handshaking(&io, -1);
     let rest = match upgraded {
         Ok(Ok(Some(rest))) => rest,
         Ok(Ok(None)) => return,
@@ -484,6 +484,15 @@ async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
     let sock = io.shard.borrow_mut().remove(key);
     drop(sock);
     drop(pfd);
+}
+
+/// One more (`1`) or one fewer (`-1`) connection in its HTTP upgrade.
+fn handshaking(io: &ShardIo, delta: isize) {
+    io.handshaking
+        .set(io.handshaking.get().saturating_add_signed(delta));
+    io.metrics()
+        .handshaking
+        .fetch_add(delta as i64, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Hand an upgraded connection to the shard's poller: register it in the
@@ -730,7 +739,7 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
     };
     let rx = stream.read_multi(RECV_LEN);
     let mut rx = std::pin::pin!(rx);
-    io.handshaking.set(io.handshaking.get() + 1);
+    handshaking(&io, 1);
     let upgraded = {
         let mut src = Multishot {
             rx: &mut rx,
@@ -743,7 +752,7 @@ async fn conn_task_uring(io: Rc<ShardIo>, mut stream: compio::net::TcpStream) {
         ))
         .await
     };
-    io.handshaking.set(io.handshaking.get() - 1);
+    handshaking(&io, -1);
     let rest = match upgraded {
         Ok(Ok(Some(rest))) => rest,
         Ok(Ok(None)) => return,
