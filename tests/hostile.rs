@@ -9,9 +9,7 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
@@ -25,9 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use util::binary::{Binary, rss_kib};
 use util::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ignis-ws");
 const M: Option<[u8; 4]> = Some([0xa1, 0xb2, 0xc3, 0xd4]);
 const INVALID: &str = r#"{"event":"error","data":{"message":"Invalid message format"}}"#;
 
@@ -149,97 +147,6 @@ fn pattern(len: usize) -> String {
     (0..len)
         .map(|i| A[(i * 7 + i / 37) % A.len()] as char)
         .collect()
-}
-
-/// The real `ignis-ws` binary as a child process; killed if the test
-/// fails before shutting it down.
-struct Binary {
-    child: Option<Child>,
-    pid: u32,
-    addr: SocketAddr,
-}
-
-impl Binary {
-    fn spawn(args: &[&str]) -> Binary {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("IGNIS_WS_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn ignis-ws");
-        let stdout = child.stdout.take().unwrap();
-        // Owned from here: killed and reaped on drop if start-up fails.
-        let mut srv = Binary {
-            pid: child.id(),
-            child: Some(child),
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines.next().expect("the server logs its address").unwrap();
-            if line.contains("listening") {
-                srv.addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .expect("addr= in the listening line")
-                    .parse()
-                    .unwrap();
-                // Keep draining the log so the server never blocks on it.
-                std::thread::spawn(move || for _ in lines {});
-                return srv;
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Resident set size of the server process, KiB.
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.pid)
-    }
-
-    /// SIGTERM, then the exit status must be success.
-    async fn stop(mut self) {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(self.pid as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let mut child = self.child.take().unwrap();
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "{status:?}");
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .map(|v| v.trim().parse().unwrap())
-        .expect("VmRSS in /proc/<pid>/status")
 }
 
 /// The back end a test variant runs on, for its printed figures.

@@ -13,9 +13,7 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
@@ -29,9 +27,9 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use util::binary::{Binary, rss_kib};
 use util::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ignis-ws");
 const KEY: &str = "soak-api-key-0123456789";
 /// Clients connected at the peak.
 const PEAK: usize = 5000;
@@ -49,93 +47,6 @@ const CONCURRENCY: usize = 250;
 /// a couple of MiB between runs; a leak of even 100 B per churned client
 /// exceeds it within the default 20 s (~25,000 clients churned).
 const RSS_TOLERANCE: u64 = 4096;
-
-/// The real binary as a child process; killed if the test fails before
-/// shutting it down.
-struct Binary {
-    child: Option<Child>,
-    pid: u32,
-    addr: SocketAddr,
-}
-
-impl Binary {
-    fn spawn(args: &[&str]) -> Binary {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("IGNIS_WS_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn ignis-ws");
-        let stdout = child.stdout.take().unwrap();
-        // Owned from here: killed and reaped on drop if start-up fails.
-        let mut srv = Binary {
-            pid: child.id(),
-            child: Some(child),
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines.next().expect("the server logs its address").unwrap();
-            if line.contains("listening") {
-                srv.addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .expect("addr= in the listening line")
-                    .parse()
-                    .unwrap();
-                // Keep draining the log so the server never blocks on it.
-                std::thread::spawn(move || for _ in lines {});
-                return srv;
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// SIGTERM, then the exit status must be success.
-    async fn stop(mut self) {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(self.pid as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let mut child = self.child.take().unwrap();
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "{status:?}");
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Resident set size of process `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .map(|v| v.trim().parse().unwrap())
-        .expect("VmRSS in /proc/<pid>/status")
-}
 
 /// RSS samples for up to `max`: the lowest seen, or the first at or below
 /// `target`.

@@ -4,6 +4,8 @@
 #![allow(dead_code)] // reason: each test file uses a different subset
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
