@@ -195,15 +195,7 @@ async fn closed_client_is_gone_from_every_index(io: IoMode) {
     c.close().await;
     // The close handshake is over for the client; the server drops the
     // connection on its next turn (a task's, or the reaper's).
-    let gone = async {
-        while h.connections() != 1 {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, gone)
-        .await
-        .expect("the closed client is removed");
-    h.settle().await;
+    until(&h, "the closed client is removed", |h| h.connections() == 1).await;
     h.to_user("solo", "x", &json!(1)).unwrap();
     h.to_client(&id_of(&d), "x", &json!(1)).unwrap();
     h.to_room(&id_of(&d), "x", &json!(1), &[]).unwrap();

@@ -11,7 +11,7 @@ mod util;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
@@ -23,85 +23,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use util::binary::{Binary, rss_kib};
+use util::binary::{Binary, rss_kib, rss_settle};
 use util::*;
 
 const M: Option<[u8; 4]> = Some([0xa1, 0xb2, 0xc3, 0xd4]);
 const INVALID: &str = r#"{"event":"error","data":{"message":"Invalid message format"}}"#;
 
 // ---------------------------------------------------------------- helpers
-
-/// Sum of every sample of metric `name` (all label sets) in a Prometheus
-/// text body.
-fn metric(body: &str, name: &str) -> i64 {
-    metric_where(body, name, "")
-}
-
-/// Sum of the samples of `name` whose labels contain `label`.
-fn metric_where(body: &str, name: &str, label: &str) -> i64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-                && l.contains(label)
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-        .sum()
-}
-
-async fn metrics(addr: SocketAddr) -> String {
-    let (head, body) = http_get(addr, "/metrics").await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body
-}
-
-/// Poll `/metrics` until `name` sums to `want` (there is no event to await
-/// for a gauge; the poll is bounded by WAIT).
-async fn wait_metric(addr: SocketAddr, name: &str, want: i64) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let body = metrics(addr).await;
-        if metric(&body, name) == want {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not reach {want}:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn rooms_gauge(h: &ignis_ws::Handle) -> i64 {
-    h.metrics()
-        .shards
-        .iter()
-        .map(|m| m.rooms.load(Relaxed))
-        .sum()
-}
-
-fn users_gauge(h: &ignis_ws::Handle) -> i64 {
-    h.metrics()
-        .shards
-        .iter()
-        .map(|m| m.users.load(Relaxed))
-        .sum()
-}
-
-/// Wait until `f` holds after the shards have handled everything sent so
-/// far (closes are reaped asynchronously; bounded by WAIT).
-async fn until(h: &ignis_ws::Handle, what: &str, f: impl Fn(&ignis_ws::Handle) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        h.settle().await;
-        if f(h) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not reached in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// The request head of a WebSocket upgrade on `/ws`.
 fn upgrade_head() -> String {
@@ -233,13 +161,7 @@ async fn slowloris(io: IoMode) {
     // The attackers were accepted before the normal client (one listen
     // queue, served in order): all of them are in their upgrade now (the
     // handle's view of the /metrics gauge: no HTTP slot is left for it).
-    let in_upgrade = |h: &ignis_ws::Handle| -> i64 {
-        h.metrics()
-            .shards
-            .iter()
-            .map(|m| m.handshaking.load(SeqCst))
-            .sum()
-    };
+    let in_upgrade = |h: &ignis_ws::Handle| gauge(h, |m| &m.handshaking);
     assert_eq!(in_upgrade(&h), SLOWLORIS as i64);
     let (mut got_408, mut closed) = (0, 0);
     for a in attackers {
@@ -319,20 +241,6 @@ async fn never_auth_round(url: &str, n: usize) {
     }
 }
 
-/// RSS samples for up to `max`: the lowest seen, or the first at or below
-/// `target`.
-async fn rss_settle(srv: &Binary, max: Duration, target: Option<u64>) -> u64 {
-    let deadline = Instant::now() + max;
-    let mut low = srv.rss_kib();
-    loop {
-        if target.is_some_and(|t| low <= t) || Instant::now() >= deadline {
-            return low;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        low = low.min(srv.rss_kib());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_authenticating_clients() {
     const N: usize = 1000;
@@ -355,7 +263,7 @@ async fn never_authenticating_clients() {
         metric_where(&body, "ignis_ws_auth_total", "timeout"),
         N as i64
     );
-    let baseline = rss_settle(&srv, Duration::from_secs(2), None).await;
+    let baseline = rss_settle(srv.pid, Duration::from_secs(2), None).await;
     // Second round, with the peak sampled meanwhile.
     let peak = Arc::new(AtomicU64::new(baseline));
     let done = Arc::new(AtomicBool::new(false));
@@ -384,7 +292,7 @@ async fn never_authenticating_clients() {
     );
     assert_eq!(metric(&body, "ignis_ws_users"), 0, "{body}");
     let tolerance = 2048;
-    let end = rss_settle(&srv, Duration::from_secs(5), Some(baseline + tolerance)).await;
+    let end = rss_settle(srv.pid, Duration::from_secs(5), Some(baseline + tolerance)).await;
     let peak = peak.load(SeqCst);
     eprintln!(
         "never_authenticating_clients: RSS at start {start_rss} KiB, baseline after {N} {baseline} KiB, \
@@ -418,7 +326,7 @@ async fn ten_thousand_rooms() {
     }
     c.expect_silence().await;
     until(&h, "10,000 rooms in the index", |h| {
-        rooms_gauge(h) == ROOMS as i64
+        gauge(h, |m| &m.rooms) == ROOMS as i64
     })
     .await;
     for room in [&names[ROOMS - 1], &names[0], &names[ROOMS / 2]] {
@@ -430,7 +338,7 @@ async fn ten_thousand_rooms() {
             .await;
     }
     c.expect_silence().await;
-    until(&h, "room index empty", |h| rooms_gauge(h) == 0).await;
+    until(&h, "room index empty", |h| gauge(h, |m| &m.rooms) == 0).await;
     h.to_room(&names[0], "E", &"left", &[]).unwrap();
     expect_nothing_before_marker(&h, &mut c, &id).await;
     let body = metrics(s.addr).await;
@@ -441,7 +349,7 @@ async fn ten_thousand_rooms() {
     );
     c.close().await;
     until(&h, "client gone", |h| {
-        h.connections() == 0 && users_gauge(h) == 0
+        h.connections() == 0 && gauge(h, |m| &m.users) == 0
     })
     .await;
 }
@@ -486,7 +394,7 @@ async fn hundred_clients_hundred_rooms() {
     let want: usize = per_shard.iter().map(|s| s.len()).sum();
     let mut clients: Vec<Client> = joined.into_iter().map(|(c, _)| c).collect();
     until(&h, "every room indexed on its shards", |h| {
-        rooms_gauge(h) == want as i64
+        gauge(h, |m| &m.rooms) == want as i64
     })
     .await;
     for r in 0..SPACE {
@@ -511,11 +419,11 @@ async fn hundred_clients_hundred_rooms() {
         c.expect_silence().await;
     }))
     .await;
-    until(&h, "room index empty", |h| rooms_gauge(h) == 0).await;
-    assert_eq!(users_gauge(&h), CLIENTS as i64);
+    until(&h, "room index empty", |h| gauge(h, |m| &m.rooms) == 0).await;
+    assert_eq!(gauge(&h, |m| &m.users), CLIENTS as i64);
     join_all(clients.into_iter().map(Client::close)).await;
     until(&h, "everyone gone", |h| {
-        h.connections() == 0 && users_gauge(h) == 0 && rooms_gauge(h) == 0
+        h.connections() == 0 && gauge(h, |m| &m.users) == 0 && gauge(h, |m| &m.rooms) == 0
     })
     .await;
 }
@@ -548,7 +456,7 @@ async fn oversized_join_fills_only_the_cap() {
     c.send_text(&msg).await;
     c.expect_silence().await;
     // Default rooms (2) + 98 of the named ones.
-    until(&h, "the join is applied", |h| rooms_gauge(h) == 100).await;
+    until(&h, "the join is applied", |h| gauge(h, |m| &m.rooms) == 100).await;
     h.to_room(&names[97], "E", &json!(97), &[]).unwrap();
     assert_eq!(c.recv().await, json!({"event":"E","data":97}));
     h.to_room(&names[98], "E", &json!(98), &[]).unwrap();
@@ -717,13 +625,7 @@ async fn stalled_reader_among_many(io: IoMode) {
         }
     }))
     .await;
-    let closed = || -> u64 {
-        h.metrics()
-            .shards
-            .iter()
-            .map(|m| m.slow_clients_closed.load(Relaxed))
-            .sum()
-    };
+    let closed = || counter(&h, |m| &m.slow_clients_closed);
     // Rounds of 4 KiB room messages, at least MIN_ROUNDS and until the
     // server has closed every stalled reader (kernel buffers absorb some
     // first); the live clients read each round in full before the next.

@@ -6,8 +6,6 @@
 
 mod util;
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use ignis_ws::config::IoMode;
 use serde_json::json;
 use util::*;
@@ -17,18 +15,6 @@ fn limited(io: IoMode, msgs_per_sec: u32, rooms: usize) -> ignis_ws::Config {
     c.client_max_msgs_per_sec = msgs_per_sec;
     c.max_rooms_per_client = rooms;
     c
-}
-
-fn counter(h: &ignis_ws::Handle, f: fn(&ignis_ws::metrics::ShardMetrics) -> u64) -> u64 {
-    h.metrics().shards.iter().map(|m| f(m)).sum()
-}
-
-fn rooms_in_index(h: &ignis_ws::Handle) -> i64 {
-    h.metrics()
-        .shards
-        .iter()
-        .map(|s| s.rooms.load(Relaxed))
-        .sum()
 }
 
 /// Many small text frames in one write: `n` heartbeats.
@@ -57,7 +43,7 @@ async fn message_flood_is_closed_1008(io: IoMode) {
     // one of them holds more than the limit.
     flooder.write(&heartbeats(200)).await;
     assert_eq!(flooder.read_close().await, 1008);
-    assert_eq!(counter(&h, |m| m.rate_limited.load(Relaxed)), 1);
+    assert_eq!(counter(&h, |m| &m.rate_limited), 1);
     // The bystander is untouched.
     h.broadcast("b", &json!(1), &[]).unwrap();
     assert_eq!(other.recv().await, json!({"event":"b","data":1}));
@@ -99,16 +85,15 @@ async fn pings_count_against_the_rate(io: IoMode) {
             other => panic!("expected pongs then a close, got {other:?}"),
         }
     }
-    assert_eq!(counter(&h, |m| m.rate_limited.load(Relaxed)), 1);
+    assert_eq!(counter(&h, |m| &m.rate_limited), 1);
 }
 
 async fn at_the_limit_is_fine(io: IoMode) {
     let s = start(limited(io, 50, 100));
     let h = s.handle();
     let mut r = raw_authed(s.addr, "u").await;
-    // 49 heartbeats and one invalid message (the authenticate counted
-    // too, but it may have been in an earlier second; a new second only
-    // lowers the count): never more than 50 in one second.
+    // The authenticate, 48 heartbeats and one invalid message: 50, the
+    // limit, at most in one second (a new second only lowers the count).
     let mut burst = heartbeats(48);
     burst.extend(text("not json"));
     r.write(&burst).await;
@@ -116,7 +101,7 @@ async fn at_the_limit_is_fine(io: IoMode) {
     assert_eq!(op, 1);
     let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(v["event"], "error", "{v}");
-    assert_eq!(counter(&h, |m| m.rate_limited.load(Relaxed)), 0);
+    assert_eq!(counter(&h, |m| &m.rate_limited), 0);
 }
 
 async fn zero_disables_the_rate_limit(io: IoMode) {
@@ -128,7 +113,7 @@ async fn zero_disables_the_rate_limit(io: IoMode) {
     r.write(&burst).await;
     let (_, op, payload) = r.read_frame().await.expect("the error event");
     assert_eq!(op, 1, "{payload:?}");
-    assert_eq!(counter(&h, |m| m.rate_limited.load(Relaxed)), 0);
+    assert_eq!(counter(&h, |m| &m.rate_limited), 0);
 }
 
 async fn joins_stop_at_the_room_limit(io: IoMode) {
@@ -147,11 +132,11 @@ async fn joins_stop_at_the_room_limit(io: IoMode) {
         h.to_room(room, "E", &json!(room), &[]).unwrap();
     }
     expect_nothing_before_marker(&h, &mut c, &id).await;
-    assert_eq!(counter(&h, |m| m.rooms_over_limit.load(Relaxed)), 2);
+    assert_eq!(counter(&h, |m| &m.rooms_over_limit), 2);
     // Rejoining a room it is in, and its own id room, take no slot.
     c.join(&["a", &id]).await;
     c.expect_silence().await;
-    assert_eq!(counter(&h, |m| m.rooms_over_limit.load(Relaxed)), 2);
+    assert_eq!(counter(&h, |m| &m.rooms_over_limit), 2);
     // Leaving one frees a slot.
     c.send(json!({"event":"leave","data":{"rooms":["a"]}}))
         .await;
@@ -179,11 +164,8 @@ async fn join_flood_fills_at_most_the_limit(io: IoMode) {
     assert_eq!(c.recv().await["event"], "error");
     h.settle().await;
     // 98 + the two default rooms.
-    assert_eq!(rooms_in_index(&h), 100);
-    assert_eq!(
-        counter(&h, |m| m.rooms_over_limit.load(Relaxed)),
-        2000 * 5 + 5000 - 98
-    );
+    assert_eq!(gauge(&h, |m| &m.rooms), 100);
+    assert_eq!(counter(&h, |m| &m.rooms_over_limit), 2000 * 5 + 5000 - 98);
     // It still receives in the rooms it got and in its own.
     h.to_room("flood-0-0", "E", &json!(1), &[]).unwrap();
     assert_eq!(c.recv().await, json!({"event":"E","data":1}));
@@ -194,14 +176,10 @@ async fn join_flood_fills_at_most_the_limit(io: IoMode) {
     expect_nothing_before_marker(&h, &mut c, &id).await;
     // Gone with the client.
     c.close().await;
-    let gone = async {
-        while rooms_in_index(&h) != 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, gone)
-        .await
-        .expect("the rooms leave the index with the client");
+    until(&h, "the rooms leave the index with the client", |h| {
+        gauge(h, |m| &m.rooms) == 0
+    })
+    .await;
 }
 
 io_tests!(

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use util::binary::{Binary, rss_kib};
+use util::binary::{Binary, rss_kib, rss_settle};
 use util::*;
 
 const KEY: &str = "soak-api-key-0123456789";
@@ -48,46 +48,14 @@ const CONCURRENCY: usize = 250;
 /// exceeds it within the default 20 s (~25,000 clients churned).
 const RSS_TOLERANCE: u64 = 4096;
 
-/// RSS samples for up to `max`: the lowest seen, or the first at or below
-/// `target`.
-async fn rss_settle(pid: u32, max: Duration, target: Option<u64>) -> u64 {
-    let deadline = Instant::now() + max;
-    let mut low = rss_kib(pid);
-    loop {
-        if target.is_some_and(|t| low <= t) || Instant::now() >= deadline {
-            return low;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        low = low.min(rss_kib(pid));
-    }
-}
-
-/// Sum of the samples of metric `name` (all label sets).
-fn metric(body: &str, name: &str) -> i64 {
-    body.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-        .sum()
-}
-
-/// Poll `/metrics` until connections, users and rooms are all 0 (bounded
-/// by WAIT; a gauge has no event to await).
+/// Wait until connections, users and rooms are all 0.
 async fn wait_empty(addr: SocketAddr) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, body) = http_get(addr, "/metrics").await;
-        if ["ignis_ws_connections", "ignis_ws_users", "ignis_ws_rooms"]
-            .iter()
-            .all(|m| metric(&body, m) == 0)
-        {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "server not empty:\n{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metrics(
+        addr,
+        &["ignis_ws_connections", "ignis_ws_users", "ignis_ws_rooms"],
+        0,
+    )
+    .await
 }
 
 /// `POST /api/publish`; must be accepted (202).

@@ -98,3 +98,17 @@ pub fn rss_kib(pid: u32) -> u64 {
         .map(|v| v.trim().parse().unwrap())
         .expect("VmRSS in /proc/<pid>/status")
 }
+
+/// RSS of `pid` sampled for up to `max`: the lowest seen, or the first at
+/// or below `target`.
+pub async fn rss_settle(pid: u32, max: std::time::Duration, target: Option<u64>) -> u64 {
+    let deadline = std::time::Instant::now() + max;
+    let mut low = rss_kib(pid);
+    loop {
+        if target.is_some_and(|t| low <= t) || std::time::Instant::now() >= deadline {
+            return low;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        low = low.min(rss_kib(pid));
+    }
+}

@@ -581,3 +581,95 @@ pub fn node_or_skip(test: &str, also: &str) -> Option<Vec<String>> {
     eprintln!("SKIPPED {test}: {why}");
     None
 }
+
+// ------------------------------------------------ /metrics and gauges
+
+/// Sum of every sample of metric `name` (all label sets) in a Prometheus
+/// text body.
+pub fn metric(body: &str, name: &str) -> i64 {
+    metric_where(body, name, "")
+}
+
+/// Sum of the samples of `name` whose labels contain `label`.
+pub fn metric_where(body: &str, name: &str, label: &str) -> i64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+                && l.contains(label)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .sum()
+}
+
+/// `GET /metrics`; must answer 200.
+pub async fn metrics(addr: SocketAddr) -> String {
+    let (head, body) = http_get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body
+}
+
+/// Poll `/metrics` until every one of `names` sums to `want` (a gauge has
+/// no event to await; the poll is bounded by WAIT).
+pub async fn wait_metrics(addr: SocketAddr, names: &[&str], want: i64) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let body = metrics(addr).await;
+        if names.iter().all(|n| metric(&body, n) == want) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{names:?} did not reach {want}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll `/metrics` until `name` sums to `want` (see [`wait_metrics`]).
+pub async fn wait_metric(addr: SocketAddr, name: &str, want: i64) -> String {
+    wait_metrics(addr, &[name], want).await
+}
+
+/// A gauge of the in-process server, summed over its shards.
+pub fn gauge(
+    h: &ignis_ws::Handle,
+    f: fn(&ignis_ws::metrics::ShardMetrics) -> &std::sync::atomic::AtomicI64,
+) -> i64 {
+    h.metrics()
+        .shards
+        .iter()
+        .map(|m| f(m).load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
+/// A counter of the in-process server, summed over its shards.
+pub fn counter(
+    h: &ignis_ws::Handle,
+    f: fn(&ignis_ws::metrics::ShardMetrics) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    h.metrics()
+        .shards
+        .iter()
+        .map(|m| f(m).load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
+/// Wait until `f` holds after the shards have handled everything sent so
+/// far (closed connections are removed on the shard's next turn; bounded
+/// by WAIT).
+pub async fn until(h: &ignis_ws::Handle, what: &str, f: impl Fn(&ignis_ws::Handle) -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        h.settle().await;
+        if f(h) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not reached in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
