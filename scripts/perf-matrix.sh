@@ -12,11 +12,20 @@ run() { # name server [servers] -- args
   # ONLY=regex runs the matching rows alone (e.g. ONLY='100k-flood').
   [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && return 0
   echo "== $name: $*" | tee "$OUT/$name.txt"
-  scripts/perf-run.sh "$@" 2>&1 | tee -a "$OUT/$name.txt" | grep -E "connect |lost|latency|kdeliveries|server RSS|server CPU|generator|note" || true
+  scripts/perf-run.sh "$@" 2>&1 | tee -a "$OUT/$name.txt" | grep -E "connect |CPU: server|lost|latency|kdeliveries|server RSS|server CPU|generator|NOTE" || true
   sleep 2
 }
 servers="uring uring-multishot epoll"
 [ -n "${BUN_DIR:-}" ] && servers="$servers bun"
+# Connect + authenticate alone, three interleaved rounds, beside the
+# do-nothing floor (examples/connect_floor.rs): what the kernel's share of
+# the same exchange allows on this machine.
+cargo build --release --example connect_floor -q
+for round in 1 2 3; do
+  for s in floor uring epoll ${BUN_DIR:+bun}; do
+    run "connect-$s-$round" "$s" -- -c 10000 --connect-only --idle-settle 0
+  done
+done
 for s in $servers; do
   run "$s-10k-rate10" "$s" -- -c 10000 --rate 10 --duration 10
   run "$s-10k-flood-100B" "$s" -- -c 10000 --flood --warmup 2 --duration 10
@@ -29,8 +38,10 @@ for s in uring epoll; do
   # Several source addresses: each has its own ephemeral ports, and the
   # TIME_WAIT sockets of the previous runs hold some of them.
   run "$s-50k-rate1" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --rate 1 --duration 10
-  run "$s-50k-flood-100B" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --flood --warmup 2 --duration 10
-  run "$s-50k-flood-1KiB" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --flood --warmup 2 --duration 10 --payload-size 1KiB
+  # A window of 64 at 50k and 100k: 256 × 50,000 deliveries in flight are
+  # several seconds of backlog, longer than the measured window is useful.
+  run "$s-50k-flood-100B" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --flood --window 64 --warmup 2 --duration 10
+  run "$s-50k-flood-1KiB" "$s" 3 -- -c 50000 --source-ips 127.0.0.1-127.0.0.10 --flood --window 64 --warmup 2 --duration 10 --payload-size 1KiB
   run "$s-100k-rate1" "$s" 6 -- -c 100000 --source-ips 127.0.0.11-127.0.0.30 --rate 1 --duration 10
   run "$s-100k-flood-100B" "$s" 6 -- -c 100000 --source-ips 127.0.0.31-127.0.0.50 --flood --window 64 --warmup 2 --duration 10
   run "$s-100k-flood-1KiB" "$s" 6 -- -c 100000 --source-ips 127.0.0.51-127.0.0.70 --flood --window 64 --warmup 2 --duration 10 --payload-size 1KiB

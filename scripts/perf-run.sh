@@ -5,6 +5,9 @@
 #   scripts/perf-run.sh SERVER [SERVERS] -- BENCH-ARGS...
 #
 # SERVER:  uring (readiness receive, the default) | uring-multishot | epoll | bun
+#          | floor (examples/connect_floor: the kernel's share of a connect,
+#            for --connect-only runs; build it with
+#            `cargo build --release --example connect_floor`)
 # SERVERS: processes sharing the port through SO_REUSEPORT (default 1;
 #          a process holds at most ~19,900 connections here). Not for bun.
 # Env:     BIN (default target/release/ignis-ws), GEN_BIN (the load
@@ -28,6 +31,14 @@ if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+# ignis-ws listens with SO_REUSEPORT: a server left over on this port would
+# silently take a share of the connections and spoil every figure.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+if port_open; then
+  echo "port $PORT is already in use (a server left over?): stop it or set PORT" >&2
+  exit 2
+fi
+
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -43,6 +54,11 @@ for _ in $(seq "$servers"); do
         --listen "127.0.0.1:$PORT" --log warn ${SERVER_ARGS:-} >/dev/null 2>&1 &
       pids+=($!)
       ;;
+    floor)
+      [ "$servers" = 1 ] || { echo "floor: one process only" >&2; exit 2; }
+      taskset -c 0 "${FLOOR_BIN:-target/release/examples/connect_floor}" "127.0.0.1:$PORT" >/dev/null 2>&1 &
+      pids+=($!)
+      ;;
     bun)
       [ "$servers" = 1 ] || { echo "bun: one process only" >&2; exit 2; }
       (cd "${BUN_DIR:?set BUN_DIR}" && exec taskset -c 0 env PORT="$PORT" REDIS_PORT="$REDIS_PORT" \
@@ -52,8 +68,10 @@ for _ in $(seq "$servers"); do
     *) echo "unknown server $kind" >&2; exit 2 ;;
   esac
 done
-# Ready when the port answers HTTP (health for ignis-ws, stats for Bun).
+# Ready when the port answers HTTP (health for ignis-ws, stats for Bun,
+# anything for the floor).
 for _ in $(seq 100); do
+  if [ "$kind" = floor ]; then port_open && break; sleep 0.1; continue; fi
   curl -s -o /dev/null "http://127.0.0.1:$PORT/health" && curl -s -o /dev/null "http://127.0.0.1:$PORT/stats" && break
   curl -sf -o /dev/null "http://127.0.0.1:$PORT/health" && break
   curl -sf -o /dev/null "http://127.0.0.1:$PORT/stats" && break

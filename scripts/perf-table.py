@@ -29,7 +29,10 @@ for f in glob.glob(os.path.join(out, "*.txt")):
         rss=g(r"(\d+) B per idle connection"),
         cpu=g(r"([\d.]+) µs per delivery"),
         gen=g(r"generator\s+[\d.]+ s CPU while publishing \(([\d.]+)% of a core"),
-        sat="SATURATED" in t,
+        sat="GENERATOR SATURATED: it used" in t,
+        conn_cpu=g(r"([\d.]+) µs per connection"),
+        conn_srv=g(r"CPU: server [\d.]+ s \((\d+)% of a core"),
+        conn_gen=g(r", generator [\d.]+ s \((\d+)% of a core\)"),
     )
 
 
@@ -104,6 +107,18 @@ for label, run, key, unit, better_low in [
     # > 1: io_uring is better (less CPU, latency, memory; more throughput).
     ratio = (f"{b / a:.2f}×" if better_low else f"{a / b:.2f}×") if a and b else "—"
     print(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+print()
+
+print("### Connect + authenticate, 10,000 clients, three interleaved rounds\n")
+print("| server | connect + auth | server CPU per connection | server core busy | generator core busy |")
+print("|---|---|---|---|---|")
+for s, label in [("floor", "do-nothing floor (examples/connect_floor)"), ("uring", "ignis-ws io_uring"),
+                 ("epoll", "ignis-ws epoll"), ("bun", "Ignis on Bun")]:
+    rs = [runs[k] for k in sorted(runs) if k.startswith(f"connect-{s}-")]
+    if not rs:
+        continue
+    cell = lambda key, suf="": " / ".join(f"{x[key]}{suf}" if x[key] else "—" for x in rs)
+    print(f"| {label} | {cell('conn')} | {cell('conn_cpu', ' µs')} | {cell('conn_srv', '%')} | {cell('conn_gen', '%')} |")
 print()
 
 print("### --write-coalesce-us, 10,000 clients × 50 msg/s (io_uring)\n")

@@ -137,6 +137,13 @@ pub struct BenchArgs {
     /// Measured publishing time, seconds.
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_secs)]
     pub duration: f64,
+    /// Measure connection set-up only: connect, authenticate and join all
+    /// N clients, report the connect rate, its CPU on both sides and (with
+    /// --server-pid) idle RSS, then stop. Nothing is published (the Redis or
+    /// API endpoint is still checked at start), so the server need not
+    /// deliver anything.
+    #[arg(long)]
+    pub connect_only: bool,
     /// Publishing before the measured part (same rate or flood; deliveries
     /// are checked but not counted), seconds.
     #[arg(long, value_name = "S", default_value = "0", value_parser = parse_secs_or_zero)]
@@ -414,6 +421,7 @@ pub struct Plan {
     pub payload_size: usize,
     pub drain_timeout: Duration,
     pub idle_settle: Duration,
+    pub connect_only: bool,
     pub server_pids: Vec<u32>,
     pub json: bool,
     pub quiet: bool,
@@ -542,6 +550,7 @@ impl BenchArgs {
             payload_size: self.payload_size,
             drain_timeout: Duration::from_secs_f64(self.drain_timeout),
             idle_settle: Duration::from_secs_f64(self.idle_settle),
+            connect_only: self.connect_only,
             server_pids: self.server_pids_checked()?,
             json: self.json,
             quiet: self.quiet,

@@ -412,9 +412,17 @@ impl Coordinator {
             .max()
             .unwrap_or(0);
         let connect_s = last_connected.saturating_sub(first_connect) as f64 / 1e9;
+        // Who paid for the connects: the server's CPU since before the
+        // workers started (it was idle until then) and the generator's own
+        // (its workers are new processes, so all of theirs so far).
+        let srv_connected = sysstat::sample_all(&pids)?;
+        let own_connected = self.own_cpu();
 
-        // 2. Probe.
-        self.probe(connected).await?;
+        // 2. Probe (nothing is published with --connect-only).
+        let connect_only = self.plan.connect_only;
+        if !connect_only {
+            self.probe(connected).await?;
+        }
         if !pids.is_empty() && !self.plan.idle_settle.is_zero() {
             self.bars.start("idle", 0);
             self.pump_until(Instant::now() + self.plan.idle_settle)
@@ -428,15 +436,17 @@ impl Coordinator {
         for w in &self.workers {
             let _ = w.tx.send(Command::Start { t0_ns: t0 });
         }
-        if !self.plan.warmup.is_zero() {
+        if !self.plan.warmup.is_zero() && !connect_only {
             self.publish_phase(Phase::Warmup, self.plan.warmup, 0).await;
         }
         let first_measured = self.next_seq;
         let own_start = self.own_cpu();
         let srv_start = sysstat::sample_all(&pids)?;
         let pub_start = now_ns();
-        self.publish_phase(Phase::Measured, self.plan.duration, first_measured)
-            .await;
+        if !connect_only {
+            self.publish_phase(Phase::Measured, self.plan.duration, first_measured)
+                .await;
+        }
         let pub_end = now_ns();
         let own_end = self.own_cpu();
         let srv_end = sysstat::sample_all(&pids)?;
@@ -522,10 +532,24 @@ impl Coordinator {
             other_samples.extend(r.other_samples.iter().take(3).cloned());
         }
         let pub_s = pub_end.saturating_sub(pub_start) as f64 / 1e9;
+        // Server throughput counts every delivery that arrived in the window,
+        // warmup messages included: after a flood's warmup up to --window
+        // messages are still on their way (at 50k clients × 256 in flight,
+        // as many deliveries as several seconds of publishing), and the
+        // server spent its CPU on them inside the window too.
         let in_window: f64 = reports
             .iter()
-            .map(|r| window_count(r, pub_start, pub_end))
+            .map(|r| {
+                window_count(&r.timeline, r, pub_start, pub_end)
+                    + window_count(&r.warmup_timeline, r, pub_start, pub_end)
+            })
             .sum();
+        let warmup_late = reports
+            .iter()
+            .map(|r| window_count(&r.warmup_timeline, r, pub_start, u64::MAX))
+            .sum::<f64>()
+            .round() as u64;
+        let served = received + warmup_late;
         let last_recv = reports.iter().map(|r| r.last_recv_ns).max().unwrap_or(0);
         let overall_s = last_recv.saturating_sub(pub_start) as f64 / 1e9;
         let tps = sysstat::ticks_per_second() as f64;
@@ -544,9 +568,34 @@ impl Coordinator {
                 cpu_publishing_s: cpu_pub,
                 cpu_publishing_percent_of_core: pct(cpu_pub, pub_s),
                 cpu_delivery_s: cpu_del,
-                cpu_per_delivery_us: (received > 0).then(|| cpu_del * 1e6 / received as f64),
+                cpu_per_delivery_us: (served > 0).then(|| cpu_del * 1e6 / served as f64),
             }
         });
+        let connect_figures = {
+            let server_cpu = (!pids.is_empty())
+                .then(|| srv_connected.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / tps);
+            let gen_cpu: f64 = own_connected.iter().map(|(_, _, t)| *t as f64 / tps).sum();
+            if gen_cpu >= SATURATION * connect_s && connect_s > 0.0 {
+                notes.push(format!(
+                    "GENERATOR SATURATED while connecting: it used {gen_cpu:.2} s of CPU in {connect_s:.2} s \
+                     ({:.0}% of one core); the connect rate may be the generator's, see server CPU per connection",
+                    pct(gen_cpu, connect_s)
+                ));
+            }
+            ConnectFigures {
+                connected,
+                failed,
+                seconds: connect_s,
+                per_s: per_s(connected as f64, connect_s),
+                server_cpu_s: server_cpu,
+                server_percent_of_core: server_cpu.map(|c| pct(c, connect_s)),
+                server_cpu_per_connection_us: server_cpu
+                    .filter(|_| connected > 0)
+                    .map(|c| c * 1e6 / connected as f64),
+                generator_cpu_s: gen_cpu,
+                generator_percent_of_core: pct(gen_cpu, connect_s),
+            }
+        };
         let mut processes = Vec::new();
         let mut gen_cpu = 0.0;
         for ((role, pid, a), (_, _, b)) in own_start.iter().zip(&own_end) {
@@ -593,7 +642,7 @@ impl Coordinator {
                 SETTLE_TIMEOUT.as_secs()
             ));
         }
-        if let Pace::Rate(rate) = self.plan.pace {
+        if let (Pace::Rate(rate), false) = (self.plan.pace, connect_only) {
             let achieved = per_s(published as f64, pub_s);
             if achieved < 0.95 * rate {
                 notes.push(format!(
@@ -638,7 +687,14 @@ impl Coordinator {
                     PublishPlan::Http { .. } => "http".into(),
                 },
                 target: if p.broadcast { "broadcast" } else { "room" }.into(),
-                mode: if rate.is_some() { "rate" } else { "flood" }.into(),
+                mode: if p.connect_only {
+                    "connect-only"
+                } else if rate.is_some() {
+                    "rate"
+                } else {
+                    "flood"
+                }
+                .into(),
                 rate_per_s: rate,
                 flood_window: window,
                 duration_s: p.duration.as_secs_f64(),
@@ -646,13 +702,9 @@ impl Coordinator {
                 payload_size_bytes: p.payload_size,
                 drain_timeout_s: p.drain_timeout.as_secs_f64(),
                 idle_settle_s: p.idle_settle.as_secs_f64(),
+                connect_only: p.connect_only,
             },
-            connect: ConnectFigures {
-                connected,
-                failed,
-                seconds: connect_s,
-                per_s: per_s(connected as f64, connect_s),
-            },
+            connect: connect_figures,
             publish: PublishFigures {
                 published,
                 failed: stats.failed(Phase::Measured),
@@ -696,8 +748,9 @@ impl Coordinator {
             },
             throughput: ThroughputFigures {
                 publishing_per_s: per_s(in_window, pub_s),
-                overall_per_s: per_s(received as f64, overall_s),
+                overall_per_s: per_s(served as f64, overall_s),
                 overall_s,
+                warmup_late,
             },
             server,
             generator: GeneratorFigures {
@@ -876,9 +929,9 @@ fn per_s(count: f64, secs: f64) -> f64 {
 
 /// Deliveries of a worker that arrived within [start, end), prorating the
 /// timeline buckets that straddle an edge.
-fn window_count(r: &WorkerReport, start: u64, end: u64) -> f64 {
+fn window_count(timeline: &[u64], r: &WorkerReport, start: u64, end: u64) -> f64 {
     let b = r.timeline_bucket_ns.max(1);
-    r.timeline
+    timeline
         .iter()
         .enumerate()
         .map(|(i, &count)| {
@@ -1046,9 +1099,10 @@ mod tests {
             ..WorkerReport::default()
         };
         // [1050, 1250): half of bucket 0, all of 1, half of 2.
-        assert!((window_count(&r, 1_050, 1_250) - 20.0).abs() < 1e-9);
-        assert!((window_count(&r, 0, u64::MAX) - 40.0).abs() < 1e-9);
-        assert_eq!(window_count(&r, 2_000, 3_000), 0.0);
+        let t = &r.timeline;
+        assert!((window_count(t, &r, 1_050, 1_250) - 20.0).abs() < 1e-9);
+        assert!((window_count(t, &r, 0, u64::MAX) - 40.0).abs() < 1e-9);
+        assert_eq!(window_count(t, &r, 2_000, 3_000), 0.0);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct RunConfig {
     pub drain_timeout_s: f64,
     /// Quiet time before the idle RSS reading.
     pub idle_settle_s: f64,
+    /// `--connect-only`: nothing was published; only `connect` and the
+    /// server's RSS figures mean anything.
+    pub connect_only: bool,
 }
 
 /// Connection set-up: upgraded, authenticated and joined.
@@ -59,6 +62,16 @@ pub struct ConnectFigures {
     /// From the first connect to the last `connected` reply.
     pub seconds: f64,
     pub per_s: f64,
+    /// With --server-pid: the server's CPU from before the first connect
+    /// to after the last `connected` reply (it is idle before).
+    pub server_cpu_s: Option<f64>,
+    pub server_percent_of_core: Option<f64>,
+    /// server_cpu_s / connected: what one connect + authenticate cost the
+    /// server, whoever limited the rate.
+    pub server_cpu_per_connection_us: Option<f64>,
+    /// The generator's CPU until every connection was up (all processes).
+    pub generator_cpu_s: f64,
+    pub generator_percent_of_core: f64,
 }
 
 /// The measured publishing phase.
@@ -122,11 +135,16 @@ pub struct LatencyFigures {
 /// Deliveries per second.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ThroughputFigures {
-    /// Deliveries that arrived while publishing, per second of it.
+    /// Deliveries that arrived while publishing, per second of it (those
+    /// of warmup messages still arriving included: the server sent them).
     pub publishing_per_s: f64,
-    /// All measured deliveries over publish start → last delivery.
+    /// Deliveries from publish start to the last measured delivery (warmup
+    /// stragglers included), per second.
     pub overall_per_s: f64,
     pub overall_s: f64,
+    /// Deliveries of warmup messages that arrived after measuring began;
+    /// they count in the rates above and in the server's CPU per delivery.
+    pub warmup_late: u64,
 }
 
 /// The server processes given with --server-pid (summed).
@@ -141,7 +159,8 @@ pub struct ServerFigures {
     /// CPU during the measured publishing phase.
     pub cpu_publishing_s: f64,
     pub cpu_publishing_percent_of_core: f64,
-    /// CPU from publish start to the end of the drain, per measured delivery.
+    /// CPU from publish start to the end of the drain, per delivery in that
+    /// time (measured ones plus warmup stragglers, `throughput.warmup_late`).
     pub cpu_delivery_s: f64,
     pub cpu_per_delivery_us: Option<f64>,
 }
@@ -200,6 +219,16 @@ fn bytes(v: f64) -> String {
     }
 }
 
+fn rss_row(s: &ServerFigures) -> String {
+    format!(
+        "{} before → {} idle → {} after: {} per idle connection",
+        bytes(s.rss_before_bytes as f64),
+        bytes(s.rss_idle_bytes as f64),
+        bytes(s.rss_after_bytes as f64),
+        bytes(s.idle_rss_per_connection_bytes)
+    )
+}
+
 impl Report {
     /// The human table.
     pub fn render(&self) -> String {
@@ -215,26 +244,39 @@ impl Report {
         } else {
             "broadcast".into()
         };
-        let _ = writeln!(
-            o,
-            "ignis-ws bench: {} · {} connections ({} worker{}, {} source IP{}) · {} → {} · {} for {} s{} · payload {} B",
-            c.url,
-            c.connections,
-            c.workers,
-            if c.workers == 1 { "" } else { "s" },
-            c.source_ips.max(1),
-            if c.source_ips > 1 { "s" } else { "" },
-            c.publish,
-            target,
-            pace,
-            c.duration_s,
-            if c.warmup_s > 0.0 {
-                format!(" (+{} s warmup)", c.warmup_s)
-            } else {
-                String::new()
-            },
-            c.payload_size_bytes
-        );
+        if c.connect_only {
+            let _ = writeln!(
+                o,
+                "ignis-ws bench: {} · {} connections ({} worker{}, {} source IP{}) · connect only",
+                c.url,
+                c.connections,
+                c.workers,
+                if c.workers == 1 { "" } else { "s" },
+                c.source_ips.max(1),
+                if c.source_ips > 1 { "s" } else { "" },
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "ignis-ws bench: {} · {} connections ({} worker{}, {} source IP{}) · {} → {} · {} for {} s{} · payload {} B",
+                c.url,
+                c.connections,
+                c.workers,
+                if c.workers == 1 { "" } else { "s" },
+                c.source_ips.max(1),
+                if c.source_ips > 1 { "s" } else { "" },
+                c.publish,
+                target,
+                pace,
+                c.duration_s,
+                if c.warmup_s > 0.0 {
+                    format!(" (+{} s warmup)", c.warmup_s)
+                } else {
+                    String::new()
+                },
+                c.payload_size_bytes
+            );
+        }
         let row = |o: &mut String, k: &str, v: String| {
             let _ = writeln!(o, "  {k:<12}{v}");
         };
@@ -250,6 +292,33 @@ impl Report {
                 si(k.per_s)
             ),
         );
+        row(
+            &mut o,
+            "",
+            format!(
+                "CPU: server {}, generator {:.2} s ({:.0}% of a core)",
+                match (
+                    k.server_cpu_s,
+                    k.server_percent_of_core,
+                    k.server_cpu_per_connection_us
+                ) {
+                    (Some(s), Some(p), Some(u)) =>
+                        format!("{s:.2} s ({p:.0}% of a core, {u:.1} µs per connection)"),
+                    _ => "not measured (no --server-pid)".into(),
+                },
+                k.generator_cpu_s,
+                k.generator_percent_of_core
+            ),
+        );
+        if c.connect_only {
+            if let Some(s) = &self.server {
+                row(&mut o, "server RSS", rss_row(s));
+            }
+            for n in &self.notes {
+                let _ = writeln!(o, "  NOTE: {n}");
+            }
+            return o;
+        }
         let p = &self.publish;
         let reach = match (p.redis_receivers_min, p.redis_receivers_max) {
             (Some(a), Some(b)) if a == b => format!("; each PUBLISH reached {a} server(s)"),
@@ -334,19 +403,19 @@ impl Report {
                 t.overall_s
             ),
         );
+        if t.warmup_late > 0 {
+            row(
+                &mut o,
+                "",
+                format!(
+                    "(counting {} deliveries of warmup messages that arrived after measuring began)",
+                    t.warmup_late
+                ),
+            );
+        }
         match &self.server {
             Some(s) => {
-                row(
-                    &mut o,
-                    "server RSS",
-                    format!(
-                        "{} before → {} idle → {} after: {} per idle connection",
-                        bytes(s.rss_before_bytes as f64),
-                        bytes(s.rss_idle_bytes as f64),
-                        bytes(s.rss_after_bytes as f64),
-                        bytes(s.idle_rss_per_connection_bytes)
-                    ),
-                );
+                row(&mut o, "server RSS", rss_row(s));
                 row(
                     &mut o,
                     "server CPU",

@@ -279,6 +279,51 @@ fn http_broadcast_flood_with_jwt_in_process() {
     assert_eq!(report.publish.redis_receivers_min, None);
 }
 
+/// `--connect-only`: every client is set up and counted, nothing is
+/// published, and the table says so instead of showing empty publishing rows.
+#[test]
+fn connect_only_sets_up_and_publishes_nothing() {
+    let key = "bench-test-key-0123456789";
+    let srv = server(AuthMode::Insecure, None, Some(key));
+    let pid = std::process::id().to_string();
+    let ws = format!("ws://{}/ws", srv.local_addr());
+    let a = args(&[
+        "--url",
+        &ws,
+        "-c",
+        "200",
+        "--publish",
+        "http",
+        "--api-key",
+        key,
+        "--connect-only",
+        "--idle-settle",
+        "0",
+        "--server-pid",
+        &pid,
+        "--quiet",
+    ]);
+    let report = execute(a.plan().unwrap(), Launch::InProcess).unwrap();
+    srv.shutdown();
+    assert_eq!(report.connect.connected, 200);
+    assert_eq!(report.connect.failed, 0);
+    assert!(report.connect.per_s > 0.0);
+    assert!(report.connect.server_cpu_s.is_some());
+    assert!(report.connect.server_cpu_per_connection_us.is_some());
+    assert_eq!(report.publish.published, 0);
+    assert_eq!(report.delivery.expected, 0);
+    assert_eq!(report.delivery.received, 0);
+    assert_eq!(report.delivery.other_messages, 0);
+    assert!(report.config.connect_only);
+    assert_eq!(report.config.mode, "connect-only");
+    let text = report.render();
+    assert!(text.contains("connect only"), "{text}");
+    assert!(text.contains("µs per connection"), "{text}");
+    for absent in ["publish ", "delivery", "latency", "throughput"] {
+        assert!(!text.contains(absent), "{absent:?} in\n{text}");
+    }
+}
+
 #[test]
 fn refused_authentication_fails_the_setup() {
     let srv = server(

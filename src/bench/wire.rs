@@ -107,6 +107,11 @@ pub struct WorkerReport {
     pub timeline_t0_ns: u64,
     pub timeline_bucket_ns: u64,
     pub timeline: Vec<u64>,
+    /// Warmup deliveries per bucket on the same clock: a flood's warmup
+    /// messages still arrive after measuring began, and the server's CPU
+    /// in that time went to them too.
+    #[serde(default)]
+    pub warmup_timeline: Vec<u64>,
     /// Latency histogram (ns), V2-serialized, hex.
     pub latency_hist_hex: String,
 }

@@ -324,7 +324,23 @@ struct State {
     /// Origin of the timeline; 0 until publishing starts.
     t0_ns: u64,
     timeline: Vec<u64>,
+    warmup_timeline: Vec<u64>,
     last_progress: Progress,
+}
+
+/// Counts one delivery at `now` in its timeline bucket (nothing before
+/// publishing started, when `t0_ns` is 0).
+fn bump(timeline: &mut Vec<u64>, t0_ns: u64, now: u64) {
+    if t0_ns == 0 {
+        return;
+    }
+    let i = usize::try_from(now.saturating_sub(t0_ns) / TIMELINE_BUCKET_NS)
+        .unwrap_or(usize::MAX)
+        .min(MAX_TIMELINE - 1);
+    if i >= timeline.len() {
+        timeline.resize(i + 1, 0);
+    }
+    timeline[i] += 1;
 }
 
 impl State {
@@ -361,6 +377,7 @@ impl State {
             last_recv_ns: 0,
             t0_ns: 0,
             timeline: Vec::new(),
+            warmup_timeline: Vec::new(),
             last_progress: Progress::default(),
         }
     }
@@ -532,7 +549,10 @@ impl State {
             }
         };
         if !measured {
-            self.c.warmup_received += u64::from(fresh);
+            if fresh {
+                self.c.warmup_received += 1;
+                bump(&mut self.warmup_timeline, self.t0_ns, now);
+            }
             return;
         }
         if !fresh {
@@ -546,15 +566,7 @@ impl State {
             self.first_recv_ns = now;
         }
         self.last_recv_ns = now;
-        if self.t0_ns != 0 {
-            let i = usize::try_from(now.saturating_sub(self.t0_ns) / TIMELINE_BUCKET_NS)
-                .unwrap_or(usize::MAX)
-                .min(MAX_TIMELINE - 1);
-            if i >= self.timeline.len() {
-                self.timeline.resize(i + 1, 0);
-            }
-            self.timeline[i] += 1;
-        }
+        bump(&mut self.timeline, self.t0_ns, now);
     }
 
     /// A connection moved from `last` to `seq`: it passed (last, seq].
@@ -711,6 +723,7 @@ impl State {
             timeline_t0_ns: self.t0_ns,
             timeline_bucket_ns: TIMELINE_BUCKET_NS,
             timeline: self.timeline.clone(),
+            warmup_timeline: self.warmup_timeline.clone(),
             latency_hist_hex: histogram_to_hex(&self.hist)?,
         })
     }
@@ -772,6 +785,29 @@ mod tests {
         deliver(&mut s, &mut c, 0, Phase::Probe, 0);
         assert_eq!((s.probed, c.last), (1, 200));
         assert_eq!(s.hist.len(), 4);
+    }
+
+    /// Warmup deliveries get their own timeline on the measured one's
+    /// clock (the coordinator counts the late ones into the server's
+    /// throughput and CPU per delivery); duplicates and deliveries before
+    /// publishing started count in neither.
+    #[test]
+    fn warmup_deliveries_have_a_timeline() {
+        let (mut s, _rx) = state();
+        s.live = 1;
+        let mut c = conn();
+        deliver(&mut s, &mut c, 1, Phase::Warmup, 0);
+        assert!(s.warmup_timeline.is_empty(), "no clock before Start");
+        s.t0_ns = 500;
+        deliver(&mut s, &mut c, 2, Phase::Warmup, 0);
+        deliver(&mut s, &mut c, 2, Phase::Warmup, 0);
+        deliver(&mut s, &mut c, 3, Phase::Warmup, 0);
+        deliver(&mut s, &mut c, 4, Phase::Measured, 4);
+        assert_eq!(s.warmup_timeline, vec![2]);
+        assert_eq!(s.timeline, vec![1]);
+        assert_eq!(s.c.warmup_received, 3);
+        let r = s.report(1).unwrap();
+        assert_eq!((r.warmup_timeline, r.timeline), (vec![2], vec![1]));
     }
 
     #[test]
