@@ -18,15 +18,17 @@ run() { # name server [servers] -- args
 servers="uring uring-multishot epoll"
 [ -n "${BUN_DIR:-}" ] && servers="$servers bun"
 # Connect + authenticate alone, three interleaved rounds, beside the
-# do-nothing floor (examples/connect_floor.rs): what the kernel's share of
+# do-nothing floor (examples/floor.rs): what the kernel's share of
 # the same exchange allows on this machine.
-cargo build --release --example connect_floor -q
+cargo build --release --example floor -q
 for round in 1 2 3; do
   for s in floor uring epoll ${BUN_DIR:+bun}; do
     run "connect-$s-$round" "$s" -- -c 10000 --connect-only --idle-settle 0
   done
 done
-for s in $servers; do
+# The floor (examples/floor.rs) beside them: what the kernel costs for the
+# same deliveries.
+for s in floor $servers; do
   run "$s-10k-rate10" "$s" -- -c 10000 --rate 10 --duration 10
   run "$s-10k-flood-100B" "$s" -- -c 10000 --flood --warmup 2 --duration 10
   run "$s-10k-flood-1KiB" "$s" -- -c 10000 --flood --warmup 2 --duration 10 --payload-size 1KiB

@@ -5,9 +5,9 @@
 #   scripts/perf-run.sh SERVER [SERVERS] -- BENCH-ARGS...
 #
 # SERVER:  uring (readiness receive, the default) | uring-multishot | epoll | bun
-#          | floor (examples/connect_floor: the kernel's share of a connect,
-#            for --connect-only runs; build it with
-#            `cargo build --release --example connect_floor`)
+#          | floor (examples/floor.rs, a do-nothing server: the kernel's
+#            share of the same work; build it with
+#            `cargo build --release --example floor`)
 # SERVERS: processes sharing the port through SO_REUSEPORT (default 1;
 #          a process holds at most ~19,900 connections here). Not for bun.
 # Env:     BIN (default target/release/ignis-ws), GEN_BIN (the load
@@ -56,7 +56,8 @@ for _ in $(seq "$servers"); do
       ;;
     floor)
       [ "$servers" = 1 ] || { echo "floor: one process only" >&2; exit 2; }
-      taskset -c 0 "${FLOOR_BIN:-target/release/examples/connect_floor}" "127.0.0.1:$PORT" >/dev/null 2>&1 &
+      taskset -c 0 "${FLOOR_BIN:-target/release/examples/floor}" "127.0.0.1:$PORT" \
+        "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 &
       pids+=($!)
       ;;
     bun)

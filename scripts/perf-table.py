@@ -82,9 +82,9 @@ for be in ["uring", "epoll"]:
     print()
 
 print("### 10,000 clients, side by side\n")
-cols = ["uring", "uring-multishot", "epoll", "bun"]
-print("| figure | io_uring | io_uring multishot | epoll | Ignis on Bun | io_uring better by |")
-print("|---|---|---|---|---|---|")
+cols = ["floor", "uring", "uring-multishot", "epoll", "bun"]
+print("| figure | floor (examples/floor) | io_uring | io_uring multishot | epoll | Ignis on Bun | io_uring better than Bun by | io_uring ÷ floor |")
+print("|---|---|---|---|---|---|---|---|")
 for label, run, key, unit, better_low in [
     ("server CPU per delivery, flood 100 B", "10k-flood-100B", "cpu", " µs", True),
     ("server CPU per delivery, flood 1 KiB", "10k-flood-1KiB", "cpu", " µs", True),
@@ -106,13 +106,15 @@ for label, run, key, unit, better_low in [
     b = num(f"bun-{run}", key)
     # > 1: io_uring is better (less CPU, latency, memory; more throughput).
     ratio = (f"{b / a:.2f}×" if better_low else f"{a / b:.2f}×") if a and b else "—"
-    print(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+    f = num(f"floor-{run}", key)
+    vs_floor = f"{a / f:.2f}×" if a and f and key != "rss" else "—"
+    print(f"| {label} | " + " | ".join(cells) + f" | {ratio} | {vs_floor} |")
 print()
 
 print("### Connect + authenticate, 10,000 clients, three interleaved rounds\n")
 print("| server | connect + auth | server CPU per connection | server core busy | generator core busy |")
 print("|---|---|---|---|---|")
-for s, label in [("floor", "do-nothing floor (examples/connect_floor)"), ("uring", "ignis-ws io_uring"),
+for s, label in [("floor", "do-nothing floor (examples/floor)"), ("uring", "ignis-ws io_uring"),
                  ("epoll", "ignis-ws epoll"), ("bun", "Ignis on Bun")]:
     rs = [runs[k] for k in sorted(runs) if k.startswith(f"connect-{s}-")]
     if not rs:
