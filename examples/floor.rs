@@ -431,6 +431,13 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The tests' own redis-server helper (a free port, skipped with a printed
+/// reason where redis-server is missing, required in CI).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../tests/util/redis_server.rs"]
+mod redis_server;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,15 +446,16 @@ mod tests {
     /// A real WebSocket client gets the 101, then `connected` for its first
     /// message, then what was published to Redis as the client message an
     /// Ignis server would send; the floor stops after the client leaves.
-    /// Without redis-server only the connect part runs.
+    /// Without redis-server only the connect part runs (in CI it must be
+    /// there).
     #[tokio::test]
     async fn connects_and_fans_out_redis_messages() {
-        let redis = spawn_redis();
+        let redis = redis_server::RedisServer::start();
         let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let sub = redis
             .as_ref()
-            .map(|(_, port)| redis_connect(&format!("redis://127.0.0.1:{port}")).unwrap());
+            .map(|r| redis_connect(&format!("redis://127.0.0.1:{}", r.port)).unwrap());
         let floor = std::thread::spawn(move || serve(listener, sub, Some(1)));
         let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
             .await
@@ -460,7 +468,7 @@ mod tests {
         .unwrap();
         let reply = ws.next().await.unwrap().unwrap();
         assert_eq!(reply.into_data().as_ref(), CONNECTED);
-        if let Some((_, port)) = &redis {
+        if let Some(port) = redis.as_ref().map(|r| r.port) {
             // Big enough for a 16-bit length; published after `connected`,
             // so the client is open.
             let big = "x".repeat(70_000);
@@ -501,43 +509,6 @@ mod tests {
         assert_eq!(resp_push(s), Some((s.len(), None)));
         for cut in 0..m.len() {
             assert_eq!(resp_push(&m[..cut]), None, "cut at {cut}");
-        }
-    }
-
-    /// A redis-server of the test's own on a free port, if installed.
-    fn spawn_redis() -> Option<(KillOnDrop, u16)> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let guard = KillOnDrop(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some((guard, port));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        None
-    }
-
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
         }
     }
 }

@@ -244,27 +244,11 @@ impl Report {
         } else {
             "broadcast".into()
         };
-        if c.connect_only {
-            let _ = writeln!(
-                o,
-                "ignis-ws bench: {} · {} connections ({} worker{}, {} source IP{}) · connect only",
-                c.url,
-                c.connections,
-                c.workers,
-                if c.workers == 1 { "" } else { "s" },
-                c.source_ips.max(1),
-                if c.source_ips > 1 { "s" } else { "" },
-            );
+        let what = if c.connect_only {
+            "connect only".to_owned()
         } else {
-            let _ = writeln!(
-                o,
-                "ignis-ws bench: {} · {} connections ({} worker{}, {} source IP{}) · {} → {} · {} for {} s{} · payload {} B",
-                c.url,
-                c.connections,
-                c.workers,
-                if c.workers == 1 { "" } else { "s" },
-                c.source_ips.max(1),
-                if c.source_ips > 1 { "s" } else { "" },
+            format!(
+                "{} → {} · {} for {} s{} · payload {} B",
                 c.publish,
                 target,
                 pace,
@@ -275,8 +259,18 @@ impl Report {
                     String::new()
                 },
                 c.payload_size_bytes
-            );
-        }
+            )
+        };
+        let _ = writeln!(
+            o,
+            "ignis-ws bench: {} · {} connections ({} worker{}, {} source IP{}) · {what}",
+            c.url,
+            c.connections,
+            c.workers,
+            if c.workers == 1 { "" } else { "s" },
+            c.source_ips.max(1),
+            if c.source_ips > 1 { "s" } else { "" },
+        );
         let row = |o: &mut String, k: &str, v: String| {
             let _ = writeln!(o, "  {k:<12}{v}");
         };
