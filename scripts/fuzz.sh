@@ -17,14 +17,14 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame_parser frame_differential frame_roundtrip handshake client_message redis_envelope)
+  targets=(frame_parser frame_differential frame_roundtrip handshake client_message redis_envelope publish_head)
 fi
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz --locked" >&2; exit 2; }
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
   dict=()
   case "$t" in
-    handshake) dict=(-dict=fuzz/dict/http.dict) ;;
+    handshake|publish_head) dict=(-dict=fuzz/dict/http.dict) ;;
     client_message|redis_envelope) dict=(-dict=fuzz/dict/json.dict) ;;
   esac
   mkdir -p "fuzz/work/$t"

@@ -186,6 +186,14 @@ pub struct Config {
     pub redis_max_message: usize,
     /// Bearer key for `POST /api/publish`; `None` disables the endpoint.
     pub api_key: Option<String>,
+    /// `POST /api/publish` bodies read at the same time, per process (each
+    /// at most `redis_max_message` bytes); one more gets 503 with
+    /// `Retry-After`. Bounds the memory unfinished publishes can hold.
+    pub api_max_pending_bodies: usize,
+    /// A private address for `/metrics` and `/health` (e.g. a loopback or
+    /// internal interface). When set, `/metrics` is no longer served on
+    /// `listen`; `/health` stays on both for load balancers.
+    pub metrics_listen: Option<SocketAddr>,
     /// Per-client encryption. Ignis: `requireEncryption` (false) plus a
     /// `handshakeFn`; here the handshake is built in.
     pub encryption: EncryptionMode,
@@ -240,6 +248,8 @@ impl Default for Config {
             encryption: EncryptionMode::Off,
             encrypted_batch_limit: 256,
             api_key: None,
+            api_max_pending_bodies: 16,
+            metrics_listen: None,
             events_channel: None,
             events_webhook: None,
         }
@@ -317,6 +327,14 @@ impl Config {
                     format!("room {r:?} is empty or starts with the reserved prefix `ws:`"),
                 ));
             }
+            if uuid::Uuid::try_parse(r).is_ok() {
+                return Err(bad(
+                    "--default-rooms",
+                    format!(
+                        "room {r:?} is a UUID: rooms named by a client id are that client's own"
+                    ),
+                ));
+            }
         }
         match &self.auth {
             AuthMode::Jwt {
@@ -383,6 +401,18 @@ impl Config {
         }
         if self.redis_max_message < 1024 {
             return Err(bad("--redis-max-message", "at least 1 KiB"));
+        }
+        if self.api_max_pending_bodies == 0 {
+            return Err(bad("--api-max-pending-bodies", "must be > 0"));
+        }
+        if self
+            .metrics_listen
+            .is_some_and(|m| m == self.listen && m.port() != 0)
+        {
+            return Err(bad(
+                "--metrics-listen",
+                "must differ from --listen (it is the private address)",
+            ));
         }
         if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
             return Err(bad("--api-key", "use at least 16 characters"));
@@ -623,6 +653,14 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// POST /api/publish bodies read at once, per process; one more gets
+    /// 503 [default: 16].
+    #[arg(long, env = "IGNIS_WS_API_MAX_PENDING_BODIES", value_name = "N")]
+    pub api_max_pending_bodies: Option<usize>,
+    /// Private address for /metrics and /health; /metrics then leaves the
+    /// public port [default: none].
+    #[arg(long, env = "IGNIS_WS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Redis channel custom client events are forwarded to (e.g. ws:events).
     #[arg(long, env = "IGNIS_WS_EVENTS_CHANNEL", value_name = "CHANNEL")]
     pub events_channel: Option<String>,
@@ -698,6 +736,8 @@ impl ServeArgs {
             redis_outbox,
             redis_max_message,
             api_key,
+            api_max_pending_bodies,
+            metrics_listen,
             encryption,
             encrypted_batch_limit,
             events_channel,
@@ -823,6 +863,10 @@ impl ServeArgs {
                 .map(|b| b.0)
                 .unwrap_or(d.redis_max_message),
             api_key: self.api_key.filter(|k| !k.is_empty()),
+            api_max_pending_bodies: self
+                .api_max_pending_bodies
+                .unwrap_or(d.api_max_pending_bodies),
+            metrics_listen: self.metrics_listen,
             encryption: self.encryption.unwrap_or(d.encryption),
             encrypted_batch_limit: self
                 .encrypted_batch_limit

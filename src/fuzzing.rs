@@ -26,6 +26,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("handshake", handshake_request),
     ("client_message", client_message),
     ("redis_envelope", redis_envelope),
+    ("publish_head", publish_head),
 ];
 
 type Outcome = (Vec<Message>, Option<FrameError>);
@@ -443,4 +444,95 @@ pub fn client_message(data: &[u8]) {
         shard.users.is_empty(),
         "users left after the only client left"
     );
+}
+
+/// `publish_head`: an HTTP request head as the publish endpoint sees it.
+/// The first byte picks the configuration (API key on or off; whether the
+/// body slots are full). Checks: the head parser never panics; a body is
+/// read only for `POST /api/publish` with exactly the configured key, a
+/// `Content-Length` within the limit and a free slot; every other answer is
+/// complete and 4xx/503, a wrong or missing key always 401; `HEAD` answers
+/// carry no body.
+pub fn publish_head(data: &[u8]) {
+    use crate::http::{self, PublishHead};
+    const KEY: &str = "fuzz-api-key-0123456789";
+    const MAX_BODY: usize = 4096;
+    let Some((&cfg, head)) = data.split_first() else {
+        return;
+    };
+    let full = cfg & 1 != 0;
+    let limits = HandshakeLimits::default();
+    let Ok(Some(Request::Http {
+        method,
+        path,
+        authorization,
+        content_length,
+        ..
+    })) = parse_request(head, &limits)
+    else {
+        return;
+    };
+    if method.eq_ignore_ascii_case("POST") && path == http::PUBLISH_PATH {
+        let key_ok = http::key_matches(KEY, authorization);
+        match http::publish_head(KEY, authorization, content_length, MAX_BODY, full) {
+            PublishHead::ReadBody { len } => {
+                assert!(key_ok, "a body is read without the right key");
+                assert!(!full, "a body is read with every slot taken");
+                assert_eq!(Some(len), content_length);
+                assert!(len <= MAX_BODY);
+            }
+            PublishHead::Reply(r) => {
+                let status = &r[..12.min(r.len())];
+                if key_ok {
+                    assert!(
+                        r.starts_with(b"HTTP/1.1 4") || r.starts_with(b"HTTP/1.1 503 "),
+                        "{:?}",
+                        String::from_utf8_lossy(status)
+                    );
+                } else {
+                    assert!(r.starts_with(b"HTTP/1.1 401 "), "wrong key not refused");
+                }
+                assert_complete_response(&r, false);
+            }
+        }
+    } else {
+        let registry = crate::metrics::Registry {
+            bridge: None,
+            events: None,
+            shards: Vec::new(),
+            started: std::time::Instant::now(),
+            io_backend: "fuzz",
+            max_connections: 1,
+        };
+        let at = http::Endpoints {
+            ws_path: Some("/ws"),
+            api_enabled: cfg & 2 != 0,
+            metrics: cfg & 4 != 0,
+        };
+        let r = http::respond(&registry, method, path, at);
+        assert_complete_response(&r, method.eq_ignore_ascii_case("HEAD"));
+    }
+}
+
+/// A response head that ends, states its Content-Length, and is followed
+/// by exactly that many bytes (none for `HEAD`).
+fn assert_complete_response(r: &[u8], head_only: bool) {
+    let Some(end) = r.windows(4).position(|w| w == b"\r\n\r\n") else {
+        panic!(
+            "an incomplete response head: {:?}",
+            String::from_utf8_lossy(r)
+        );
+    };
+    let Ok(head) = std::str::from_utf8(&r[..end]) else {
+        panic!("a response head that is not ASCII");
+    };
+    let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        panic!("a response without a Content-Length: {head}");
+    };
+    let body = r.len() - end - 4;
+    assert_eq!(body, if head_only { 0 } else { len }, "{head}");
 }

@@ -40,6 +40,13 @@ impl ClientId {
             .map(|u| ClientId(*u.as_bytes()))
     }
 
+    /// Whether `s` is a client id written the way clients see theirs
+    /// (hyphenated, lowercase): the only spelling whose room is the
+    /// client's own. Other spellings of a UUID name no room at all.
+    pub fn is_canonical(s: &str) -> bool {
+        s.len() == 36 && !s.bytes().any(|b| b.is_ascii_uppercase())
+    }
+
     /// The shard that owns a client with this id, if it is one of ours.
     pub fn shard(&self) -> usize {
         self.0[15] as usize

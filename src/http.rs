@@ -1,7 +1,12 @@
 //! Plain HTTP beside the upgrade, on the same port: `GET /health` (JSON),
-//! `GET /metrics` (Prometheus text) and `POST /api/publish` (for backends
-//! without Redis access). A GET of the WebSocket path without an upgrade
-//! gets 426; anything else 404.
+//! `GET /metrics` (Prometheus text, unless `--metrics-listen` moves it to a
+//! private address) and `POST /api/publish` (for backends without Redis
+//! access). A GET of the WebSocket path without an upgrade gets 426;
+//! anything else 404. `HEAD` gets the `GET` head without its body.
+//!
+//! The publish endpoint decides from the request head alone whether a body
+//! is read at all ([`publish_head`]): a missing or wrong key is answered
+//! before a byte of the body is waited for.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -14,16 +19,34 @@ use crate::proto::handshake::http_response;
 /// The publish endpoint's path.
 pub const PUBLISH_PATH: &str = "/api/publish";
 
-/// Answer one plain HTTP request.
-pub fn respond(
-    registry: &Registry,
-    method: &str,
-    path: &str,
-    ws_path: &str,
-    api_enabled: bool,
-) -> Vec<u8> {
+/// Which plain HTTP endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints<'a> {
+    /// The WebSocket path (426 for a plain GET of it); `None` on the
+    /// private metrics listener.
+    pub ws_path: Option<&'a str>,
+    /// `POST /api/publish` is enabled (an API key is set).
+    pub api_enabled: bool,
+    /// `/metrics` is served here.
+    pub metrics: bool,
+}
+
+/// Answer one plain HTTP request (`HEAD`: the same head, no body).
+pub fn respond(registry: &Registry, method: &str, path: &str, at: Endpoints<'_>) -> Vec<u8> {
+    let mut r = respond_get(registry, method, path, at);
+    if method.eq_ignore_ascii_case("HEAD")
+        && let Some(end) = r.windows(4).position(|w| w == b"\r\n\r\n")
+    {
+        // RFC 9110 §9.3.2: the Content-Length of the GET, no content.
+        r.truncate(end + 4);
+    }
+    r
+}
+
+fn respond_get(registry: &Registry, method: &str, path: &str, at: Endpoints<'_>) -> Vec<u8> {
     let path = path.split('?').next().unwrap_or(path);
     let get = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
+    let api_enabled = at.api_enabled;
     match path {
         "/health" if get => http_response(
             200,
@@ -31,7 +54,7 @@ pub fn respond(
             registry.health_json().as_bytes(),
             &[("Cache-Control", "no-store")],
         ),
-        "/metrics" if get => http_response(
+        "/metrics" if get && at.metrics => http_response(
             200,
             "text/plain; version=0.0.4",
             registry.prometheus().as_bytes(),
@@ -43,13 +66,19 @@ pub fn respond(
             b"Method Not Allowed\n",
             &[("Allow", "POST")],
         ),
-        "/health" | "/metrics" => http_response(
+        "/health" => http_response(
             405,
             "text/plain",
             b"Method Not Allowed\n",
             &[("Allow", "GET, HEAD")],
         ),
-        p if p == ws_path => http_response(
+        "/metrics" if at.metrics => http_response(
+            405,
+            "text/plain",
+            b"Method Not Allowed\n",
+            &[("Allow", "GET, HEAD")],
+        ),
+        p if Some(p) == at.ws_path => http_response(
             426,
             "text/plain",
             b"Upgrade Required: this path only speaks WebSocket\n",
@@ -93,21 +122,74 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Answer `POST /api/publish`: check the bearer key, validate the body,
-/// deliver locally and through Redis like the reference's `send`.
-pub fn publish(
-    handle: &Handle,
-    api_key: &str,
-    authorization: Option<&str>,
-    body: &[u8],
-) -> Vec<u8> {
+/// What to do with a `POST /api/publish` once its head is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishHead {
+    /// Answer this and close; no body byte is read.
+    Reply(Vec<u8>),
+    /// The key is right and the length acceptable: read exactly `len`
+    /// body bytes, then call [`publish`].
+    ReadBody {
+        /// The body's length (`Content-Length`).
+        len: usize,
+    },
+}
+
+/// Whether `authorization` carries `api_key` as its bearer token.
+pub fn key_matches(api_key: &str, authorization: Option<&str>) -> bool {
     let bearer = authorization
         .and_then(|a| {
             a.strip_prefix("Bearer ")
                 .or_else(|| a.strip_prefix("bearer "))
         })
         .map(str::trim);
-    if !bearer.is_some_and(|k| same_key(k.as_bytes(), api_key.as_bytes())) {
+    bearer.is_some_and(|k| same_key(k.as_bytes(), api_key.as_bytes()))
+}
+
+/// Decide `POST /api/publish` from its head: the key first (401 before any
+/// body byte is waited for), then the length (411 without one, 413 over
+/// `max_body`), then room for one more body read (`bodies_full`: 503 with
+/// `Retry-After`, so bodies held in memory stay bounded).
+pub fn publish_head(
+    api_key: &str,
+    authorization: Option<&str>,
+    content_length: Option<usize>,
+    max_body: usize,
+    bodies_full: bool,
+) -> PublishHead {
+    if !key_matches(api_key, authorization) {
+        return PublishHead::Reply(json_error(
+            401,
+            "missing or wrong API key",
+            &[("WWW-Authenticate", "Bearer")],
+        ));
+    }
+    match content_length {
+        None => PublishHead::Reply(json_error(411, "Content-Length required", &[])),
+        Some(n) if n > max_body => PublishHead::Reply(json_error(
+            413,
+            &format!("body larger than {max_body} bytes"),
+            &[],
+        )),
+        Some(_) if bodies_full => PublishHead::Reply(json_error(
+            503,
+            "too many publish bodies in flight; retry",
+            &[("Retry-After", "1")],
+        )),
+        Some(len) => PublishHead::ReadBody { len },
+    }
+}
+
+/// Answer `POST /api/publish` with its body: check the bearer key (again:
+/// callers may skip [`publish_head`]), validate the body, deliver locally
+/// and through Redis like the reference's `send`.
+pub fn publish(
+    handle: &Handle,
+    api_key: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    if !key_matches(api_key, authorization) {
         return json_error(
             401,
             "missing or wrong API key",
@@ -155,4 +237,94 @@ pub fn publish(
         Ok(()) => http_response(202, "application/json", b"{\"ok\":true}", &[]),
         Err(e) => json_error(503, &e.to_string(), &[]),
     }
+}
+
+/// Connections the private metrics listener serves at once; more wait in
+/// the kernel's backlog.
+const PRIVATE_MAX_CONNS: usize = 64;
+
+/// Serve `/metrics` and `/health` on the private `--metrics-listen`
+/// address, on the control thread: one request per connection, each
+/// bounded in size (`max_head`) and time (`timeout`), at most
+/// [`PRIVATE_MAX_CONNS`] at once. Runs until the control thread stops.
+pub async fn serve_private(
+    listener: std::net::TcpListener,
+    registry: std::sync::Arc<Registry>,
+    max_head: usize,
+    timeout: std::time::Duration,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "--metrics-listen: cannot serve");
+            return;
+        }
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PRIVATE_MAX_CONNS));
+    let mut errors_logged: Option<std::time::Instant> = None;
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                if errors_logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                    tracing::warn!(error = %e, "--metrics-listen: accept failed");
+                    errors_logged = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ =
+                tokio::time::timeout(timeout, private_request(stream, &registry, max_head)).await;
+        });
+    }
+}
+
+async fn private_request(
+    mut stream: tokio::net::TcpStream,
+    registry: &Registry,
+    max_head: usize,
+) -> std::io::Result<()> {
+    use crate::proto::handshake::{HandshakeLimits, Request, error_response, parse_request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = HandshakeLimits {
+        max_head_bytes: max_head,
+        max_headers: 64,
+    };
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let reply = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_request(&buf, &limits) {
+            Ok(None) => continue,
+            Ok(Some(Request::Http { method, path, .. })) => {
+                break respond(
+                    registry,
+                    method,
+                    path,
+                    Endpoints {
+                        ws_path: None,
+                        api_enabled: false,
+                        metrics: true,
+                    },
+                );
+            }
+            Ok(Some(Request::Upgrade { .. })) => {
+                break http_response(404, "text/plain", b"Not Found\n", &[]);
+            }
+            Err(e) => break error_response(&e),
+        }
+    };
+    stream.write_all(&reply).await?;
+    stream.shutdown().await
 }

@@ -26,6 +26,11 @@ pub struct ShardMetrics {
     pub http_requests_total: AtomicU64,
     /// Handshakes that failed (bad request, timeout, too large).
     pub handshake_errors_total: AtomicU64,
+    /// `accept` calls that failed (EMFILE, ENFILE, ENOBUFS, …).
+    pub accept_errors: AtomicU64,
+    /// `POST /api/publish` refused with 503 because
+    /// `--api-max-pending-bodies` bodies were being read.
+    pub publish_bodies_refused: AtomicU64,
     /// Authentication results.
     pub auth_accepted: AtomicU64,
     pub auth_refused: AtomicU64,
@@ -53,12 +58,17 @@ pub struct ShardMetrics {
     pub rooms_joined: AtomicU64,
     pub rooms_refused: AtomicU64,
     pub rooms_over_limit: AtomicU64,
+    /// Joins of a room named by another client's id (any UUID form),
+    /// always refused.
+    pub rooms_client_id_refused: AtomicU64,
     pub rate_limited: AtomicU64,
     /// Current rooms and users on this shard (gauges).
     pub rooms: AtomicI64,
     pub users: AtomicI64,
     /// Accepted connections still in their HTTP upgrade.
     pub handshaking: AtomicI64,
+    /// `POST /api/publish` bodies being read now.
+    pub publish_bodies: AtomicI64,
     /// Clients that completed the encryption handshake and are connected
     /// (gauge).
     pub encrypted_clients: AtomicI64,
@@ -333,7 +343,12 @@ impl Registry {
                 "Accepted connections still in their HTTP upgrade (they count against --max-connections), by shard.",
                 |s: &ShardMetrics| &s.handshaking,
             ),
-        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 4]
+            (
+                "publish_bodies_pending",
+                "POST /api/publish bodies being read now (at most --api-max-pending-bodies), by shard.",
+                |s: &ShardMetrics| &s.publish_bodies,
+            ),
+        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 5]
         {
             writeln!(o, "# HELP ignis_ws_{name} {help}")?;
             writeln!(o, "# TYPE ignis_ws_{name} gauge")?;
@@ -342,7 +357,22 @@ impl Registry {
             }
         }
         type Getter = fn(&ShardMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Getter); 23] = [
+        let counters: [(&str, &str, Getter); 26] = [
+            (
+                "rooms_client_id_refused_total",
+                "Joins refused because the room is named by another client's id (any UUID form).",
+                |s| &s.rooms_client_id_refused,
+            ),
+            (
+                "accept_errors_total",
+                "accept() calls that failed (EMFILE, ENFILE, ENOBUFS, ...); logged at most once per second per shard.",
+                |s| &s.accept_errors,
+            ),
+            (
+                "publish_bodies_refused_total",
+                "POST /api/publish answered 503 because --api-max-pending-bodies bodies were being read.",
+                |s| &s.publish_bodies_refused,
+            ),
             (
                 "recv_ring_empty_total",
                 "io_uring receives that found the buffer ring empty.",

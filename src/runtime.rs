@@ -42,6 +42,7 @@ impl std::fmt::Debug for ServerBuilder {
 pub struct Server {
     handle: Handle,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     backend: Backend,
     threads: Vec<JoinHandle<()>>,
     control: Option<Control>,
@@ -195,6 +196,16 @@ impl ServerBuilder {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or(config.listen);
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| Error::Listen { addr, source })?;
+                Some(l)
+            }
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let config = Arc::new(config);
         let control = Control::start()?;
         let metrics: Vec<Arc<ShardMetrics>> =
@@ -287,6 +298,14 @@ impl ServerBuilder {
                 }
             }
         }
+        if let Some(l) = metrics_listener {
+            control.handle().spawn(Box::pin(crate::http::serve_private(
+                l,
+                registry.clone(),
+                config.max_handshake_bytes,
+                config.handshake_timeout,
+            )));
+        }
         if let (Some(cfg), Some((publisher, outbox))) = (bridge_cfg, bridge) {
             crate::bridge::start(cfg, &publisher, outbox, handle.clone(), &control.handle());
         }
@@ -296,11 +315,13 @@ impl ServerBuilder {
             shards = n,
             io = backend.name(),
             encryption = ?config.encryption,
+            metrics = ?metrics_addr,
             "ignis-ws listening"
         );
         Ok(Server {
             handle,
             local_addr,
+            metrics_addr,
             backend,
             threads,
             control: Some(control),
@@ -322,6 +343,12 @@ impl Server {
     /// The address the shards listen on (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The private `--metrics-listen` address (the real port when 0 was
+    /// asked), if one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The I/O back end in use.

@@ -61,6 +61,12 @@ pub struct ShardIo {
     handle: crate::handle::Handle,
     api_key: Option<String>,
     max_body: usize,
+    /// `POST /api/publish` bodies being read now, and how many may be
+    /// (this shard's share of `--api-max-pending-bodies`).
+    bodies: Cell<usize>,
+    max_bodies: usize,
+    /// `/metrics` is served on this port (not moved by `--metrics-listen`).
+    metrics_public: bool,
     scratch: RefCell<Vec<u8>>,
     /// Connections accepted but not yet upgraded (they count against
     /// `max_connections` too).
@@ -118,6 +124,9 @@ impl ShardIo {
             handle,
             api_key: c.api_key.clone(),
             max_body: c.redis_max_message,
+            bodies: Cell::new(0),
+            max_bodies: c.api_max_pending_bodies.div_ceil(c.shards.max(1)).max(1),
+            metrics_public: c.metrics_listen.is_none(),
             limits: HandshakeLimits {
                 max_head_bytes: c.max_handshake_bytes,
                 max_headers: 64,
@@ -145,13 +154,46 @@ fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// Accept failures (EMFILE, ENFILE, ENOBUFS, …) recur on every retry
+/// while their cause lasts: each is counted, and logged at most once per
+/// second per shard with how many failed since the last line.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+/// Retry pause after a failed accept (the cause, e.g. no free fd, rarely
+/// clears faster).
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+impl AcceptErrors {
+    fn failed(&mut self, e: &io::Error, m: &ShardMetrics, now: Instant) {
+        ShardMetrics::add(&m.accept_errors, 1);
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                error = %e,
+                failures = self.unlogged,
+                "accept failed; retrying (logged at most once per second)"
+            );
+            self.last_logged = Some(now);
+            self.unlogged = 0;
+        }
+    }
+}
+
 /// Accept connections until the task is cancelled.
 pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
     let m = io.metrics();
+    let mut errors = AcceptErrors::default();
     loop {
         if let Err(e) = listener.accept_ready().await {
-            tracing::warn!(error = %e, "accept readiness failed");
-            compio::time::sleep(Duration::from_millis(10)).await;
+            errors.failed(&e, &m, Instant::now());
+            compio::time::sleep(ACCEPT_RETRY).await;
             continue;
         }
         loop {
@@ -184,8 +226,8 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    compio::time::sleep(Duration::from_millis(10)).await;
+                    errors.failed(&e, &m, Instant::now());
+                    compio::time::sleep(ACCEPT_RETRY).await;
                     break;
                 }
             }
@@ -325,14 +367,24 @@ async fn handshake_from(
             {
                 ShardMetrics::add(&io.metrics().http_requests_total, 1);
                 let api_key = io.api_key.as_deref().unwrap_or_default();
-                match content_length {
-                    None => handshake::http_response(411, "text/plain", b"Length Required\n", &[]),
-                    Some(n) if n > io.max_body => {
-                        handshake::http_response(413, "text/plain", b"Payload Too Large\n", &[])
+                let full = io.bodies.get() >= io.max_bodies;
+                match crate::http::publish_head(
+                    api_key,
+                    authorization,
+                    content_length,
+                    io.max_body,
+                    full,
+                ) {
+                    crate::http::PublishHead::Reply(r) => {
+                        if full && r.starts_with(b"HTTP/1.1 503") {
+                            ShardMetrics::add(&io.metrics().publish_bodies_refused, 1);
+                        }
+                        r
                     }
-                    Some(n) => {
+                    crate::http::PublishHead::ReadBody { len } => {
                         let authorization = authorization.map(str::to_owned);
-                        let end = head_len + n;
+                        let end = head_len + len;
+                        let _slot = BodySlot::take(io);
                         while buf.len() < end {
                             if !src.more(io, &mut buf, end).await? {
                                 return Ok(None);
@@ -349,7 +401,16 @@ async fn handshake_from(
             }
             Ok(Some(Request::Http { method, path, .. })) => {
                 ShardMetrics::add(&io.metrics().http_requests_total, 1);
-                crate::http::respond(&io.registry, method, path, &io.path, io.api_key.is_some())
+                crate::http::respond(
+                    &io.registry,
+                    method,
+                    path,
+                    crate::http::Endpoints {
+                        ws_path: Some(&io.path),
+                        api_enabled: io.api_key.is_some(),
+                        metrics: io.metrics_public,
+                    },
+                )
             }
             Err(e) => {
                 ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
@@ -360,6 +421,30 @@ async fn handshake_from(
         write_all(pfd, &reply).await?;
         let _ = rustix::net::shutdown(pfd.as_fd_ref(), Shutdown::Write);
         return Ok(None);
+    }
+}
+
+/// One publish body being read: counted in [`ShardIo::bodies`] until
+/// dropped (also when the read fails or times out).
+struct BodySlot<'a>(&'a ShardIo);
+
+impl<'a> BodySlot<'a> {
+    fn take(io: &'a ShardIo) -> BodySlot<'a> {
+        io.bodies.set(io.bodies.get() + 1);
+        io.metrics()
+            .publish_bodies
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BodySlot(io)
+    }
+}
+
+impl Drop for BodySlot<'_> {
+    fn drop(&mut self) {
+        self.0.bodies.set(self.0.bodies.get().saturating_sub(1));
+        self.0
+            .metrics()
+            .publish_bodies
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -691,6 +776,7 @@ fn is_no_buffers(e: &io::Error) -> bool {
 pub async fn accept_loop_uring(io: Rc<ShardIo>, listener: compio::net::TcpListener) {
     use futures_util::StreamExt;
     let m = io.metrics();
+    let mut errors = AcceptErrors::default();
     let mut incoming = listener.incoming();
     while let Some(r) = incoming.next().await {
         match r {
@@ -714,8 +800,8 @@ pub async fn accept_loop_uring(io: Rc<ShardIo>, listener: compio::net::TcpListen
                 compio::runtime::spawn(conn_task_uring(io.clone(), stream)).detach();
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                compio::time::sleep(Duration::from_millis(10)).await;
+                errors.failed(&e, &m, Instant::now());
+                compio::time::sleep(ACCEPT_RETRY).await;
             }
         }
     }
@@ -1093,15 +1179,19 @@ pub async fn ticker(io: Rc<ShardIo>) {
 /// [`crate::runtime::release_free_memory`]).
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
-/// Changes whenever a connection was upgraded or removed.
-fn churn(io: &ShardIo) -> (u64, usize) {
+/// Changes whenever a connection was upgraded or removed, or a plain HTTP
+/// request (a publish body, a refused upgrade) was answered: after
+/// HTTP-only traffic too, the memory it used goes back.
+fn churn(io: &ShardIo) -> (u64, u64, u64, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
     let sh = io.shard.borrow();
-    let upgrades = sh
-        .ctx
-        .metrics
-        .upgrades_total
-        .load(std::sync::atomic::Ordering::Relaxed);
-    (upgrades, sh.len())
+    let m = &sh.ctx.metrics;
+    (
+        m.upgrades_total.load(Relaxed),
+        m.http_requests_total.load(Relaxed),
+        m.handshake_errors_total.load(Relaxed),
+        sh.len(),
+    )
 }
 
 /// Apply commands from the shard's channel, in batches.

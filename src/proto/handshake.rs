@@ -74,6 +74,8 @@ pub enum HandshakeError {
     UpgradeRequiresHttp11,
     #[error("Transfer-Encoding is not supported")]
     TransferEncodingUnsupported,
+    #[error("HTTP/1.1 request without a Host header field")]
+    MissingHost,
 }
 
 impl HandshakeError {
@@ -84,7 +86,8 @@ impl HandshakeError {
             | Self::DuplicateHeader(_)
             | Self::MissingKey
             | Self::InvalidKey
-            | Self::UpgradeRequiresHttp11 => 400,
+            | Self::UpgradeRequiresHttp11
+            | Self::MissingHost => 400,
             // RFC 6455 §4.4: 426 plus the versions we do speak.
             Self::BadVersion => 426,
             Self::MethodNotGet => 405,
@@ -135,6 +138,12 @@ pub fn parse_request<'a>(
     };
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     let headers = Headers(req.headers);
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request
+    // with two, gets 400 (a proxy in front may have read the other one).
+    let host = headers.unique("host", "Host")?;
+    if minor == 1 && host.is_none() {
+        return Err(HandshakeError::MissingHost);
+    }
 
     if headers.has_token("upgrade", "websocket") && headers.has_token("connection", "upgrade") {
         if method != "GET" {
@@ -317,6 +326,7 @@ pub const fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        202 => "Accepted",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -324,6 +334,7 @@ pub const fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
         413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
@@ -557,7 +568,7 @@ mod tests {
             assert_eq!(parse(head), Err(HandshakeError::Malformed), "{head:?}");
         }
         for value in ["abc", "-1", "+5", "1 2", "", "99999999999999999999999"] {
-            let head = format!("POST /x HTTP/1.1\r\nContent-Length: {value}\r\n\r\n");
+            let head = format!("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
             assert_eq!(parse(&head), Err(HandshakeError::Malformed), "{value:?}");
         }
     }
@@ -575,7 +586,7 @@ mod tests {
                 content_length: None,
             }))
         );
-        let head = "POST /publish HTTP/1.1\r\nAuthorization: Bearer t0k3n\r\nContent-Length: 12\r\n\r\n{\"a\":1}";
+        let head = "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k3n\r\nContent-Length: 12\r\n\r\n{\"a\":1}";
         assert_eq!(
             parse(head),
             Ok(Some(Request::Http {
@@ -588,27 +599,58 @@ mod tests {
         );
         // A GET on the WebSocket path without the upgrade headers is plain
         // HTTP; answering 426 is the caller's call.
-        let head = "GET /ws HTTP/1.1\r\nSec-WebSocket-Key: x\r\n\r\n";
+        let head = "GET /ws HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: x\r\n\r\n";
         assert!(matches!(
             parse(head),
             Ok(Some(Request::Http { path: "/ws", .. }))
         ));
         // Upgrade to something else.
-        let head = "GET /ws HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
+        let head = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
         assert!(matches!(parse(head), Ok(Some(Request::Http { .. }))));
         let head = "GET / HTTP/1.0\r\n\r\n";
         assert!(matches!(parse(head), Ok(Some(Request::Http { .. }))));
     }
 
     #[test]
+    fn host_is_required_in_http11_and_unique() {
+        let head = upgrade_head("").replace("Host: example.com\r\n", "");
+        assert_eq!(parse(&head), Err(HandshakeError::MissingHost));
+        assert_eq!(HandshakeError::MissingHost.status(), 400);
+        assert_eq!(
+            parse("GET /health HTTP/1.1\r\n\r\n"),
+            Err(HandshakeError::MissingHost)
+        );
+        let head = upgrade_head("Host: other.example\r\n");
+        assert_eq!(parse(&head), Err(HandshakeError::DuplicateHeader("Host")));
+        // HTTP/1.0 has no Host requirement (plain requests only).
+        assert!(matches!(
+            parse("GET /health HTTP/1.0\r\n\r\n"),
+            Ok(Some(Request::Http { .. }))
+        ));
+    }
+
+    #[test]
+    fn reason_phrases_of_the_statuses_sent() {
+        for (status, phrase) in [
+            (202, "Accepted"),
+            (411, "Length Required"),
+            (503, "Service Unavailable"),
+        ] {
+            assert_eq!(reason_phrase(status), phrase);
+            let r = http_response(status, "", b"", &[]);
+            assert!(r.starts_with(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes()));
+        }
+    }
+
+    #[test]
     fn ambiguous_bodies_are_refused() {
-        let head = "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(
             parse(head),
             Err(HandshakeError::TransferEncodingUnsupported)
         );
         assert_eq!(HandshakeError::TransferEncodingUnsupported.status(), 501);
-        let head = "POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        let head = "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(
             parse(head),
             Err(HandshakeError::DuplicateHeader("Content-Length"))
@@ -622,7 +664,7 @@ mod tests {
             parse(&head),
             Ok(Some(Request::Upgrade { path: "/ws", .. }))
         ));
-        let head = "GET /metrics?x=1&y=2 HTTP/1.1\r\n\r\n";
+        let head = "GET /metrics?x=1&y=2 HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(matches!(
             parse(head),
             Ok(Some(Request::Http {
@@ -630,7 +672,7 @@ mod tests {
                 ..
             }))
         ));
-        let head = "GET /?only HTTP/1.1\r\n\r\n";
+        let head = "GET /?only HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(matches!(
             parse(head),
             Ok(Some(Request::Http { path: "/", .. }))
@@ -676,6 +718,7 @@ mod tests {
             HandshakeError::MethodNotGet,
             HandshakeError::UpgradeRequiresHttp11,
             HandshakeError::TransferEncodingUnsupported,
+            HandshakeError::MissingHost,
         ] {
             let response = String::from_utf8(error_response(&err)).unwrap();
             let (head, body) = response.split_once("\r\n\r\n").unwrap();

@@ -54,16 +54,19 @@ impl<S> Shard<S> {
                 }
             }
             Target::Room(room) => {
-                // The own-id room of a local client.
-                if let Some(id) = ClientId::parse(room)
-                    && id.shard() == self.ctx.index
-                    && !exclude.contains(&id)
-                    && let Some(k) = self.key_of(&id)
-                    && self.conns[k as usize].in_own_room
-                {
-                    sent += u64::from(self.push(k, &d.frame, now));
-                }
-                if let Some(rid) = self.rooms.id(room) {
+                // A room named by a client id is that client's own room
+                // (in the spelling clients see) and nobody else's: joins of
+                // such rooms are refused.
+                if let Some(id) = ClientId::parse(room) {
+                    if ClientId::is_canonical(room)
+                        && id.shard() == self.ctx.index
+                        && !exclude.contains(&id)
+                        && let Some(k) = self.key_of(&id)
+                        && self.conns[k as usize].in_own_room
+                    {
+                        sent += u64::from(self.push(k, &d.frame, now));
+                    }
+                } else if let Some(rid) = self.rooms.id(room) {
                     let mut i = 0;
                     // Index loop: `push` may close a slow client, which never
                     // removes it from the room before its task ends.

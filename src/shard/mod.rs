@@ -876,6 +876,20 @@ impl<S> Shard<S> {
     }
 
     fn start_join(&mut self, key: ConnKey, mut rooms: Vec<String>) {
+        // A room named by a client id (any UUID form) other than the
+        // client's own is never joinable, whatever the validator says: a
+        // room message to a client id (cross-node `send`) must reach that
+        // client only.
+        let own = self.conns[key as usize].id;
+        let before = rooms.len();
+        rooms.retain(|r| ClientId::parse(r).is_none_or(|id| id == own));
+        let foreign = (before - rooms.len()) as u64;
+        if foreign > 0 {
+            tracing::debug!(client = %own, foreign, "joins of other clients' id rooms refused");
+            let m = &self.ctx.metrics;
+            ShardMetrics::add(&m.rooms_refused, foreign);
+            ShardMetrics::add(&m.rooms_client_id_refused, foreign);
+        }
         let cap = self.ctx.config.max_rooms_per_client;
         if cap > 0 && rooms.len() > cap {
             // More than could ever be joined: the rest is refused unseen.

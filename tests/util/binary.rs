@@ -13,11 +13,28 @@ pub struct Binary {
     child: Option<Child>,
     pub pid: u32,
     pub addr: SocketAddr,
+    /// Every line the server logged after its `listening` line.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Binary {
     pub fn spawn(args: &[&str]) -> Binary {
-        let mut cmd = Command::new(BIN);
+        Binary::spawn_with(None, args)
+    }
+
+    /// Like [`Binary::spawn`], with the file-descriptor limit (soft and
+    /// hard) set to `nofile` first when given.
+    pub fn spawn_with(nofile: Option<u32>, args: &[&str]) -> Binary {
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -36,6 +53,7 @@ impl Binary {
             pid: child.id(),
             child: Some(child),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log: Default::default(),
         };
         let mut lines = BufReader::new(stdout).lines();
         loop {
@@ -48,7 +66,12 @@ impl Binary {
                     .parse()
                     .unwrap();
                 // Keep draining the log so the server never blocks on it.
-                std::thread::spawn(move || for _ in lines {});
+                let log = srv.log.clone();
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        log.lock().unwrap().push(line);
+                    }
+                });
                 return srv;
             }
         }
@@ -56,6 +79,19 @@ impl Binary {
 
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// Open file descriptors of the server process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Logged lines (after `listening`) that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 
     /// Resident set size of the server process, KiB.
