@@ -81,6 +81,8 @@ pub enum AuthMode {
         url: String,
         /// How long to wait for its answer.
         timeout: Duration,
+        /// Calls in flight at once; more wait (within `timeout`).
+        concurrency: usize,
     },
     /// Everyone is accepted (development and benchmarks only).
     Insecure,
@@ -207,6 +209,22 @@ pub struct Config {
     pub events_channel: Option<String>,
     /// URL that custom client events are POSTed to.
     pub events_webhook: Option<String>,
+    /// Events waiting for an events-webhook worker; past it new events are
+    /// dropped and counted (`ignis_ws_events_dropped_total`).
+    pub events_webhook_queue: usize,
+    /// Events-webhook POSTs in flight at once (and so connections to the
+    /// webhook's host).
+    pub events_webhook_concurrency: usize,
+    /// Time allowed for one events-webhook POST.
+    pub events_webhook_timeout: Duration,
+    /// Bytes of deliveries waiting in one shard's channel; a delivery that
+    /// does not fit is refused (`SendError::Overloaded`, 503 on
+    /// `/api/publish`) and counted.
+    pub shard_queue_limit: usize,
+    /// Tasks (webhook auth calls, hooks, room validators that wait) the
+    /// control thread runs at once; past it new ones are refused and
+    /// counted.
+    pub control_max_tasks: usize,
 }
 
 impl Default for Config {
@@ -252,6 +270,11 @@ impl Default for Config {
             metrics_listen: None,
             events_channel: None,
             events_webhook: None,
+            events_webhook_queue: 1024,
+            events_webhook_concurrency: 4,
+            events_webhook_timeout: Duration::from_millis(5_000),
+            shard_queue_limit: 64 << 20,
+            control_max_tasks: 16_384,
         }
     }
 }
@@ -359,7 +382,7 @@ impl Config {
                 }
                 _ => {}
             },
-            AuthMode::Webhook { url, timeout } => {
+            AuthMode::Webhook { url, timeout, .. } => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(bad("--auth-url", "must be an http:// or https:// URL"));
                 }
@@ -401,6 +424,27 @@ impl Config {
         }
         if self.redis_max_message < 1024 {
             return Err(bad("--redis-max-message", "at least 1 KiB"));
+        }
+        if self.events_webhook_queue == 0 {
+            return Err(bad("--events-webhook-queue", "must be > 0"));
+        }
+        if self.events_webhook_concurrency == 0 {
+            return Err(bad("--events-webhook-concurrency", "must be > 0"));
+        }
+        if self.events_webhook_timeout.is_zero() {
+            return Err(bad("--events-webhook-timeout-ms", "must be > 0"));
+        }
+        if self.shard_queue_limit < self.redis_max_message.max(self.max_payload) {
+            return Err(bad(
+                "--shard-queue-limit",
+                "must hold at least one message (>= --redis-max-message and --max-payload)",
+            ));
+        }
+        if self.control_max_tasks == 0 {
+            return Err(bad("--control-max-tasks", "must be > 0"));
+        }
+        if let AuthMode::Webhook { concurrency: 0, .. } = self.auth {
+            return Err(bad("--auth-webhook-concurrency", "must be > 0"));
         }
         if self.api_max_pending_bodies == 0 {
             return Err(bad("--api-max-pending-bodies", "must be > 0"));
@@ -543,6 +587,10 @@ pub struct ServeArgs {
     /// Timeout of one webhook call, ms [default: 5000].
     #[arg(long, env = "IGNIS_WS_AUTH_WEBHOOK_TIMEOUT_MS", value_name = "MS")]
     pub auth_webhook_timeout_ms: Option<u64>,
+    /// Webhook auth calls in flight at once; more wait within their timeout
+    /// [default: 64].
+    #[arg(long, env = "IGNIS_WS_AUTH_WEBHOOK_CONCURRENCY", value_name = "N")]
+    pub auth_webhook_concurrency: Option<usize>,
     /// Room patterns clients may join, comma separated; `*` and `?` are
     /// globs, `{userId}` is the client's user id. E.g. 'public:*,user:{userId}:*'.
     /// Without any (and no JWT `rooms` claim) joins are refused.
@@ -667,6 +715,25 @@ pub struct ServeArgs {
     /// URL custom client events are POSTed to.
     #[arg(long, env = "IGNIS_WS_EVENTS_WEBHOOK", value_name = "URL")]
     pub events_webhook: Option<String>,
+    /// Events waiting for an events-webhook worker; more are dropped and
+    /// counted [default: 1024].
+    #[arg(long, env = "IGNIS_WS_EVENTS_WEBHOOK_QUEUE", value_name = "N")]
+    pub events_webhook_queue: Option<usize>,
+    /// Events-webhook POSTs (and connections) in flight at once
+    /// [default: 4].
+    #[arg(long, env = "IGNIS_WS_EVENTS_WEBHOOK_CONCURRENCY", value_name = "N")]
+    pub events_webhook_concurrency: Option<usize>,
+    /// Timeout of one events-webhook POST, ms [default: 5000].
+    #[arg(long, env = "IGNIS_WS_EVENTS_WEBHOOK_TIMEOUT_MS", value_name = "MS")]
+    pub events_webhook_timeout_ms: Option<u64>,
+    /// Bytes of deliveries waiting for one shard; one more is refused and
+    /// counted (503 on /api/publish) [default: 64MiB].
+    #[arg(long, env = "IGNIS_WS_SHARD_QUEUE_LIMIT", value_name = "BYTES")]
+    pub shard_queue_limit: Option<ByteSize>,
+    /// Tasks the control thread runs at once (webhook auth, waiting hooks
+    /// and room validators); more are refused and counted [default: 16384].
+    #[arg(long, env = "IGNIS_WS_CONTROL_MAX_TASKS", value_name = "N")]
+    pub control_max_tasks: Option<usize>,
 
     /// Log filter (tracing EnvFilter syntax, e.g. `info`,
     /// `ignis_ws=debug`); RUST_LOG is used when absent [default: info].
@@ -711,6 +778,7 @@ impl ServeArgs {
             jwt_leeway_s,
             auth_url,
             auth_webhook_timeout_ms,
+            auth_webhook_concurrency,
             room_allow,
             default_rooms,
             auth_timeout_ms,
@@ -742,6 +810,11 @@ impl ServeArgs {
             encrypted_batch_limit,
             events_channel,
             events_webhook,
+            events_webhook_queue,
+            events_webhook_concurrency,
+            events_webhook_timeout_ms,
+            shard_queue_limit,
+            control_max_tasks,
             log,
         );
         self
@@ -783,6 +856,7 @@ impl ServeArgs {
                     .auth_url
                     .ok_or_else(|| bad("--auth-url", "--auth webhook needs --auth-url URL"))?,
                 timeout: ms(self.auth_webhook_timeout_ms, Duration::from_millis(5_000)),
+                concurrency: self.auth_webhook_concurrency.unwrap_or(64),
             },
             Some(AuthKind::Insecure) => AuthMode::Insecure,
         };
@@ -873,6 +947,16 @@ impl ServeArgs {
                 .unwrap_or(d.encrypted_batch_limit),
             events_channel: self.events_channel,
             events_webhook: self.events_webhook,
+            events_webhook_queue: self.events_webhook_queue.unwrap_or(d.events_webhook_queue),
+            events_webhook_concurrency: self
+                .events_webhook_concurrency
+                .unwrap_or(d.events_webhook_concurrency),
+            events_webhook_timeout: ms(self.events_webhook_timeout_ms, d.events_webhook_timeout),
+            shard_queue_limit: self
+                .shard_queue_limit
+                .map(|b| b.0)
+                .unwrap_or(d.shard_queue_limit),
+            control_max_tasks: self.control_max_tasks.unwrap_or(d.control_max_tasks),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -3,16 +3,43 @@
 //! room validators and hooks; next, the Redis bridge). Shards never block
 //! on it: they hand it a future and get the result back on their channel.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 use std::thread::JoinHandle;
 
 use crate::auth::BoxFuture;
+
+/// Tasks the control thread runs at once when not configured
+/// (`--control-max-tasks`).
+pub const DEFAULT_MAX_TASKS: usize = 16_384;
+
+/// The control thread's counters (exported by [`crate::metrics`]).
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    /// Bounded tasks queued or running now (gauge).
+    pub tasks: AtomicI64,
+    /// Tasks refused because `max_tasks` were running.
+    pub refused: AtomicU64,
+}
 
 /// Sends futures to the control thread. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ControlHandle {
     tx: tokio::sync::mpsc::UnboundedSender<BoxFuture<()>>,
     rt: tokio::runtime::Handle,
+    stats: Arc<ControlStats>,
+    max_tasks: usize,
+}
+
+/// Holds one of the `max_tasks` slots; frees it when the task ends (or is
+/// dropped unrun at shutdown).
+struct TaskSlot(Arc<ControlStats>);
+
+impl Drop for TaskSlot {
+    fn drop(&mut self) {
+        self.0.tasks.fetch_sub(1, Relaxed);
+    }
 }
 
 /// What became of a future polled inline.
@@ -25,13 +52,44 @@ pub enum Inline<T> {
     /// It panicked on its first poll (a bug in user code); the shard
     /// carries on.
     Panicked,
+    /// It had to wait, but the control thread already runs `max_tasks`
+    /// tasks: it was dropped (counted in [`ControlStats::refused`]).
+    Refused,
 }
 
 impl ControlHandle {
-    /// Run `fut` on the control thread. Dropped if the thread has stopped
-    /// (shutdown), which is what a caller wants then.
+    /// Run a long-lived service (the Redis bridge, the private metrics
+    /// listener, the events-webhook dispatcher) on the control thread. Not
+    /// counted against `max_tasks`: use [`ControlHandle::try_spawn`] for
+    /// per-client work. Dropped if the thread has stopped (shutdown), which
+    /// is what a caller wants then.
     pub fn spawn(&self, fut: BoxFuture<()>) {
         let _ = self.tx.send(fut);
+    }
+
+    /// Run per-client work on the control thread if fewer than `max_tasks`
+    /// such tasks are queued or running; otherwise drop it, count it and
+    /// return false. Bounds what clients can make the control thread hold.
+    pub fn try_spawn(&self, fut: BoxFuture<()>) -> bool {
+        let before = self.stats.tasks.fetch_add(1, Relaxed);
+        if before >= self.max_tasks as i64 {
+            self.stats.tasks.fetch_sub(1, Relaxed);
+            self.stats.refused.fetch_add(1, Relaxed);
+            return false;
+        }
+        let slot = TaskSlot(self.stats.clone());
+        // If the thread has stopped, the future (and its slot) is dropped
+        // right here.
+        let _ = self.tx.send(Box::pin(async move {
+            let _slot = slot;
+            fut.await
+        }));
+        true
+    }
+
+    /// The control thread's counters.
+    pub fn stats(&self) -> &Arc<ControlStats> {
+        &self.stats
     }
 
     /// Poll `fut` once inline; if it is not ready, finish it on the control
@@ -53,8 +111,11 @@ impl ControlHandle {
         match polled {
             Ok(Poll::Ready(v)) => Inline::Ready(v),
             Ok(Poll::Pending) => {
-                self.spawn(Box::pin(async move { done(fut.await) }));
-                Inline::Offloaded
+                if self.try_spawn(Box::pin(async move { done(fut.await) })) {
+                    Inline::Offloaded
+                } else {
+                    Inline::Refused
+                }
             }
             Err(_) => {
                 tracing::error!("an authenticator, room validator or hook panicked");
@@ -73,8 +134,14 @@ pub struct Control {
 }
 
 impl Control {
-    /// Start the thread.
+    /// Start the thread with [`DEFAULT_MAX_TASKS`].
     pub fn start() -> std::io::Result<Control> {
+        Self::start_with(DEFAULT_MAX_TASKS)
+    }
+
+    /// Start the thread; at most `max_tasks` per-client tasks at once
+    /// (see [`ControlHandle::try_spawn`]).
+    pub fn start_with(max_tasks: usize) -> std::io::Result<Control> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BoxFuture<()>>();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -98,7 +165,12 @@ impl Control {
                 // Outstanding tasks are dropped with the runtime.
             })?;
         Ok(Control {
-            handle: ControlHandle { tx, rt: rt_handle },
+            handle: ControlHandle {
+                tx,
+                rt: rt_handle,
+                stats: Arc::default(),
+                max_tasks: max_tasks.max(1),
+            },
             stop: Some(stop_tx),
             thread: Some(thread),
         })

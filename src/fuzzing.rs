@@ -503,6 +503,7 @@ pub fn publish_head(data: &[u8]) {
             started: std::time::Instant::now(),
             io_backend: "fuzz",
             max_connections: 1,
+            control: Default::default(),
         };
         let at = http::Endpoints {
             ws_path: Some("/ws"),

@@ -112,6 +112,40 @@ pub enum SendError {
     /// The server has shut down.
     #[error("server is shut down")]
     Stopped,
+    /// A shard's delivery queue holds `--shard-queue-limit` bytes: the
+    /// message was not delivered anywhere (retry later).
+    #[error("server overloaded: a shard's delivery queue is full")]
+    Overloaded,
+}
+
+/// Bytes a queued delivery is charged beyond its frame: the command, the
+/// channel slot and the target.
+const DELIVERY_OVERHEAD: usize = 128;
+
+impl Delivery {
+    /// What this delivery counts against a shard's `--shard-queue-limit`
+    /// while it waits in the shard's channel.
+    pub fn queue_cost(&self) -> usize {
+        self.frame.len() + DELIVERY_OVERHEAD
+    }
+}
+
+/// Take `cost` bytes of shard `m`'s queue budget, or count a refusal.
+fn reserve(m: &crate::metrics::ShardMetrics, cost: usize, limit: usize) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cost = cost as i64;
+    let before = m.queued_bytes.fetch_add(cost, Relaxed);
+    if before + cost > limit as i64 {
+        m.queued_bytes.fetch_sub(cost, Relaxed);
+        m.deliveries_dropped_queue_full.fetch_add(1, Relaxed);
+        return false;
+    }
+    true
+}
+
+fn release(m: &crate::metrics::ShardMetrics, cost: usize) {
+    m.queued_bytes
+        .fetch_sub(cost as i64, std::sync::atomic::Ordering::Relaxed);
 }
 
 pub(crate) struct Inner {
@@ -119,6 +153,9 @@ pub(crate) struct Inner {
     pub(crate) registry: Arc<Registry>,
     pub(crate) control: ControlHandle,
     pub(crate) bridge: Option<Publisher>,
+    /// `--shard-queue-limit`: bytes of deliveries one shard's channel may
+    /// hold.
+    pub(crate) queue_limit: usize,
 }
 
 /// The delivery API of a running server.
@@ -305,7 +342,9 @@ impl Handle {
                 frame,
                 exclude: exclude_ids(excl),
             });
-            if self.inner.bridge.is_none() {
+            // Overloaded: delivered nowhere, so not published either; the
+            // caller sees the refusal and may retry.
+            if self.inner.bridge.is_none() || matches!(r, Err(SendError::Overloaded)) {
                 return r;
             }
         }
@@ -372,19 +411,45 @@ impl Handle {
 
     /// Deliver a pre-encoded frame: to the owning shard for a client, to
     /// every shard otherwise. The frame is shared, never copied.
+    ///
+    /// All or nothing: if a target shard's channel already holds
+    /// `--shard-queue-limit` bytes (a stalled shard, a flood), the delivery
+    /// goes to no shard, is counted
+    /// (`ignis_ws_deliveries_dropped_total{reason="shard_queue_full"}`)
+    /// and [`SendError::Overloaded`] is returned.
     pub fn deliver(&self, d: Delivery) -> Result<(), SendError> {
-        let shards = &self.inner.shards;
+        let inner = &*self.inner;
+        let shards = &inner.shards;
+        let metrics = &inner.registry.shards;
+        let cost = d.queue_cost();
+        let limit = inner.queue_limit;
         if let Target::Client(id) = &d.target {
-            return match shards.get(id.shard()) {
-                Some(tx) => tx
-                    .send(ShardCommand::Deliver(d))
-                    .map_err(|_| SendError::Stopped),
-                None => Ok(()),
+            let (Some(tx), Some(m)) = (shards.get(id.shard()), metrics.get(id.shard())) else {
+                return Ok(());
             };
+            if !reserve(m, cost, limit) {
+                return Err(SendError::Overloaded);
+            }
+            return tx.send(ShardCommand::Deliver(d)).map_err(|_| {
+                release(m, cost);
+                SendError::Stopped
+            });
+        }
+        for (i, m) in metrics.iter().enumerate() {
+            if !reserve(m, cost, limit) {
+                for m in &metrics[..i] {
+                    release(m, cost);
+                }
+                return Err(SendError::Overloaded);
+            }
         }
         let mut ok = false;
-        for tx in shards {
-            ok |= tx.send(ShardCommand::Deliver(d.clone())).is_ok();
+        for (tx, m) in shards.iter().zip(metrics) {
+            if tx.send(ShardCommand::Deliver(d.clone())).is_ok() {
+                ok = true;
+            } else {
+                release(m, cost);
+            }
         }
         if ok { Ok(()) } else { Err(SendError::Stopped) }
     }

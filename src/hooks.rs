@@ -78,45 +78,81 @@ impl Hooks for NoHooks {
     }
 }
 
+/// Where and how custom client events are POSTed (`--events-webhook*`).
+#[derive(Debug, Clone)]
+pub struct EventsWebhook {
+    /// The URL.
+    pub url: String,
+    /// Events waiting for a worker; past it new events are dropped and
+    /// counted.
+    pub queue: usize,
+    /// POSTs in flight at once. Every POST goes to the one host of `url`,
+    /// so this also caps the connections to it (idle ones are reused).
+    pub concurrency: usize,
+    /// Time allowed for one POST (connect, send, answer).
+    pub timeout: std::time::Duration,
+}
+
 /// Forwards custom client events (the reference's `messageHandler`) as
 /// JSON `{serverId, clientId, userId, event, data, id}` to a Redis channel
 /// and/or a webhook, then calls the inner hooks. Forwarding never blocks
-/// the shard: the Redis side goes through the bridge's outbox, the webhook
-/// call runs on the control thread.
+/// the shard and never holds more than it was given room for: the Redis
+/// side goes through the bridge's bounded outbox; the webhook side through
+/// a bounded queue that `concurrency` POSTs at a time drain on the control
+/// thread. What does not fit is dropped and counted
+/// (`ignis_ws_events_dropped_total{reason}`), so a webhook that hangs costs
+/// at most `concurrency` sockets and `queue` events.
 pub struct Forwarding {
     inner: std::sync::Arc<dyn Hooks>,
     channel: Option<String>,
-    webhook: Option<(reqwest::Client, String)>,
+    webhook: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     publisher: Option<crate::bridge::Publisher>,
-    control: crate::control::ControlHandle,
     server_id: String,
     metrics: std::sync::Arc<crate::metrics::EventsMetrics>,
 }
 
-/// Time allowed for one events-webhook POST.
-const EVENTS_WEBHOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Forwarding {
-    /// Wrap `inner`. `publisher` must be set when `channel` is.
+    /// Wrap `inner`. `publisher` must be set when `channel` is. With a
+    /// webhook, starts its dispatcher on the control thread.
     pub fn new(
         inner: std::sync::Arc<dyn Hooks>,
         channel: Option<String>,
-        webhook: Option<String>,
+        webhook: Option<EventsWebhook>,
         publisher: Option<crate::bridge::Publisher>,
         control: crate::control::ControlHandle,
         metrics: std::sync::Arc<crate::metrics::EventsMetrics>,
     ) -> Result<Forwarding, crate::config::ConfigError> {
         let webhook = match webhook {
-            Some(url) => {
+            Some(w) => {
+                let err = |key: &'static str, message: String| crate::config::ConfigError {
+                    key,
+                    message,
+                };
+                if w.queue == 0 {
+                    return Err(err("--events-webhook-queue", "must be > 0".into()));
+                }
+                if w.concurrency == 0 {
+                    return Err(err("--events-webhook-concurrency", "must be > 0".into()));
+                }
+                let url = reqwest::Url::parse(&w.url)
+                    .map_err(|e| err("--events-webhook", format!("not a URL: {e}")))?;
                 let client = reqwest::Client::builder()
-                    .timeout(EVENTS_WEBHOOK_TIMEOUT)
+                    .timeout(w.timeout)
+                    .connect_timeout(w.timeout)
+                    .pool_max_idle_per_host(w.concurrency)
                     .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("ignis-ws/", env!("CARGO_PKG_VERSION")))
                     .build()
-                    .map_err(|e| crate::config::ConfigError {
-                        key: "--events-webhook",
-                        message: e.to_string(),
-                    })?;
-                Some((client, url))
+                    .map_err(|e| err("--events-webhook", e.to_string()))?;
+                let (tx, rx) = tokio::sync::mpsc::channel(w.queue);
+                control.spawn(Box::pin(dispatch(
+                    rx,
+                    client,
+                    url,
+                    w.concurrency,
+                    metrics.clone(),
+                )));
+                Some(tx)
             }
             None => None,
         };
@@ -129,10 +165,81 @@ impl Forwarding {
             channel,
             webhook,
             publisher,
-            control,
             server_id,
             metrics,
         })
+    }
+}
+
+/// The events-webhook dispatcher: takes an event only when one of the
+/// `concurrency` POST slots is free, so events wait in the bounded queue,
+/// not in tasks or sockets.
+async fn dispatch(
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    concurrency: usize,
+    metrics: std::sync::Arc<crate::metrics::EventsMetrics>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let last_warn = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(body) = rx.recv().await else {
+            return;
+        };
+        metrics.webhook_queued.fetch_sub(1, Relaxed);
+        let req = client
+            .post(url.clone())
+            .header("content-type", "application/json")
+            .body(body);
+        let metrics = metrics.clone();
+        let last_warn = last_warn.clone();
+        tokio::spawn(async move {
+            let failure = match req.send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("status {}", r.status())),
+                // Without the URL: it may carry credentials.
+                Err(e) => Some(if e.is_timeout() {
+                    "timed out".to_owned()
+                } else {
+                    e.without_url().to_string()
+                }),
+            };
+            drop(slot);
+            match failure {
+                None => {
+                    metrics.webhook_ok.fetch_add(1, Relaxed);
+                }
+                Some(why) => {
+                    metrics.webhook_failed.fetch_add(1, Relaxed);
+                    tracing::debug!(error = %why, "events webhook call failed");
+                    // One WARN per 10 s at most: a dead webhook must not
+                    // flood the log.
+                    let now = std::time::Instant::now();
+                    let warn = match last_warn.lock() {
+                        Ok(mut last) => {
+                            let due = last.is_none_or(|t| now.duration_since(t).as_secs() >= 10);
+                            if due {
+                                *last = Some(now);
+                            }
+                            due
+                        }
+                        Err(_) => false,
+                    };
+                    if warn {
+                        tracing::warn!(
+                            error = %why,
+                            failed_total = metrics.webhook_failed.load(Relaxed),
+                            "events webhook calls are failing (see ignis_ws_events_forwarded_total)"
+                        );
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -180,36 +287,32 @@ impl Hooks for Forwarding {
             return self.inner.on_message(m);
         };
         let json = bytes::Bytes::from(json);
-        if let (Some(channel), Some(p)) = (&self.channel, &self.publisher)
-            && p.publish(crate::bridge::Outgoing {
+        if let (Some(channel), Some(p)) = (&self.channel, &self.publisher) {
+            if p.publish(crate::bridge::Outgoing {
                 channel: channel.clone(),
                 payload: json.clone(),
                 kind: None,
-            })
-        {
-            self.metrics.to_channel.fetch_add(1, Relaxed);
+            }) {
+                self.metrics.to_channel.fetch_add(1, Relaxed);
+            } else {
+                self.metrics
+                    .dropped_channel_outbox_full
+                    .fetch_add(1, Relaxed);
+            }
         }
-        if let Some((client, url)) = &self.webhook {
-            let req = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(json);
-            let metrics = self.metrics.clone();
-            self.control.spawn(Box::pin(async move {
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => {
-                        metrics.webhook_ok.fetch_add(1, Relaxed);
-                    }
-                    Ok(r) => {
-                        metrics.webhook_failed.fetch_add(1, Relaxed);
-                        tracing::debug!(status = %r.status(), "events webhook refused an event");
-                    }
-                    Err(e) => {
-                        metrics.webhook_failed.fetch_add(1, Relaxed);
-                        tracing::debug!(error = %e, "events webhook call failed");
-                    }
+        if let Some(tx) = &self.webhook {
+            match tx.try_send(json) {
+                Ok(()) => {
+                    self.metrics.webhook_queued.fetch_add(1, Relaxed);
                 }
-            }));
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics
+                        .dropped_webhook_queue_full
+                        .fetch_add(1, Relaxed);
+                }
+                // The control thread has stopped: shutting down.
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+            }
         }
         if self.inner.wants_messages() {
             self.inner.on_message(m)

@@ -235,6 +235,9 @@ pub fn publish(
     let data = req.data.map(|d| d.get().as_bytes());
     match handle.publish_raw(kind, target, &req.event, data, &exclude) {
         Ok(()) => http_response(202, "application/json", b"{\"ok\":true}", &[]),
+        Err(e @ crate::handle::SendError::Overloaded) => {
+            json_error(503, &e.to_string(), &[("Retry-After", "1")])
+        }
         Err(e) => json_error(503, &e.to_string(), &[]),
     }
 }

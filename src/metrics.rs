@@ -50,6 +50,12 @@ pub struct ShardMetrics {
     pub recv_ring_empty: AtomicU64,
     /// Frames dropped by `--slow-client drop` or for a closing client.
     pub frames_dropped: AtomicU64,
+    /// Bytes of deliveries waiting in this shard's channel (gauge; at most
+    /// `--shard-queue-limit`).
+    pub queued_bytes: AtomicI64,
+    /// Deliveries refused because this shard's channel held
+    /// `--shard-queue-limit` bytes.
+    pub deliveries_dropped_queue_full: AtomicU64,
     /// Clients closed by `--slow-client close`.
     pub slow_clients_closed: AtomicU64,
     /// Close frames sent, by code (see [`METRIC_CODES`]; last = other).
@@ -138,6 +144,12 @@ pub struct EventsMetrics {
     pub webhook_ok: AtomicU64,
     /// Webhook POSTs that failed (status, timeout, connection).
     pub webhook_failed: AtomicU64,
+    /// Events dropped because `--events-webhook-queue` events were waiting.
+    pub dropped_webhook_queue_full: AtomicU64,
+    /// Events dropped because the Redis outbox was full.
+    pub dropped_channel_outbox_full: AtomicU64,
+    /// Events waiting for a webhook worker now (gauge).
+    pub webhook_queued: AtomicI64,
 }
 
 /// All shards' metrics plus process facts.
@@ -152,6 +164,8 @@ pub struct Registry {
     /// `io_uring` or `epoll`.
     pub io_backend: &'static str,
     pub max_connections: usize,
+    /// The control thread's task counters.
+    pub control: Arc<crate::control::ControlStats>,
 }
 
 const KINDS: [&str; 4] = ["client", "user", "room", "broadcast"];
@@ -348,7 +362,12 @@ impl Registry {
                 "POST /api/publish bodies being read now (at most --api-max-pending-bodies), by shard.",
                 |s: &ShardMetrics| &s.publish_bodies,
             ),
-        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 5]
+            (
+                "shard_queue_bytes",
+                "Bytes of deliveries waiting in the shard's channel (at most --shard-queue-limit), by shard.",
+                |s: &ShardMetrics| &s.queued_bytes,
+            ),
+        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 6]
         {
             writeln!(o, "# HELP ignis_ws_{name} {help}")?;
             writeln!(o, "# TYPE ignis_ws_{name} gauge")?;
@@ -516,6 +535,36 @@ impl Registry {
                 .sum();
             writeln!(o, "ignis_ws_closes_total{{code=\"{code}\"}} {v}")?;
         }
+        writeln!(
+            o,
+            "# HELP ignis_ws_deliveries_dropped_total Deliveries refused before reaching a shard, by reason."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_deliveries_dropped_total counter")?;
+        writeln!(
+            o,
+            "ignis_ws_deliveries_dropped_total{{reason=\"shard_queue_full\"}} {}",
+            self.sum(|s| &s.deliveries_dropped_queue_full)
+        )?;
+        writeln!(
+            o,
+            "# HELP ignis_ws_control_tasks Per-client tasks queued or running on the control thread (at most --control-max-tasks)."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_control_tasks gauge")?;
+        writeln!(
+            o,
+            "ignis_ws_control_tasks {}",
+            self.control.tasks.load(Relaxed)
+        )?;
+        writeln!(
+            o,
+            "# HELP ignis_ws_control_tasks_refused_total Webhook auth calls, waiting hooks and room validators refused at --control-max-tasks."
+        )?;
+        writeln!(o, "# TYPE ignis_ws_control_tasks_refused_total counter")?;
+        writeln!(
+            o,
+            "ignis_ws_control_tasks_refused_total {}",
+            self.control.refused.load(Relaxed)
+        )?;
         if let Some(b) = &self.bridge {
             self.write_bridge(o, b)?;
         }
@@ -539,6 +588,31 @@ impl Registry {
                 o,
                 "ignis_ws_events_forwarded_total{{to=\"webhook\",result=\"failed\"}} {}",
                 e.webhook_failed.load(Relaxed)
+            )?;
+            writeln!(
+                o,
+                "# HELP ignis_ws_events_dropped_total Custom client events not forwarded, by reason."
+            )?;
+            writeln!(o, "# TYPE ignis_ws_events_dropped_total counter")?;
+            writeln!(
+                o,
+                "ignis_ws_events_dropped_total{{reason=\"webhook_queue_full\"}} {}",
+                e.dropped_webhook_queue_full.load(Relaxed)
+            )?;
+            writeln!(
+                o,
+                "ignis_ws_events_dropped_total{{reason=\"channel_outbox_full\"}} {}",
+                e.dropped_channel_outbox_full.load(Relaxed)
+            )?;
+            writeln!(
+                o,
+                "# HELP ignis_ws_events_webhook_queued Custom client events waiting for an events-webhook worker."
+            )?;
+            writeln!(o, "# TYPE ignis_ws_events_webhook_queued gauge")?;
+            writeln!(
+                o,
+                "ignis_ws_events_webhook_queued {}",
+                e.webhook_queued.load(Relaxed)
             )?;
         }
         writeln!(o, "# HELP ignis_ws_uptime_seconds Seconds since start.")?;

@@ -135,8 +135,12 @@ impl ServerBuilder {
                         .map_err(|e| key_err("--jwt-public-key", e.to_string()))?,
                 )
             }
-            AuthMode::Webhook { url, timeout } => Arc::new(
-                WebhookAuthenticator::new(url.clone(), *timeout)
+            AuthMode::Webhook {
+                url,
+                timeout,
+                concurrency,
+            } => Arc::new(
+                WebhookAuthenticator::with_concurrency(url.clone(), *timeout, *concurrency)
                     .map_err(|e| key_err("--auth-url", e.to_string()))?,
             ),
             AuthMode::Custom => {
@@ -207,7 +211,7 @@ impl ServerBuilder {
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let config = Arc::new(config);
-        let control = Control::start()?;
+        let control = Control::start_with(config.control_max_tasks)?;
         let metrics: Vec<Arc<ShardMetrics>> =
             (0..n).map(|_| Arc::new(ShardMetrics::default())).collect();
         let tls_ca = match &config.redis_tls_ca {
@@ -235,6 +239,7 @@ impl ServerBuilder {
             started: Instant::now(),
             io_backend: backend.name(),
             max_connections: config.max_connections,
+            control: control.handle().stats().clone(),
         });
         let channels: Vec<(flume::Sender<ShardCommand>, flume::Receiver<ShardCommand>)> =
             (0..n).map(|_| flume::unbounded()).collect();
@@ -244,13 +249,22 @@ impl ServerBuilder {
                 registry: registry.clone(),
                 control: control.handle(),
                 bridge: bridge.as_ref().map(|(p, _)| p.clone()),
+                queue_limit: config.shard_queue_limit,
             }),
         };
         let hooks: Arc<dyn Hooks> = match events_metrics {
             Some(m) => Arc::new(crate::hooks::Forwarding::new(
                 self.hooks.clone(),
                 config.events_channel.clone(),
-                config.events_webhook.clone(),
+                config
+                    .events_webhook
+                    .clone()
+                    .map(|url| crate::hooks::EventsWebhook {
+                        url,
+                        queue: config.events_webhook_queue,
+                        concurrency: config.events_webhook_concurrency,
+                        timeout: config.events_webhook_timeout,
+                    }),
                 handle.bridge().cloned(),
                 control.handle(),
                 m,

@@ -236,6 +236,7 @@ async fn webhook_auth(io: IoMode) {
     cfg.auth = AuthMode::Webhook {
         url: format!("http://{addr}/auth"),
         timeout: Duration::from_millis(500),
+        concurrency: 64,
     };
     let s = start(cfg);
     let h = s.handle();
@@ -278,6 +279,7 @@ async fn webhook_unreachable_is_an_error(io: IoMode) {
     cfg.auth = AuthMode::Webhook {
         url: format!("http://127.0.0.1:{port}/auth"),
         timeout: Duration::from_millis(500),
+        concurrency: 64,
     };
     let s = start(cfg);
     let r = try_token(&s.url(), "x").await.unwrap_err();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use util::binary::Binary;
-use util::{Raw, WAIT, authed, config, counter, http_get, metric, metrics};
+use util::{Raw, WAIT, authed, config, counter, http_get, metric, metrics, wait_metric};
 
 const KEY: &str = "0123456789abcdef-security";
 
@@ -346,4 +346,287 @@ async fn accept_errors_are_logged_at_most_once_per_second() {
     };
     assert!(metric(&body, "ignis_ws_accept_errors_total") > 10, "{body}");
     srv.stop().await;
+}
+
+/// Item 1: an events webhook that accepts connections and never answers.
+/// One client sends 3,000 custom events as fast as it can. Today's main
+/// opened one connection per event (thousands of fds; under `ulimit -n 600`
+/// accept failed with EMFILE). Now at most `--events-webhook-concurrency`
+/// connections are open, the rest of the events wait in the bounded queue
+/// or are dropped and counted, and accepts, authentication and Redis
+/// delivery carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_events_webhook_costs_bounded_sockets_and_stops_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let Some(redis) = util::redis_server::RedisServer::start() else {
+        return;
+    };
+    // Accepts and holds every connection, never reads or answers.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_url = format!("http://{}/events", hook.local_addr().unwrap());
+    let hook_conns = Arc::new(AtomicUsize::new(0));
+    let seen = hook_conns.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hook.incoming().flatten() {
+            seen.fetch_add(1, Relaxed);
+            held.push(s);
+        }
+    });
+    let srv = Binary::spawn_with(
+        Some(600),
+        &[
+            "--auth",
+            "insecure",
+            "--shards",
+            "1",
+            "--room-allow",
+            "*",
+            "--redis",
+            &redis.url(),
+            "--events-webhook",
+            &hook_url,
+            "--events-webhook-concurrency",
+            "4",
+            "--events-webhook-queue",
+            "64",
+            "--events-webhook-timeout-ms",
+            "60000",
+            "--client-max-msgs-per-sec",
+            "100000",
+        ],
+    );
+    util::wait_metrics(srv.addr, &["ignis_ws_redis_connected"], 2).await;
+    let fds_before = srv.open_fds();
+    let url = srv.url();
+    let (mut sender, _) = authed(&url, "sender").await;
+    const EVENTS: i64 = 3000;
+    for i in 0..EVENTS {
+        sender.send(json!({"event": "custom", "data": i})).await;
+    }
+    // Every event was either handed to a POST, is waiting, or was dropped
+    // and counted.
+    let deadline = std::time::Instant::now() + WAIT;
+    let body = loop {
+        let body = metrics(srv.addr).await;
+        let dropped =
+            util::metric_where(&body, "ignis_ws_events_dropped_total", "webhook_queue_full");
+        if dropped >= EVENTS - 64 - 4 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events not dropped and counted:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metric(&body, "ignis_ws_events_webhook_queued"),
+        64,
+        "{body}"
+    );
+    assert!(
+        hook_conns.load(Relaxed) <= 4,
+        "{} connections to the webhook",
+        hook_conns.load(Relaxed)
+    );
+    // The sender's socket plus at most the four webhook connections.
+    let fds = srv.open_fds();
+    assert!(
+        fds <= fds_before + 1 + 4,
+        "fds grew from {fds_before} to {fds}"
+    );
+    // Accepts and authentication still work...
+    let (mut other, _) = authed(&url, "other").await;
+    // ...and so does delivery from Redis.
+    let mut r = redis.client().await;
+    util::redis_publish(
+        &mut r,
+        "ws:broadcast",
+        br#"{"serverId":"emitter","type":"broadcast","event":"update","data":7}"#,
+    )
+    .await;
+    assert_eq!(other.recv().await, json!({"event": "update", "data": 7}));
+    srv.stop().await;
+}
+
+/// A hook that blocks its shard on the event `stall` until released: a
+/// shard that stopped draining its channel.
+struct Stall {
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl ignis_ws::hooks::Hooks for Stall {
+    fn on_message(&self, m: ignis_ws::hooks::Message) -> Option<ignis_ws::auth::BoxFuture<()>> {
+        if m.event == "stall" {
+            let _ = self.entered.lock().unwrap().send(());
+            let _ = self
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(30));
+        }
+        None
+    }
+}
+
+/// Item 7: a publish flood against a stalled shard. Today's main queued
+/// every delivery in the shard's unbounded channel (memory grew by what was
+/// sent). Now the channel holds at most `--shard-queue-limit` bytes; more
+/// is refused (`SendError::Overloaded`, 503 + `Retry-After` on
+/// `/api/publish`) and counted, memory stays flat, and every delivery that
+/// was accepted reaches the client once the shard runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_against_a_stalled_shard_is_bounded() {
+    const LIMIT: usize = 1 << 20;
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let mut c = api_config();
+    c.shards = 1;
+    c.shard_queue_limit = LIMIT;
+    c.backpressure_limit = 8 << 20;
+    let srv = util::start_with(ignis_ws::ServerBuilder::new(c).hooks(Stall {
+        entered: std::sync::Mutex::new(entered_tx),
+        release: std::sync::Mutex::new(release_rx),
+    }));
+    let h = srv.handle();
+    let (mut client, _) = authed(&srv.url(), "u").await;
+    client.send(json!({"event": "stall"})).await;
+    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(WAIT).unwrap())
+        .await
+        .unwrap();
+    let rss_before = util::binary::rss_kib(std::process::id());
+    // 1,500 broadcasts of 32 KiB: 48 MiB offered to a shard that reads
+    // nothing.
+    let data = "x".repeat(32 * 1024);
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for i in 0..1500 {
+        match h.broadcast("flood", &json!({"i": i, "pad": data}), &[]) {
+            Ok(()) => ok += 1,
+            Err(ignis_ws::handle::SendError::Overloaded) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let grew_mib = util::binary::rss_kib(std::process::id()).saturating_sub(rss_before) / 1024;
+    assert!(
+        ok >= 1 && ok <= (LIMIT / (32 * 1024)) as u64,
+        "{ok} accepted"
+    );
+    assert_eq!(ok + refused, 1500);
+    assert!(grew_mib < 16, "RSS grew {grew_mib} MiB under the flood");
+    let queued = util::gauge(&h, |m| &m.queued_bytes);
+    assert!(
+        queued > 0 && queued <= LIMIT as i64,
+        "{queued} bytes queued"
+    );
+    // The HTTP API answers 503 with a hint when to come back (called
+    // directly: the only shard, which would read the request, is stalled).
+    let body = json!({"type":"broadcast","event":"flood","data":{"pad": data}}).to_string();
+    let auth = format!("Bearer {KEY}");
+    let answer = ignis_ws::http::publish(&h, KEY, Some(&auth), body.as_bytes());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("Retry-After: 1\r\n"), "{answer}");
+    // The shard runs again: every accepted broadcast arrives, in order.
+    release_tx.send(()).unwrap();
+    for i in 0..ok {
+        let v = client.recv().await;
+        assert_eq!(v["event"], "flood");
+        assert_eq!(v["data"]["i"], i, "accepted broadcast {i} lost");
+    }
+    h.settle().await;
+    assert_eq!(util::gauge(&h, |m| &m.queued_bytes), 0);
+    let body = metrics(srv.addr).await;
+    assert_eq!(
+        util::metric_where(
+            &body,
+            "ignis_ws_deliveries_dropped_total",
+            "shard_queue_full"
+        ),
+        refused as i64 + 1,
+        "{body}"
+    );
+    // Accepted again once drained.
+    h.broadcast("after", &1, &[]).unwrap();
+    assert_eq!(client.recv().await, json!({"event": "after", "data": 1}));
+}
+
+/// Item 7: logins against an auth webhook that never answers. Today's main
+/// opened one connection and one control-thread task per login, without
+/// bound. Now at most `--auth-webhook-concurrency` calls are in flight
+/// (others wait for a slot within the timeout) and at most
+/// `--control-max-tasks` logins wait at all: the rest are answered
+/// `Authentication error` at once and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_auth_webhook_holds_bounded_calls_and_tasks() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_url = format!("http://{}/auth", hook.local_addr().unwrap());
+    // Open connections now, and the most ever open at once: each is read
+    // (never answered) until the server drops it.
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (o, m) = (open.clone(), most.clone());
+    std::thread::spawn(move || {
+        for mut s in hook.incoming().flatten() {
+            let now = o.fetch_add(1, Relaxed) + 1;
+            m.fetch_max(now, Relaxed);
+            let o = o.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+                o.fetch_sub(1, Relaxed);
+            });
+        }
+    });
+    let mut c = config(ignis_ws::config::IoMode::Auto);
+    c.auth = ignis_ws::config::AuthMode::Webhook {
+        url: hook_url,
+        timeout: Duration::from_millis(3000),
+        concurrency: 2,
+    };
+    c.control_max_tasks = 4;
+    let srv = util::start(c);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut cl = util::Client::connect(&srv.url()).await;
+        cl.send(json!({"event": "authenticate", "data": {"token": "t"}}))
+            .await;
+        clients.push(cl);
+    }
+    let error = json!({"event": "error", "data": {"message": "Authentication error"}});
+    // Six logins found every task slot taken: refused at once.
+    let body = wait_metric(srv.addr, "ignis_ws_control_tasks_refused_total", 6).await;
+    assert_eq!(metric(&body, "ignis_ws_control_tasks"), 4, "{body}");
+    // Of the four waiting logins, two are calling the webhook.
+    let deadline = std::time::Instant::now() + WAIT;
+    while open.load(Relaxed) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no webhook calls");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open.load(Relaxed), 2, "calls in flight");
+    // Every client gets the protocol's error and 4003, the four waiting
+    // ones when the timeout ends.
+    for mut cl in clients {
+        assert_eq!(cl.recv().await, error);
+        assert_eq!(cl.expect_close().await.0, 4003);
+    }
+    // Two calls hold the webhook; when they time out, the next two take
+    // their slots while the old sockets are still being closed by the HTTP
+    // client's connection tasks: never more than twice the concurrency
+    // (today's main: one per login, 10).
+    assert!(
+        most.load(Relaxed) <= 4,
+        "{} connections to the auth webhook at once",
+        most.load(Relaxed)
+    );
+    let body = wait_metric(srv.addr, "ignis_ws_control_tasks", 0).await;
+    assert_eq!(
+        util::metric_where(&body, "ignis_ws_auth_total", "error"),
+        10,
+        "{body}"
+    );
 }

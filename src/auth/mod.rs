@@ -55,6 +55,11 @@ pub enum AuthError {
     /// Anything else (misuse, a dropped task, a user hook's own failure).
     #[error("internal authentication error: {0}")]
     Internal(String),
+    /// The authenticator had to wait, but the control thread was already
+    /// running `--control-max-tasks` tasks (or the webhook's concurrency
+    /// was exhausted for the whole timeout): the client may retry.
+    #[error("server busy: authentication not attempted")]
+    Overloaded,
 }
 
 /// `Ok(Some)` accepted, `Ok(None)` refused ("Authentication failed"),

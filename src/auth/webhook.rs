@@ -51,6 +51,9 @@ pub enum WebhookConfigError {
     /// A zero timeout would fail every request.
     #[error("auth webhook timeout must be greater than zero")]
     ZeroTimeout,
+    /// Zero calls in flight would fail every request.
+    #[error("auth webhook concurrency must be greater than zero")]
+    ZeroConcurrency,
     /// reqwest could not set up its client (TLS backend, ...).
     #[error("could not build the auth webhook HTTP client: {0}")]
     Client(String),
@@ -67,13 +70,21 @@ struct Inner {
     url: Url,
     timeout: Duration,
     client: reqwest::Client,
+    /// One permit per call in flight (`--auth-webhook-concurrency`).
+    permits: tokio::sync::Semaphore,
+    concurrency: usize,
 }
+
+/// Webhook calls in flight at once unless configured
+/// (`--auth-webhook-concurrency`).
+pub const DEFAULT_CONCURRENCY: usize = 64;
 
 impl fmt::Debug for WebhookAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookAuthenticator")
             .field("url", &self.inner.url.as_str())
             .field("timeout", &self.inner.timeout)
+            .field("concurrency", &self.inner.concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -82,6 +93,22 @@ impl WebhookAuthenticator {
     /// Validates `url` (http or https) and builds the HTTP client. `timeout`
     /// bounds each whole exchange: connect, request and reading the body.
     pub fn new(url: String, timeout: Duration) -> Result<Self, WebhookConfigError> {
+        Self::with_concurrency(url, timeout, DEFAULT_CONCURRENCY)
+    }
+
+    /// [`WebhookAuthenticator::new`] with at most `concurrency` calls in
+    /// flight (and so connections to the endpoint); further logins wait
+    /// for a free call within their `timeout`, then fail with
+    /// [`AuthError::Timeout`]. A slow endpoint thus costs a bounded number
+    /// of sockets however many clients log in.
+    pub fn with_concurrency(
+        url: String,
+        timeout: Duration,
+        concurrency: usize,
+    ) -> Result<Self, WebhookConfigError> {
+        if concurrency == 0 {
+            return Err(WebhookConfigError::ZeroConcurrency);
+        }
         let parsed = Url::parse(&url).map_err(|e| WebhookConfigError::InvalidUrl {
             url: url.clone(),
             reason: e.to_string(),
@@ -105,6 +132,7 @@ impl WebhookAuthenticator {
             // A redirected POST silently becomes a GET; treat 3xx as an error.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout)
+            .pool_max_idle_per_host(concurrency)
             .user_agent(concat!("ignis-ws/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| WebhookConfigError::Client(error_chain(&e)))?;
@@ -113,6 +141,8 @@ impl WebhookAuthenticator {
                 url: parsed,
                 timeout,
                 client,
+                permits: tokio::sync::Semaphore::new(concurrency),
+                concurrency,
             }),
         })
     }
@@ -134,7 +164,14 @@ impl Authenticator for WebhookAuthenticator {
         Box::pin(async move {
             OnTokio::default().await?;
             let client_id = req.client_id.clone();
-            let result = match tokio::time::timeout(inner.timeout, inner.call(req)).await {
+            let call = async {
+                // The semaphore is never closed; a closed one would mean no call.
+                let Ok(_permit) = inner.permits.acquire().await else {
+                    return Err(AuthError::Overloaded);
+                };
+                inner.call(req).await
+            };
+            let result = match tokio::time::timeout(inner.timeout, call).await {
                 Ok(result) => result,
                 Err(_elapsed) => Err(AuthError::Timeout),
             };

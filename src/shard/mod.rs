@@ -700,6 +700,7 @@ impl<S> Shard<S> {
                 Err(AuthError::Internal("authenticator panicked".into())),
                 now,
             ),
+            Inline::Refused => self.finish_auth(key, generation, Err(AuthError::Overloaded), now),
             Inline::Offloaded => {}
         }
     }
@@ -928,7 +929,9 @@ impl<S> Shard<S> {
         });
         match ready {
             Inline::Ready(allowed) => self.finish_join(key, generation, &rooms, allowed),
-            Inline::Panicked => self.finish_join(key, generation, &rooms, Vec::new()),
+            Inline::Panicked | Inline::Refused => {
+                self.finish_join(key, generation, &rooms, Vec::new())
+            }
             Inline::Offloaded => {}
         }
     }
@@ -1238,7 +1241,14 @@ impl<S> Shard<S> {
     /// A command from the shard's channel.
     pub fn handle_command(&mut self, cmd: ShardCommand, now: Instant) {
         match cmd {
-            ShardCommand::Deliver(d) => self.deliver(&d, now),
+            ShardCommand::Deliver(d) => {
+                // The budget `Handle::deliver` took for it.
+                self.ctx
+                    .metrics
+                    .queued_bytes
+                    .fetch_sub(d.queue_cost() as i64, std::sync::atomic::Ordering::Relaxed);
+                self.deliver(&d, now)
+            }
             ShardCommand::AuthDone {
                 key,
                 generation,
@@ -1422,7 +1432,12 @@ fn guarded<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
 }
 
 fn log_auth_error(id: &ClientId, e: &AuthError) {
-    tracing::warn!(client = %id, error = %e, "authenticator error");
+    match e {
+        // Counted (`ignis_ws_control_tasks_refused_total`); a WARN per client
+        // would flood the log exactly when the server is overloaded.
+        AuthError::Overloaded => tracing::debug!(client = %id, error = %e, "authenticator error"),
+        _ => tracing::warn!(client = %id, error = %e, "authenticator error"),
+    }
 }
 
 /// Decrypt an inbound `{"event":"encrypted","data":{"iv","ct"}}` of an
