@@ -1026,6 +1026,68 @@ mod tests {
     }
 
     #[test]
+    fn overload_bounds_name_their_key() {
+        let ins = || ServeArgs {
+            auth: Some(AuthKind::Insecure),
+            ..Default::default()
+        };
+        let cases: [(ServeArgs, &str); 6] = [
+            (
+                ServeArgs {
+                    events_webhook_queue: Some(0),
+                    ..ins()
+                },
+                "--events-webhook-queue",
+            ),
+            (
+                ServeArgs {
+                    events_webhook_concurrency: Some(0),
+                    ..ins()
+                },
+                "--events-webhook-concurrency",
+            ),
+            (
+                ServeArgs {
+                    events_webhook_timeout_ms: Some(0),
+                    ..ins()
+                },
+                "--events-webhook-timeout-ms",
+            ),
+            (
+                ServeArgs {
+                    shard_queue_limit: Some(ByteSize(1000)),
+                    ..ins()
+                },
+                "--shard-queue-limit",
+            ),
+            (
+                ServeArgs {
+                    control_max_tasks: Some(0),
+                    ..ins()
+                },
+                "--control-max-tasks",
+            ),
+            (
+                ServeArgs {
+                    auth: Some(AuthKind::Webhook),
+                    auth_url: Some("http://127.0.0.1:1/".into()),
+                    auth_webhook_concurrency: Some(0),
+                    ..Default::default()
+                },
+                "--auth-webhook-concurrency",
+            ),
+        ];
+        for (a, key) in cases {
+            assert_eq!(a.into_config().unwrap_err().key, key);
+        }
+        let c = ins().into_config().unwrap();
+        assert_eq!(c.shard_queue_limit, 64 << 20);
+        assert_eq!(c.events_webhook_concurrency, 4);
+        assert_eq!(c.events_webhook_queue, 1024);
+        assert_eq!(c.control_max_tasks, 16_384);
+    }
+
+    #[test]
     fn toml_is_lower_priority_and_strict() {
         let file: ServeArgs = toml::from_str(
             "auth = \"insecure\"\nauth-timeout-ms = 100\nmax-payload = \"1KiB\"\npath = \"/file\"",

@@ -191,3 +191,35 @@ impl Control {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_past_the_cap_are_refused_and_slots_come_back() {
+        let control = Control::start_with(2).unwrap();
+        let h = control.handle();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx2, rx2) = tokio::sync::oneshot::channel::<()>();
+        assert!(h.try_spawn(Box::pin(async move {
+            let _ = rx.await;
+        })));
+        assert!(h.try_spawn(Box::pin(async move {
+            let _ = rx2.await;
+        })));
+        assert!(!h.try_spawn(Box::pin(async {})));
+        assert_eq!(h.stats().refused.load(Relaxed), 1);
+        // A long-lived service is not counted.
+        h.spawn(Box::pin(std::future::pending()));
+        tx.send(()).unwrap();
+        tx2.send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while h.stats().tasks.load(Relaxed) != 0 {
+            assert!(std::time::Instant::now() < deadline, "slots not returned");
+            std::thread::yield_now();
+        }
+        assert!(h.try_spawn(Box::pin(async {})));
+        control.join();
+    }
+}
