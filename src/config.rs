@@ -105,9 +105,10 @@ pub struct Config {
     pub io: IoMode,
     /// Authentication.
     pub auth: AuthMode,
-    /// Room patterns any authenticated client may join (`*`, `?`,
-    /// `{userId}`). Empty and no JWT `rooms` claim: joins are refused, as in
-    /// Ignis without `validateRoomFn`.
+    /// Room patterns any authenticated client may join: `*` (any run within
+    /// one `:`-segment), `?` (one non-`:` character), `**` (any run, `:`
+    /// included), `{userId}` (see [`crate::auth::rooms`]). Empty and no JWT
+    /// `rooms` claim: joins are refused, as in Ignis without `validateRoomFn`.
     pub room_allow: Vec<String>,
     /// Rooms every client joins on authentication.
     /// Ignis: `WebSocketDefaults.ROOM`, `WebSocketDefaults.NOTIFICATION_ROOM`.
@@ -336,6 +337,17 @@ impl Config {
                 ));
             }
         }
+        for p in &self.room_allow {
+            if p.chars().count() > crate::auth::rooms::MAX_PATTERN_LEN {
+                return Err(bad(
+                    "--room-allow",
+                    format!(
+                        "a pattern is longer than {} characters",
+                        crate::auth::rooms::MAX_PATTERN_LEN
+                    ),
+                ));
+            }
+        }
         match &self.auth {
             AuthMode::Jwt {
                 secret,
@@ -543,9 +555,12 @@ pub struct ServeArgs {
     /// Timeout of one webhook call, ms [default: 5000].
     #[arg(long, env = "IGNIS_WS_AUTH_WEBHOOK_TIMEOUT_MS", value_name = "MS")]
     pub auth_webhook_timeout_ms: Option<u64>,
-    /// Room patterns clients may join, comma separated; `*` and `?` are
-    /// globs, `{userId}` is the client's user id. E.g. 'public:*,user:{userId}:*'.
-    /// Without any (and no JWT `rooms` claim) joins are refused.
+    /// Room patterns clients may join, comma separated: `*` = any run within
+    /// one `:`-separated segment, `?` = one non-`:` character, `**` = any run
+    /// across segments, `{userId}` = the client's user id (a user id holding
+    /// `:` matches no such pattern). E.g. 'public:*,user:{userId}:**'; '**'
+    /// allows every room. Without any (and no JWT `rooms` claim) joins are
+    /// refused.
     #[arg(long, env = "IGNIS_WS_ROOM_ALLOW", value_name = "PATTERNS")]
     pub room_allow: Option<String>,
     /// Rooms joined on authentication, comma separated; '' for none
@@ -967,5 +982,15 @@ mod tests {
             ..Default::default()
         };
         assert!(a.into_config().unwrap().default_rooms.is_empty());
+    }
+
+    #[test]
+    fn overlong_room_patterns_are_refused() {
+        let a = ServeArgs {
+            auth: Some(AuthKind::Insecure),
+            room_allow: Some(format!("public:*,{}", "a".repeat(2000))),
+            ..Default::default()
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--room-allow");
     }
 }

@@ -160,9 +160,18 @@ impl ServerBuilder {
             // As in Ignis without `validateRoomFn`: joins are refused.
             return None;
         }
-        Some(Arc::new(crate::auth::GlobRoomValidator::new(
-            self.config.room_allow.clone(),
-        )))
+        let validator = crate::auth::GlobRoomValidator::new(self.config.room_allow.clone());
+        for p in validator.patterns() {
+            if p.uses_user_id() && !p.isolates_user_id() {
+                tracing::warn!(
+                    pattern = p.as_str(),
+                    "--room-allow: {{userId}} in this pattern is not a whole `:`-segment at a \
+                     fixed position, so different users may match the same room; prefer e.g. \
+                     user:{{userId}}:*"
+                );
+            }
+        }
+        Some(Arc::new(validator))
     }
 
     /// Bind, start every thread, return when the server accepts connections.

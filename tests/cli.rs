@@ -251,7 +251,7 @@ async fn serve_then_sigterm_closes_clients_1001() {
             "--shards",
             "2",
             "--room-allow",
-            "*",
+            "**",
         ],
         &[],
     );

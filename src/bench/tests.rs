@@ -105,7 +105,7 @@ fn server(auth: AuthMode, redis: Option<&str>, api_key: Option<&str>) -> crate::
         pin_cores: false,
         io: IoMode::Epoll,
         auth,
-        room_allow: vec!["*".into()],
+        room_allow: vec!["**".into()],
         redis: redis.map(|r| vec![r.to_owned()]).unwrap_or_default(),
         api_key: api_key.map(str::to_owned),
         ..crate::Config::default()
