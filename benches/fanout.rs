@@ -73,7 +73,7 @@ fn new_shard(index: usize, control: &Control, config: Config, max_conns: usize) 
 
 fn shard(index: usize, control: &Control) -> Shard<()> {
     let config = Config {
-        room_allow: vec!["*".into()],
+        room_allow: vec!["**".into()],
         ..Config::default()
     };
     let now = Instant::now();

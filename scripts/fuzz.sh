@@ -17,7 +17,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame_parser frame_differential frame_roundtrip handshake client_message redis_envelope publish_head)
+  targets=(frame_parser frame_differential frame_roundtrip handshake client_message redis_envelope publish_head room_pattern)
 fi
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz --locked" >&2; exit 2; }
 export RUSTC_BOOTSTRAP=1
@@ -26,6 +26,7 @@ for t in "${targets[@]}"; do
   case "$t" in
     handshake|publish_head) dict=(-dict=fuzz/dict/http.dict) ;;
     client_message|redis_envelope) dict=(-dict=fuzz/dict/json.dict) ;;
+    room_pattern) dict=(-dict=fuzz/dict/room.dict) ;;
   esac
   mkdir -p "fuzz/work/$t"
   echo "== $t: ${secs}s"

@@ -49,7 +49,7 @@ for _ in $(seq "$servers"); do
       io=${kind%%-*}; recv=readiness
       [ "$kind" = uring-multishot ] && recv=multishot
       # shellcheck disable=SC2086
-      taskset -c 0 "$BIN" serve --auth insecure --room-allow '*' --shards 1 --io "$io" \
+      taskset -c 0 "$BIN" serve --auth insecure --room-allow '**' --shards 1 --io "$io" \
         --io-uring-recv "$recv" --redis "redis://127.0.0.1:$REDIS_PORT" \
         --listen "127.0.0.1:$PORT" --log warn ${SERVER_ARGS:-} >/dev/null 2>&1 &
       pids+=($!)

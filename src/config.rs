@@ -72,8 +72,17 @@ pub enum AuthMode {
         secret: Option<String>,
         /// PEM file with an RSA (RS256) or P-256 (ES256) public key.
         public_key_file: Option<PathBuf>,
-        /// Clock skew allowed on `exp`/`nbf`, seconds.
+        /// Clock skew allowed on `exp`/`nbf` (and `iat` with `max_age_s`),
+        /// seconds.
         leeway_s: u64,
+        /// Accepted `aud` values; empty: tokens carrying `aud` are refused.
+        audience: Vec<String>,
+        /// Accepted `iss` values; empty: `iss` is not checked.
+        issuer: Vec<String>,
+        /// Refuse tokens without `exp`.
+        require_exp: bool,
+        /// Refuse tokens without `iat` or issued longer ago than this, s.
+        max_age_s: Option<u64>,
     },
     /// `data` is POSTed to a URL that decides.
     Webhook {
@@ -89,6 +98,36 @@ pub enum AuthMode {
     /// The library user passes an [`crate::auth::Authenticator`] to the
     /// [`crate::ServerBuilder`].
     Custom,
+}
+
+impl AuthMode {
+    /// `--auth jwt --jwt-secret SECRET` with every other JWT setting at its
+    /// default (no leeway, `exp` required, no audience or issuer, no max age).
+    pub fn jwt_secret(secret: impl Into<String>) -> Self {
+        Self::Jwt {
+            secret: Some(secret.into()),
+            public_key_file: None,
+            leeway_s: 0,
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            require_exp: true,
+            max_age_s: None,
+        }
+    }
+
+    /// `--auth jwt --jwt-public-key FILE` with every other JWT setting at its
+    /// default.
+    pub fn jwt_public_key(file: impl Into<PathBuf>) -> Self {
+        Self::Jwt {
+            secret: None,
+            public_key_file: Some(file.into()),
+            leeway_s: 0,
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            require_exp: true,
+            max_age_s: None,
+        }
+    }
 }
 
 /// The whole configuration of a server.
@@ -107,9 +146,10 @@ pub struct Config {
     pub io: IoMode,
     /// Authentication.
     pub auth: AuthMode,
-    /// Room patterns any authenticated client may join (`*`, `?`,
-    /// `{userId}`). Empty and no JWT `rooms` claim: joins are refused, as in
-    /// Ignis without `validateRoomFn`.
+    /// Room patterns any authenticated client may join: `*` (any run within
+    /// one `:`-segment), `?` (one non-`:` character), `**` (any run, `:`
+    /// included), `{userId}` (see [`crate::auth::rooms`]). Empty and no JWT
+    /// `rooms` claim: joins are refused, as in Ignis without `validateRoomFn`.
     pub room_allow: Vec<String>,
     /// Rooms every client joins on authentication.
     /// Ignis: `WebSocketDefaults.ROOM`, `WebSocketDefaults.NOTIFICATION_ROOM`.
@@ -359,6 +399,33 @@ impl Config {
                 ));
             }
         }
+        for p in &self.room_allow {
+            if p.chars().count() > crate::auth::rooms::MAX_PATTERN_LEN {
+                return Err(bad(
+                    "--room-allow",
+                    format!(
+                        "a pattern is longer than {} characters",
+                        crate::auth::rooms::MAX_PATTERN_LEN
+                    ),
+                ));
+            }
+        }
+        if let AuthMode::Jwt {
+            leeway_s,
+            max_age_s,
+            ..
+        } = &self.auth
+        {
+            if *leeway_s > crate::auth::jwt::MAX_LEEWAY_S {
+                return Err(bad(
+                    "--jwt-leeway-s",
+                    format!("at most {} (one day)", crate::auth::jwt::MAX_LEEWAY_S),
+                ));
+            }
+            if *max_age_s == Some(0) {
+                return Err(bad("--jwt-max-age-s", "must be > 0"));
+            }
+        }
         match &self.auth {
             AuthMode::Jwt {
                 secret,
@@ -379,6 +446,17 @@ impl Config {
                 }
                 (Some(s), None) if s.is_empty() => {
                     return Err(bad("--jwt-secret", "must not be empty"));
+                }
+                (Some(s), None) if s.len() < crate::auth::jwt::MIN_HS256_SECRET_LEN => {
+                    return Err(bad(
+                        "--jwt-secret",
+                        format!(
+                            "is {} bytes; HS256 needs at least {} (RFC 7518 §3.2), e.g. \
+                             `openssl rand -base64 48`",
+                            s.len(),
+                            crate::auth::jwt::MIN_HS256_SECRET_LEN
+                        ),
+                    ));
                 }
                 _ => {}
             },
@@ -525,6 +603,39 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A list setting: comma separated on the command line and in the
+/// environment; a string (comma separated) or an array of strings in TOML.
+/// Items are trimmed and empty ones dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StringList(pub Vec<String>);
+
+impl FromStr for StringList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(StringList(comma_list(s)))
+    }
+}
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(StringList(match Raw::deserialize(d)? {
+            Raw::One(s) => comma_list(&s),
+            Raw::Many(v) => v
+                .iter()
+                .map(|x| x.trim())
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }))
+    }
+}
+
 /// Authentication mode as given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -578,9 +689,27 @@ pub struct ServeArgs {
     /// PEM public key (RSA for RS256, P-256 for ES256) for --auth jwt.
     #[arg(long, env = "IGNIS_WS_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
-    /// Clock skew allowed on exp/nbf, seconds [default: 0].
+    /// Clock skew allowed on exp/nbf (and iat with --jwt-max-age-s),
+    /// seconds [default: 0].
     #[arg(long, env = "IGNIS_WS_JWT_LEEWAY_S", value_name = "S")]
     pub jwt_leeway_s: Option<u64>,
+    /// Accepted JWT audiences, comma separated (TOML: string or array): a
+    /// token's aud must name one; without any, tokens carrying aud are
+    /// refused [default: none].
+    #[arg(long, env = "IGNIS_WS_JWT_AUDIENCE", value_name = "AUD,AUD…")]
+    pub jwt_audience: Option<StringList>,
+    /// Accepted JWT issuers, comma separated (TOML: string or array): a
+    /// token's iss must be one; without any, iss is not checked
+    /// [default: none].
+    #[arg(long, env = "IGNIS_WS_JWT_ISSUER", value_name = "ISS,ISS…")]
+    pub jwt_issuer: Option<StringList>,
+    /// Refuse JWTs without exp [default: true].
+    #[arg(long, env = "IGNIS_WS_JWT_REQUIRE_EXP", value_name = "BOOL")]
+    pub jwt_require_exp: Option<bool>,
+    /// Refuse JWTs without iat or issued more than S seconds ago
+    /// [default: no limit].
+    #[arg(long, env = "IGNIS_WS_JWT_MAX_AGE_S", value_name = "S")]
+    pub jwt_max_age_s: Option<u64>,
     /// URL that --auth webhook POSTs the authenticate data to.
     #[arg(long, env = "IGNIS_WS_AUTH_URL", value_name = "URL")]
     pub auth_url: Option<String>,
@@ -591,9 +720,12 @@ pub struct ServeArgs {
     /// [default: 64].
     #[arg(long, env = "IGNIS_WS_AUTH_WEBHOOK_CONCURRENCY", value_name = "N")]
     pub auth_webhook_concurrency: Option<usize>,
-    /// Room patterns clients may join, comma separated; `*` and `?` are
-    /// globs, `{userId}` is the client's user id. E.g. 'public:*,user:{userId}:*'.
-    /// Without any (and no JWT `rooms` claim) joins are refused.
+    /// Room patterns clients may join, comma separated: `*` = any run within
+    /// one `:`-separated segment, `?` = one non-`:` character, `**` = any run
+    /// across segments, `{userId}` = the client's user id (a user id holding
+    /// `:` matches no such pattern). E.g. 'public:*,user:{userId}:**'; '**'
+    /// allows every room. Without any (and no JWT `rooms` claim) joins are
+    /// refused.
     #[arg(long, env = "IGNIS_WS_ROOM_ALLOW", value_name = "PATTERNS")]
     pub room_allow: Option<String>,
     /// Rooms joined on authentication, comma separated; '' for none
@@ -776,6 +908,10 @@ impl ServeArgs {
             jwt_secret,
             jwt_public_key,
             jwt_leeway_s,
+            jwt_audience,
+            jwt_issuer,
+            jwt_require_exp,
+            jwt_max_age_s,
             auth_url,
             auth_webhook_timeout_ms,
             auth_webhook_concurrency,
@@ -850,6 +986,10 @@ impl ServeArgs {
                 secret: self.jwt_secret,
                 public_key_file: self.jwt_public_key,
                 leeway_s: self.jwt_leeway_s.unwrap_or(0),
+                audience: self.jwt_audience.map(|l| l.0).unwrap_or_default(),
+                issuer: self.jwt_issuer.map(|l| l.0).unwrap_or_default(),
+                require_exp: self.jwt_require_exp.unwrap_or(true),
+                max_age_s: self.jwt_max_age_s,
             },
             Some(AuthKind::Webhook) => AuthMode::Webhook {
                 url: self
@@ -1113,5 +1253,105 @@ mod tests {
             ..Default::default()
         };
         assert!(a.into_config().unwrap().default_rooms.is_empty());
+    }
+
+    #[test]
+    fn jwt_claim_settings_from_flags_env_and_toml() {
+        const SECRET: &str = "0123456789abcdef0123456789abcdef";
+        let a = ServeArgs {
+            auth: Some(AuthKind::Jwt),
+            jwt_secret: Some(SECRET.into()),
+            ..Default::default()
+        };
+        match a.into_config().unwrap().auth {
+            AuthMode::Jwt {
+                audience,
+                issuer,
+                require_exp,
+                max_age_s,
+                ..
+            } => {
+                assert!(audience.is_empty() && issuer.is_empty());
+                assert!(require_exp, "exp is required by default");
+                assert_eq!(max_age_s, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Flag / env form: comma separated.
+        assert_eq!(
+            " a, b ,,c".parse::<StringList>().unwrap(),
+            StringList(vec!["a".into(), "b".into(), "c".into()])
+        );
+        // TOML: an array or a comma-separated string.
+        let file: ServeArgs = toml::from_str(&format!(
+            "auth = \"jwt\"\njwt-secret = \"{SECRET}\"\n\
+             jwt-audience = [\"ignis\", \" ws \", \"\"]\n\
+             jwt-issuer = \"https://a.example, https://b.example\"\n\
+             jwt-require-exp = false\njwt-max-age-s = 300\n"
+        ))
+        .unwrap();
+        match file.into_config().unwrap().auth {
+            AuthMode::Jwt {
+                audience,
+                issuer,
+                require_exp,
+                max_age_s,
+                ..
+            } => {
+                assert_eq!(audience, vec!["ignis", "ws"]);
+                assert_eq!(issuer, vec!["https://a.example", "https://b.example"]);
+                assert!(!require_exp);
+                assert_eq!(max_age_s, Some(300));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jwt_settings_are_validated() {
+        let jwt = |secret: &str| ServeArgs {
+            auth: Some(AuthKind::Jwt),
+            jwt_secret: Some(secret.into()),
+            ..Default::default()
+        };
+        let e = jwt("short").into_config().unwrap_err();
+        assert_eq!(e.key, "--jwt-secret");
+        assert!(e.message.contains("32"), "{e}");
+        assert!(
+            !e.to_string().contains("short"),
+            "the secret is echoed: {e}"
+        );
+        assert_eq!(
+            jwt(&"x".repeat(31)).into_config().unwrap_err().key,
+            "--jwt-secret"
+        );
+        assert!(jwt(&"x".repeat(32)).into_config().is_ok());
+        let a = ServeArgs {
+            jwt_max_age_s: Some(0),
+            ..jwt(&"x".repeat(32))
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--jwt-max-age-s");
+        let a = ServeArgs {
+            jwt_leeway_s: Some(86_401),
+            ..jwt(&"x".repeat(32))
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--jwt-leeway-s");
+        // Public keys have no length rule here.
+        let a = ServeArgs {
+            auth: Some(AuthKind::Jwt),
+            jwt_public_key: Some("/some.pem".into()),
+            ..Default::default()
+        };
+        assert!(a.into_config().is_ok());
+    }
+
+    #[test]
+    fn overlong_room_patterns_are_refused() {
+        let a = ServeArgs {
+            auth: Some(AuthKind::Insecure),
+            room_allow: Some(format!("public:*,{}", "a".repeat(2000))),
+            ..Default::default()
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--room-allow");
     }
 }

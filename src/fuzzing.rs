@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("client_message", client_message),
     ("redis_envelope", redis_envelope),
     ("publish_head", publish_head),
+    ("room_pattern", room_pattern),
 ];
 
 type Outcome = (Vec<Message>, Option<FrameError>);
@@ -382,7 +383,7 @@ pub fn client_message(data: &[u8]) {
     });
     let (tx, _rx) = flume::unbounded();
     let config = Config {
-        room_allow: vec!["*".into()],
+        room_allow: vec!["**".into()],
         ..Config::default()
     };
     let ctx = ShardCtx {
@@ -390,7 +391,7 @@ pub fn client_message(data: &[u8]) {
         config: Arc::new(config),
         authenticator: Arc::new(InsecureAuthenticator),
         room_validator: Some(Arc::new(crate::auth::rooms::GlobRoomValidator::new(vec![
-            "*".into(),
+            "**".into(),
         ]))),
         hooks: Arc::new(NoHooks),
         control: control.clone(),
@@ -536,4 +537,125 @@ fn assert_complete_response(r: &[u8], head_only: bool) {
     };
     let body = r.len() - end - 4;
     assert_eq!(body, if head_only { 0 } else { len }, "{head}");
+}
+
+/// `room_pattern`: input `PATTERN \n ROOM \n USER1 \n USER2` (lossy UTF-8;
+/// missing parts are empty, an empty user is "no user id"). Checks: the
+/// matcher never panics; on inputs small enough for it, it agrees with
+/// [`room_pattern_reference`] for no user and both users; a pattern that
+/// claims [`RoomPattern::isolates_user_id`] never lets two different users
+/// match the same room (the given room and one built from the pattern for
+/// user 1); and the validator allows exactly what the pattern matches.
+///
+/// [`RoomPattern::isolates_user_id`]: crate::auth::RoomPattern::isolates_user_id
+pub fn room_pattern(data: &[u8]) {
+    use crate::auth::{GlobRoomValidator, RoomPattern};
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(4, '\n');
+    let pattern = parts.next().unwrap_or_default();
+    let room = parts.next().unwrap_or_default();
+    let user = |u: Option<&str>| u.filter(|u| !u.is_empty()).map(str::to_owned);
+    let u1 = user(parts.next());
+    let u2 = user(parts.next());
+    let p = RoomPattern::parse(pattern);
+    let small = pattern.chars().count() <= 64 && room.chars().count() <= 64;
+    let users = [None, u1.as_deref(), u2.as_deref()];
+    for u in users {
+        let got = p.matches(room, u);
+        if small {
+            assert_eq!(
+                got,
+                room_pattern_reference(pattern, room, u),
+                "{pattern:?} on {room:?} for {u:?}"
+            );
+        }
+        let allowed = GlobRoomValidator::new(Vec::new()).allowed(
+            u,
+            &[room.to_owned()],
+            Some(&[pattern.to_owned()]),
+        );
+        assert_eq!(
+            allowed.len(),
+            usize::from(got),
+            "validator and pattern disagree"
+        );
+    }
+    if p.isolates_user_id() && u1 != u2 {
+        let built = instantiate(pattern, u1.as_deref().unwrap_or_default());
+        for r in [room, built.as_str()] {
+            assert!(
+                !(p.matches(r, u1.as_deref()) && p.matches(r, u2.as_deref())),
+                "{pattern:?}: {u1:?} and {u2:?} both match {r:?}"
+            );
+        }
+    }
+}
+
+/// A room `pattern` is meant to match for `user`: the user id in place of
+/// `{userId}`, `x` for `?`, nothing for `*`, `a:b` for `**`.
+pub(crate) fn instantiate(pattern: &str, user: &str) -> String {
+    let mut out = String::new();
+    let mut rest = pattern;
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("{userId}") {
+            out.push_str(user);
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("**") {
+            out.push_str("a:b");
+            rest = after.trim_start_matches('*');
+        } else {
+            match c {
+                '*' => {}
+                '?' => out.push('x'),
+                c => out.push(c),
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+/// The room-pattern rules written as directly as possible (recursion over
+/// the pattern text, memoized so it stays polynomial), to check
+/// [`crate::auth::RoomPattern::matches`] against: `*` = any run without `:`,
+/// `**`… = any run, `?` = one non-`:` character, `{userId}` = the user id
+/// literally (no match at all without one, with an empty one or one holding
+/// `:`), anything else literal; patterns over the length cap match nothing.
+pub fn room_pattern_reference(pattern: &str, room: &str, user_id: Option<&str>) -> bool {
+    use std::collections::HashMap;
+    fn go(p: &str, t: &[char], user: &[char], memo: &mut HashMap<(usize, usize), bool>) -> bool {
+        let key = (p.len(), t.len());
+        if let Some(&v) = memo.get(&key) {
+            return v;
+        }
+        let v = if p.is_empty() {
+            t.is_empty()
+        } else if let Some(rest) = p.strip_prefix("{userId}") {
+            t.starts_with(user) && go(rest, &t[user.len()..], user, memo)
+        } else if let Some(rest) = p.strip_prefix("**") {
+            let rest = rest.trim_start_matches('*');
+            (0..=t.len()).any(|k| go(rest, &t[k..], user, memo))
+        } else if let Some(rest) = p.strip_prefix('*') {
+            (0..=t.len())
+                .take_while(|&k| !t[..k].contains(&':'))
+                .any(|k| go(rest, &t[k..], user, memo))
+        } else if let Some(rest) = p.strip_prefix('?') {
+            t.first().is_some_and(|&c| c != ':') && go(rest, &t[1..], user, memo)
+        } else {
+            let c = p.chars().next().unwrap_or_default();
+            t.first() == Some(&c) && go(&p[c.len_utf8()..], &t[1..], user, memo)
+        };
+        memo.insert(key, v);
+        v
+    }
+    if pattern.chars().count() > crate::auth::rooms::MAX_PATTERN_LEN {
+        return false;
+    }
+    let user: Vec<char> = match user_id {
+        Some(u) if !u.is_empty() && !u.contains(':') => u.chars().collect(),
+        _ if pattern.contains("{userId}") => return false,
+        _ => Vec::new(),
+    };
+    let text: Vec<char> = room.chars().collect();
+    go(pattern, &text, &user, &mut HashMap::new())
 }

@@ -107,6 +107,10 @@ impl ServerBuilder {
                 secret,
                 public_key_file,
                 leeway_s,
+                audience,
+                issuer,
+                require_exp,
+                max_age_s,
             } => {
                 let key = match (secret, public_key_file) {
                     (Some(s), _) => JwtKey::Hs256(s.as_bytes().to_vec()),
@@ -127,13 +131,26 @@ impl ServerBuilder {
                 let cfg = JwtConfig {
                     key,
                     leeway_s: *leeway_s,
-                    audience: None,
-                    issuer: None,
+                    audience: audience.clone(),
+                    issuer: issuer.clone(),
+                    require_exp: *require_exp,
+                    max_age_s: *max_age_s,
                 };
-                Arc::new(
-                    JwtAuthenticator::new(cfg)
-                        .map_err(|e| key_err("--jwt-public-key", e.to_string()))?,
-                )
+                if !*require_exp {
+                    tracing::warn!(
+                        "--jwt-require-exp false: tokens without exp are accepted and never expire"
+                    );
+                }
+                Arc::new(JwtAuthenticator::new(cfg).map_err(|e| {
+                    use crate::auth::JwtConfigError as E;
+                    let key = match e {
+                        E::EmptySecret | E::ShortSecret(_) => "--jwt-secret",
+                        E::LeewayTooLarge(_) => "--jwt-leeway-s",
+                        E::ZeroMaxAge => "--jwt-max-age-s",
+                        _ => "--jwt-public-key",
+                    };
+                    key_err(key, e.to_string())
+                })?)
             }
             AuthMode::Webhook {
                 url,
@@ -164,9 +181,18 @@ impl ServerBuilder {
             // As in Ignis without `validateRoomFn`: joins are refused.
             return None;
         }
-        Some(Arc::new(crate::auth::GlobRoomValidator::new(
-            self.config.room_allow.clone(),
-        )))
+        let validator = crate::auth::GlobRoomValidator::new(self.config.room_allow.clone());
+        for p in validator.patterns() {
+            if p.uses_user_id() && !p.isolates_user_id() {
+                tracing::warn!(
+                    pattern = p.as_str(),
+                    "--room-allow: {{userId}} in this pattern is not a whole `:`-segment at a \
+                     fixed position, so different users may match the same room; prefer e.g. \
+                     user:{{userId}}:*"
+                );
+            }
+        }
+        Some(Arc::new(validator))
     }
 
     /// Bind, start every thread, return when the server accepts connections.

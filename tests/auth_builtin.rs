@@ -19,7 +19,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use util::*;
 
-const SECRET: &str = "test-secret-please-change";
+const SECRET: &str = "test-secret-please-change-0123456789";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -40,11 +40,7 @@ fn hs(claims: Value, alg: Algorithm) -> String {
 fn jwt_server(io: IoMode) -> TestServer {
     let mut cfg = config(io);
     cfg.room_allow.clear();
-    cfg.auth = AuthMode::Jwt {
-        secret: Some(SECRET.into()),
-        public_key_file: None,
-        leeway_s: 0,
-    };
+    cfg.auth = AuthMode::jwt_secret(SECRET);
     start(cfg)
 }
 
@@ -102,6 +98,88 @@ async fn jwt_hs256(io: IoMode) {
     assert!(d.get("userId").is_none(), "{d}");
 }
 
+/// Issue 12: a token without `exp`, or with an `aud` / `iss` meant for
+/// someone else, is refused; a proper one is accepted.
+async fn jwt_claims_are_enforced(io: IoMode) {
+    // Defaults: exp required, no audience configured.
+    let s = jwt_server(io);
+    let url = s.url();
+    let proper = hs(json!({"sub":"alice","exp":now()+60}), Algorithm::HS256);
+    assert_eq!(try_token(&url, &proper).await.unwrap()["userId"], "alice");
+    let no_exp = hs(json!({"sub":"alice","iat":1_000_000_000}), Algorithm::HS256);
+    assert_eq!(try_token(&url, &no_exp).await.unwrap_err(), refused());
+    let foreign_aud = hs(
+        json!({"sub":"alice","exp":now()+60,"aud":"billing-api"}),
+        Algorithm::HS256,
+    );
+    assert_eq!(try_token(&url, &foreign_aud).await.unwrap_err(), refused());
+
+    // Audience, issuer and max age configured.
+    let mut cfg = config(io);
+    cfg.auth = match AuthMode::jwt_secret(SECRET) {
+        AuthMode::Jwt {
+            secret,
+            public_key_file,
+            leeway_s,
+            require_exp,
+            ..
+        } => AuthMode::Jwt {
+            secret,
+            public_key_file,
+            leeway_s,
+            audience: vec!["ignis".into(), "ws".into()],
+            issuer: vec!["https://issuer.example".into()],
+            require_exp,
+            max_age_s: Some(300),
+        },
+        other => other,
+    };
+    let s = start(cfg);
+    let url = s.url();
+    let claims = |extra: Value| {
+        let mut c = json!({
+            "sub": "bob",
+            "exp": now() + 60,
+            "iat": now(),
+            "aud": ["other", "ws"],
+            "iss": "https://issuer.example",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        hs(c, Algorithm::HS256)
+    };
+    assert_eq!(
+        try_token(&url, &claims(json!({}))).await.unwrap()["userId"],
+        "bob"
+    );
+    assert_eq!(
+        try_token(&url, &claims(json!({"aud":"ignis"})))
+            .await
+            .unwrap()["userId"],
+        "bob"
+    );
+    for bad in [
+        json!({"aud":"billing-api"}),
+        json!({"aud":null}),
+        json!({"iss":"https://evil.example"}),
+        json!({"iss":null}),
+        json!({"iat":null}),
+        json!({"iat":now()-3600}),
+        json!({"exp":null}),
+    ] {
+        assert_eq!(
+            try_token(&url, &claims(bad.clone())).await.unwrap_err(),
+            refused(),
+            "{bad}"
+        );
+    }
+}
+
 fn base64_url(b: &[u8]) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
@@ -143,11 +221,7 @@ async fn jwt_rooms_claim_grants_joins(io: IoMode) {
 async fn jwt_es256_public_key_file(io: IoMode) {
     let dir = env!("CARGO_MANIFEST_DIR");
     let mut cfg = config(io);
-    cfg.auth = AuthMode::Jwt {
-        secret: None,
-        public_key_file: Some(format!("{dir}/tests/fixtures/es256-public.pem").into()),
-        leeway_s: 0,
-    };
+    cfg.auth = AuthMode::jwt_public_key(format!("{dir}/tests/fixtures/es256-public.pem"));
     let s = start(cfg);
     let pem = std::fs::read(format!("{dir}/tests/fixtures/es256-private.pem")).unwrap();
     let key = EncodingKey::from_ec_pem(&pem).unwrap();
@@ -292,6 +366,7 @@ async fn webhook_unreachable_is_an_error(io: IoMode) {
 
 io_tests!(
     jwt_hs256,
+    jwt_claims_are_enforced,
     jwt_rooms_claim_grants_joins,
     jwt_es256_public_key_file,
     webhook_auth,

@@ -21,13 +21,9 @@ async fn browser_style_client(io: IoMode) {
     let Some(flags) = node_or_skip("browser_style_client", "true") else {
         return;
     };
-    let secret = "browser-secret";
+    let secret = "browser-secret-0123456789abcdef-xyz";
     let mut cfg = config(io);
-    cfg.auth = AuthMode::Jwt {
-        secret: Some(secret.into()),
-        public_key_file: None,
-        leeway_s: 0,
-    };
+    cfg.auth = AuthMode::jwt_secret(secret);
     cfg.room_allow = vec!["public:*".into()];
     let (hooks, mut hook_rx) = ChannelHooks::new();
     let s = start_with(ServerBuilder::new(cfg).hooks(hooks));

@@ -88,6 +88,42 @@ fn bad_values_exit_2_naming_the_key() {
             "--heartbeat-timeout-ms",
         ),
         (vec!["serve", "--auth", "jwt"], vec![], "--jwt-secret"),
+        (
+            vec!["serve", "--auth", "jwt", "--jwt-secret", "x"],
+            vec![],
+            "--jwt-secret",
+        ),
+        (
+            vec!["serve", "--auth", "jwt"],
+            vec![("IGNIS_WS_JWT_SECRET", "only-twenty-one-bytes")],
+            "--jwt-secret",
+        ),
+        (
+            vec![
+                "serve",
+                "--auth",
+                "jwt",
+                "--jwt-secret",
+                "0123456789abcdef0123456789abcdef",
+                "--jwt-max-age-s",
+                "0",
+            ],
+            vec![],
+            "--jwt-max-age-s",
+        ),
+        (
+            vec![
+                "serve",
+                "--auth",
+                "jwt",
+                "--jwt-secret",
+                "0123456789abcdef0123456789abcdef",
+                "--jwt-require-exp",
+                "perhaps",
+            ],
+            vec![],
+            "--jwt-require-exp",
+        ),
         (vec!["serve", "--auth", "webhook"], vec![], "--auth-url"),
         (
             vec!["serve", "--auth", "webhook", "--auth-url", "ftp://x"],
@@ -126,6 +162,37 @@ fn bad_values_exit_2_naming_the_key() {
 }
 
 #[test]
+fn short_jwt_secret_exits_2_without_echoing_it() {
+    let secret = "hunter2-is-short";
+    let (code, out) = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            secret,
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--jwt-secret"), "{out}");
+    assert!(out.contains("32"), "{out}");
+    assert!(!out.contains(secret), "the secret is echoed: {out}");
+    // The same from a TOML file.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("short.toml");
+    std::fs::write(&p, format!("auth = \"jwt\"\njwt-secret = \"{secret}\"\n")).unwrap();
+    let (code, out) = run(&["serve", "--config", p.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--jwt-secret") && !out.contains(secret),
+        "{out}"
+    );
+}
+
+#[test]
 fn config_file_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
@@ -151,6 +218,10 @@ fn help_documents_every_flag() {
         "--auth",
         "--jwt-secret",
         "--jwt-public-key",
+        "--jwt-audience",
+        "--jwt-issuer",
+        "--jwt-require-exp",
+        "--jwt-max-age-s",
         "--auth-url",
         "--room-allow",
         "--default-rooms",
@@ -251,7 +322,7 @@ async fn serve_then_sigterm_closes_clients_1001() {
             "--shards",
             "2",
             "--room-allow",
-            "*",
+            "**",
         ],
         &[],
     );

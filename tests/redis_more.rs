@@ -438,7 +438,7 @@ fn spawn_node(redis: &str) -> (Child, std::net::SocketAddr) {
             "--auth",
             "insecure",
             "--room-allow",
-            "*",
+            "**",
             "--redis",
             redis,
         ])

@@ -220,6 +220,49 @@ async fn room_allow_patterns_with_user_id(io: IoMode) {
     misses(&h, &mut c, &id, "private").await;
 }
 
+/// Issue 12: `*` stays within one `:`-segment, so `user:{userId}:*` does not
+/// give alice the rooms of user `alice:x`; `**` is the explicit multi-segment
+/// wildcard; a user id holding `:` matches no `{userId}` pattern.
+async fn star_stays_within_one_segment(io: IoMode) {
+    let mut cfg = config(io);
+    cfg.room_allow = vec!["user:{userId}:*".into()];
+    let s = start(cfg);
+    let h = s.handle();
+    let (mut alice, d) = authed(&s.url(), "alice").await;
+    let id = d["id"].as_str().unwrap().to_string();
+    alice
+        .join(&["user:alice:x:inbox", "user:alice:inbox"])
+        .await;
+    alice.expect_silence().await;
+    gets(&h, &mut alice, "user:alice:inbox").await;
+    misses(&h, &mut alice, &id, "user:alice:x:inbox").await;
+
+    // `**`: alice's rooms at any depth, and still nobody else's.
+    let mut cfg = config(io);
+    cfg.room_allow = vec!["user:{userId}:**".into()];
+    let s = start(cfg);
+    let h = s.handle();
+    let (mut alice, d) = authed(&s.url(), "alice").await;
+    let alice_id = d["id"].as_str().unwrap().to_string();
+    alice
+        .join(&["user:alice:a:b", "user:alice:inbox", "user:alicex:inbox"])
+        .await;
+    alice.expect_silence().await;
+    gets(&h, &mut alice, "user:alice:a:b").await;
+    gets(&h, &mut alice, "user:alice:inbox").await;
+    misses(&h, &mut alice, &alice_id, "user:alicex:inbox").await;
+    // A user id with `:` would otherwise own a subtree of alice's rooms.
+    let (mut other, d) = authed(&s.url(), "alice:x").await;
+    let other_id = d["id"].as_str().unwrap().to_string();
+    other
+        .join(&["user:alice:x:inbox", "user:alice:x", "user:alice:a:b"])
+        .await;
+    other.expect_silence().await;
+    for r in ["user:alice:x:inbox", "user:alice:x", "user:alice:a:b"] {
+        misses(&h, &mut other, &other_id, r).await;
+    }
+}
+
 async fn many_rooms_join_and_leave(io: IoMode) {
     let s = start(config(io));
     let h = s.handle();
@@ -281,5 +324,6 @@ io_tests!(
     slow_validator_is_offloaded,
     no_validator_refuses_joins,
     room_allow_patterns_with_user_id,
+    star_stays_within_one_segment,
     many_rooms_join_and_leave,
 );

@@ -7,10 +7,22 @@
 //! - Exactly one algorithm is accepted, the one implied by the key; a token
 //!   whose header names any other (another HMAC size, RS256 against an HMAC
 //!   secret, `none`) is refused. This closes the classic key-confusion attack.
-//! - `exp` and `nbf` are checked when present, with [`DEFAULT_LEEWAY_S`] (0)
-//!   seconds of leeway unless configured. `exp` is not required, matching the
-//!   common JS reference behaviour (`jwt.verify` without `maxAge`).
-//! - `aud` / `iss` are only checked when configured, and are then required.
+//! - `exp` is required unless [`JwtConfig::require_exp`] is off (a token
+//!   without one would be valid forever); `exp` and `nbf` are checked when
+//!   present, with [`DEFAULT_LEEWAY_S`] (0) seconds of leeway unless
+//!   configured.
+//! - `aud` (RFC 7519 §4.1.3): with no audience configured, a token that
+//!   carries one is refused (it was issued for some other service); with
+//!   audiences configured, `aud` (a string or an array of strings) must name
+//!   one of them, and a token without `aud` is refused.
+//! - `iss`: with issuers configured it must be a string equal to one of them
+//!   (missing: refused); without, it is not looked at.
+//! - With [`JwtConfig::max_age_s`], `iat` is required and a token issued
+//!   more than that long ago (or in the future), give or take the leeway, is
+//!   refused.
+//! - HMAC secrets shorter than [`MIN_HS256_SECRET_LEN`] bytes are refused at
+//!   start (RFC 7518 §3.2: the key must be at least as long as the hash).
+//! - Claims are only looked at after the signature verified.
 //! - Every verification failure is a refusal (`Ok(None)`), never an error: the
 //!   token came from the client, so a bad one is the client's fault.
 //! - Verification is pure CPU work, so the returned future is always ready and
@@ -29,6 +41,10 @@ use super::{AuthRequest, AuthResult, Authenticator, BoxFuture, Identity, ready};
 /// exactly within its stated window; deployments whose issuers' clocks drift
 /// should raise [`JwtConfig::leeway_s`].
 pub const DEFAULT_LEEWAY_S: u64 = 0;
+
+/// Shortest accepted HS256 secret, in bytes (RFC 7518 §3.2: a key of the
+/// same size as the hash output, 256 bits).
+pub const MIN_HS256_SECRET_LEN: usize = 32;
 
 /// Largest accepted leeway (one day). Anything bigger defeats `exp` and would
 /// overflow the timestamp arithmetic inside the verifier.
@@ -86,20 +102,30 @@ pub struct JwtConfig {
     /// Clock-skew allowance in seconds applied to both `exp` and `nbf`; at most
     /// [`MAX_LEEWAY_S`].
     pub leeway_s: u64,
-    /// When set, tokens must carry a matching `aud`.
-    pub audience: Option<String>,
-    /// When set, tokens must carry a matching `iss`.
-    pub issuer: Option<String>,
+    /// Accepted audiences: a token's `aud` must name one of them. Empty: a
+    /// token carrying any `aud` is refused.
+    pub audience: Vec<String>,
+    /// Accepted issuers: a token's `iss` must be one of them. Empty: `iss` is
+    /// not checked.
+    pub issuer: Vec<String>,
+    /// Refuse tokens without `exp` (default true).
+    pub require_exp: bool,
+    /// When set, refuse tokens without `iat` or issued more than this many
+    /// seconds ago.
+    pub max_age_s: Option<u64>,
 }
 
 impl JwtConfig {
-    /// A config with [`DEFAULT_LEEWAY_S`] and no audience/issuer checks.
+    /// A config with [`DEFAULT_LEEWAY_S`], `exp` required, no accepted
+    /// audience (tokens with `aud` are refused), no issuer check, no max age.
     pub fn new(key: JwtKey) -> Self {
         Self {
             key,
             leeway_s: DEFAULT_LEEWAY_S,
-            audience: None,
-            issuer: None,
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            require_exp: true,
+            max_age_s: None,
         }
     }
 }
@@ -110,6 +136,14 @@ pub enum JwtConfigError {
     /// An empty HMAC secret would let anyone forge tokens.
     #[error("the HS256 secret is empty")]
     EmptySecret,
+    /// An HMAC secret short enough to brute-force offline from one token.
+    #[error(
+        "the HS256 secret is {0} bytes; at least {MIN_HS256_SECRET_LEN} are required (RFC 7518 §3.2)"
+    )]
+    ShortSecret(usize),
+    /// A zero `max_age_s` would refuse every token.
+    #[error("the JWT max age must be > 0 seconds")]
+    ZeroMaxAge,
     /// The key bytes are not a PEM document.
     #[error("not a PEM document: {0}")]
     NotPem(&'static str),
@@ -151,6 +185,9 @@ pub struct JwtAuthenticator {
     key: DecodingKey,
     validation: Validation,
     algorithm: Algorithm,
+    audience: Vec<String>,
+    issuer: Vec<String>,
+    max_age_s: Option<u64>,
 }
 
 // Manual so the key material never reaches a log.
@@ -159,8 +196,13 @@ impl fmt::Debug for JwtAuthenticator {
         f.debug_struct("JwtAuthenticator")
             .field("algorithm", &self.algorithm)
             .field("leeway_s", &self.validation.leeway)
-            .field("audience", &self.validation.aud)
-            .field("issuer", &self.validation.iss)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field(
+                "require_exp",
+                &self.validation.required_spec_claims.contains("exp"),
+            )
+            .field("max_age_s", &self.max_age_s)
             .finish_non_exhaustive()
     }
 }
@@ -191,11 +233,17 @@ impl JwtAuthenticator {
         if config.leeway_s > MAX_LEEWAY_S {
             return Err(JwtConfigError::LeewayTooLarge(config.leeway_s));
         }
+        if config.max_age_s == Some(0) {
+            return Err(JwtConfigError::ZeroMaxAge);
+        }
         let algorithm = config.key.algorithm();
         let key = match &config.key {
             JwtKey::Hs256(secret) => {
                 if secret.is_empty() {
                     return Err(JwtConfigError::EmptySecret);
+                }
+                if secret.len() < MIN_HS256_SECRET_LEN {
+                    return Err(JwtConfigError::ShortSecret(secret.len()));
                 }
                 DecodingKey::from_secret(secret)
             }
@@ -214,23 +262,21 @@ impl JwtAuthenticator {
         validation.leeway = config.leeway_s;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        // The library's default requires `exp`; we only check it when present
-        // (see module docs) and require aud/iss only when they are configured.
         validation.required_spec_claims.clear();
-        validation.validate_aud = config.audience.is_some();
-        if let Some(aud) = &config.audience {
-            validation.set_audience(&[aud]);
-            validation.required_spec_claims.insert("aud".to_owned());
+        if config.require_exp {
+            validation.required_spec_claims.insert("exp".to_owned());
         }
-        if let Some(iss) = &config.issuer {
-            validation.set_issuer(&[iss]);
-            validation.required_spec_claims.insert("iss".to_owned());
-        }
+        // `aud` and `iss` are checked by `check_claims`, which also refuses
+        // malformed values the library would skip.
+        validation.validate_aud = false;
 
         Ok(Self {
             key,
             validation,
             algorithm,
+            audience: config.audience,
+            issuer: config.issuer,
+            max_age_s: config.max_age_s,
         })
     }
 
@@ -260,7 +306,76 @@ impl JwtAuthenticator {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| Refusal::Invalid(describe(e.kind())))?
             .claims;
+        self.check_claims(&claims, jsonwebtoken::get_current_timestamp())
+            .map_err(|r| Refusal::Invalid(Cow::Borrowed(r)))?;
         identity_from_claims(claims)
+    }
+
+    /// The `aud`, `iss` and `iat` rules (module docs), on claims whose
+    /// signature has been verified. `now` is Unix seconds.
+    fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(), &'static str> {
+        match claims.get("aud").filter(|v| !v.is_null()) {
+            None if self.audience.is_empty() => {}
+            None => return Err("missing required claim aud (--jwt-audience is set)"),
+            Some(_) if self.audience.is_empty() => {
+                return Err("token has an aud claim but no --jwt-audience is configured");
+            }
+            Some(Value::String(aud)) => {
+                if !self.audience.contains(aud) {
+                    return Err("audience mismatch (aud)");
+                }
+            }
+            Some(Value::Array(items)) => {
+                if !items.iter().all(Value::is_string) {
+                    return Err("malformed claim aud");
+                }
+                if !items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|a| self.audience.iter().any(|ok| ok == a))
+                {
+                    return Err("audience mismatch (aud)");
+                }
+            }
+            Some(_) => return Err("malformed claim aud"),
+        }
+        if !self.issuer.is_empty() {
+            match claims.get("iss") {
+                None | Some(Value::Null) => {
+                    return Err("missing required claim iss (--jwt-issuer is set)");
+                }
+                Some(Value::String(iss)) => {
+                    if !self.issuer.contains(iss) {
+                        return Err("issuer mismatch (iss)");
+                    }
+                }
+                Some(_) => return Err("malformed claim iss"),
+            }
+        }
+        if let Some(max_age) = self.max_age_s {
+            let leeway = self.validation.leeway;
+            let iat = match claims.get("iat") {
+                None | Some(Value::Null) => {
+                    return Err("missing required claim iat (--jwt-max-age-s is set)");
+                }
+                Some(v) => match v.as_u64().or_else(|| {
+                    // A fractional NumericDate counts from its whole second.
+                    v.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0 && *f < 1e19)
+                        .map(|f| f as u64)
+                }) {
+                    Some(iat) => iat,
+                    None => return Err("malformed claim iat"),
+                },
+            };
+            if iat > now.saturating_add(leeway) {
+                return Err("token issued in the future (iat)");
+            }
+            if now > iat.saturating_add(max_age).saturating_add(leeway) {
+                return Err("token too old (iat + --jwt-max-age-s)");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -310,6 +425,9 @@ fn describe(kind: &ErrorKind) -> Cow<'static, str> {
         ErrorKind::InvalidIssuer => "issuer mismatch",
         ErrorKind::InvalidAudience => "audience mismatch",
         ErrorKind::InvalidSubject => "subject mismatch",
+        ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => {
+            "missing required claim exp (--jwt-require-exp is on)"
+        }
         ErrorKind::MissingRequiredClaim(claim) => {
             return Cow::Owned(format!("missing required claim {claim}"));
         }
@@ -488,7 +606,7 @@ mod tests {
     use serde_json::json;
     use std::task::Poll;
 
-    const SECRET: &[u8] = b"correct horse battery staple";
+    const SECRET: &[u8] = b"correct horse battery staple, 32+ bytes";
 
     fn now() -> i64 {
         i64::try_from(get_current_timestamp()).unwrap()
@@ -498,18 +616,54 @@ mod tests {
         encode(&Header::new(alg), claims, key).unwrap()
     }
 
+    /// The claims with an `exp` ten minutes ahead unless they state one
+    /// (`"exp": null` to leave it out).
+    fn with_exp(claims: &Value) -> Value {
+        let mut c = claims.clone();
+        if let Some(map) = c.as_object_mut() {
+            match map.get("exp") {
+                None => {
+                    map.insert("exp".to_owned(), json!(now() + 600));
+                }
+                Some(Value::Null) => {
+                    map.remove("exp");
+                }
+                Some(_) => {}
+            }
+        }
+        c
+    }
+
     fn hs(claims: &Value) -> String {
-        sign(Algorithm::HS256, claims, &EncodingKey::from_secret(SECRET))
+        sign(
+            Algorithm::HS256,
+            &with_exp(claims),
+            &EncodingKey::from_secret(SECRET),
+        )
     }
 
     fn rs(claims: &Value) -> String {
         let key = EncodingKey::from_rsa_pem(keys::RSA_PRIVATE.as_bytes()).unwrap();
-        sign(Algorithm::RS256, claims, &key)
+        sign(Algorithm::RS256, &with_exp(claims), &key)
     }
 
     fn es(claims: &Value) -> String {
         let key = EncodingKey::from_ec_pem(keys::EC_PRIVATE.as_bytes()).unwrap();
-        sign(Algorithm::ES256, claims, &key)
+        sign(Algorithm::ES256, &with_exp(claims), &key)
+    }
+
+    fn auth_with(f: impl FnOnce(&mut JwtConfig)) -> JwtAuthenticator {
+        let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
+        f(&mut cfg);
+        JwtAuthenticator::new(cfg).unwrap()
+    }
+
+    /// The refusal reason `check` gives, as logged.
+    fn reason(auth: &JwtAuthenticator, token: String) -> String {
+        match auth.check(&json!({ "token": token })) {
+            Ok(id) => panic!("accepted: {id:?}"),
+            Err(r) => r.to_string(),
+        }
     }
 
     fn hs_auth() -> JwtAuthenticator {
@@ -581,11 +735,166 @@ mod tests {
     }
 
     #[test]
-    fn no_sub_means_no_user_id_and_exp_is_optional() {
+    fn no_sub_means_no_user_id() {
         let id = token(&hs_auth(), hs(&json!({ "meta": 1 }))).unwrap();
         assert_eq!(id.user_id, None);
         assert_eq!(id.metadata, Some(json!(1)));
         assert_eq!(id.room_patterns, None);
+    }
+
+    #[test]
+    fn exp_is_required_by_default() {
+        // Issue 12: no exp and an iat from 2001 used to be accepted.
+        let forever = hs(&json!({ "sub": "a", "exp": null, "iat": 1_000_000_000 }));
+        assert_eq!(token(&hs_auth(), forever.clone()), None);
+        assert!(
+            reason(&hs_auth(), forever.clone()).contains("exp"),
+            "{}",
+            reason(&hs_auth(), forever.clone())
+        );
+        assert_eq!(
+            token(&rs_auth(), rs(&json!({ "sub": "a", "exp": null }))),
+            None
+        );
+        assert_eq!(
+            token(&es_auth(), es(&json!({ "sub": "a", "exp": null }))),
+            None
+        );
+        // Opting out accepts it, and still checks an exp that is present.
+        let lax = auth_with(|c| c.require_exp = false);
+        assert!(token(&lax, forever).is_some());
+        assert_eq!(
+            token(&lax, hs(&json!({ "sub": "a", "exp": now() - 60 }))),
+            None
+        );
+        // A malformed exp is refused either way.
+        assert_eq!(token(&lax, hs(&json!({ "sub": "a", "exp": "soon" }))), None);
+    }
+
+    #[test]
+    fn aud_without_a_configured_audience_is_refused() {
+        // RFC 7519 §4.1.3: the token was meant for some other service.
+        for aud in [
+            json!("billing-api"),
+            json!(["billing-api"]),
+            json!([]),
+            json!(7),
+        ] {
+            let t = hs(&json!({ "sub": "a", "aud": aud }));
+            assert_eq!(token(&hs_auth(), t.clone()), None, "{aud}");
+            if aud.is_string() {
+                assert!(reason(&hs_auth(), t).contains("--jwt-audience"));
+            }
+        }
+        // `"aud": null` is no aud.
+        assert!(token(&hs_auth(), hs(&json!({ "sub": "a", "aud": null }))).is_some());
+    }
+
+    #[test]
+    fn audience_rules_when_configured() {
+        let auth = auth_with(|c| c.audience = vec!["ignis".to_owned(), "ws".to_owned()]);
+        assert!(token(&auth, hs(&json!({ "sub": "a", "aud": "ignis" }))).is_some());
+        assert!(token(&auth, hs(&json!({ "sub": "a", "aud": "ws" }))).is_some());
+        assert!(token(&auth, hs(&json!({ "sub": "a", "aud": ["x", "ws"] }))).is_some());
+        let mismatch = hs(&json!({ "sub": "a", "aud": "billing-api" }));
+        assert_eq!(token(&auth, mismatch.clone()), None);
+        assert!(reason(&auth, mismatch).contains("audience mismatch"));
+        assert_eq!(
+            token(&auth, hs(&json!({ "sub": "a", "aud": ["x", "y"] }))),
+            None
+        );
+        assert_eq!(token(&auth, hs(&json!({ "sub": "a", "aud": [] }))), None);
+        assert_eq!(
+            token(&auth, hs(&json!({ "sub": "a", "aud": ["ws", 1] }))),
+            None
+        );
+        assert_eq!(token(&auth, hs(&json!({ "sub": "a", "aud": 1 }))), None);
+        let missing = hs(&json!({ "sub": "a" }));
+        assert_eq!(token(&auth, missing.clone()), None);
+        assert!(reason(&auth, missing).contains("missing required claim aud"));
+        // Not a prefix or case-insensitive match.
+        assert_eq!(
+            token(&auth, hs(&json!({ "sub": "a", "aud": "IGNIS" }))),
+            None
+        );
+        assert_eq!(
+            token(&auth, hs(&json!({ "sub": "a", "aud": "ignis2" }))),
+            None
+        );
+    }
+
+    #[test]
+    fn issuer_rules_when_configured() {
+        let auth = auth_with(|c| {
+            c.issuer = vec![
+                "https://a.example".to_owned(),
+                "https://b.example".to_owned(),
+            ];
+        });
+        assert!(
+            token(
+                &auth,
+                hs(&json!({ "sub": "a", "iss": "https://b.example" }))
+            )
+            .is_some()
+        );
+        let foreign = hs(&json!({ "sub": "a", "iss": "https://evil.example" }));
+        assert_eq!(token(&auth, foreign.clone()), None);
+        assert!(reason(&auth, foreign).contains("issuer mismatch"));
+        assert_eq!(token(&auth, hs(&json!({ "sub": "a" }))), None);
+        assert_eq!(
+            token(
+                &auth,
+                hs(&json!({ "sub": "a", "iss": ["https://a.example"] }))
+            ),
+            None
+        );
+        // Unconfigured: iss is not looked at.
+        assert!(token(&hs_auth(), hs(&json!({ "sub": "a", "iss": "anyone" }))).is_some());
+    }
+
+    #[test]
+    fn max_age_checks_iat() {
+        let auth = auth_with(|c| c.max_age_s = Some(300));
+        assert!(token(&auth, hs(&json!({ "sub": "a", "iat": now() - 10 }))).is_some());
+        assert!(token(&auth, hs(&json!({ "sub": "a", "iat": now() - 290 }))).is_some());
+        let old = hs(&json!({ "sub": "a", "iat": now() - 400 }));
+        assert_eq!(token(&auth, old.clone()), None);
+        assert!(reason(&auth, old).contains("too old"));
+        let no_iat = hs(&json!({ "sub": "a" }));
+        assert_eq!(token(&auth, no_iat.clone()), None);
+        assert!(reason(&auth, no_iat.clone()).contains("iat"));
+        assert_eq!(
+            token(&auth, hs(&json!({ "sub": "a", "iat": now() + 120 }))),
+            None
+        );
+        assert_eq!(
+            token(&auth, hs(&json!({ "sub": "a", "iat": "yesterday" }))),
+            None
+        );
+        assert_eq!(token(&auth, hs(&json!({ "sub": "a", "iat": -5 }))), None);
+        // Without a max age, iat does not matter.
+        assert!(token(&hs_auth(), no_iat).is_some());
+        assert!(token(&hs_auth(), hs(&json!({ "sub": "a", "iat": 1_000_000_000 }))).is_some());
+        // The leeway widens both ends.
+        let lenient = auth_with(|c| {
+            c.max_age_s = Some(300);
+            c.leeway_s = 60;
+        });
+        assert!(token(&lenient, hs(&json!({ "sub": "a", "iat": now() - 340 }))).is_some());
+        assert!(token(&lenient, hs(&json!({ "sub": "a", "iat": now() + 30 }))).is_some());
+    }
+
+    #[test]
+    fn refusal_reasons_never_echo_claims() {
+        let auth = auth_with(|c| c.audience = vec!["ignis".to_owned()]);
+        for t in [
+            hs(&json!({ "sub": "a", "aud": "secret-aud-value" })),
+            hs(&json!({ "sub": "a", "aud": "ignis", "exp": now() - 9 })),
+        ] {
+            let r = reason(&auth, t.clone());
+            assert!(!r.contains("secret-aud-value") && !r.contains(&t), "{r}");
+        }
     }
 
     #[test]
@@ -637,7 +946,7 @@ mod tests {
         let tampered = format!(
             "{}.{}.{}",
             parts[0],
-            b64url(br#"{"sub":"mallory"}"#),
+            b64url(format!(r#"{{"sub":"mallory","exp":{}}}"#, now() + 600).as_bytes()),
             parts[2]
         );
         assert!(token(&rs_auth(), genuine).is_some());
@@ -675,7 +984,7 @@ mod tests {
     #[test]
     fn alg_none_is_refused() {
         let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
-        let payload = b64url(br#"{"sub":"mallory"}"#);
+        let payload = b64url(format!(r#"{{"sub":"mallory","exp":{}}}"#, now() + 600).as_bytes());
         for t in [
             format!("{header}.{payload}."),
             format!("{header}.{payload}"),
@@ -736,37 +1045,6 @@ mod tests {
     }
 
     #[test]
-    fn audience_is_checked_and_required_only_when_configured() {
-        let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
-        cfg.audience = Some("ignis".to_owned());
-        let auth = JwtAuthenticator::new(cfg).unwrap();
-        assert!(token(&auth, hs(&json!({ "sub": "a", "aud": "ignis" }))).is_some());
-        assert!(token(&auth, hs(&json!({ "sub": "a", "aud": ["x", "ignis"] }))).is_some());
-        assert_eq!(
-            token(&auth, hs(&json!({ "sub": "a", "aud": "other" }))),
-            None
-        );
-        assert_eq!(token(&auth, hs(&json!({ "sub": "a" }))), None);
-        // Unconfigured: a token's aud is not our business.
-        assert!(token(&hs_auth(), hs(&json!({ "sub": "a", "aud": "other" }))).is_some());
-    }
-
-    #[test]
-    fn issuer_is_checked_and_required_only_when_configured() {
-        let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
-        cfg.issuer = Some("https://issuer.example".to_owned());
-        let auth = JwtAuthenticator::new(cfg).unwrap();
-        let good = hs(&json!({ "sub": "a", "iss": "https://issuer.example" }));
-        assert!(token(&auth, good).is_some());
-        assert_eq!(
-            token(&auth, hs(&json!({ "sub": "a", "iss": "evil" }))),
-            None
-        );
-        assert_eq!(token(&auth, hs(&json!({ "sub": "a" }))), None);
-        assert!(token(&hs_auth(), hs(&json!({ "sub": "a", "iss": "evil" }))).is_some());
-    }
-
-    #[test]
     fn public_key_pem_detection() {
         assert!(matches!(
             JwtKey::from_public_key_pem(keys::RSA_PUBLIC),
@@ -822,6 +1100,21 @@ mod tests {
         assert!(matches!(
             JwtAuthenticator::new(JwtConfig::new(JwtKey::Hs256(Vec::new()))),
             Err(JwtConfigError::EmptySecret)
+        ));
+        assert!(matches!(
+            JwtAuthenticator::new(JwtConfig::new(JwtKey::Hs256(b"x".to_vec()))),
+            Err(JwtConfigError::ShortSecret(1))
+        ));
+        assert!(matches!(
+            JwtAuthenticator::new(JwtConfig::new(JwtKey::Hs256(vec![7; 31]))),
+            Err(JwtConfigError::ShortSecret(31))
+        ));
+        assert!(JwtAuthenticator::new(JwtConfig::new(JwtKey::Hs256(vec![7; 32]))).is_ok());
+        let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
+        cfg.max_age_s = Some(0);
+        assert!(matches!(
+            JwtAuthenticator::new(cfg),
+            Err(JwtConfigError::ZeroMaxAge)
         ));
         let mut cfg = JwtConfig::new(JwtKey::Hs256(SECRET.to_vec()));
         cfg.leeway_s = MAX_LEEWAY_S + 1;

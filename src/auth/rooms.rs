@@ -1,20 +1,47 @@
 //! Glob room allow-lists (`--room-allow 'public:*,user:{userId}:*'`): pattern
-//! parsing, `{userId}` substitution and linear-time wildcard matching, plus the
-//! [`GlobRoomValidator`] that combines server-wide patterns with the per-client
-//! ones an authenticator granted (the JWT `rooms` claim).
+//! parsing, `{userId}` substitution and bounded-time wildcard matching, plus
+//! the [`GlobRoomValidator`] that combines server-wide patterns with the
+//! per-client ones an authenticator granted (the JWT `rooms` claim, the auth
+//! webhook's `rooms` answer). Every pattern, whatever its source, is matched
+//! by [`RoomPattern::matches`] (the validator uses the same code path).
 //!
-//! Pattern syntax: `*` matches any run of characters (empty too, `:` too), `?`
-//! exactly one character, `{userId}` the client's user id taken literally (glob
-//! characters inside a user id match only themselves); everything else is
-//! literal. A pattern that mentions `{userId}` never matches for a client
-//! without one (or with an empty one, which would otherwise turn
-//! `user:{userId}:*` into the shared `user::*`).
+//! Pattern syntax. A room name is read as `:`-separated segments.
+//! - `*` matches any run of characters *within one segment*: zero or more
+//!   characters, none of them `:`. So `user:alice:*` matches `user:alice:inbox`
+//!   and `user:alice:` but not `user:alice:x:inbox`.
+//! - `?` matches exactly one character other than `:`.
+//! - `**` (two or more stars in a row) matches any run of characters, `:`
+//!   included, possibly empty: `user:alice:**` matches `user:alice:a:b`, and
+//!   `**` alone matches every room.
+//! - `{userId}` is the client's user id taken literally (glob characters in a
+//!   user id match only themselves). A pattern that mentions `{userId}` never
+//!   matches for a client without a user id, with an empty one (which would
+//!   turn `user:{userId}:*` into the shared `user::*`), or with one that
+//!   contains `:` (user `alice:x` would otherwise own `user:alice:x:inbox`,
+//!   which `user:{userId}:**` also grants to user `alice`).
+//! - Everything else is literal; there is no escaping.
+//!
+//! Isolation: when every `{userId}` fills a whole segment and no `**` comes
+//! before it (e.g. `user:{userId}:*`, `{userId}:**`, `dm:{userId}:{userId}`),
+//! two different users can never match the same room through the pattern
+//! ([`RoomPattern::isolates_user_id`]; the server warns at start about
+//! `--room-allow` patterns that do not).
+//!
+//! Cost: matching simulates the pattern as a set of live positions over the
+//! room's characters, O(pattern × room) with no backtracking; rooms are at
+//! most [`crate::proto::message::MAX_ROOM_NAME_LEN`] long on the wire, and
+//! patterns longer than [`MAX_PATTERN_LEN`] characters never match.
 
 use std::collections::HashSet;
 
 use super::{BoxFuture, JoinRequest, RoomValidator, ready};
 
 const USER_ID_PLACEHOLDER: &str = "{userId}";
+
+/// Longest pattern, in characters as written, that can match anything;
+/// longer ones (a bloated token claim) match nothing, keeping a join's cost
+/// bounded. `--room-allow` refuses them at start.
+pub const MAX_PATTERN_LEN: usize = 1024;
 
 /// Splits a comma-separated pattern list, trimming blanks and dropping empties.
 pub fn parse_patterns(s: &str) -> Vec<String> {
@@ -26,6 +53,7 @@ enum Part {
     Lit(char),
     One,
     Star,
+    AnyStar,
     UserId,
 }
 
@@ -33,8 +61,12 @@ enum Part {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tok {
     Lit(char),
+    /// `?`: one non-`:` character.
     One,
+    /// `*`: zero or more non-`:` characters.
     Star,
+    /// `**`: zero or more characters of any kind.
+    AnyStar,
 }
 
 /// One parsed room pattern.
@@ -43,29 +75,29 @@ pub struct RoomPattern {
     source: String,
     parts: Vec<Part>,
     uses_user_id: bool,
+    too_long: bool,
 }
 
 impl RoomPattern {
-    /// Parses a pattern; every string is a valid pattern.
+    /// Parses a pattern; every string is a valid pattern (one longer than
+    /// [`MAX_PATTERN_LEN`] characters simply never matches).
     pub fn parse(pattern: &str) -> Self {
-        let mut parts = Vec::with_capacity(pattern.len());
-        let mut rest = pattern;
+        let too_long = pattern.chars().count() > MAX_PATTERN_LEN;
+        let mut parts = Vec::new();
+        let mut rest = if too_long { "" } else { pattern };
         while let Some(c) = rest.chars().next() {
             if let Some(after) = rest.strip_prefix(USER_ID_PLACEHOLDER) {
                 parts.push(Part::UserId);
                 rest = after;
                 continue;
             }
-            let part = match c {
-                '*' => Part::Star,
-                '?' => Part::One,
-                c => Part::Lit(c),
-            };
-            // `**` means the same as `*`; collapsing keeps the matcher's
-            // backtracking bounded by the number of distinct stars.
-            if !(part == Part::Star && parts.last() == Some(&Part::Star)) {
-                parts.push(part);
+            if c == '*' {
+                let run = rest.len() - rest.trim_start_matches('*').len();
+                parts.push(if run >= 2 { Part::AnyStar } else { Part::Star });
+                rest = &rest[run..];
+                continue;
             }
+            parts.push(if c == '?' { Part::One } else { Part::Lit(c) });
             rest = &rest[c.len_utf8()..];
         }
         let uses_user_id = parts.contains(&Part::UserId);
@@ -73,6 +105,7 @@ impl RoomPattern {
             source: pattern.to_owned(),
             parts,
             uses_user_id,
+            too_long,
         }
     }
 
@@ -92,13 +125,42 @@ impl RoomPattern {
         }
     }
 
+    /// Whether the pattern mentions `{userId}`.
+    pub fn uses_user_id(&self) -> bool {
+        self.uses_user_id
+    }
+
+    /// Whether the pattern gives each user rooms of their own: it mentions
+    /// `{userId}`, every `{userId}` is a whole `:`-segment and no `**`
+    /// precedes the first one, so the user id's segment sits at a fixed
+    /// position in the room name and two different user ids can never match
+    /// the same room. False for patterns without `{userId}` (every client
+    /// matches the same rooms).
+    pub fn isolates_user_id(&self) -> bool {
+        let Some(first) = self.parts.iter().position(|p| *p == Part::UserId) else {
+            return false;
+        };
+        if self.parts[..first].contains(&Part::AnyStar) {
+            return false;
+        }
+        self.parts.iter().enumerate().all(|(i, p)| {
+            *p != Part::UserId
+                || ((i == 0 || self.parts[i - 1] == Part::Lit(':'))
+                    && matches!(self.parts.get(i + 1), None | Some(Part::Lit(':'))))
+        })
+    }
+
     /// Substitutes the user id as literal characters; `None` when the pattern
-    /// needs a user id the client does not have.
+    /// can match nothing for this client (it needs a user id the client does
+    /// not have, has an empty one or one containing `:`; or it is too long).
     fn expand(&self, user_id: Option<&str>) -> Option<Vec<Tok>> {
+        if self.too_long {
+            return None;
+        }
         let user_id = match user_id {
-            Some(u) if !u.is_empty() => Some(u),
+            Some(u) if !u.is_empty() && !u.contains(':') => u,
             _ if self.uses_user_id => return None,
-            _ => None,
+            _ => "",
         };
         let mut toks = Vec::with_capacity(self.parts.len());
         for part in &self.parts {
@@ -106,50 +168,61 @@ impl RoomPattern {
                 Part::Lit(c) => toks.push(Tok::Lit(c)),
                 Part::One => toks.push(Tok::One),
                 Part::Star => toks.push(Tok::Star),
-                Part::UserId => toks.extend(user_id.unwrap_or_default().chars().map(Tok::Lit)),
+                Part::AnyStar => toks.push(Tok::AnyStar),
+                Part::UserId => toks.extend(user_id.chars().map(Tok::Lit)),
             }
         }
         Some(toks)
     }
 }
 
-/// Classic two-pointer wildcard match: on a mismatch, resume just after the
-/// last `*`, letting it swallow one more character. Only the most recent star
-/// is ever revisited, so the cost is O(pattern × text) in the worst case, with
-/// no exponential blow-up on patterns like `a*a*a*…b`.
-fn glob_match(pat: &[Tok], text: &[char]) -> bool {
-    let (mut p, mut t) = (0usize, 0usize);
-    // (index of the last star in `pat`, text position it is matched up to)
-    let mut backtrack: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pat.get(p) {
-            Some(Tok::Star) => {
-                backtrack = Some((p, t));
-                p += 1;
-                continue;
-            }
-            Some(Tok::One) => {
-                p += 1;
-                t += 1;
-                continue;
-            }
-            Some(Tok::Lit(c)) if *c == text[t] => {
-                p += 1;
-                t += 1;
-                continue;
-            }
-            _ => {}
-        }
-        match backtrack {
-            Some((star, swallowed)) => {
-                p = star + 1;
-                t = swallowed + 1;
-                backtrack = Some((star, t));
-            }
-            None => return false,
+/// Marks, in `live`, every position reachable from a live one by letting a
+/// star match nothing (in increasing order, so chains of stars close too).
+fn close_stars(pat: &[Tok], live: &mut [bool]) {
+    for (i, tok) in pat.iter().enumerate() {
+        if live[i] && matches!(tok, Tok::Star | Tok::AnyStar) {
+            live[i + 1] = true;
         }
     }
-    pat[p..].iter().all(|tok| *tok == Tok::Star)
+}
+
+/// Runs the pattern as a nondeterministic automaton: `live[i]` says
+/// `pat[..i]` matches the text read so far. Each character advances every
+/// live position once, so the cost is O(pattern × text) whatever the pattern,
+/// with no backtracking to blow up.
+fn glob_match(pat: &[Tok], text: &[char]) -> bool {
+    if pat.iter().all(|t| matches!(t, Tok::Lit(_))) {
+        return pat.len() == text.len() && pat.iter().zip(text).all(|(t, c)| *t == Tok::Lit(*c));
+    }
+    let n = pat.len();
+    let mut live = vec![false; n + 1];
+    let mut next = vec![false; n + 1];
+    live[0] = true;
+    close_stars(pat, &mut live);
+    for &c in text {
+        next.fill(false);
+        let mut any = false;
+        for (i, tok) in pat.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            let target = match *tok {
+                Tok::Lit(l) if l == c => i + 1,
+                Tok::One if c != ':' => i + 1,
+                Tok::Star if c != ':' => i,
+                Tok::AnyStar => i,
+                _ => continue,
+            };
+            next[target] = true;
+            any = true;
+        }
+        if !any {
+            return false;
+        }
+        close_stars(pat, &mut next);
+        std::mem::swap(&mut live, &mut next);
+    }
+    live[n]
 }
 
 /// Allows a room when it matches any server-wide pattern or any of the
@@ -245,31 +318,63 @@ mod tests {
     }
 
     #[test]
-    fn star_matches_any_run_including_empty_and_colons() {
+    fn star_matches_within_one_segment_including_empty() {
         assert!(m("public:*", "public:"));
         assert!(m("public:*", "public:news"));
-        assert!(m("public:*", "public:a:b:c"));
+        assert!(!m("public:*", "public:a:b:c"));
+        assert!(!m("public:*", "public:a:"));
         assert!(!m("public:*", "public"));
         assert!(!m("public:*", "publicx:a"));
         assert!(!m("public:*", "xpublic:a"));
         assert!(m("*", ""));
-        assert!(m("*", "anything:at:all"));
+        assert!(m("*", "anything"));
+        assert!(!m("*", "any:thing"));
+        assert!(m("*:*", "a:b"));
+        assert!(m("*:*", ":"));
+        assert!(!m("*:*", "a:b:c"));
         assert!(m("a*b*c", "abc"));
         assert!(m("a*b*c", "a-b-b-c"));
         assert!(!m("a*b*c", "a-b-b-cd"));
-        assert!(m("*:end", "x:y:end"));
-        assert!(m("a**b", "ab"));
+        assert!(!m("a*b*c", "a:b:c"));
+        assert!(m("*:end", "x:end"));
+        assert!(!m("*:end", "x:y:end"));
+        assert!(m("user:*:inbox", "user:alice:inbox"));
+        assert!(!m("user:*:inbox", "user:alice:x:inbox"));
     }
 
     #[test]
-    fn question_mark_matches_exactly_one_character() {
+    fn double_star_crosses_segments() {
+        assert!(m("**", ""));
+        assert!(m("**", "anything:at:all"));
+        assert!(m("public:**", "public:"));
+        assert!(m("public:**", "public:a:b:c"));
+        assert!(!m("public:**", "public"));
+        assert!(m("a**b", "ab"));
+        assert!(m("a**b", "a:x:b"));
+        assert!(m("**:end", "x:y:end"));
+        assert!(m("**:end", ":end"));
+        assert!(!m("**:end", "end"));
+        assert!(m("a:**:z", "a::z"));
+        assert!(m("a:**:z", "a:b:c:z"));
+        assert!(!m("a:**:z", "a:z"));
+        // Three or more stars are the same as two.
+        assert!(m("a***b", "a:b"));
+        assert!(m("a****", "a:b:c"));
+        // Mixed with single stars and `?`.
+        assert!(m("*:**:?", "x:y:z:q"));
+        assert!(!m("*:**:?", "x:y:z:qq"));
+    }
+
+    #[test]
+    fn question_mark_matches_exactly_one_character_but_not_a_colon() {
         assert!(m("a?c", "abc"));
-        assert!(m("a?c", "a:c"));
+        assert!(!m("a?c", "a:c"));
         assert!(m("a?c", "aéc"));
         assert!(!m("a?c", "ac"));
         assert!(!m("a?c", "abbc"));
         assert!(m("??", "日本"));
         assert!(!m("?", ""));
+        assert!(!m("?", ":"));
     }
 
     #[test]
@@ -316,10 +421,94 @@ mod tests {
         assert!(!p.matches("user:", Some("*")));
         assert!(p.matches("user:a?c", Some("a?c")));
         assert!(!p.matches("user:abc", Some("a?c")));
+        assert!(p.matches("user:**", Some("**")));
+        assert!(!p.matches("user:a", Some("**")));
+        // The placeholder's own text as a user id is literal too.
+        assert!(p.matches("user:{userId}", Some("{userId}")));
+        assert!(!p.matches("user:{userId}", Some("alice")));
+        assert!(!p.matches("user:alice", Some("{userId}")));
         // ... while the pattern's own globs still work around it.
         let q = RoomPattern::parse("user:{userId}:*");
         assert!(q.matches("user:*:x", Some("*")));
         assert!(!q.matches("user:evil:x", Some("*")));
+        assert!(!q.matches("user:*:x:y", Some("*")));
+    }
+
+    #[test]
+    fn star_does_not_reach_into_another_users_rooms() {
+        // Issue 12: with `user:{userId}:*`, alice could join the inbox of
+        // user `alice:x`.
+        let p = RoomPattern::parse("user:{userId}:*");
+        assert!(p.matches("user:alice:inbox", Some("alice")));
+        assert!(!p.matches("user:alice:x:inbox", Some("alice")));
+        let deep = RoomPattern::parse("user:{userId}:**");
+        assert!(deep.matches("user:alice:a:b", Some("alice")));
+        assert!(deep.matches("user:alice:inbox", Some("alice")));
+        assert!(!deep.matches("user:alicex:inbox", Some("alice")));
+    }
+
+    #[test]
+    fn user_ids_with_a_colon_never_match_user_id_patterns() {
+        for pattern in [
+            "user:{userId}:*",
+            "user:{userId}:**",
+            "user:{userId}",
+            "{userId}",
+        ] {
+            let p = RoomPattern::parse(pattern);
+            for room in [
+                "user:alice:x:inbox",
+                "user:alice:x",
+                "alice:x",
+                "user:alice:x:",
+            ] {
+                assert!(!p.matches(room, Some("alice:x")), "{pattern} {room}");
+                assert!(!p.matches(room, Some(":")), "{pattern} {room}");
+            }
+        }
+        // Patterns without the placeholder do not look at the user id.
+        assert!(RoomPattern::parse("public:*").matches("public:x", Some("a:b")));
+        // So alice's `user:{userId}:**` rooms are alice's alone.
+        let v = GlobRoomValidator::from_list("user:{userId}:**");
+        let rooms = strings(&["user:alice:x:inbox", "user:alice:inbox"]);
+        assert!(v.allowed(Some("alice:x"), &rooms, None).is_empty());
+        assert_eq!(v.allowed(Some("alice"), &rooms, None), rooms);
+    }
+
+    #[test]
+    fn isolation_is_detected() {
+        for ok in [
+            "user:{userId}:*",
+            "user:{userId}",
+            "{userId}:*",
+            "{userId}",
+            "chat:{userId}:**",
+            "dm:{userId}:{userId}",
+            "*:?:{userId}:**",
+        ] {
+            assert!(RoomPattern::parse(ok).isolates_user_id(), "{ok}");
+            assert!(RoomPattern::parse(ok).uses_user_id(), "{ok}");
+        }
+        for shared in [
+            "public:**",
+            "**",
+            "user:{userId}*",
+            "user-{userId}:x",
+            "**:{userId}",
+            "a:**:{userId}:x",
+            "{userId}{userId}",
+            "user:{userId}?",
+        ] {
+            assert!(!RoomPattern::parse(shared).isolates_user_id(), "{shared}");
+        }
+    }
+
+    #[test]
+    fn overlong_patterns_never_match() {
+        let long = format!("{}**", "a".repeat(MAX_PATTERN_LEN));
+        assert!(!m(&long, &"a".repeat(MAX_PATTERN_LEN + 5)));
+        let just = format!("{}**", "a".repeat(MAX_PATTERN_LEN - 2));
+        assert!(m(&just, &"a".repeat(MAX_PATTERN_LEN + 5)));
     }
 
     #[test]
@@ -427,5 +616,149 @@ mod tests {
             poll_now(&mut fut),
             Poll::Ready(strings(&["user:u1:a", "private", "public:x"]))
         );
+    }
+
+    mod props {
+        use super::super::*;
+        use crate::fuzzing::{instantiate, room_pattern_reference};
+        use proptest::prelude::*;
+
+        /// Patterns whose `{userId}` fills one segment at a fixed position.
+        const ISOLATING: &[&str] = &[
+            "user:{userId}:*",
+            "user:{userId}",
+            "{userId}:*",
+            "{userId}",
+            "chat:{userId}:**",
+            "{userId}:**",
+            "dm:{userId}:{userId}",
+            "*:?:{userId}:**",
+        ];
+
+        fn piece(u1: String, u2: String) -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(u1),
+                Just(u2),
+                Just(":".to_owned()),
+                "[ab:*?{}]{0,3}",
+                Just("{userId}".to_owned()),
+            ]
+        }
+
+        /// Ids with every character that means something in a pattern.
+        fn user_id() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[ab:*?{}]{1,4}",
+                Just("{userId}".to_owned()),
+                Just("*".to_owned()),
+                Just("**".to_owned()),
+                Just("a:b".to_owned()),
+                Just("a".to_owned()),
+            ]
+        }
+
+        /// Two distinct users and a room that is likely to match for one of
+        /// them: the pattern's own instance for either, plus more pieces.
+        fn case() -> impl Strategy<Value = (String, String, String, String)> {
+            (0..ISOLATING.len(), user_id(), user_id())
+                .prop_filter("distinct users", |(_, a, b)| a != b)
+                .prop_flat_map(|(i, u1, u2)| {
+                    let pattern = ISOLATING[i].to_owned();
+                    let base = prop_oneof![
+                        Just(instantiate(&pattern, &u1)),
+                        Just(instantiate(&pattern, &u2)),
+                        Just(String::new()),
+                    ];
+                    let pieces = proptest::collection::vec(piece(u1.clone(), u2.clone()), 0..5);
+                    (Just(pattern), Just(u1), Just(u2), base, pieces)
+                        .prop_map(|(p, u1, u2, base, pieces)| (p, u1, u2, base + &pieces.concat()))
+                })
+        }
+
+        fn pattern() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("a"),
+                    Just("b"),
+                    Just(":"),
+                    Just("*"),
+                    Just("**"),
+                    Just("?"),
+                    Just("{userId}"),
+                ],
+                0..8,
+            )
+            .prop_map(|v| v.concat())
+        }
+
+        /// `{userId}` as a whole segment after segments without `**`, then
+        /// anything (more `{userId}` segments, `**`).
+        fn isolating_pattern() -> impl Strategy<Value = String> {
+            // At most one star per prefix segment: `**` there would be
+            // no single segment any more.
+            let prefix = proptest::collection::vec("[ab?]{0,2}\\*?[ab?]{0,2}", 0..3);
+            let suffix = proptest::collection::vec(
+                prop_oneof![
+                    "[ab*?]{0,3}",
+                    Just("{userId}".to_owned()),
+                    Just("**".to_owned())
+                ],
+                0..3,
+            );
+            (prefix, suffix).prop_map(|(mut segs, suffix)| {
+                segs.push("{userId}".to_owned());
+                segs.extend(suffix);
+                segs.join(":")
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            #[test]
+            fn two_users_never_share_a_room((p, u1, u2, room) in case()) {
+                let pat = RoomPattern::parse(&p);
+                prop_assert!(pat.isolates_user_id());
+                prop_assert!(
+                    !(pat.matches(&room, Some(&u1)) && pat.matches(&room, Some(&u2))),
+                    "{} lets {:?} and {:?} both join {:?}", p, u1, u2, room
+                );
+            }
+
+            #[test]
+            fn random_isolating_patterns_isolate(
+                p in isolating_pattern(),
+                u1 in user_id(),
+                u2 in user_id(),
+                tail in "[ab:*?]{0,4}",
+            ) {
+                prop_assume!(u1 != u2);
+                let pat = RoomPattern::parse(&p);
+                prop_assert!(pat.isolates_user_id(), "{}", p);
+                for room in [instantiate(&p, &u1) + &tail, instantiate(&p, &u2) + &tail] {
+                    prop_assert!(
+                        !(pat.matches(&room, Some(&u1)) && pat.matches(&room, Some(&u2))),
+                        "{} lets {:?} and {:?} both join {:?}", p, u1, u2, room
+                    );
+                }
+            }
+
+            #[test]
+            fn matcher_agrees_with_the_reference(
+                p in pattern(),
+                room in "[ab:*?{}]{0,10}",
+                user in proptest::option::of(user_id()),
+            ) {
+                let pat = RoomPattern::parse(&p);
+                let inst = instantiate(&p, user.as_deref().unwrap_or("a"));
+                for r in [room.as_str(), inst.as_str()] {
+                    prop_assert_eq!(
+                        pat.matches(r, user.as_deref()),
+                        room_pattern_reference(&p, r, user.as_deref()),
+                        "{} on {:?} for {:?}", p, r, user
+                    );
+                }
+            }
+        }
     }
 }

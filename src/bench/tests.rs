@@ -105,7 +105,7 @@ fn server(auth: AuthMode, redis: Option<&str>, api_key: Option<&str>) -> crate::
         pin_cores: false,
         io: IoMode::Epoll,
         auth,
-        room_allow: vec!["*".into()],
+        room_allow: vec!["**".into()],
         redis: redis.map(|r| vec![r.to_owned()]).unwrap_or_default(),
         api_key: api_key.map(str::to_owned),
         ..crate::Config::default()
@@ -234,13 +234,9 @@ fn redis_room_run_in_process() {
 
 #[test]
 fn http_broadcast_flood_with_jwt_in_process() {
-    let secret = "bench-test-secret";
+    let secret = "bench-test-secret-0123456789abcdef";
     let srv = server(
-        AuthMode::Jwt {
-            secret: Some(secret.into()),
-            public_key_file: None,
-            leeway_s: 0,
-        },
+        AuthMode::jwt_secret(secret),
         None,
         Some("bench-test-key-0123456789"),
     );
@@ -327,11 +323,7 @@ fn connect_only_sets_up_and_publishes_nothing() {
 #[test]
 fn refused_authentication_fails_the_setup() {
     let srv = server(
-        AuthMode::Jwt {
-            secret: Some("the-right-secret".into()),
-            public_key_file: None,
-            leeway_s: 0,
-        },
+        AuthMode::jwt_secret("the-right-secret-0123456789abcdef"),
         None,
         Some("bench-test-key-0123456789"),
     );

@@ -70,7 +70,7 @@ pub fn config(io: IoMode) -> Config {
         pin_cores: false,
         io,
         auth: AuthMode::Insecure,
-        room_allow: vec!["*".into()],
+        room_allow: vec!["**".into()],
         ..Config::default()
     }
 }
