@@ -318,6 +318,22 @@ mod tests {
     }
 
     #[test]
+    fn readme_examples() {
+        let u = |p: &str, room: &str, user: &str| RoomPattern::parse(p).matches(room, Some(user));
+        assert!(m("public:*", "public:news") && m("public:*", "public:"));
+        assert!(!m("public:*", "public:news:eu"));
+        assert!(u("user:{userId}:*", "user:alice:inbox", "alice"));
+        assert!(!u("user:{userId}:*", "user:alice:x:inbox", "alice"));
+        assert!(!u("user:{userId}:*", "user:bob:inbox", "alice"));
+        assert!(u("user:{userId}:**", "user:alice:inbox", "alice"));
+        assert!(u("user:{userId}:**", "user:alice:a:b", "alice"));
+        assert!(!u("user:{userId}:**", "user:bob:a", "alice"));
+        assert!(m("game:??", "game:42"));
+        assert!(!m("game:??", "game:4") && !m("game:??", "game::1"));
+        assert!(m("**", "a:b:c") && m("**", "x"));
+    }
+
+    #[test]
     fn star_matches_within_one_segment_including_empty() {
         assert!(m("public:*", "public:"));
         assert!(m("public:*", "public:news"));
