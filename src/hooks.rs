@@ -206,7 +206,8 @@ impl Hooks for Forwarding {
                     }
                     Err(e) => {
                         metrics.webhook_failed.fetch_add(1, Relaxed);
-                        tracing::debug!(error = %e, "events webhook call failed");
+                        // Without the URL: it may carry credentials.
+                        tracing::debug!(error = %e.without_url(), "events webhook call failed");
                     }
                 }
             }));
