@@ -433,9 +433,11 @@ impl MessageDecoder {
         Ok(())
     }
 
-    /// True when no partial message is held.
+    /// True when no partial message is held and no incomplete frame at the
+    /// front of the buffer has been unmasked in part (so the buffer may be
+    /// handed to another decoder).
     pub fn is_idle(&self) -> bool {
-        self.partial.is_none()
+        self.partial.is_none() && self.checked == 0
     }
 
     /// Applies the rules that depend on decoder state to a frame header and
