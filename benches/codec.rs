@@ -30,6 +30,17 @@ fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
+/// A masked text frame of `len` bytes of mixed ASCII and multi-byte UTF-8.
+fn masked_text_frame(len: usize) -> Vec<u8> {
+    let mut text = "ascii and κόσμε € 😀 ".repeat(len / 16 + 1);
+    while text.len() > len {
+        text.pop();
+    }
+    let mut buf = BytesMut::new();
+    encode_frame(&mut buf, true, OpCode::Text, text.as_bytes(), Some(KEY));
+    buf.to_vec()
+}
+
 fn masked_frame(len: usize) -> Vec<u8> {
     let mut buf = BytesMut::new();
     encode_frame(&mut buf, true, OpCode::Binary, &payload(len), Some(KEY));
@@ -98,6 +109,40 @@ fn parse(c: &mut Criterion) {
                 b.iter(|| {
                     buf.extend_from_slice(frame);
                     black_box(decoder.decode(&mut buf).unwrap().unwrap());
+                });
+            },
+        );
+
+        // Text: the UTF-8 check on top of unmasking, the frame whole in
+        // the buffer (the common case) ...
+        let text = masked_text_frame(size);
+        group.bench_with_input(
+            BenchmarkId::new("ours/message_decoder_text", size),
+            &text,
+            |b, frame| {
+                let mut decoder = MessageDecoder::new(Role::Server, usize::MAX);
+                let mut buf = BytesMut::with_capacity(frame.len());
+                b.iter(|| {
+                    buf.extend_from_slice(frame);
+                    black_box(decoder.decode(&mut buf).unwrap().unwrap());
+                });
+            },
+        );
+        // ... and arriving in 1460-byte reads (one TCP segment each), so
+        // the received prefix is unmasked and validated read by read.
+        group.bench_with_input(
+            BenchmarkId::new("ours/message_decoder_text_segments", size),
+            &text,
+            |b, frame| {
+                let mut decoder = MessageDecoder::new(Role::Server, usize::MAX);
+                let mut buf = BytesMut::with_capacity(frame.len());
+                b.iter(|| {
+                    let mut out = None;
+                    for chunk in frame.chunks(1460) {
+                        buf.extend_from_slice(chunk);
+                        out = decoder.decode(&mut buf).unwrap();
+                    }
+                    black_box(out.unwrap());
                 });
             },
         );

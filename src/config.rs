@@ -63,8 +63,9 @@ pub enum EncryptionMode {
     Required,
 }
 
-/// How clients authenticate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How clients authenticate. `Debug` (in [`crate::secrets`]) redacts the
+/// secret and URL credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub enum AuthMode {
     /// `data.token` is a JWT checked with a secret or public key.
     Jwt {
@@ -130,8 +131,9 @@ impl AuthMode {
     }
 }
 
-/// The whole configuration of a server.
-#[derive(Debug, Clone)]
+/// The whole configuration of a server. `Debug` (in [`crate::secrets`])
+/// redacts the API key, the JWT secret and URL credentials.
+#[derive(Clone)]
 pub struct Config {
     /// Address every shard listens on (SO_REUSEPORT).
     pub listen: SocketAddr,
@@ -477,7 +479,10 @@ impl Config {
         };
         for url in &self.redis {
             if let Err(e) = redis::Client::open(url.as_str()) {
-                return Err(bad(redis_key, format!("{url:?} is not a Redis URL: {e}")));
+                // Redacted: the URL may carry the Redis password.
+                let shown = crate::secrets::redact_url(url);
+                let e = crate::secrets::scrub(&e.to_string(), url);
+                return Err(bad(redis_key, format!("{shown:?} is not a Redis URL: {e}")));
             }
         }
         if let Some(ca) = &self.redis_tls_ca
@@ -650,7 +655,8 @@ pub enum AuthKind {
 
 /// `ignis-ws serve` flags. Every flag has an `IGNIS_WS_*` environment
 /// variable and the same key (kebab-case) in the `--config` TOML file.
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+/// `Debug` (in [`crate::secrets`]) redacts secrets.
+#[derive(Clone, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServeArgs {
     /// TOML file with any of these settings (keys as the flag names,
@@ -686,6 +692,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret (trailing whitespace trimmed); instead
+    /// of --jwt-secret, out of the process list.
+    #[arg(long, env = "IGNIS_WS_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM public key (RSA for RS256, P-256 for ES256) for --auth jwt.
     #[arg(long, env = "IGNIS_WS_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
@@ -833,6 +843,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// File holding the --api-key (trailing whitespace trimmed); instead of
+    /// --api-key, out of the process list.
+    #[arg(long, env = "IGNIS_WS_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// POST /api/publish bodies read at once, per process; one more gets
     /// 503 [default: 16].
     #[arg(long, env = "IGNIS_WS_API_MAX_PENDING_BODIES", value_name = "N")]
@@ -906,6 +920,7 @@ impl ServeArgs {
             io,
             auth,
             jwt_secret,
+            jwt_secret_file,
             jwt_public_key,
             jwt_leeway_s,
             jwt_audience,
@@ -940,6 +955,7 @@ impl ServeArgs {
             redis_outbox,
             redis_max_message,
             api_key,
+            api_key_file,
             api_max_pending_bodies,
             metrics_listen,
             encryption,
@@ -973,8 +989,20 @@ impl ServeArgs {
     }
 
     /// Apply defaults and validate.
-    pub fn into_config(self) -> Result<Config, ConfigError> {
+    pub fn into_config(mut self) -> Result<Config, ConfigError> {
         let d = Config::default();
+        self.jwt_secret = crate::secrets::from_value_or_file(
+            "--jwt-secret",
+            self.jwt_secret.take(),
+            "--jwt-secret-file",
+            self.jwt_secret_file.as_deref(),
+        )?;
+        self.api_key = crate::secrets::from_value_or_file(
+            "--api-key",
+            self.api_key.take(),
+            "--api-key-file",
+            self.api_key_file.as_deref(),
+        )?;
         let auth = match self.auth {
             None => {
                 return Err(bad(

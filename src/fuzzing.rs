@@ -224,6 +224,17 @@ pub fn frame_differential(data: &[u8]) {
         return;
     }
     if a_end == End::Rejected && b_end == End::Incomplete {
+        // Invalid UTF-8 in a text frame still arriving: tungstenite waits
+        // for the frame, we refuse its received part. Only right if that
+        // part really is invalid, not merely cut inside a code point
+        // (padding alone cannot tell: the zeros unmask to key bytes, which
+        // may break an incomplete code point by chance).
+        if a_err == Some(FrameError::InvalidUtf8) {
+            assert!(
+                text_so_far_is_dead(input),
+                "we refused a text message whose received bytes are only incomplete UTF-8"
+            );
+        }
         let mut padded = input.to_vec();
         padded.resize(input.len() + max + 14, 0);
         let (b, b_end) = theirs(&padded, max);
@@ -239,6 +250,57 @@ pub fn frame_differential(data: &[u8]) {
         (&b, &b_end),
         "ours (error {a_err:?}) and tungstenite disagree"
     );
+}
+
+/// Independent of our decoder (tungstenite's header parser, byte-wise
+/// unmasking): whether the text message open at the end of `input`, with
+/// the received part of an incomplete last frame, has bytes that cannot
+/// begin valid UTF-8 (an incomplete trailing code point does not count).
+/// Only meaningful for input tungstenite read without error.
+fn text_so_far_is_dead(input: &[u8]) -> bool {
+    use tungstenite::protocol::frame::FrameHeader;
+    use tungstenite::protocol::frame::coding::{Data, OpCode as TOp};
+    let mut cursor = Cursor::new(input);
+    let mut text: Option<Vec<u8>> = None;
+    loop {
+        let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) else {
+            break;
+        };
+        let start = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| start.checked_add(l))
+            .unwrap_or(usize::MAX);
+        let mut payload = input
+            .get(start..end.min(input.len()))
+            .unwrap_or_default()
+            .to_vec();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= header.mask.map_or(0, |k| k[i % 4]);
+        }
+        match header.opcode {
+            TOp::Data(Data::Text) => text = Some(payload),
+            TOp::Data(Data::Binary) => text = None,
+            TOp::Data(Data::Continue) => {
+                if let Some(t) = text.as_mut() {
+                    t.extend_from_slice(&payload);
+                }
+            }
+            _ => {}
+        }
+        if end > input.len() {
+            break;
+        }
+        if header.is_final && matches!(header.opcode, TOp::Data(_)) {
+            text = None;
+        }
+        cursor.set_position(end as u64);
+    }
+    text.is_some_and(|t| {
+        core::str::from_utf8(&t)
+            .err()
+            .is_some_and(|e| e.error_len().is_some())
+    })
 }
 
 /// `frame_roundtrip`: encode an arbitrary valid frame (both roles), decode
@@ -658,4 +720,40 @@ pub fn room_pattern_reference(pattern: &str, room: &str, user_id: Option<&str>) 
     };
     let text: Vec<char> = room.chars().collect();
     go(pattern, &text, &user, &mut HashMap::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame announcing `announced` payload bytes, of which
+    /// only `payload` is present.
+    fn partial(b0: u8, payload: &[u8], announced: u16) -> Vec<u8> {
+        let key = [0x3c, 0x91, 0x5e, 0xa7];
+        let mut out = vec![b0, 0x80 | 126];
+        out.extend_from_slice(&announced.to_be_bytes());
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    #[test]
+    fn text_so_far_is_dead_tells_invalid_from_incomplete() {
+        let bad = [
+            0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xCE, 0xBC, 0xCE, 0xB5, 0xF4, 0x90, 0x80, 0x80,
+        ];
+        assert!(text_so_far_is_dead(&partial(0x81, &bad, 1000)));
+        assert!(!text_so_far_is_dead(&partial(0x81, &bad[..10], 1000)));
+        assert!(!text_so_far_is_dead(&partial(0x82, &bad, 1000)));
+        // In a continuation: the first fragment's text counts.
+        let mut two = partial(0x01, b"a\xE2", 2);
+        two.extend(partial(0x80, b"(", 1000));
+        assert!(text_so_far_is_dead(&two));
+        let mut two = partial(0x01, b"a\xE2", 2);
+        two.extend(partial(0x80, b"\x82", 1000));
+        assert!(!text_so_far_is_dead(&two));
+        // The check accepts our early refusal of both.
+        frame_differential(&[[0].as_slice(), &partial(0x81, &bad, 1000)].concat());
+        frame_differential(&[[0].as_slice(), &two].concat());
+    }
 }

@@ -38,6 +38,7 @@
 //!   JWT, webhook and insecure authenticators; glob room validator.
 //! * [`config`] — every setting, its default and where the default comes from.
 //! * [`http`] — `/health` and `/metrics`.
+//! * [`secrets`] — secrets out of logs, errors and `Debug`; secret files.
 
 pub mod auth;
 pub mod bench;
@@ -52,6 +53,7 @@ pub mod io;
 pub mod metrics;
 pub mod proto;
 pub mod runtime;
+pub mod secrets;
 pub mod shard;
 
 pub use config::Config;

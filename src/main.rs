@@ -4,7 +4,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Subcommand};
 use ignis_ws::config::ServeArgs;
 use ignis_ws::{Error, ServerBuilder};
 
@@ -14,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A thread-per-core WebSocket fan-out server for the Ignis WebSocket
 /// protocol.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "ignis-ws", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
@@ -37,7 +38,7 @@ enum Command {
     BenchWorker(ignis_ws::bench::WorkerArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("to").required(true).args(["client", "user", "room", "broadcast"])))]
 struct EmitArgs {
     /// Redis URL (redis://[user:password@]host:port, rediss:// for TLS).
@@ -64,6 +65,21 @@ struct EmitArgs {
     /// Data as JSON; `-` reads it from stdin. Absent: no `data` key.
     #[arg(long, value_name = "JSON")]
     data: Option<String>,
+}
+
+impl std::fmt::Debug for EmitArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmitArgs")
+            .field("redis", &ignis_ws::secrets::redact_url(&self.redis))
+            .field("client", &self.client)
+            .field("user", &self.user)
+            .field("room", &self.room)
+            .field("broadcast", &self.broadcast)
+            .field("exclude", &self.exclude)
+            .field("event", &self.event)
+            .field("data", &self.data)
+            .finish()
+    }
 }
 
 fn emit(args: EmitArgs) -> ExitCode {
@@ -141,12 +157,73 @@ fn init_logging(filter: Option<&str>) {
         .try_init();
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+/// Secret-valued `serve` flags, with their environment variable and file
+/// flag (if any). URL flags count only when the URL carries credentials.
+const SECRET_FLAGS: &[(&str, &str, &str, Option<&str>)] = &[
+    (
+        "api_key",
+        "--api-key",
+        "IGNIS_WS_API_KEY",
+        Some("--api-key-file"),
+    ),
+    (
+        "jwt_secret",
+        "--jwt-secret",
+        "IGNIS_WS_JWT_SECRET",
+        Some("--jwt-secret-file"),
+    ),
+    ("redis", "--redis", "IGNIS_WS_REDIS", None),
+    (
+        "redis_cluster",
+        "--redis-cluster",
+        "IGNIS_WS_REDIS_CLUSTER",
+        None,
+    ),
+    ("auth_url", "--auth-url", "IGNIS_WS_AUTH_URL", None),
+    (
+        "events_webhook",
+        "--events-webhook",
+        "IGNIS_WS_EVENTS_WEBHOOK",
+        None,
+    ),
+];
+
+/// The secret flags given on the command line itself (not through the
+/// environment), which every local user can read in the process list.
+fn secrets_on_command_line(serve: &ArgMatches) -> Vec<usize> {
+    SECRET_FLAGS
+        .iter()
+        .enumerate()
+        .filter(|(_, (id, _, _, file))| {
+            serve.value_source(id) == Some(ValueSource::CommandLine)
+                && (file.is_some()
+                    || serve
+                        .get_one::<String>(id)
+                        .is_some_and(|u| ignis_ws::secrets::has_credentials(u)))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn serve(args: ServeArgs, on_command_line: &[usize]) -> ExitCode {
     let args = match args.with_file() {
         Ok(a) => a,
         Err(e) => return config_error(&e.to_string()),
     };
     init_logging(args.log.as_deref());
+    for &i in on_command_line {
+        let Some(&(_, flag, env, file)) = SECRET_FLAGS.get(i) else {
+            continue;
+        };
+        let instead = match file {
+            Some(file) => format!("{env}, {file} or the --config file"),
+            None => format!("{env} or the --config file"),
+        };
+        tracing::warn!(
+            "{flag} is given on the command line, where its secret is visible to every \
+             local user in the process list (ps, /proc/PID/cmdline); use {instead} instead"
+        );
+    }
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => return config_error(&e.to_string()),
@@ -185,9 +262,17 @@ fn config_error(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let on_command_line = matches
+        .subcommand_matches("serve")
+        .map(secrets_on_command_line)
+        .unwrap_or_default();
     match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(*args, &on_command_line),
         Command::Emit(args) => emit(args),
         Command::Bench(args) => ignis_ws::bench::run(*args),
         Command::BenchWorker(args) => ignis_ws::bench::run_worker(args),

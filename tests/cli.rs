@@ -217,6 +217,8 @@ fn help_documents_every_flag() {
         "--io",
         "--auth",
         "--jwt-secret",
+        "--jwt-secret-file",
+        "--api-key-file",
         "--jwt-public-key",
         "--jwt-audience",
         "--jwt-issuer",
@@ -376,4 +378,271 @@ async fn env_and_toml_configure_the_server() {
         .unwrap();
     assert!(status.success());
     let _ = Duration::ZERO;
+}
+
+// ---- secrets (issue 12, item 6) ----
+
+/// Like [`spawn`], also returning what the server logged before it listened
+/// (start-up warnings).
+#[allow(clippy::zombie_processes)] // reason: every caller waits for the child
+fn spawn_logged(args: &[&str], env: &[(&str, &str)]) -> (Child, std::net::SocketAddr, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IGNIS_WS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let mut before = String::new();
+    loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if line.contains("listening") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .expect("addr= in the listening line");
+            std::thread::spawn(move || for _ in lines {});
+            return (child, addr.parse().unwrap(), before);
+        }
+        before.push_str(&line);
+        before.push('\n');
+    }
+}
+
+async fn stop(child: Child) {
+    sigterm(&child);
+    let mut child = child;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// `POST /api/publish` of a broadcast with `key`; the status line.
+async fn publish_status(addr: std::net::SocketAddr, key: &str) -> String {
+    let body = r#"{"type":"broadcast","event":"e"}"#;
+    let mut r = Raw::connect(addr).await;
+    r.write(
+        format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let head = r.read_http_head().await;
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn malformed_redis_url_never_shows_its_password() {
+    let bad = "redis://me:hunter2-pw@127.0.0.1:notaport";
+    for (args, env, key) in [
+        (vec!["--redis", bad], vec![], "--redis"),
+        (vec![], vec![("IGNIS_WS_REDIS", bad)], "--redis"),
+        (
+            vec!["--redis-cluster", "redis://:hunter2-pw@[::1"],
+            vec![],
+            "--redis-cluster",
+        ),
+    ] {
+        let mut all = vec!["serve", "--auth", "insecure"];
+        all.extend(args);
+        let (code, out) = run(&all, &env);
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(key), "{out}");
+        assert!(out.contains("***@"), "{out}");
+        assert!(!out.contains("hunter2"), "the password is shown: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_file_enables_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("api-key");
+    let key = "key-from-a-file-0123456789";
+    std::fs::write(&p, format!("{key}\n")).unwrap();
+    let (child, addr, log) = spawn_logged(
+        &["--auth", "insecure", "--api-key-file", p.to_str().unwrap()],
+        &[],
+    );
+    assert!(!log.contains("process list"), "{log}");
+    assert_eq!(publish_status(addr, key).await, "HTTP/1.1 202 Accepted");
+    assert_eq!(
+        publish_status(addr, "key-from-a-file-012345678X").await,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    stop(child).await;
+    // The same through the environment and the TOML file.
+    let (child, addr, _) = spawn_logged(
+        &["--auth", "insecure"],
+        &[("IGNIS_WS_API_KEY_FILE", p.to_str().unwrap())],
+    );
+    assert_eq!(publish_status(addr, key).await, "HTTP/1.1 202 Accepted");
+    stop(child).await;
+    let toml = dir.path().join("ignis.toml");
+    std::fs::write(&toml, format!("api-key-file = {:?}\n", p.to_str().unwrap())).unwrap();
+    let (child, addr, _) = spawn_logged(
+        &["--auth", "insecure", "--config", toml.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(publish_status(addr, key).await, "HTTP/1.1 202 Accepted");
+    stop(child).await;
+}
+
+#[test]
+fn bad_secret_files_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent");
+    let missing = missing.to_str().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.to_str().unwrap();
+    let good = dir.path().join("good");
+    std::fs::write(&good, "a-secret-of-32-bytes-or-more-0123456789").unwrap();
+    let good = good.to_str().unwrap();
+    let insecure = ["serve", "--auth", "insecure"];
+    let jwt = ["serve", "--auth", "jwt"];
+    let inline_key = "inline-key-0123456789";
+    let inline_secret = "inline-secret-0123456789-0123456789";
+    for (base, args, env, key, why) in [
+        (
+            insecure,
+            vec!["--api-key-file", missing],
+            vec![],
+            "--api-key-file",
+            "cannot read",
+        ),
+        (
+            insecure,
+            vec!["--api-key-file", empty],
+            vec![],
+            "--api-key-file",
+            "is empty",
+        ),
+        (
+            insecure,
+            vec!["--api-key-file", good, "--api-key", inline_key],
+            vec![],
+            "--api-key-file",
+            "not both",
+        ),
+        (
+            insecure,
+            vec!["--api-key-file", good],
+            vec![("IGNIS_WS_API_KEY", inline_key)],
+            "--api-key-file",
+            "not both",
+        ),
+        (
+            jwt,
+            vec!["--jwt-secret-file", missing],
+            vec![],
+            "--jwt-secret-file",
+            "cannot read",
+        ),
+        (
+            jwt,
+            vec!["--jwt-secret-file", empty],
+            vec![],
+            "--jwt-secret-file",
+            "is empty",
+        ),
+        (
+            jwt,
+            vec!["--jwt-secret-file", good],
+            vec![("IGNIS_WS_JWT_SECRET", inline_secret)],
+            "--jwt-secret-file",
+            "not both",
+        ),
+    ] {
+        let mut all = base.to_vec();
+        all.extend(args.iter().copied());
+        let (code, out) = run(&all, &env);
+        assert_eq!(code, 2, "{all:?}: {out}");
+        assert!(
+            out.contains(&format!("invalid configuration `{key}`")) && out.contains(why),
+            "{all:?}: {out}"
+        );
+        assert!(!out.contains("inline-"), "{all:?}: secret shown: {out}");
+        assert!(!out.contains("a-secret-of"), "{all:?}: secret shown: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_secret_file_is_accepted() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("jwt-secret");
+    let secret = "a-jwt-secret-of-at-least-32-bytes-0123456789";
+    std::fs::write(&p, format!("{secret}\r\n")).unwrap();
+    let (child, addr, log) = spawn_logged(
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-secret-file",
+            p.to_str().unwrap(),
+            "--room-allow",
+            "*",
+        ],
+        &[],
+    );
+    assert!(!log.contains("process list"), "{log}");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = encode(
+        &Header::default(),
+        &serde_json::json!({"sub": "file-user", "exp": exp}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
+    c.send(serde_json::json!({"event":"authenticate","data":{"type":"Bearer","token":token}}))
+        .await;
+    let m = c.recv().await;
+    assert_eq!(m["event"], "connected", "{m}");
+    assert_eq!(m["data"]["userId"], "file-user", "{m}");
+    stop(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_given_as_flags_are_warned_about() {
+    let key = "flag-key-0123456789abcdef";
+    let secret = "flag-secret-of-at-least-32-bytes-0123456789";
+    let (child, _, log) = spawn_logged(
+        &["--auth", "jwt", "--jwt-secret", secret, "--api-key", key],
+        &[],
+    );
+    for flag in ["--api-key ", "--jwt-secret "] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains(flag) && l.contains("process list"))
+            .unwrap_or_else(|| panic!("no warning for {flag}: {log}"));
+        assert!(line.contains("IGNIS_WS_"), "{line}");
+    }
+    assert!(!log.contains(key) && !log.contains(secret), "{log}");
+    stop(child).await;
+    // The same secrets through the environment: no warning.
+    let (child, _, log) = spawn_logged(
+        &["--auth", "jwt"],
+        &[("IGNIS_WS_API_KEY", key), ("IGNIS_WS_JWT_SECRET", secret)],
+    );
+    assert!(!log.contains("process list"), "{log}");
+    stop(child).await;
 }

@@ -852,6 +852,57 @@ async fn invalid_utf8_in_an_unfinished_message_fails_fast(io: IoMode) {
     }
 }
 
+/// Autobahn 6.4.3/6.4.4 (their "strict" outcome): invalid UTF-8 in the
+/// first bytes of a text frame whose payload is still arriving fails the
+/// connection with 1007 at once. The frame announces 64 KiB, only 13 bytes
+/// ("κόσμε" then U+110000, dead at its second byte) are ever sent, so the
+/// close can only come from the partial payload.
+async fn invalid_utf8_in_an_unfinished_frame_fails_fast(io: IoMode) {
+    let s = start(config(io));
+    const BAD: [u8; 13] = [
+        0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xCE, 0xBC, 0xCE, 0xB5, 0xF4, 0x90, 0x80, 0x80,
+    ];
+    /// The header and the first `BAD.len()` payload bytes of a frame
+    /// announcing 64 KiB.
+    fn partial(fin: bool, opcode: u8) -> Vec<u8> {
+        let mut payload = BAD.to_vec();
+        payload.resize(64 * 1024, b'x');
+        let frame = f(fin, opcode, &payload);
+        frame[..frame.len() - (64 * 1024 - BAD.len())].to_vec()
+    }
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "6.4.3: single frame, payload cut short",
+            partial(true, TEXT),
+        ),
+        (
+            "6.4.4: first fragment, payload cut short",
+            partial(false, TEXT),
+        ),
+        (
+            "continuation, payload cut short",
+            [f(false, TEXT, b"ok "), partial(true, CONT)].concat(),
+        ),
+    ];
+    for (case, bytes) in cases {
+        expect_fail(&s, case, &bytes, 0, 1007).await;
+    }
+    // The same bytes cut before the dead byte (ending inside U+110000's
+    // lead, a valid prefix) are not refused: the connection still answers.
+    let mut r = Raw::upgraded(s.addr).await;
+    let whole = partial(true, TEXT);
+    r.write(&whole[..whole.len() - 3]).await;
+    // Anything written now would be read as more of the payload, so no
+    // probe: the server must just stay silent.
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), r.s.read(&mut byte))
+            .await
+            .is_err(),
+        "a valid prefix must not end the connection"
+    );
+}
+
 /// Binary messages and ping/pong payloads are not text: bytes that are not
 /// UTF-8 there never cause 1007.
 async fn binary_and_control_payloads_are_not_utf8_checked(io: IoMode) {
@@ -1094,6 +1145,7 @@ io_tests!(
     invalid_utf8_in_text_closes_1007,
     invalid_utf8_across_fragments_closes_1007,
     invalid_utf8_in_an_unfinished_message_fails_fast,
+    invalid_utf8_in_an_unfinished_frame_fails_fast,
     binary_and_control_payloads_are_not_utf8_checked,
     valid_close_codes_are_echoed,
     invalid_close_codes_close_1002,

@@ -40,7 +40,8 @@ pub enum WebhookConfigError {
     /// The URL does not parse.
     #[error("invalid auth webhook URL {url:?}: {reason}")]
     InvalidUrl {
-        /// The URL as given.
+        /// The URL as given, credentials redacted
+        /// ([`crate::secrets::redact_url`]).
         url: String,
         /// The parser's complaint.
         reason: String,
@@ -82,7 +83,7 @@ pub const DEFAULT_CONCURRENCY: usize = 64;
 impl fmt::Debug for WebhookAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookAuthenticator")
-            .field("url", &self.inner.url.as_str())
+            .field("url", &crate::secrets::redact_url(self.inner.url.as_str()))
             .field("timeout", &self.inner.timeout)
             .field("concurrency", &self.inner.concurrency)
             .finish_non_exhaustive()
@@ -110,7 +111,7 @@ impl WebhookAuthenticator {
             return Err(WebhookConfigError::ZeroConcurrency);
         }
         let parsed = Url::parse(&url).map_err(|e| WebhookConfigError::InvalidUrl {
-            url: url.clone(),
+            url: crate::secrets::redact_url(&url),
             reason: e.to_string(),
         })?;
         match parsed.scheme() {
@@ -119,7 +120,7 @@ impl WebhookAuthenticator {
         }
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(WebhookConfigError::InvalidUrl {
-                url,
+                url: crate::secrets::redact_url(&url),
                 reason: "no host".to_owned(),
             });
         }

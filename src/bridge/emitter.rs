@@ -25,14 +25,16 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a message could not be emitted.
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
-    #[error("cannot connect to Redis: {0}")]
-    Connect(#[source] redis::RedisError),
+    /// The URL is shown redacted ([`crate::secrets::redact_url`]).
+    #[error("cannot connect to Redis at {0}: {1}")]
+    Connect(String, #[source] redis::RedisError),
     #[error("cannot encode data as JSON: {0}")]
     Encode(#[source] serde_json::Error),
     #[error("publish failed: {0}")]
     Publish(#[source] redis::RedisError),
-    #[error("invalid Redis URL: {0}")]
-    Url(#[source] redis::RedisError),
+    /// The URL is shown redacted ([`crate::secrets::redact_url`]).
+    #[error("invalid Redis URL {0}: {1}")]
+    Url(String, #[source] redis::RedisError),
     /// A client, user or room message was given no target; every server
     /// would drop it.
     #[error("a {0} message needs a target")]
@@ -53,14 +55,15 @@ impl Emitter {
     /// Must run inside a tokio runtime (the connection's driver is spawned
     /// on it).
     pub async fn connect(redis_url: &str) -> Result<Emitter, EmitError> {
-        let client = redis::Client::open(redis_url).map_err(EmitError::Url)?;
+        let shown = || crate::secrets::redact_url(redis_url);
+        let client = redis::Client::open(redis_url).map_err(|e| EmitError::Url(shown(), e))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(EmitError::Connect)?;
+            .map_err(|e| EmitError::Connect(shown(), e))?;
         Ok(Emitter { conn })
     }
 
@@ -517,7 +520,7 @@ mod tests {
         let err = Emitter::connect(&format!("redis://127.0.0.1:{port}"))
             .await
             .unwrap_err();
-        assert!(matches!(err, EmitError::Connect(_)), "{err}");
+        assert!(matches!(err, EmitError::Connect(..)), "{err}");
         assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(1));
     }
 
@@ -530,16 +533,31 @@ mod tests {
         let err = Emitter::connect(&format!("redis://127.0.0.1:{port}"))
             .await
             .unwrap_err();
-        assert!(matches!(err, EmitError::Connect(_)), "{err}");
+        assert!(matches!(err, EmitError::Connect(..)), "{err}");
         assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(1));
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn errors_never_show_the_password() {
+        let port = free_port();
+        for url in [
+            format!("redis://me:hunter2-pw@127.0.0.1:{port}"),
+            "redis://me:hunter2-pw@127.0.0.1:notaport".to_owned(),
+            "rediss://:hunter2-pw@[::1".to_owned(),
+        ] {
+            let err = Emitter::connect(&url).await.unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("hunter2"), "{url}: {shown}");
+            assert!(err.to_string().contains("***@"), "{url}: {err}");
+        }
     }
 
     #[tokio::test]
     async fn invalid_urls_are_url_errors() {
         for url in ["", "http://127.0.0.1:6379", "redis://[::1", "not a url"] {
             let err = Emitter::connect(url).await.unwrap_err();
-            assert!(matches!(err, EmitError::Url(_)), "{url}: {err}");
+            assert!(matches!(err, EmitError::Url(..)), "{url}: {err}");
         }
     }
 
@@ -571,7 +589,7 @@ mod tests {
 
         let wrong = format!("redis://alice:nope@127.0.0.1:{}", redis.port);
         let err = Emitter::connect(&wrong).await.unwrap_err();
-        assert!(matches!(err, EmitError::Connect(_)), "{err}");
+        assert!(matches!(err, EmitError::Connect(..)), "{err}");
         assert!(!err.to_string().contains("nope"), "{err}");
 
         // Without credentials the connection opens but may not publish.
@@ -752,6 +770,6 @@ mod tests {
         .await
         .unwrap()
         .unwrap_err();
-        assert!(matches!(err, EmitError::Connect(_)), "{err}");
+        assert!(matches!(err, EmitError::Connect(..)), "{err}");
     }
 }

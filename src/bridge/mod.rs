@@ -41,8 +41,9 @@ const SUBSCRIBER_PING: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Settings of the bridge (from [`crate::Config`]).
-#[derive(Debug, Clone)]
+/// Settings of the bridge (from [`crate::Config`]). `Debug` redacts the
+/// URLs' credentials.
+#[derive(Clone)]
 pub struct BridgeConfig {
     /// One URL, or the nodes of a Redis Cluster (any reachable one serves:
     /// Redis Cluster propagates classic PUBLISH to every node).
@@ -53,6 +54,18 @@ pub struct BridgeConfig {
     pub max_message: usize,
     /// PEM CA for `rediss://` with a private CA.
     pub tls_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for BridgeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact(u)).collect();
+        f.debug_struct("BridgeConfig")
+            .field("urls", &urls)
+            .field("outbox", &self.outbox)
+            .field("max_message", &self.max_message)
+            .field("tls_ca", &self.tls_ca.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// A Redis client for `url`, trusting `tls_ca` (PEM) when given.
@@ -273,7 +286,7 @@ async fn subscriber(
             }
             Ok(Err(e)) => {
                 metrics.subscribed.store(false, Relaxed);
-                tracing::warn!(node = %redact(url), error = %e, "redis subscriber cannot connect");
+                tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e.to_string(), url), "redis subscriber cannot connect");
                 node += 1;
             }
             Err(_) => {
@@ -390,7 +403,7 @@ async fn publisher_loop(
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 down(&metrics);
-                tracing::warn!(node = %redact(url), error = %e, "redis publisher cannot connect");
+                tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e.to_string(), url), "redis publisher cannot connect");
                 node += 1;
                 tokio::time::sleep(backoff.next()).await;
                 continue;
@@ -468,12 +481,9 @@ async fn publisher_loop(
     }
 }
 
-/// A Redis URL without its password, for logs.
+/// A Redis URL without its password, for logs ([`crate::secrets::redact_url`]).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    crate::secrets::redact_url(url)
 }
 
 #[cfg(test)]
@@ -497,7 +507,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("redis://user:pw@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(
+            redact("redis://user:pw@h:6379/0"),
+            "redis://user:***@h:6379/0"
+        );
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
     }
 }

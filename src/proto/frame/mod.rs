@@ -274,12 +274,17 @@ fn frame_len(header: &FrameHeader, limit: usize, reported: usize) -> Result<usiz
 }
 
 /// Splits a complete frame (`total` bytes, header included) off `buf`,
-/// unmasking the payload in place.
-fn split_frame(buf: &mut BytesMut, header: &FrameHeader, total: usize) -> Frame {
+/// unmasking the payload in place from payload byte `unmasked` on (the bytes
+/// before it were already unmasked in place while the frame was arriving).
+fn split_frame(buf: &mut BytesMut, header: &FrameHeader, total: usize, unmasked: usize) -> Frame {
     let mut wire = buf.split_to(total);
     wire.advance(header.header_len);
     if let Some(key) = header.mask {
-        apply_mask(&mut wire, key);
+        if unmasked == 0 {
+            apply_mask(&mut wire, key);
+        } else if let Some(rest) = wire.get_mut(unmasked..) {
+            apply_mask_at(rest, key, unmasked);
+        }
     }
     Frame {
         fin: header.fin,
@@ -311,7 +316,7 @@ pub fn decode_frame(
     if buf.len() < total {
         return Ok(None);
     }
-    Ok(Some(split_frame(buf, &header, total)))
+    Ok(Some(split_frame(buf, &header, total, 0)))
 }
 
 /// A data message whose first fragment arrived but not its last.
@@ -329,11 +334,26 @@ struct Partial {
 ///
 /// Single-frame messages are zero-copy slices of the read buffer; only
 /// fragmented messages are copied, into an accumulator.
+///
+/// UTF-8 fails fast (RFC 6455 §8.1, Autobahn 6.4.3/6.4.4): while a text
+/// frame (or a continuation of a text message) is still arriving, the part
+/// of its payload already in the buffer is unmasked in place and validated,
+/// so a sequence that cannot be valid UTF-8 fails the connection before the
+/// rest of the frame is sent. Each byte is unmasked and validated once: the
+/// decoder remembers how far it got ([`MessageDecoder::decode`]'s caller
+/// only ever appends to the buffer). A frame that arrives whole takes the
+/// plain path, with no extra work.
 #[derive(Debug)]
 pub struct MessageDecoder {
     role: Role,
     max_message: usize,
     partial: Option<Partial>,
+    /// Payload bytes of the incomplete frame at the front of the buffer that
+    /// are already unmasked in place and validated; 0 when none are.
+    checked: usize,
+    /// The validator for an incomplete *first* text frame (a continuation
+    /// uses its message's validator in `partial`).
+    head_utf8: Utf8Validator,
 }
 
 impl MessageDecoder {
@@ -345,6 +365,8 @@ impl MessageDecoder {
             role,
             max_message,
             partial: None,
+            checked: 0,
+            head_utf8: Utf8Validator::new(),
         }
     }
 
@@ -356,6 +378,11 @@ impl MessageDecoder {
     /// enforced from the header alone, before the payload arrives. After an
     /// error the connection must be failed; the decoder's state is not
     /// meaningful any more.
+    ///
+    /// The received part of an incomplete text frame's payload is unmasked
+    /// in place (the decoder tracks how much), so between calls the caller
+    /// may append to `buf` but must not otherwise change it, short of
+    /// [`MessageDecoder::reset`] together with clearing `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
         loop {
             let Some(header) = parse_header(buf, self.role)? else {
@@ -363,10 +390,12 @@ impl MessageDecoder {
             };
             let total = self.admit(&header)?;
             if buf.len() < total {
+                self.check_prefix(buf, &header)?;
                 return Ok(None);
             }
-            let frame = split_frame(buf, &header, total);
-            if let Some(message) = self.on_frame(frame)? {
+            let checked = core::mem::take(&mut self.checked);
+            let frame = split_frame(buf, &header, total, checked);
+            if let Some(message) = self.on_frame(frame, checked)? {
                 return Ok(Some(message));
             }
         }
@@ -375,11 +404,40 @@ impl MessageDecoder {
     /// Drops any partially received message.
     pub fn reset(&mut self) {
         self.partial = None;
+        self.checked = 0;
+        self.head_utf8.reset();
     }
 
-    /// True when no partial message is held.
+    /// Fail-fast UTF-8 for a text frame whose payload is still arriving:
+    /// unmasks the newly received payload bytes in place and feeds them to
+    /// the message's validator. An incomplete code point at the end is fine;
+    /// a sequence that cannot be valid is [`FrameError::InvalidUtf8`].
+    fn check_prefix(&mut self, buf: &mut BytesMut, header: &FrameHeader) -> Result<(), FrameError> {
+        let utf8 = match (header.opcode, self.partial.as_mut()) {
+            (OpCode::Text, _) => &mut self.head_utf8,
+            (OpCode::Continuation, Some(partial)) if partial.text => &mut partial.utf8,
+            _ => return Ok(()),
+        };
+        // The frame is incomplete, so everything after the header is payload.
+        let Some(fresh) = buf.get_mut(header.header_len + self.checked..) else {
+            return Ok(());
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        if let Some(key) = header.mask {
+            apply_mask_at(fresh, key, self.checked);
+        }
+        self.checked += fresh.len();
+        utf8.feed(fresh)?;
+        Ok(())
+    }
+
+    /// True when no partial message is held and no incomplete frame at the
+    /// front of the buffer has been unmasked in part (so the buffer may be
+    /// handed to another decoder).
     pub fn is_idle(&self) -> bool {
-        self.partial.is_none()
+        self.partial.is_none() && self.checked == 0
     }
 
     /// Applies the rules that depend on decoder state to a frame header and
@@ -400,26 +458,36 @@ impl MessageDecoder {
         frame_len(header, budget, self.max_message)
     }
 
-    fn on_frame(&mut self, frame: Frame) -> Result<Option<Message>, FrameError> {
+    /// Handles a complete frame. `checked` payload bytes of a text frame
+    /// were already validated by [`Self::check_prefix`], with the state in
+    /// `head_utf8` (first frame) or the message's validator (continuation).
+    fn on_frame(&mut self, frame: Frame, checked: usize) -> Result<Option<Message>, FrameError> {
         let Frame {
             fin,
             opcode,
             payload,
         } = frame;
+        let unchecked = payload.get(checked..).unwrap_or_default();
         let message = match opcode {
             OpCode::Ping => Message::Ping(payload),
             OpCode::Pong => Message::Pong(payload),
             OpCode::Close => Message::Close(parse_close(payload)?),
-            OpCode::Text if fin => {
+            OpCode::Text if fin && checked == 0 => {
                 utf8::validate(&payload)?;
+                Message::Text(payload)
+            }
+            OpCode::Text if fin => {
+                let mut utf8 = core::mem::take(&mut self.head_utf8);
+                utf8.feed(unchecked)?;
+                utf8.finish()?;
                 Message::Text(payload)
             }
             OpCode::Binary if fin => Message::Binary(payload),
             OpCode::Text | OpCode::Binary => {
                 let text = opcode == OpCode::Text;
-                let mut utf8 = Utf8Validator::new();
+                let mut utf8 = core::mem::take(&mut self.head_utf8);
                 if text {
-                    utf8.feed(&payload)?;
+                    utf8.feed(unchecked)?;
                 }
                 self.partial = Some(Partial {
                     text,
@@ -433,7 +501,7 @@ impl MessageDecoder {
                     return Err(FrameError::UnexpectedContinuation);
                 };
                 if partial.text {
-                    partial.utf8.feed(&payload)?;
+                    partial.utf8.feed(unchecked)?;
                 }
                 partial.data.extend_from_slice(&payload);
                 if !fin {
@@ -944,6 +1012,134 @@ mod tests {
             decode_all(&wire, BIG),
             (vec![], Err(FrameError::InvalidUtf8))
         );
+    }
+
+    /// Autobahn 6.4.3's payload: "κόσμε" then U+110000 (F4 90 80 80), dead
+    /// after its second byte.
+    const AUTOBAHN_6_4_3: [u8; 13] = [
+        0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xCE, 0xBC, 0xCE, 0xB5, 0xF4, 0x90, 0x80, 0x80,
+    ];
+
+    /// The first `received` bytes of a masked text frame announcing
+    /// `payload` followed by `announced - payload.len()` more bytes.
+    fn partial_text(opcode: OpCode, fin: bool, payload: &[u8], announced: usize) -> Vec<u8> {
+        let mut body = payload.to_vec();
+        body.resize(announced, b'x');
+        let mut wire = client(fin, opcode, &body);
+        wire.truncate(wire.len() - (announced - payload.len()));
+        wire
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_partial_text_frame_fails_before_the_rest_arrives() {
+        // 64 KiB announced, only the 13 bytes of 6.4.3 sent: refused now.
+        let wire = partial_text(OpCode::Text, true, &AUTOBAHN_6_4_3, 64 * 1024);
+        let mut dec = MessageDecoder::new(Role::Server, BIG);
+        let mut buf = BytesMut::from(&wire[..]);
+        assert_eq!(dec.decode(&mut buf), Err(FrameError::InvalidUtf8));
+        // Byte by byte: fine up to F4, refused on the 0x90 after it.
+        let mut dec = MessageDecoder::new(Role::Server, BIG);
+        let mut buf = BytesMut::new();
+        let header_len = wire.len() - AUTOBAHN_6_4_3.len();
+        buf.extend_from_slice(&wire[..header_len]);
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        for (i, &b) in wire[header_len..].iter().enumerate() {
+            buf.extend_from_slice(&[b]);
+            let expected = if i < 10 {
+                Ok(None)
+            } else {
+                Err(FrameError::InvalidUtf8)
+            };
+            assert_eq!(dec.decode(&mut buf), expected, "byte {i}");
+            if i >= 10 {
+                break;
+            }
+        }
+        // Autobahn 6.4.4: the same, the first frame of a fragmented message.
+        let wire = partial_text(OpCode::Text, false, &AUTOBAHN_6_4_3, 1000);
+        assert_eq!(
+            decode_all(&wire, BIG),
+            (vec![], Err(FrameError::InvalidUtf8))
+        );
+        // Binary frames are not text: the same bytes just wait.
+        let mut wire = partial_text(OpCode::Text, true, &AUTOBAHN_6_4_3, 1000);
+        wire[0] = 0x82;
+        assert_eq!(decode_all(&wire, BIG), (vec![], Ok(())));
+    }
+
+    #[test]
+    fn partial_continuation_of_a_text_message_fails_fast() {
+        // First fragment complete and valid, a ping in between, then a
+        // continuation whose received part is dead: refused before its end.
+        let mut wire = client(false, OpCode::Text, "κόσμε".as_bytes());
+        wire.extend(client(true, OpCode::Ping, b"p"));
+        wire.extend(partial_text(
+            OpCode::Continuation,
+            true,
+            &[b'a', 0xF4, 0x90],
+            500,
+        ));
+        assert_eq!(
+            decode_all(&wire, BIG),
+            (
+                vec![Message::Ping(Bytes::from_static(b"p"))],
+                Err(FrameError::InvalidUtf8)
+            )
+        );
+        // A code point split between the fragments, completed badly in the
+        // continuation's first bytes: E2 | 28.
+        let mut wire = client(false, OpCode::Text, &[b'a', 0xE2]);
+        wire.extend(partial_text(OpCode::Continuation, true, &[0x28], 500));
+        assert_eq!(
+            decode_all(&wire, BIG),
+            (vec![], Err(FrameError::InvalidUtf8))
+        );
+        // The same prefixes in a binary message are not checked.
+        let mut wire = client(false, OpCode::Binary, &[b'a', 0xE2]);
+        wire.extend(partial_text(OpCode::Continuation, true, &[0x28], 500));
+        assert_eq!(decode_all(&wire, BIG), (vec![], Ok(())));
+    }
+
+    #[test]
+    fn valid_partial_prefix_ending_mid_code_point_waits() {
+        // "κόσμε😀…" cut inside the emoji, at every mask phase: no error, and
+        // once the rest arrives the message is intact (unmasked once).
+        let s = "κόσμε😀 snow ☃ ".repeat(40);
+        let bytes = s.as_bytes();
+        let emoji = s.find('😀').unwrap_or_default();
+        for cut in (emoji + 1..emoji + 4).chain([1, 2, 3, 5, 7, 100, 301]) {
+            for (fin, opcode) in [(true, OpCode::Text), (false, OpCode::Text)] {
+                let mut wire = client(fin, opcode, bytes);
+                if !fin {
+                    wire.extend(client(true, OpCode::Continuation, b"!"));
+                }
+                let header_len = wire.len() - bytes.len() - if fin { 0 } else { 7 };
+                let mut dec = MessageDecoder::new(Role::Server, BIG);
+                let mut buf = BytesMut::from(&wire[..header_len + cut]);
+                assert_eq!(dec.decode(&mut buf), Ok(None), "cut {cut}");
+                // A second look with nothing new changes nothing.
+                assert_eq!(dec.decode(&mut buf), Ok(None), "cut {cut}");
+                // The rest in two more pieces.
+                let mid = header_len + cut + (wire.len() - header_len - cut) / 2;
+                buf.extend_from_slice(&wire[header_len + cut..mid]);
+                let first = dec.decode(&mut buf);
+                buf.extend_from_slice(&wire[mid..]);
+                let mut out: Vec<Message> = first.unwrap().into_iter().collect();
+                while let Some(m) = dec.decode(&mut buf).unwrap() {
+                    out.push(m);
+                }
+                let expected = if fin { s.clone() } else { format!("{s}!") };
+                assert_eq!(out, vec![text(&expected)], "cut {cut} fin {fin}");
+                assert!(dec.is_idle() && buf.is_empty());
+            }
+        }
+        // A fragmented text message whose continuation arrives in pieces,
+        // each ending mid-code point.
+        let (a, b) = "€€€€".as_bytes().split_at(4);
+        let mut wire = client(false, OpCode::Text, a);
+        wire.extend(client(true, OpCode::Continuation, b));
+        let chunks: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(decode_chunked(chunks, BIG), (vec![text("€€€€")], Ok(())));
     }
 
     #[test]
