@@ -355,7 +355,7 @@ impl ServerBuilder {
             shards = n,
             io = backend.name(),
             encryption = ?config.encryption,
-            metrics = ?metrics_addr,
+            metrics = %metrics_addr.map_or_else(|| "on addr".to_owned(), |a| a.to_string()),
             "ignis-ws listening"
         );
         Ok(Server {
