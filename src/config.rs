@@ -804,7 +804,7 @@ pub struct ServeArgs {
     /// syscall (CPU for latency) [default: 0].
     #[arg(long, env = "IGNIS_WS_WRITE_COALESCE_US", value_name = "US")]
     pub write_coalesce_us: Option<u64>,
-    /// Redis URL for cross-instance delivery: redis://[user:password@]host:port[/db],
+    /// Redis URL for cross-instance delivery: `redis://[user:password@]host:port[/db]`,
     /// rediss:// for TLS. Absent: single node.
     #[arg(
         long,

@@ -249,7 +249,7 @@ const PRIVATE_MAX_CONNS: usize = 64;
 /// Serve `/metrics` and `/health` on the private `--metrics-listen`
 /// address, on the control thread: one request per connection, each
 /// bounded in size (`max_head`) and time (`timeout`), at most
-/// [`PRIVATE_MAX_CONNS`] at once. Runs until the control thread stops.
+/// `PRIVATE_MAX_CONNS` (64) at once. Runs until the control thread stops.
 pub async fn serve_private(
     listener: std::net::TcpListener,
     registry: std::sync::Arc<Registry>,

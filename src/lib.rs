@@ -66,3 +66,9 @@ pub use runtime::{Server, ServerBuilder};
 /// stable API.
 #[doc(hidden)]
 pub mod fuzzing;
+
+/// The README, whose Rust examples (the library and the emitter) compile as
+/// doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -42,7 +42,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Every kind, in the order of [`Kind::index`].
+    /// Every kind, in the order of [`crate::bridge::kind_index`].
     pub const ALL: [Kind; 4] = [Kind::Client, Kind::User, Kind::Room, Kind::Broadcast];
 
     /// The `type` string on the wire.
