@@ -39,8 +39,11 @@
 //! * [`config`] — every setting, its default and where the default comes from.
 //! * [`http`] — `/health` and `/metrics`.
 //! * [`secrets`] — secrets out of logs, errors and `Debug`; secret files.
+//! * `bench` — the load generator (feature `bench`, on by default; with
+//!   `default-features = false` none of it, nor its dependencies, is built).
 
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod bridge;
 pub mod config;
@@ -62,8 +65,9 @@ pub use handle::{ClientId, Handle};
 pub use hooks::Hooks;
 pub use runtime::{Server, ServerBuilder};
 
-/// The fuzz targets' checks, reachable by `fuzz/` and `tests/`. Not a
-/// stable API.
+/// The fuzz targets' checks, reachable by `fuzz/` and `tests/` (feature
+/// `fuzzing`). Not a stable API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 

@@ -32,8 +32,10 @@ enum Command {
     Emit(EmitArgs),
     /// Fan-out load generator: N connections, publish, count every
     /// delivery (loss, latency, throughput, server CPU and memory).
+    #[cfg(feature = "bench")]
     Bench(Box<ignis_ws::bench::BenchArgs>),
     /// Internal: one worker process of `bench`.
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchWorker(ignis_ws::bench::WorkerArgs),
 }
@@ -274,7 +276,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args, &on_command_line),
         Command::Emit(args) => emit(args),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => ignis_ws::bench::run(*args),
+        #[cfg(feature = "bench")]
         Command::BenchWorker(args) => ignis_ws::bench::run_worker(args),
     }
 }
