@@ -556,37 +556,7 @@ async fn wait_for_shutdown(io: &Rc<ShardIo>) {
     .await;
 }
 
-/// Return memory the calling thread freed to the OS. mimalloc purges freed
-/// pages only when the thread that freed them allocates again, so a shard
-/// that goes quiet after a connection storm would keep the storm's pages
-/// resident; each shard calls this from its timer after connections came or
-/// went. Without the `mimalloc` feature it does nothing (the system
-/// allocator trims on its own).
-#[allow(unsafe_code)]
-pub fn release_free_memory() {
-    #[cfg(feature = "mimalloc")]
-    // SAFETY: `mi_collect` may be called from any thread at any time; it
-    // frees only memory no live allocation uses (exercised by
-    // `release_tests::release_free_memory_keeps_live_allocations`).
-    unsafe {
-        libmimalloc_sys::mi_collect(true)
-    }
-}
-
-#[cfg(test)]
-mod release_tests {
-    #[test]
-    fn release_free_memory_keeps_live_allocations() {
-        let keep: Vec<Vec<u8>> = (0..1000).map(|i| vec![i as u8; 100 + i % 300]).collect();
-        let freed: Vec<Vec<u8>> = (0..10_000).map(|i| vec![1; 64 + i % 700]).collect();
-        drop(freed);
-        super::release_free_memory();
-        for (i, v) in keep.iter().enumerate() {
-            assert_eq!(v.len(), 100 + i % 300);
-            assert!(v.iter().all(|&b| b == i as u8));
-        }
-    }
-}
+pub use crate::io::mem::release_free_memory;
 
 #[cfg(test)]
 mod listener_tests {

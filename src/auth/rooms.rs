@@ -45,7 +45,11 @@ pub const MAX_PATTERN_LEN: usize = 1024;
 
 /// Splits a comma-separated pattern list, trimming blanks and dropping empties.
 pub fn parse_patterns(s: &str) -> Vec<String> {
-    crate::config::comma_list(s)
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

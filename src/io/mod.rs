@@ -29,5 +29,6 @@
 
 pub mod conn;
 pub mod driver;
+pub mod mem;
 
 pub use driver::Backend;

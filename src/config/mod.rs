@@ -6,8 +6,10 @@
 //! `--config FILE.toml` > built-in default. A bad value is a [`ConfigError`]
 //! that names the key; the binary prints it and exits with status 2.
 
+mod debug;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -899,11 +901,7 @@ fn ms(v: Option<u64>, default: Duration) -> Duration {
 
 /// Split a comma list, trimming items and dropping empty ones.
 pub fn comma_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|x| !x.is_empty())
-        .map(str::to_owned)
-        .collect()
+    crate::auth::rooms::parse_patterns(s)
 }
 
 impl ServeArgs {
@@ -991,13 +989,13 @@ impl ServeArgs {
     /// Apply defaults and validate.
     pub fn into_config(mut self) -> Result<Config, ConfigError> {
         let d = Config::default();
-        self.jwt_secret = crate::secrets::from_value_or_file(
+        self.jwt_secret = from_value_or_file(
             "--jwt-secret",
             self.jwt_secret.take(),
             "--jwt-secret-file",
             self.jwt_secret_file.as_deref(),
         )?;
-        self.api_key = crate::secrets::from_value_or_file(
+        self.api_key = from_value_or_file(
             "--api-key",
             self.api_key.take(),
             "--api-key-file",
@@ -1128,6 +1126,35 @@ impl ServeArgs {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// Resolves a secret given either inline (`key`) or as a file (`file_key`):
+/// both is an error; the file is read whole and its trailing whitespace
+/// (the newline editors and `echo` add) trimmed; unreadable or empty is an
+/// error naming `file_key`. The error never contains the secret.
+pub fn from_value_or_file(
+    key: &'static str,
+    value: Option<String>,
+    file_key: &'static str,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    let bad = |key: &'static str, message: String| ConfigError { key, message };
+    match (value, file) {
+        (Some(_), Some(_)) => Err(bad(
+            file_key,
+            format!("give either {key} or {file_key}, not both"),
+        )),
+        (value, None) => Ok(value),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad(file_key, format!("cannot read {}: {e}", path.display())))?;
+            let secret = text.trim_end();
+            if secret.is_empty() {
+                return Err(bad(file_key, format!("{} is empty", path.display())));
+            }
+            Ok(Some(secret.to_owned()))
+        }
     }
 }
 
@@ -1381,5 +1408,33 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(a.into_config().unwrap_err().key, "--room-allow");
+    }
+
+    #[test]
+    fn secret_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key");
+        std::fs::write(&p, "s3cret-value-from-a-file\n").unwrap();
+        assert_eq!(
+            super::from_value_or_file("--api-key", None, "--api-key-file", Some(&p)),
+            Ok(Some("s3cret-value-from-a-file".into()))
+        );
+        assert_eq!(
+            super::from_value_or_file("--api-key", Some("x".into()), "--api-key-file", None),
+            Ok(Some("x".into()))
+        );
+        let both =
+            super::from_value_or_file("--api-key", Some("x".into()), "--api-key-file", Some(&p))
+                .unwrap_err();
+        assert_eq!(both.key, "--api-key-file");
+        let missing = dir.path().join("absent");
+        let e = super::from_value_or_file("--api-key", None, "--api-key-file", Some(&missing))
+            .unwrap_err();
+        assert_eq!(e.key, "--api-key-file");
+        std::fs::write(&p, " \n").unwrap();
+        let e = super::from_value_or_file("--jwt-secret", None, "--jwt-secret-file", Some(&p))
+            .unwrap_err();
+        assert_eq!(e.key, "--jwt-secret-file");
+        assert!(e.message.contains("empty"), "{}", e.message);
     }
 }
