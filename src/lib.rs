@@ -29,6 +29,9 @@
 //! * [`shard`] — one core's world: sessions, the room and user indexes,
 //!   fan-out. Still no syscalls of its own.
 //! * [`io`] — the socket side of a shard, on compio.
+//! * [`delivery`] — what travels to the shards: [`ClientId`], the target,
+//!   the shared frame, [`delivery::SendError`]; below the shard, the bridge
+//!   and the handle.
 //! * [`handle`] — the delivery API ([`Handle`]), cheap to clone, usable from
 //!   any thread.
 //! * [`runtime`] — start-up: shards, pinning, channels, the control thread.
@@ -38,7 +41,14 @@
 //!   JWT, webhook and insecure authenticators; glob room validator.
 //! * [`config`] — every setting, its default and where the default comes from.
 //! * [`http`] — `/health` and `/metrics`.
-//! * [`secrets`] — secrets out of logs, errors and `Debug`; secret files.
+//! * [`secrets`] — redacting URLs with credentials for logs and errors.
+//!
+//! Layers, each importing only those below it (no import circle between
+//! top-level modules; `../shared/tools/modcycles.py src` checks):
+//! `proto`, `secrets` → `auth` → `control` → `metrics`, `config`, `error`,
+//! `delivery` → `bridge` (Redis; reaches the shards through the
+//! [`bridge::LocalDelivery`] trait) → `hooks` → `shard` → `handle` → `http`
+//! → `io` → `runtime`; `bench` and `fuzzing` on top.
 //! * `bench` — the load generator (feature `bench`, on by default; with
 //!   `default-features = false` none of it, nor its dependencies, is built).
 
@@ -48,6 +58,7 @@ pub mod bench;
 pub mod bridge;
 pub mod config;
 pub mod control;
+pub mod delivery;
 pub mod error;
 pub mod handle;
 pub mod hooks;

@@ -347,7 +347,13 @@ impl ServerBuilder {
             )));
         }
         if let (Some(cfg), Some((publisher, outbox))) = (bridge_cfg, bridge) {
-            crate::bridge::start(cfg, &publisher, outbox, handle.clone(), &control.handle());
+            crate::bridge::start(
+                cfg,
+                &publisher,
+                outbox,
+                Arc::new(handle.clone()),
+                &control.handle(),
+            );
         }
         tracing::info!(
             addr = %local_addr,

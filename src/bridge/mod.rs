@@ -4,7 +4,7 @@
 //! * the **subscriber** SUBSCRIBEs `ws:broadcast` and PSUBSCRIBEs
 //!   `ws:room:*`, `ws:client:*`, `ws:user:*`; each envelope is parsed once,
 //!   its client frame encoded once, and the same `Bytes` goes to every
-//!   shard that may hold recipients ([`Handle::deliver`]);
+//!   shard that may hold recipients ([`crate::Handle::deliver`]);
 //! * the **publisher** drains the outbox, a bounded channel that any thread
 //!   fills without blocking ([`Publisher::publish`]). While Redis is down
 //!   the outbox holds messages; when it is full new ones are dropped and
@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::control::ControlHandle;
-use crate::handle::{ClientId, Delivery, Handle, Target};
+use crate::delivery::{ClientId, Delivery, SendError, Target};
 use crate::metrics::BridgeMetrics;
 use crate::proto::frame::{OpCode, server_frame_with};
 use envelope::{DropReason, Kind};
@@ -153,7 +153,7 @@ impl Publisher {
 #[derive(Debug)]
 pub struct Outbox(flume::Receiver<Outgoing>);
 
-/// Create the outbox and its publisher (before the [`Handle`] exists).
+/// Create the outbox and its publisher (before the [`crate::Handle`] exists).
 pub fn outbox(cfg: &BridgeConfig) -> (Publisher, Outbox) {
     let (tx, rx) = flume::bounded(cfg.outbox);
     let publisher = Publisher {
@@ -165,12 +165,22 @@ pub fn outbox(cfg: &BridgeConfig) -> (Publisher, Outbox) {
     (publisher, Outbox(rx))
 }
 
+/// Where envelopes from Redis go: this process's shards. [`crate::Handle`]
+/// implements it; a trait, so the bridge sits below the delivery API that
+/// publishes through it.
+pub trait LocalDelivery: Send + Sync + 'static {
+    /// Number of shards (a client id naming a higher one is not ours).
+    fn shards(&self) -> usize;
+    /// Put a delivery on the shards' channels.
+    fn deliver(&self, d: Delivery) -> Result<(), SendError>;
+}
+
 /// Start the subscriber and the publisher on the control thread.
 pub fn start(
     cfg: BridgeConfig,
     publisher: &Publisher,
     outbox: Outbox,
-    handle: Handle,
+    handle: Arc<dyn LocalDelivery>,
     control: &ControlHandle,
 ) {
     let metrics = publisher.metrics.clone();
@@ -240,7 +250,7 @@ async fn connect_pubsub(url: &str, ca: Option<&[u8]>) -> redis::RedisResult<redi
 async fn subscriber(
     cfg: BridgeConfig,
     server_id: Arc<str>,
-    handle: Handle,
+    handle: Arc<dyn LocalDelivery>,
     metrics: Arc<BridgeMetrics>,
     link: Arc<tokio::sync::watch::Sender<Link>>,
 ) {
@@ -269,7 +279,7 @@ async fn subscriber(
                 loop {
                     tokio::select! {
                         msg = stream.next() => match msg {
-                            Some(msg) => on_envelope(msg.get_payload_bytes(), &cfg, &server_id, &handle, &metrics),
+                            Some(msg) => on_envelope(msg.get_payload_bytes(), &cfg, &server_id, &*handle, &metrics),
                             None => break,
                         },
                         _ = ping.tick() => {
@@ -306,7 +316,7 @@ pub fn on_envelope(
     payload: &[u8],
     cfg: &BridgeConfig,
     server_id: &str,
-    handle: &Handle,
+    handle: &dyn LocalDelivery,
     metrics: &BridgeMetrics,
 ) {
     let env = match envelope::parse(payload, cfg.max_message) {

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{ConnKey, Shard, ShardMetrics};
-use crate::handle::{ClientId, Delivery, Target};
+use crate::delivery::{ClientId, Delivery, Target};
 use crate::proto::session::State;
 
 /// Excluded ids: a short list is scanned, a long one hashed.

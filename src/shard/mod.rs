@@ -27,7 +27,7 @@ use crate::auth::{
 };
 use crate::config::{Config, EncryptionMode, SlowClientPolicy};
 use crate::control::{ControlHandle, Inline};
-use crate::handle::{ClientId, Delivery};
+use crate::delivery::{ClientId, Delivery};
 use crate::hooks::{self, Hooks};
 use crate::metrics::ShardMetrics;
 use crate::proto::close::CloseReason;
@@ -790,7 +790,7 @@ impl<S> Shard<S> {
             server_public_key: handshake.as_ref().map(|h| h.server_public_key.as_str()),
             salt: handshake.as_ref().map(|h| h.salt.as_str()),
         };
-        if let Ok(f) = crate::handle::encode(message::event::CONNECTED, Some(&payload)) {
+        if let Ok(f) = crate::delivery::encode(message::event::CONNECTED, Some(&payload)) {
             self.send_own(key, f, now);
         }
         // `connected` went out in clear (it carries the key material);

@@ -1,0 +1,182 @@
+//! What travels from a sender to the shards, below both: the client id
+//! (which names its shard), a delivery's target, the encoded frame shared by
+//! every recipient, and why a send did not happen. The shard, the Redis
+//! bridge and the [`crate::Handle`] all build on these; none of them is
+//! needed here.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::proto::frame::{OpCode, server_frame_with};
+use crate::proto::message::write_server_message;
+
+/// A client id: a random (v4) UUID whose last byte is the index of the shard
+/// that owns the client, so a client-targeted message goes to one shard
+/// without any global map. Printed in the usual hyphenated lowercase form.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClientId(pub [u8; 16]);
+
+impl ClientId {
+    /// A fresh id owned by `shard`.
+    pub fn new(shard: usize) -> ClientId {
+        let mut b = *uuid::Uuid::new_v4().as_bytes();
+        b[15] = shard as u8;
+        ClientId(b)
+    }
+
+    /// Parse the hyphenated (or simple) form. Ids that are not UUIDs can't
+    /// belong to an ignis-ws client.
+    pub fn parse(s: &str) -> Option<ClientId> {
+        uuid::Uuid::try_parse(s)
+            .ok()
+            .map(|u| ClientId(*u.as_bytes()))
+    }
+
+    /// Whether `s` is a client id written the way clients see theirs
+    /// (hyphenated, lowercase): the only spelling whose room is the
+    /// client's own. Other spellings of a UUID name no room at all.
+    pub fn is_canonical(s: &str) -> bool {
+        s.len() == 36 && !s.bytes().any(|b| b.is_ascii_uppercase())
+    }
+
+    /// The shard that owns a client with this id, if it is one of ours.
+    pub fn shard(&self) -> usize {
+        self.0[15] as usize
+    }
+
+    /// A 64-bit hash key (the id is random; the first 8 bytes suffice).
+    pub fn hash_key(&self) -> u64 {
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&self.0[..8]);
+        u64::from_ne_bytes(k)
+    }
+}
+
+impl std::hash::Hash for ClientId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // The first 8 bytes are random: enough for a hash table.
+        h.write_u64(self.hash_key());
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&uuid::Uuid::from_bytes(self.0).hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({self})")
+    }
+}
+
+/// Who a delivery is for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One client, in any state (the reference's `sendToClient`).
+    Client(ClientId),
+    /// Every session of a user.
+    User(Arc<str>),
+    /// Every member of a room. A client's own id is a room it is in from
+    /// authentication until it leaves it.
+    Room(Arc<str>),
+    /// Every authenticated client.
+    Broadcast,
+}
+
+/// One encoded message on its way to the shards.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub target: Target,
+    /// The complete WebSocket frame, shared by every recipient.
+    pub frame: Bytes,
+    /// Clients that must not receive it (room and broadcast only).
+    pub exclude: Option<Arc<[ClientId]>>,
+}
+
+/// Why a send did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// `data` could not be serialized to JSON.
+    #[error("cannot encode message data as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The server has shut down.
+    #[error("server is shut down")]
+    Stopped,
+    /// A shard's delivery queue holds `--shard-queue-limit` bytes: the
+    /// message was not delivered anywhere (retry later).
+    #[error("server overloaded: a shard's delivery queue is full")]
+    Overloaded,
+}
+
+/// Bytes a queued delivery is charged beyond its frame: the command, the
+/// channel slot and the target.
+const DELIVERY_OVERHEAD: usize = 128;
+
+impl Delivery {
+    /// What this delivery counts against a shard's `--shard-queue-limit`
+    /// while it waits in the shard's channel.
+    pub fn queue_cost(&self) -> usize {
+        self.frame.len() + DELIVERY_OVERHEAD
+    }
+}
+
+/// Encode `{"event":E,"data":D}` as one unmasked text frame.
+pub fn encode<D: Serialize + ?Sized>(event: &str, data: Option<&D>) -> Result<Bytes, SendError> {
+    let mut err = None;
+    let frame = server_frame_with(OpCode::Text, |buf| {
+        if let Err(e) = write_server_message(buf, event, data) {
+            err = Some(e);
+        }
+    });
+    match err {
+        Some(e) => Err(SendError::Encode(e)),
+        None => Ok(frame),
+    }
+}
+
+/// Encode `{"event":E,"data":D}` with `data` already JSON (`None`: no
+/// `data` key), as one unmasked text frame.
+pub fn encode_raw(event: &str, data_json: Option<&[u8]>) -> Bytes {
+    use bytes::BufMut;
+    server_frame_with(OpCode::Text, |buf| {
+        buf.put_slice(b"{\"event\":");
+        // A &str always serializes.
+        let _ = serde_json::to_writer(buf.writer(), event);
+        if let Some(d) = data_json {
+            buf.put_slice(b",\"data\":");
+            buf.put_slice(d);
+        }
+        buf.put_slice(b"}");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_id_round_trip_and_shard() {
+        let id = ClientId::new(7);
+        assert_eq!(id.shard(), 7);
+        let s = id.to_string();
+        assert_eq!(s.len(), 36);
+        assert_eq!(ClientId::parse(&s), Some(id));
+        assert_eq!(ClientId::parse("not-a-uuid"), None);
+        let u = uuid::Uuid::parse_str(&s).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+    }
+
+    #[test]
+    fn encode_is_one_frame() {
+        let f = encode("e", Some(&serde_json::json!({"a":1}))).unwrap();
+        // FIN + text, unmasked 7-bit length.
+        assert_eq!(f[0], 0x81);
+        assert_eq!(f[1] as usize, f.len() - 2);
+        assert_eq!(&f[2..], br#"{"event":"e","data":{"a":1}}"#);
+    }
+}
