@@ -205,7 +205,7 @@ async fn jwt_rooms_claim_grants_joins(io: IoMode) {
     c.send(json!({"event":"authenticate","data":{"token":token}}))
         .await;
     let d = c.recv().await["data"].clone();
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     c.join(&["team:red", "user:bob", "user:eve", "other"]).await;
     c.expect_silence().await;
     for r in ["team:red", "user:bob"] {

@@ -6,48 +6,12 @@
 
 mod util;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use ignis_ws::config::{IoMode, SlowClientPolicy};
 use serde_json::json;
-use tokio::net::TcpSocket;
 use util::*;
-
-/// An upgraded, authenticated raw client with a tiny receive buffer that
-/// will never read again. Returns it and its id.
-async fn stalled_client(s: &TestServer, room: &str) -> (Raw, String) {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(s.addr).await.unwrap();
-    let mut r = Raw {
-        s: stream,
-        buf: Vec::new(),
-    };
-    let addr = s.addr;
-    r.write(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await;
-    assert!(r.read_http_head().await.starts_with("HTTP/1.1 101"));
-    r.write(&text(
-        r#"{"event":"authenticate","data":{"userId":"slow"}}"#,
-    ))
-    .await;
-    let (_, _, p) = r.read_frame().await.unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-    let id = v["data"]["id"].as_str().unwrap().to_string();
-    r.write(&text(
-        &json!({"event":"join","data":{"rooms":[room]}}).to_string(),
-    ))
-    .await;
-    (r, id)
-}
 
 fn cfg(io: IoMode, policy: SlowClientPolicy) -> ignis_ws::Config {
     let mut c = config(io);
@@ -72,28 +36,18 @@ async fn flood(h: &ignis_ws::Handle, id: &str) {
 async fn stalled_client_does_not_slow_a_thousand_others(io: IoMode) {
     let s = start(cfg(io, SlowClientPolicy::Drop));
     let h = s.handle();
-    let (_slow, slow_id) = stalled_client(&s, "r").await;
+    let (_slow, slow_id) = stalled_client(s.addr, "slow", "r", None).await;
     let mut fast = Vec::new();
     for chunk in 0..10 {
         let batch = join_all((0..100).map(|i| {
             let url = s.url();
-            async move {
-                let (mut c, _) = authed(&url, &format!("u{chunk}-{i}")).await;
-                c.join(&["r"]).await;
-                c.expect_silence().await;
-                c
-            }
+            async move { authed_in(&url, &format!("u{chunk}-{i}"), &["r"]).await.0 }
         }))
         .await;
         fast.extend(batch);
     }
     flood(&h, &slow_id).await;
-    let dropped_before: u64 = h
-        .metrics()
-        .shards
-        .iter()
-        .map(|m| m.frames_dropped.load(Relaxed))
-        .sum();
+    let dropped_before = counter(&h, |m| &m.frames_dropped);
     assert!(
         dropped_before > 0,
         "the stalled client's budget is exhausted"
@@ -111,12 +65,7 @@ async fn stalled_client_does_not_slow_a_thousand_others(io: IoMode) {
         }
     }))
     .await;
-    let dropped_after: u64 = h
-        .metrics()
-        .shards
-        .iter()
-        .map(|m| m.frames_dropped.load(Relaxed))
-        .sum();
+    let dropped_after = counter(&h, |m| &m.frames_dropped);
     assert_eq!(
         dropped_after - dropped_before,
         100,
@@ -128,10 +77,8 @@ async fn stalled_client_does_not_slow_a_thousand_others(io: IoMode) {
 async fn over_budget_client_is_closed_1008(io: IoMode) {
     let s = start(cfg(io, SlowClientPolicy::Close));
     let h = s.handle();
-    let (mut slow, slow_id) = stalled_client(&s, "r").await;
-    let (mut other, _) = authed(&s.url(), "other").await;
-    other.join(&["r"]).await;
-    other.expect_silence().await;
+    let (mut slow, slow_id) = stalled_client(s.addr, "slow", "r", None).await;
+    let (mut other, _) = authed_in(&s.url(), "other", &["r"]).await;
     flood(&h, &slow_id).await;
     h.to_room("r", "after", &1, &[]).unwrap();
     assert_eq!(other.recv().await, json!({"event":"after","data":1}));
@@ -148,12 +95,7 @@ async fn over_budget_client_is_closed_1008(io: IoMode) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    let closed: u64 = h
-        .metrics()
-        .shards
-        .iter()
-        .map(|m| m.slow_clients_closed.load(Relaxed))
-        .sum();
+    let closed = counter(&h, |m| &m.slow_clients_closed);
     assert_eq!(closed, 1);
     let (_, body) = http_get(s.addr, "/metrics").await;
     assert!(
@@ -170,7 +112,7 @@ async fn reader_that_catches_up_gets_everything_in_order(io: IoMode) {
     let s = start(cfg(io, SlowClientPolicy::Close));
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "pauser").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     let payload = "y".repeat(1000);
     for i in 0..200 {
         h.to_client(&id, "p", &json!([i, payload])).unwrap();
@@ -186,21 +128,10 @@ async fn ping_flood_without_reading_is_bounded(io: IoMode) {
     // without end.
     let s = start(cfg(io, SlowClientPolicy::Close));
     let h = s.handle();
-    let (mut r, _id) = stalled_client(&s, "r").await;
+    let (mut r, _id) = stalled_client(s.addr, "slow", "r", None).await;
     let ping = client_frame(true, 0, 9, &[7u8; 125], Some([1, 2, 3, 4]));
-    let burst: Vec<u8> = ping
-        .iter()
-        .copied()
-        .cycle()
-        .take(ping.len() * 1000)
-        .collect();
-    let closed = || -> u64 {
-        h.metrics()
-            .shards
-            .iter()
-            .map(|m| m.slow_clients_closed.load(Relaxed))
-            .sum()
-    };
+    let burst = ping.repeat(1000);
+    let closed = || counter(&h, |m| &m.slow_clients_closed);
     for _ in 0..400 {
         use tokio::io::AsyncWriteExt;
         if r.s.write_all(&burst).await.is_err() || closed() > 0 {
@@ -247,25 +178,13 @@ async fn receive_ring_running_dry_loses_nothing(io: IoMode) {
         assert!(String::from_utf8_lossy(&p).contains("Invalid message format"));
     }))
     .await;
-    let got: u64 = s
-        .handle()
-        .metrics()
-        .shards
-        .iter()
-        .map(|m| m.messages_in.load(Relaxed))
-        .sum();
+    let got = counter(&s.handle(), |m| &m.messages_in);
     assert_eq!(
         got,
         60 * 32,
         "every authenticate, heartbeat and probe was read"
     );
-    let empty: u64 = s
-        .handle()
-        .metrics()
-        .shards
-        .iter()
-        .map(|m| m.recv_ring_empty.load(Relaxed))
-        .sum();
+    let empty = counter(&s.handle(), |m| &m.recv_ring_empty);
     // Only io_uring's multishot receive uses the ring.
     if io == IoMode::Uring && util::MULTISHOT.with(|m| m.get()) {
         assert!(empty > 0, "the ring did run dry");

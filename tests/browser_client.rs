@@ -13,8 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ignis_ws::ServerBuilder;
 use ignis_ws::config::{AuthMode, IoMode};
 use jsonwebtoken::{EncodingKey, Header, encode};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
 use util::*;
 
 async fn browser_style_client(io: IoMode) {
@@ -39,30 +38,13 @@ async fn browser_style_client(io: IoMode) {
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap();
-    let script = format!(
-        "{}/tests/clients/browser_client.mjs",
-        env!("CARGO_MANIFEST_DIR")
+    let mut client = NodeClient::spawn(
+        &flags,
+        "browser_client.mjs",
+        &[&s.url(), &token],
+        Stdio::null(),
     );
-    let mut child = tokio::process::Command::new("node")
-        .args(&flags)
-        .arg(&script)
-        .arg(s.url())
-        .arg(&token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || -> Value {
-        let l = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("a line from the client");
-        serde_json::from_str(&l).unwrap()
-    };
-    let connected = next().await;
+    let connected = client.next().await;
     assert_eq!(connected["event"], "connected");
     assert_eq!(connected["data"]["userId"], "web-user");
     // `ready` comes after join and heartbeat on the same connection, so
@@ -80,20 +62,20 @@ async fn browser_style_client(io: IoMode) {
     h.to_user("web-user", "dm", &json!("hi")).unwrap();
     h.broadcast("bye", &json!(null), &[]).unwrap();
     assert_eq!(
-        next().await,
+        client.next().await,
         json!({"event":"news","data":{"title":"hello"}})
     );
     assert_eq!(
-        next().await,
+        client.next().await,
         json!({"event":"dm","data":"hi"}),
         "the refused room sent nothing"
     );
-    assert_eq!(next().await, json!({"event":"bye","data":null}));
+    assert_eq!(client.next().await, json!({"event":"bye","data":null}));
     assert_eq!(
-        next().await,
+        client.next().await,
         json!({"closed":1000,"reason":"done","wasClean":true})
     );
-    let _ = child.wait().await;
+    client.wait().await;
 }
 
 io_tests!(browser_style_client);

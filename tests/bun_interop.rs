@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use ignis_ws::bridge::emitter::Emitter;
 use ignis_ws::bridge::envelope::Kind;
 use ignis_ws::config::IoMode;
-use serde_json::{Value, json};
+use serde_json::json;
 use util::redis_server::RedisServer;
 use util::*;
 
@@ -52,10 +52,6 @@ fn start_bun(dir: &str, redis_port: u16) -> (Bun, u16) {
     }
     std::thread::spawn(move || for _ in lines {});
     (Bun(child), port)
-}
-
-fn id_of(d: &Value) -> String {
-    d["id"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

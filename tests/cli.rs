@@ -433,16 +433,7 @@ async fn stop(child: Child) {
 /// `POST /api/publish` of a broadcast with `key`; the status line.
 async fn publish_status(addr: std::net::SocketAddr, key: &str) -> String {
     let body = r#"{"type":"broadcast","event":"e"}"#;
-    let mut r = Raw::connect(addr).await;
-    r.write(
-        format!(
-            "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await;
+    let mut r = post_publish(addr, Some(key), body).await;
     let head = r.read_http_head().await;
     head.lines().next().unwrap_or_default().to_owned()
 }

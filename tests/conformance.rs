@@ -35,8 +35,6 @@ const PONG: u8 = 0xA;
 /// The mask key of the frames built here (not the one `util::text` uses).
 const M: Option<[u8; 4]> = Some([0x3c, 0x91, 0x5e, 0xa7]);
 
-/// The reply to an unauthenticated message that is not JSON.
-const INVALID_FORMAT: &str = r#"{"event":"error","data":{"message":"Invalid message format"}}"#;
 const NOT_JSON: &[u8] = b"not json";
 
 /// A masked client frame with no reserved bits.
@@ -59,17 +57,8 @@ fn auth_overhead() -> usize {
     auth_json(b"").len()
 }
 
-/// An `authenticate` payload of exactly `len` bytes and its user id (ASCII,
-/// varying, so a misplaced or corrupted byte shows).
-fn auth_of_len(len: usize) -> (Vec<u8>, String) {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let user: String = (0..len - auth_overhead())
-        .map(|i| ALPHABET[(i * 7 + i / 64) % ALPHABET.len()] as char)
-        .collect();
-    let payload = auth_json(user.as_bytes());
-    assert_eq!(payload.len(), len);
-    (payload, user)
-}
+/// The alphabet of the user ids that fill an [`auth_of_len`] payload.
+const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 /// A close frame payload: code and reason bytes.
 fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
@@ -190,7 +179,7 @@ async fn expect_msg(r: &mut Raw, want: Msg, case: &str) {
 
 /// The next message is `Invalid message format`.
 async fn expect_invalid_format(r: &mut Raw, case: &str) {
-    expect_msg(r, Msg::Text(INVALID_FORMAT.into()), case).await;
+    expect_msg(r, Msg::Text(INVALID.into()), case).await;
 }
 
 /// The next message is `connected` with this user id.
@@ -257,7 +246,7 @@ async fn payload_lengths_at_encoding_boundaries(io: IoMode) {
     for len in [125, 126, 127, 128, 65_535, 65_536, 65_537, 100_000] {
         for (op, mask) in [(TEXT, M), (BINARY, Some([0, 0, 0, 0]))] {
             let case = format!("opcode {op}, {len} bytes");
-            let (payload, user) = auth_of_len(len);
+            let (payload, user) = auth_of_len(len, ALPHABET, auth_text);
             let mut r = Raw::upgraded(s.addr).await;
             r.write(&client_frame(true, 0, op, &payload, mask)).await;
             // The reply is longer than the message: it also crosses the
@@ -400,7 +389,7 @@ async fn many_pings_are_answered_in_order(io: IoMode) {
         loop {
             match next_msg(&mut r).await {
                 Some(Msg::Pong(p)) => pongs.push(p),
-                Some(Msg::Text(t)) if t == INVALID_FORMAT => break,
+                Some(Msg::Text(t)) if t == INVALID => break,
                 other => panic!("{case}: unexpected {other:?}"),
             }
         }
@@ -1092,7 +1081,7 @@ async fn big_messages_up_to_the_limit(io: IoMode) {
         ("limit text, 1 MiB fragments", TEXT, BIG_MAX, 1 << 20),
     ];
     for (case, op, len, frag) in cases {
-        let (payload, user) = auth_of_len(len);
+        let (payload, user) = auth_of_len(len, ALPHABET, auth_text);
         let bytes = if frag == 0 {
             f(true, op, &payload)
         } else {
@@ -1104,7 +1093,7 @@ async fn big_messages_up_to_the_limit(io: IoMode) {
         expect_connected(&mut r, &user, case).await;
     }
 
-    let (payload, user) = auth_of_len(1 << 20);
+    let (payload, user) = auth_of_len(1 << 20, ALPHABET, auth_text);
     let mut r = Raw::upgraded(s.addr).await;
     for piece in f(true, TEXT, &payload).chunks(997) {
         r.write(piece).await;

@@ -7,12 +7,8 @@
 mod util;
 
 use ignis_ws::config::IoMode;
-use serde_json::{Value, json};
+use serde_json::json;
 use util::*;
-
-fn id_of(d: &Value) -> String {
-    d["id"].as_str().unwrap().to_string()
-}
 
 fn shard_of(id: &str) -> u8 {
     *uuid::Uuid::parse_str(id)
@@ -110,9 +106,7 @@ async fn room_with_exclude(io: IoMode) {
     let h = s.handle();
     let mut cs = Vec::new();
     for u in ["user-1", "user-1", "user-2"] {
-        let (mut c, d) = authed(&s.url(), u).await;
-        c.join(&["my-room"]).await;
-        c.expect_silence().await;
+        let (c, d) = authed_in(&s.url(), u, &["my-room"]).await;
         cs.push((c, id_of(&d)));
     }
     let (mut outsider, od) = authed(&s.url(), "user-3").await;
@@ -202,12 +196,7 @@ async fn closed_client_is_gone_from_every_index(io: IoMode) {
     h.broadcast("b", &json!(1), &[]).unwrap();
     assert_eq!(other.recv().await, json!({"event":"b","data":1}));
     expect_nothing_before_marker(&h, &mut other, &id_of(&od)).await;
-    let users: i64 = h
-        .metrics()
-        .shards
-        .iter()
-        .map(|s| s.users.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+    let users = gauge(&h, |m| &m.users);
     assert_eq!(users, 1);
 }
 
@@ -219,13 +208,7 @@ async fn write_coalescing_shares_syscalls(io: IoMode) {
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
     let id = id_of(&d);
-    let calls = || -> u64 {
-        h.metrics()
-            .shards
-            .iter()
-            .map(|m| m.write_calls.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
-    };
+    let calls = || counter(&h, |m| &m.write_calls);
     let before = calls();
     // Ten messages spread over ~20 ms (pacing, not synchronisation): all
     // inside one 100 ms window.

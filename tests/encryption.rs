@@ -20,7 +20,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ignis_ws::ServerBuilder;
 use ignis_ws::config::{EncryptionMode, IoMode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use util::*;
 
@@ -74,7 +73,7 @@ impl Enc {
         Enc {
             c,
             key,
-            id: m["data"]["id"].as_str().unwrap().to_string(),
+            id: id_of(&m["data"]),
         }
     }
 
@@ -126,14 +125,6 @@ fn enc_config(io: IoMode, mode: EncryptionMode) -> ignis_ws::Config {
     c
 }
 
-/// A counter from `/metrics`.
-async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
-    let (_, body) = http_get(addr, "/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-}
-
 /// The WebCrypto client (tests/clients/webcrypto_client.mjs): handshake,
 /// an encrypted message up, a room and a direct message down, decrypted.
 async fn webcrypto_client(io: IoMode) {
@@ -143,30 +134,13 @@ async fn webcrypto_client(io: IoMode) {
     let (hooks, mut hook_rx) = ChannelHooks::new();
     let s = start_with(ServerBuilder::new(enc_config(io, EncryptionMode::Required)).hooks(hooks));
     let h = s.handle();
-    let script = format!(
-        "{}/tests/clients/webcrypto_client.mjs",
-        env!("CARGO_MANIFEST_DIR")
+    let mut client = NodeClient::spawn(
+        &flags,
+        "webcrypto_client.mjs",
+        &[&s.url(), "web-user"],
+        Stdio::inherit(),
     );
-    let mut child = tokio::process::Command::new("node")
-        .args(&flags)
-        .arg(&script)
-        .arg(s.url())
-        .arg("web-user")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || -> Value {
-        let l = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("a line from the client");
-        serde_json::from_str(&l).unwrap()
-    };
-    let connected = next().await;
+    let connected = client.next().await;
     assert_eq!(connected["plain"]["event"], "connected", "{connected}");
     let id = connected["plain"]["data"]["id"]
         .as_str()
@@ -188,19 +162,19 @@ async fn webcrypto_client(io: IoMode) {
     h.to_client(&id, "direct", &json!("just you")).unwrap();
     h.broadcast("bye", &json!(null), &[]).unwrap();
     assert_eq!(
-        next().await,
+        client.next().await,
         json!({"decrypted":{"event":"news","data":{"title":"hello"}}})
     );
     assert_eq!(
-        next().await,
+        client.next().await,
         json!({"decrypted":{"event":"direct","data":"just you"}})
     );
     assert_eq!(
-        next().await,
+        client.next().await,
         json!({"decrypted":{"event":"bye","data":null}})
     );
-    assert_eq!(next().await, json!({"closed":1000,"reason":"done"}));
-    let _ = child.wait().await;
+    assert_eq!(client.next().await, json!({"closed":1000,"reason":"done"}));
+    client.wait().await;
 }
 
 /// Required: no key, a key that is not base64, the wrong length, a point
@@ -236,7 +210,10 @@ async fn required_refuses_missing_and_bad_keys(io: IoMode) {
     s.handle().broadcast("b", &json!(1), &[]).unwrap();
     assert_eq!(e.recv().await, json!({"event":"b","data":1}));
     assert_eq!(
-        metric(s.addr, "ignis_ws_encryption_handshakes_failed_total").await,
+        metric(
+            &metrics(s.addr).await,
+            "ignis_ws_encryption_handshakes_failed_total"
+        ),
         6
     );
 }
@@ -339,7 +316,10 @@ async fn inbound_and_errors(io: IoMode) {
     }
     s.handle().to_room("r", "in-room", &json!(1), &[]).unwrap();
     assert_eq!(e.recv().await, json!({"event":"in-room","data":1}));
-    assert_eq!(metric(s.addr, "ignis_ws_decrypt_failures_total").await, 4);
+    assert_eq!(
+        metric(&metrics(s.addr).await, "ignis_ws_decrypt_failures_total"),
+        4
+    );
     drop(other);
 }
 
@@ -372,7 +352,7 @@ async fn mixed_room(io: IoMode) {
         e.c.send_text("#probe#").await;
         assert_eq!(e.recv().await["data"]["message"], "Invalid message format");
     }
-    let before = metric(s.addr, "ignis_ws_messages_encrypted_total").await;
+    let before = metric(&metrics(s.addr).await, "ignis_ws_messages_encrypted_total");
     let h = s.handle();
     for i in 0..MSGS {
         h.to_room("mixed", "m", &json!({"i":i}), &[]).unwrap();
@@ -408,10 +388,10 @@ async fn mixed_room(io: IoMode) {
     for t in plain_tasks.into_iter().chain(enc_tasks) {
         t.await.unwrap();
     }
-    let after = metric(s.addr, "ignis_ws_messages_encrypted_total").await;
+    let after = metric(&metrics(s.addr).await, "ignis_ws_messages_encrypted_total");
     // One encryption per encrypted recipient per message, plus each one's
     // probe answer: none for the plain clients.
-    assert_eq!(after - before, (ENC * MSGS + ENC) as u64);
+    assert_eq!(after - before, (ENC * MSGS + ENC) as i64);
 }
 
 /// Messages accepted for an encrypted client before a shutdown are
@@ -445,7 +425,7 @@ async fn frame_shape_and_fresh_ivs(io: IoMode) {
     let text = c.recv_text().await;
     let connected: Value = serde_json::from_str(&text).unwrap();
     let d = &connected["data"];
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(d);
     assert_eq!(
         text,
         format!(

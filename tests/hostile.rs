@@ -21,34 +21,16 @@ use ignis_ws::config::{IoMode, SlowClientPolicy};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use util::binary::{Binary, rss_kib, rss_settle};
 use util::*;
 
 const M: Option<[u8; 4]> = Some([0xa1, 0xb2, 0xc3, 0xd4]);
-const INVALID: &str = r#"{"event":"error","data":{"message":"Invalid message format"}}"#;
 
 // ---------------------------------------------------------------- helpers
 
-/// The request head of a WebSocket upgrade on `/ws`.
-fn upgrade_head() -> String {
-    "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        .to_string()
-}
-
-/// An upgraded raw connection authenticated as `user` with `mask`.
-async fn raw_authed(addr: SocketAddr, user: &str, mask: [u8; 4]) -> Raw {
-    let mut r = Raw::upgraded(addr).await;
-    let auth = json!({"event":"authenticate","data":{"userId":user}}).to_string();
-    r.write(&client_frame(true, 0, 1, auth.as_bytes(), Some(mask)))
-        .await;
-    let (_, op, p) = r.read_frame().await.expect("connected");
-    assert_eq!(op, 1);
-    let v: Value = serde_json::from_slice(&p).unwrap();
-    assert_eq!(v["event"], "connected", "{v}");
-    r
+/// The `authenticate` message for `user`, serialized by serde_json.
+fn auth_json(user: &str) -> String {
+    json!({"event":"authenticate","data":{"userId":user}}).to_string()
 }
 
 /// The next server frame must be a close with `code`, then the end of the
@@ -68,14 +50,9 @@ async fn expect_close_first(r: &mut Raw, code: u16, what: &str) {
     assert!(rest.is_empty(), "{what}: nothing after the close frame");
 }
 
-/// `len` printable ASCII bytes without a short period, so a byte taken
-/// from the wrong offset shows.
-fn pattern(len: usize) -> String {
-    const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
-    (0..len)
-        .map(|i| A[(i * 7 + i / 37) % A.len()] as char)
-        .collect()
-}
+/// The alphabet of [`pattern_of`] here: printable ASCII without a short
+/// period, so a byte taken from the wrong offset shows.
+const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
 
 /// The back end a test variant runs on, for its printed figures.
 fn backend(io: IoMode) -> &'static str {
@@ -215,7 +192,7 @@ async fn slowloris(io: IoMode) {
     }))
     .await;
     let mut r = Raw::connect(s.addr).await;
-    r.write(upgrade_head().as_bytes()).await;
+    r.write(upgrade_request("x").as_bytes()).await;
     let resp = String::from_utf8_lossy(&r.read_to_end().await).to_string();
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     join_all(more.into_iter().map(Client::close)).await;
@@ -232,15 +209,7 @@ async fn slowloris(io: IoMode) {
 async fn never_auth_round(url: &str, n: usize) {
     let closes = join_all((0..n).map(|_| {
         let url = url.to_string();
-        tokio::spawn(async move {
-            let mut c = Client::connect(&url).await;
-            match c.next().await {
-                Some(Message::Close(Some(CloseFrame { code, reason }))) => {
-                    (u16::from(code), reason.to_string())
-                }
-                other => panic!("a never-authenticating client got {other:?}"),
-            }
-        })
+        tokio::spawn(async move { Client::connect(&url).await.first_close().await })
     }))
     .await;
     for c in closes {
@@ -326,7 +295,7 @@ async fn ten_thousand_rooms() {
     let s = start(cfg);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "many").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     let names: Vec<String> = (0..ROOMS).map(|i| format!("room-{i:05}")).collect();
     for batch in names.chunks(1000) {
         c.send(json!({"event":"join","data":{"rooms":batch}})).await;
@@ -447,7 +416,7 @@ async fn oversized_join_fills_only_the_cap() {
     let s = start(cfg);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "hostile").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let names: Vec<String> = A
         .iter()
@@ -476,9 +445,7 @@ async fn oversized_join_fills_only_the_cap() {
 async fn invalid_utf8_room_names(io: IoMode) {
     let s = start(config(io));
     let h = s.handle();
-    let (mut watcher, _) = authed(&s.url(), "watcher").await;
-    watcher.join(&["watch"]).await;
-    watcher.expect_silence().await;
+    let (mut watcher, _) = authed_in(&s.url(), "watcher", &["watch"]).await;
     let join_with = |bad: &[u8]| {
         let mut p = br#"{"event":"join","data":{"rooms":["fine","room-"#.to_vec();
         p.extend_from_slice(bad);
@@ -497,12 +464,12 @@ async fn invalid_utf8_room_names(io: IoMode) {
     for (what, bad) in cases {
         let p = join_with(bad);
         // In one frame.
-        let mut r = raw_authed(s.addr, "hostile", [1, 2, 3, 4]).await;
+        let mut r = raw_authed(s.addr, &auth_json("hostile"), [1, 2, 3, 4]).await;
         r.write(&client_frame(true, 0, 1, &p, M)).await;
         expect_close_first(&mut r, 1007, what).await;
         // Split in two fragments inside the bad sequence.
         let cut = p.iter().position(|b| *b >= 0x80).unwrap() + 1;
-        let mut r = raw_authed(s.addr, "hostile", [1, 2, 3, 4]).await;
+        let mut r = raw_authed(s.addr, &auth_json("hostile"), [1, 2, 3, 4]).await;
         let mut b = client_frame(false, 0, 1, &p[..cut], M);
         b.extend(client_frame(true, 0, 0, &p[cut..], M));
         r.write(&b).await;
@@ -513,7 +480,7 @@ async fn invalid_utf8_room_names(io: IoMode) {
     }
     // The same bytes in a binary frame: no UTF-8 check at the WebSocket
     // level; the JSON parser refuses them and the connection lives on.
-    let mut r = raw_authed(s.addr, "binary", [1, 2, 3, 4]).await;
+    let mut r = raw_authed(s.addr, &auth_json("binary"), [1, 2, 3, 4]).await;
     r.write(&client_frame(true, 0, 2, &join_with(b"\xff"), M))
         .await;
     let (_, op, p) = r.read_frame().await.unwrap();
@@ -535,7 +502,7 @@ async fn invalid_utf8_room_names(io: IoMode) {
     // JSON-escaped lone surrogates: valid UTF-8 on the wire, but no Rust
     // string can hold them.
     let (mut c, d) = authed(&s.url(), "surrogates").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     for rooms in [
         r#"["\ud800"]"#,
         r#"["lo\udc00ne"]"#,
@@ -568,45 +535,6 @@ async fn invalid_utf8_room_names(io: IoMode) {
 
 // ------------------------------------ 5. stalled readers among live ones
 
-/// An upgraded, authenticated raw client in `room` that will not read
-/// until told: a tiny receive buffer and a small MSS, so the server's
-/// kernel send buffer (which grows with the MSS: megabytes on loopback)
-/// stays small and the server's own queue fills first.
-async fn stalled_client(addr: SocketAddr, room: &str) -> Raw {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.set_tcp_mss(1000).unwrap();
-    sock.set_tcp_nodelay(true).unwrap();
-    sock.set_nonblocking(true).unwrap();
-    match sock.connect(&addr.into()) {
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        other => other.unwrap(),
-    }
-    let s = TcpStream::from_std(sock.into()).unwrap();
-    s.writable().await.unwrap();
-    if let Some(e) = s.take_error().unwrap() {
-        panic!("connect: {e}");
-    }
-    let mut r = Raw { s, buf: Vec::new() };
-    r.write(upgrade_head().as_bytes()).await;
-    assert!(r.read_http_head().await.starts_with("HTTP/1.1 101"));
-    r.write(&text(
-        r#"{"event":"authenticate","data":{"userId":"stalled"}}"#,
-    ))
-    .await;
-    let (_, op, _) = r.read_frame().await.unwrap();
-    assert_eq!(op, 1);
-    r.write(&text(
-        &json!({"event":"join","data":{"rooms":[room]}}).to_string(),
-    ))
-    .await;
-    // Proves the join was handled: the probe's answer comes after it.
-    r.write(&text("#probe#")).await;
-    let (_, _, p) = r.read_frame().await.unwrap();
-    assert_eq!(p, INVALID.as_bytes());
-    r
-}
-
 async fn stalled_reader_among_many(io: IoMode) {
     const STALLED: usize = 50;
     const LIVE: usize = 200;
@@ -621,15 +549,18 @@ async fn stalled_reader_among_many(io: IoMode) {
     cfg.close_timeout = 6 * WAIT;
     let s = start(cfg);
     let h = s.handle();
-    let mut stalled = join_all((0..STALLED).map(|_| stalled_client(s.addr, "r"))).await;
+    // A tiny receive buffer and a small MSS, so the server's kernel send
+    // buffer (which grows with the MSS: megabytes on loopback) stays small
+    // and the server's own queue fills first.
+    let mut stalled = join_all((0..STALLED).map(|_| async {
+        let (mut r, _) = stalled_client(s.addr, "stalled", "r", Some(1000)).await;
+        r.expect_probe_answer().await;
+        r
+    }))
+    .await;
     let mut live = join_all((0..LIVE).map(|i| {
         let url = s.url();
-        async move {
-            let (mut c, _) = authed(&url, &format!("live-{i}")).await;
-            c.join(&["r"]).await;
-            c.expect_silence().await;
-            c
-        }
+        async move { authed_in(&url, &format!("live-{i}"), &["r"]).await.0 }
     }))
     .await;
     let closed = || counter(&h, |m| &m.slow_clients_closed);
@@ -744,7 +675,7 @@ fn payload(len: usize) -> (Vec<u8>, Seen) {
     let with_data = bare + r#","data":"""#.len();
     assert!(len >= bare, "no payload shape for {len}");
     let (p, data) = if len >= with_data {
-        let data = pattern(len - with_data);
+        let data = pattern_of(PATTERN, len - with_data);
         (
             format!(r#"{{"event":"{name}","data":"{data}"}}"#),
             Some(json!(data)),
@@ -782,7 +713,7 @@ async fn mask_key_edge_cases(io: IoMode) {
         [0xa5, 0x5a, 0x3c, 0xc3],
     ];
     for mask in masks {
-        let mut r = raw_authed(s.addr, "masks", mask).await;
+        let mut r = raw_authed(s.addr, &auth_json("masks"), mask).await;
         assert!(matches!(
             next_message(&mut rx).await,
             HookEvent::Connect { .. }
@@ -854,7 +785,7 @@ async fn mask_key_edge_cases(io: IoMode) {
     }
     // Unmasked client frames, whatever their length encoding: 1002.
     for len in [0usize, 17, 125, 126, 65535, 65536] {
-        let mut r = raw_authed(s.addr, "unmasked", [9, 9, 9, 9]).await;
+        let mut r = raw_authed(s.addr, &auth_json("unmasked"), [9, 9, 9, 9]).await;
         let (p, _) = payload(len);
         // The server may stop reading at the header.
         let _ = r.s.write_all(&client_frame(true, 0, 1, &p, None)).await;
@@ -865,15 +796,6 @@ async fn mask_key_edge_cases(io: IoMode) {
 // ------------------------------------------------- 7. 128 KiB to the byte
 
 const MAX: usize = 128 * 1024;
-
-/// An `authenticate` of exactly `len` bytes whose userId fills it.
-fn auth_of_len(len: usize) -> (Vec<u8>, String) {
-    let overhead = r#"{"event":"authenticate","data":{"userId":""}}"#.len();
-    let user = pattern(len - overhead);
-    let p = json!({"event":"authenticate","data":{"userId":user}}).to_string();
-    assert_eq!(p.len(), len);
-    (p.into_bytes(), user)
-}
 
 /// `p` as a text (or binary) message in fragments of the given sizes (the
 /// last takes the rest).
@@ -892,7 +814,7 @@ fn fragments(opcode: u8, p: &[u8], sizes: &[usize]) -> Vec<u8> {
 
 async fn max_payload_boundary(io: IoMode) {
     let s = start(config(io));
-    let (at_max, user) = auth_of_len(MAX);
+    let (at_max, user) = auth_of_len(MAX, PATTERN, auth_json);
     let accepted: [(&str, Vec<u8>); 4] = [
         ("one text frame", fragments(1, &at_max, &[])),
         ("one binary frame", fragments(2, &at_max, &[])),
@@ -915,7 +837,7 @@ async fn max_payload_boundary(io: IoMode) {
             "{what}: userId echoed"
         );
     }
-    let (over, _) = auth_of_len(MAX + 1);
+    let (over, _) = auth_of_len(MAX + 1, PATTERN, auth_json);
     let refused: [(&str, Vec<u8>); 5] = [
         ("one text frame", fragments(1, &over, &[])),
         ("one binary frame", fragments(2, &over, &[])),

@@ -20,25 +20,14 @@ fn limited(io: IoMode, msgs_per_sec: u32, rooms: usize) -> ignis_ws::Config {
 /// Many small text frames in one write: `n` heartbeats.
 fn heartbeats(n: usize) -> Vec<u8> {
     let one = client_frame(true, 0, 1, br#"{"event":"heartbeat"}"#, Some([9, 8, 7, 6]));
-    one.iter().copied().cycle().take(one.len() * n).collect()
-}
-
-async fn raw_authed(addr: std::net::SocketAddr, user: &str) -> Raw {
-    let mut r = Raw::upgraded(addr).await;
-    let auth = format!(r#"{{"event":"authenticate","data":{{"userId":"{user}"}}}}"#);
-    r.write(&text(&auth)).await;
-    let (_, op, payload) = r.read_frame().await.expect("connected");
-    assert_eq!(op, 1);
-    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-    assert_eq!(v["event"], "connected");
-    r
+    one.repeat(n)
 }
 
 async fn message_flood_is_closed_1008(io: IoMode) {
     let s = start(limited(io, 50, 100));
     let h = s.handle();
     let (mut other, _) = authed(&s.url(), "bystander").await;
-    let mut flooder = raw_authed(s.addr, "flooder").await;
+    let mut flooder = raw_authed(s.addr, &auth_text("flooder"), MASK).await;
     // Four times the limit in one burst: even split over two clock seconds
     // one of them holds more than the limit.
     flooder.write(&heartbeats(200)).await;
@@ -65,14 +54,9 @@ async fn close_reason_names_the_rate_limit(io: IoMode) {
 async fn pings_count_against_the_rate(io: IoMode) {
     let s = start(limited(io, 50, 100));
     let h = s.handle();
-    let mut r = raw_authed(s.addr, "pinger").await;
+    let mut r = raw_authed(s.addr, &auth_text("pinger"), MASK).await;
     let ping = client_frame(true, 0, 9, b"p", Some([1, 2, 3, 4]));
-    let burst: Vec<u8> = ping
-        .iter()
-        .copied()
-        .cycle()
-        .take(ping.len() * 200)
-        .collect();
+    let burst = ping.repeat(200);
     r.write(&burst).await;
     // Pongs first (as many as fit under the limit), then the close.
     loop {
@@ -91,7 +75,7 @@ async fn pings_count_against_the_rate(io: IoMode) {
 async fn at_the_limit_is_fine(io: IoMode) {
     let s = start(limited(io, 50, 100));
     let h = s.handle();
-    let mut r = raw_authed(s.addr, "u").await;
+    let mut r = raw_authed(s.addr, &auth_text("u"), MASK).await;
     // The authenticate, 48 heartbeats and one invalid message: 50, the
     // limit, at most in one second (a new second only lowers the count).
     let mut burst = heartbeats(48);
@@ -107,7 +91,7 @@ async fn at_the_limit_is_fine(io: IoMode) {
 async fn zero_disables_the_rate_limit(io: IoMode) {
     let s = start(limited(io, 0, 100));
     let h = s.handle();
-    let mut r = raw_authed(s.addr, "u").await;
+    let mut r = raw_authed(s.addr, &auth_text("u"), MASK).await;
     let mut burst = heartbeats(5000);
     burst.extend(text("not json"));
     r.write(&burst).await;
@@ -121,7 +105,7 @@ async fn joins_stop_at_the_room_limit(io: IoMode) {
     let s = start(limited(io, 1000, 5));
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     c.join(&["a", "b", "c", "d", "e"]).await;
     c.expect_silence().await;
     for room in ["a", "b", "c"] {
@@ -150,7 +134,7 @@ async fn join_flood_fills_at_most_the_limit(io: IoMode) {
     let s = start(limited(io, 0, 100));
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     // 2,000 join events of 5 new rooms each, and one with 5,000 rooms.
     for i in 0..2000 {
         let rooms: Vec<String> = (0..5).map(|k| format!("flood-{i}-{k}")).collect();

@@ -23,13 +23,9 @@ async fn idle_authenticated_client_gets_4002(io: IoMode) {
     let (mut c, _) = authed(&s.url(), "u").await;
     let t0 = Instant::now();
     // Nothing at all before the close: no app-level heartbeat from the server.
-    match c.next().await {
-        Some(Message::Close(Some(f))) => {
-            assert_eq!(u16::from(f.code), 4002);
-            assert_eq!(f.reason.as_str(), "Heartbeat timeout");
-        }
-        other => panic!("expected 4002 first, got {other:?}"),
-    }
+    let (code, reason) = c.first_close().await;
+    assert_eq!(code, 4002);
+    assert_eq!(reason.as_str(), "Heartbeat timeout");
     // The idle clock started at the `authenticate` frame, just before t0.
     assert!(
         t0.elapsed() >= Duration::from_millis(350),
@@ -41,7 +37,7 @@ async fn idle_authenticated_client_gets_4002(io: IoMode) {
 async fn any_data_frame_keeps_a_client_alive(io: IoMode) {
     let s = start(fast_heartbeat(io));
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     let h = s.handle();
     // Send something every 100 ms for 1.2 s (three timeouts): heartbeat,
     // invalid JSON, event-less JSON all count.

@@ -109,7 +109,7 @@ async fn connected_payload_exact(io: IoMode) {
         .await;
     let text = c.recv_text().await;
     let v: Value = serde_json::from_str(&text).unwrap();
-    let id = v["data"]["id"].as_str().unwrap().to_string();
+    let id = id_of(&v["data"]);
     let time = v["data"]["time"].as_str().unwrap().to_string();
     assert_eq!(
         text,
@@ -222,13 +222,9 @@ async fn auth_timeout_closes_4001(io: IoMode) {
     // Heartbeats do not extend the auth timer.
     c.send(json!({"event":"heartbeat"})).await;
     c.send(json!({"event":"heartbeat"})).await;
-    match c.next().await {
-        Some(Message::Close(Some(f))) => {
-            assert_eq!(u16::from(f.code), 4001);
-            assert_eq!(f.reason.as_str(), "Authentication timeout");
-        }
-        other => panic!("expected the 4001 close as the first frame, got {other:?}"),
-    }
+    let (code, reason) = c.first_close().await;
+    assert_eq!(code, 4001);
+    assert_eq!(reason.as_str(), "Authentication timeout");
     assert!(
         t0.elapsed() >= Duration::from_millis(300),
         "not before the timeout"
@@ -296,7 +292,7 @@ async fn custom_events_reach_the_hook(io: IoMode) {
     let (hooks, mut rx) = ChannelHooks::new();
     let s = start_with(ServerBuilder::new(config(io)).hooks(hooks));
     let (mut c, d) = authed(&s.url(), "user-1").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     assert!(matches!(
         next_hook(&mut rx).await,
         HookEvent::Connect { .. }
@@ -344,7 +340,7 @@ async fn hooks_see_connect_and_disconnect(io: IoMode) {
     c.send(json!({"event":"authenticate","data":{"userId":"u9","metadata":{"role":"admin"}}}))
         .await;
     let d = c.recv().await["data"].clone();
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     assert_eq!(
         next_hook(&mut rx).await,
         HookEvent::Connect {

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use ignis_ws::bridge::envelope::Kind;
 use ignis_ws::config::IoMode;
-use serde_json::{Value, json};
+use serde_json::json;
 use util::redis_server::RedisServer;
 use util::*;
 
@@ -32,10 +32,6 @@ async fn fence(redis: &RedisServer, clients: &mut [&mut Client]) {
             "nothing before the fence"
         );
     }
-}
-
-fn id_of(d: &Value) -> String {
-    d["id"].as_str().unwrap().to_string()
 }
 
 /// Two nodes on one Redis, both subscribed.

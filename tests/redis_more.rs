@@ -21,23 +21,9 @@ use util::*;
 const KEY: &str = "test-api-key-0123456789";
 const BIN: &str = env!("CARGO_BIN_EXE_ignis-ws");
 
-fn id_of(d: &Value) -> String {
-    d["id"].as_str().unwrap().to_string()
-}
-
-async fn post(addr: std::net::SocketAddr, auth: Option<&str>, body: &str) -> (u16, String) {
-    let mut r = Raw::connect(addr).await;
-    let auth = auth
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    r.write(
-        format!(
-            "POST /api/publish HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await;
+/// `POST /api/publish` with bearer `key`: (status, body).
+async fn post(addr: std::net::SocketAddr, key: Option<&str>, body: &str) -> (u16, String) {
+    let mut r = post_publish(addr, key, body).await;
     let all = String::from_utf8_lossy(&r.read_to_end().await).to_string();
     let status: u16 = all[9..12].parse().unwrap();
     let body = all
@@ -64,14 +50,11 @@ async fn http_publish_api() {
         c.join(&["r"]).await;
         c.expect_silence().await;
     }
-    let bearer = format!("Bearer {KEY}");
     // Auth.
     let ok_body = r#"{"type":"room","target":"r","event":"e","data":1}"#;
     assert_eq!(post(a.addr, None, ok_body).await.0, 401);
     assert_eq!(
-        post(a.addr, Some("Bearer wrong-key-wrong-key-x"), ok_body)
-            .await
-            .0,
+        post(a.addr, Some("wrong-key-wrong-key-x"), ok_body).await.0,
         401
     );
     // Validation, each with its reason.
@@ -94,7 +77,7 @@ async fn http_publish_api() {
             "invalid body",
         ),
     ] {
-        let (status, text) = post(a.addr, Some(&bearer), body).await;
+        let (status, text) = post(a.addr, Some(KEY), body).await;
         assert_eq!(status, 400, "{body}: {text}");
         assert!(text.contains(why), "{body}: {text}");
     }
@@ -102,7 +85,7 @@ async fn http_publish_api() {
     let body =
         json!({"type":"room","target":"r","event":"api","data":{"k":[1,2]},"exclude":[id_of(&da)]})
             .to_string();
-    let (status, text) = post(a.addr, Some(&bearer), &body).await;
+    let (status, text) = post(a.addr, Some(KEY), &body).await;
     assert_eq!((status, text.as_str()), (202, r#"{"ok":true}"#));
     assert_eq!(
         cb.recv_text().await,
@@ -110,7 +93,7 @@ async fn http_publish_api() {
     );
     let (status, _) = post(
         a.addr,
-        Some(&bearer),
+        Some(KEY),
         r#"{"type":"broadcast","event":"all","data":null}"#,
     )
     .await;
@@ -122,7 +105,7 @@ async fn http_publish_api() {
     );
     assert_eq!(cb.recv_text().await, r#"{"event":"all","data":null}"#);
     // Without a key the endpoint does not exist.
-    let (status, _) = post(b.addr, Some(&bearer), ok_body).await;
+    let (status, _) = post(b.addr, Some(KEY), ok_body).await;
     assert_eq!(status, 404);
 }
 

@@ -33,7 +33,7 @@ async fn join_then_receive_leave_then_not(io: IoMode) {
     let s = start(config(io));
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "user-1").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     c.join(&["room-x", "room-y"]).await;
     c.expect_silence().await; // no reply to join
     gets(&h, &mut c, "room-x").await;
@@ -49,7 +49,7 @@ async fn default_and_own_rooms(io: IoMode) {
     let s = start(config(io));
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "user-1").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     gets(&h, &mut c, "ws-default").await;
     gets(&h, &mut c, "ws-notification").await;
     gets(&h, &mut c, &id).await;
@@ -71,7 +71,7 @@ async fn custom_default_rooms(io: IoMode) {
     let s = start(cfg);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     gets(&h, &mut c, "room-a").await;
     gets(&h, &mut c, "room-b").await;
     misses(&h, &mut c, &id, "ws-default").await;
@@ -100,7 +100,7 @@ async fn join_filter(io: IoMode) {
     let s = start_with(b);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     let long = "a".repeat(257);
     let max = "b".repeat(256);
     c.send(json!({"event":"join","data":{"rooms":["r1", "ws:x", "", 7, null, long, max, "r1"]}}))
@@ -154,7 +154,7 @@ async fn validator_decides_and_cannot_add_rooms(io: IoMode) {
     let s = start_with(b);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     c.join(&["ok-1", "no-1"]).await;
     c.expect_silence().await;
     gets(&h, &mut c, "ok-1").await;
@@ -173,7 +173,7 @@ async fn slow_validator_is_offloaded(io: IoMode) {
     let s = start_with(b);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     c.join(&["later"]).await;
     // Wait for the join to land: poll with messages until one arrives.
     loop {
@@ -193,7 +193,7 @@ async fn no_validator_refuses_joins(io: IoMode) {
     let s = start(cfg);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     c.join(&["room-x"]).await;
     c.expect_silence().await;
     misses(&h, &mut c, &id, "room-x").await;
@@ -205,7 +205,7 @@ async fn room_allow_patterns_with_user_id(io: IoMode) {
     let s = start(cfg);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "alice").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     c.join(&[
         "public:news",
         "user:alice:inbox",
@@ -229,7 +229,7 @@ async fn star_stays_within_one_segment(io: IoMode) {
     let s = start(cfg);
     let h = s.handle();
     let (mut alice, d) = authed(&s.url(), "alice").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     alice
         .join(&["user:alice:x:inbox", "user:alice:inbox"])
         .await;
@@ -243,7 +243,7 @@ async fn star_stays_within_one_segment(io: IoMode) {
     let s = start(cfg);
     let h = s.handle();
     let (mut alice, d) = authed(&s.url(), "alice").await;
-    let alice_id = d["id"].as_str().unwrap().to_string();
+    let alice_id = id_of(&d);
     alice
         .join(&["user:alice:a:b", "user:alice:inbox", "user:alicex:inbox"])
         .await;
@@ -253,7 +253,7 @@ async fn star_stays_within_one_segment(io: IoMode) {
     misses(&h, &mut alice, &alice_id, "user:alicex:inbox").await;
     // A user id with `:` would otherwise own a subtree of alice's rooms.
     let (mut other, d) = authed(&s.url(), "alice:x").await;
-    let other_id = d["id"].as_str().unwrap().to_string();
+    let other_id = id_of(&d);
     other
         .join(&["user:alice:x:inbox", "user:alice:x", "user:alice:a:b"])
         .await;
@@ -267,7 +267,7 @@ async fn many_rooms_join_and_leave(io: IoMode) {
     let s = start(config(io));
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     let rooms: Vec<String> = (0..50).map(|i| format!("room-{i}")).collect();
     c.send(json!({"event":"join","data":{"rooms":rooms}})).await;
     c.expect_silence().await;
@@ -282,12 +282,7 @@ async fn many_rooms_join_and_leave(io: IoMode) {
     gets(&h, &mut c, "ws-default").await;
     gets(&h, &mut c, "ws-notification").await;
     // The rooms are gone from the index.
-    let m = h.metrics();
-    let rooms_now: i64 = m
-        .shards
-        .iter()
-        .map(|s| s.rooms.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+    let rooms_now = gauge(&h, |m| &m.rooms);
     assert_eq!(rooms_now, 2, "only the default rooms remain");
 }
 
@@ -303,7 +298,7 @@ async fn failing_validator_joins_nothing(io: IoMode) {
     let s = start_with(b);
     let h = s.handle();
     let (mut c, d) = authed(&s.url(), "u").await;
-    let id = d["id"].as_str().unwrap().to_string();
+    let id = id_of(&d);
     c.join(&["boom", "room-x"]).await;
     c.expect_silence().await;
     misses(&h, &mut c, &id, "room-x").await;

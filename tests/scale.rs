@@ -44,12 +44,7 @@ async fn run(io: IoMode) {
         assert_eq!(c.recv().await, json!({"event":"end","data":null}));
     }))
     .await;
-    let sent: u64 = h
-        .metrics()
-        .shards
-        .iter()
-        .map(|m| m.messages_out.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+    let sent = counter(&h, |m| &m.messages_out);
     // `connected` + two broadcasts per client.
     assert_eq!(sent, 3 * N as u64);
     drop(clients);

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use util::binary::Binary;
-use util::{Raw, WAIT, authed, config, counter, http_get, metric, metrics, wait_metric};
+use util::{
+    Raw, WAIT, authed, config, counter, http_get, metric, metrics, publish_head, upgrade_request,
+    wait_metric,
+};
 
 const KEY: &str = "0123456789abcdef-security";
 
@@ -21,17 +24,6 @@ fn api_config() -> ignis_ws::Config {
     let mut c = config(ignis_ws::config::IoMode::Auto);
     c.api_key = Some(KEY.into());
     c
-}
-
-/// A raw publish request head announcing `len` body bytes.
-fn publish_head(auth: Option<&str>, len: usize) -> String {
-    let auth = auth
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    format!(
-        "POST /api/publish HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {len}\r\n\r\n"
-    )
 }
 
 /// Item 4: a wrong or missing key is answered 401 from the head alone,
@@ -281,11 +273,7 @@ async fn metrics_listen_moves_metrics_to_a_private_address() {
         assert!(body.contains("\"status\":\"ok\""), "{body}");
     }
     let mut r = Raw::connect(private).await;
-    r.write(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await;
+    r.write(upgrade_request("x").as_bytes()).await;
     assert!(r.read_http_head().await.starts_with("HTTP/1.1 404 "));
 }
 

@@ -25,8 +25,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use util::binary::{Binary, rss_kib, rss_settle};
 use util::*;
 
@@ -61,16 +59,7 @@ async fn wait_empty(addr: SocketAddr) -> String {
 /// `POST /api/publish`; must be accepted (202).
 async fn publish(addr: SocketAddr, body: &Value) {
     let body = body.to_string();
-    let mut r = Raw::connect(addr).await;
-    r.write(
-        format!(
-            "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await;
+    let mut r = post_publish(addr, Some(KEY), &body).await;
     let head = r.read_http_head().await;
     assert!(head.starts_with("HTTP/1.1 202"), "{head} for {body}");
 }
@@ -148,15 +137,8 @@ async fn depart(mut m: Member, how: usize) {
 /// but close 4001.
 async fn never_auth(url: String) {
     let mut c = Client::connect(&url).await;
-    match c.next().await {
-        Some(Message::Close(Some(CloseFrame { code, reason }))) => {
-            assert_eq!(
-                (u16::from(code), reason.as_str()),
-                (4001, "Authentication timeout")
-            );
-        }
-        other => panic!("a never-authenticating client got {other:?}"),
-    }
+    let (code, reason) = c.first_close().await;
+    assert_eq!((code, reason.as_str()), (4001, "Authentication timeout"));
 }
 
 /// Every member receives exactly what was published to it, in order; a

@@ -108,14 +108,8 @@ async fn health_and_metrics(io: IoMode) {
     );
     let (head, body) = http_get(s.addr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let total = |state: &str| -> i64 {
-        body.lines()
-            .filter(|l| {
-                l.starts_with("ignis_ws_connections{") && l.contains(&format!("state=\"{state}\""))
-            })
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-            .sum()
-    };
+    let total =
+        |state: &str| metric_where(&body, "ignis_ws_connections", &format!("state=\"{state}\""));
     assert_eq!(total("authenticated"), 1, "{body}");
     assert_eq!(total("unauthorized"), 1, "{body}");
     assert!(
@@ -205,13 +199,7 @@ async fn max_connections_refuses_with_503(io: IoMode) {
     let (_, body) = http_get(s.addr, "/metrics").await;
     // The /metrics request itself is refused too while full.
     let _ = body;
-    let refused: u64 = s
-        .handle()
-        .metrics()
-        .shards
-        .iter()
-        .map(|m| m.refused_total.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+    let refused = counter(&s.handle(), |m| &m.refused_total);
     assert!(refused >= 1);
 }
 

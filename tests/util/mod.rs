@@ -5,6 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
 
 pub mod binary;
+pub mod raw;
+
+#[allow(unused_imports)] // reason: each test file uses a different subset
+pub use raw::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use ignis_ws::config::{AuthMode, Config, IoMode};
 use ignis_ws::{Server, ServerBuilder};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -207,6 +211,17 @@ impl Client {
         }
     }
 
+    /// The next frame, which must be a close with a code: its code and
+    /// reason.
+    pub async fn first_close(&mut self) -> (u16, String) {
+        match self.next().await {
+            Some(Message::Close(Some(CloseFrame { code, reason }))) => {
+                (u16::from(code), reason.to_string())
+            }
+            other => panic!("expected a close as the first frame, got {other:?}"),
+        }
+    }
+
     /// Close from the client side and wait for the server's reply.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
@@ -214,11 +229,34 @@ impl Client {
     }
 }
 
+/// The client id in a `connected` message's data.
+pub fn id_of(d: &Value) -> String {
+    d["id"].as_str().unwrap().to_string()
+}
+
 /// Authenticated client connected to `url` as `user`: (client, connected data).
 pub async fn authed(url: &str, user: &str) -> (Client, Value) {
     let mut c = Client::connect(url).await;
     let d = c.auth(user).await;
     (c, d)
+}
+
+/// [`authed`], then joined to `rooms` (handled: nothing was answered
+/// before the probe of [`Client::expect_silence`]).
+pub async fn authed_in(url: &str, user: &str, rooms: &[&str]) -> (Client, Value) {
+    let (mut c, d) = authed(url, user).await;
+    c.join(rooms).await;
+    c.expect_silence().await;
+    (c, d)
+}
+
+/// The request of a WebSocket upgrade on `/ws` with `Host: {host}` (the
+/// key of RFC 6455's example).
+pub fn upgrade_request(host: impl std::fmt::Display) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
 }
 
 /// A raw TCP connection for malformed frames and HTTP.
@@ -242,14 +280,7 @@ impl Raw {
     /// Complete the upgrade on `/ws` over this connection.
     pub async fn upgrade(mut self, addr: SocketAddr) -> Raw {
         let r = &mut self;
-        r.write(
-            format!(
-                "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await;
+        r.write(upgrade_request(addr).as_bytes()).await;
         let head = r.read_http_head().await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
@@ -369,15 +400,12 @@ pub fn client_frame(
     f
 }
 
-/// A masked text frame with a fixed mask.
+/// The mask key of [`text`].
+pub const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+/// A masked text frame with a fixed mask ([`MASK`]).
 pub fn text(payload: &str) -> Vec<u8> {
-    client_frame(
-        true,
-        0,
-        1,
-        payload.as_bytes(),
-        Some([0x12, 0x34, 0x56, 0x78]),
-    )
+    client_frame(true, 0, 1, payload.as_bytes(), Some(MASK))
 }
 
 /// Plain HTTP GET, returns (status line + headers, body).
@@ -580,6 +608,52 @@ pub fn node_or_skip(test: &str, also: &str) -> Option<Vec<String>> {
     );
     eprintln!("SKIPPED {test}: {why}");
     None
+}
+
+/// A client script of `tests/clients/` run by `node`, printing one JSON
+/// value a line.
+pub struct NodeClient {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl NodeClient {
+    /// Run `tests/clients/{script}` with `flags` (from [`node_or_skip`])
+    /// and `args`; its stderr goes to `stderr`.
+    pub fn spawn(
+        flags: &[String],
+        script: &str,
+        args: &[&str],
+        stderr: std::process::Stdio,
+    ) -> NodeClient {
+        let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = tokio::process::Command::new("node")
+            .args(flags)
+            .arg(&script)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        NodeClient { child, lines }
+    }
+
+    /// The next line the script prints, parsed as JSON.
+    pub async fn next(&mut self) -> Value {
+        let l = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a line from the client");
+        serde_json::from_str(&l).unwrap()
+    }
+
+    /// Wait for the script to exit.
+    pub async fn wait(mut self) {
+        let _ = self.child.wait().await;
+    }
 }
 
 // ------------------------------------------------ /metrics and gauges

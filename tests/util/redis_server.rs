@@ -61,6 +61,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Arguments that keep a test server off the disk: no snapshots, no AOF,
+/// logs to stdout (where [`spawn`] awaits "ready").
+const EPHEMERAL: [&str; 6] = ["--save", "", "--appendonly", "no", "--logfile", ""];
+
 fn spawn(args: &[String]) -> Child {
     let mut child = Command::new("redis-server")
         .args(args)
@@ -107,22 +111,12 @@ impl RedisServer {
         if !available() {
             return None;
         }
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            "",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1"]
+            .iter()
+            .chain(&EPHEMERAL)
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
         let child = spawn(&args);
         Some(RedisServer {
             child: Some(child),
@@ -220,7 +214,7 @@ impl RedisServer {
         let (cert, key) = (PathBuf::from(cert), PathBuf::from(key));
         let ca_path = PathBuf::from(&ca);
         let port = free_port();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--port".into(),
             "0".into(),
             "--tls-port".into(),
@@ -235,13 +229,8 @@ impl RedisServer {
             ca_path.display().to_string(),
             "--tls-auth-clients".into(),
             "no".into(),
-            "--save".into(),
-            "".into(),
-            "--appendonly".into(),
-            "no".into(),
-            "--logfile".into(),
-            "".into(),
         ];
+        args.extend(EPHEMERAL.map(String::from));
         let child = spawn(&args);
         let dir = std::sync::Arc::new(dir);
         Some((
@@ -308,7 +297,7 @@ impl RedisCluster {
         for _ in 0..3 {
             let port = free_cluster_port();
             let conf = dir.path().join(format!("nodes-{port}.conf"));
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 "--port".into(),
                 port.to_string(),
                 "--bind".into(),
@@ -317,15 +306,9 @@ impl RedisCluster {
                 "yes".into(),
                 "--cluster-config-file".into(),
                 conf.display().to_string(),
-                "--save".into(),
-                "".into(),
-                "--appendonly".into(),
-                "no".into(),
-                "--logfile".into(),
-                "".into(),
-                "--dir".into(),
-                dir.path().display().to_string(),
             ];
+            args.extend(EPHEMERAL.map(String::from));
+            args.extend(["--dir".into(), dir.path().display().to_string()]);
             let child = spawn(&args);
             nodes.push(RedisServer {
                 child: Some(child),
