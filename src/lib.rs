@@ -5,6 +5,44 @@
 //! (`WebSocketServerHelper` / `WebSocketEmitter`), so Ignis clients, Ignis
 //! servers on Bun and Ignis emitters work with it unchanged.
 //!
+//! ## Glossary
+//!
+//! One word per concept; where today's code still uses two, both are named
+//! (issue 13 renames them).
+//!
+//! * **client id** ([`ClientId`]) — the UUID a connection is known by on the
+//!   wire (`connected.data.id`); its last byte names the owning shard.
+//! * **connection key** ([`shard::ConnKey`]) — a shard-local slot index for
+//!   a connection, reused after it leaves; never leaves the shard. Not to be
+//!   confused with the client's *public key* (`shard::ClientKey`, the
+//!   encryption handshake's `publicKey`).
+//! * **upgrade** — the HTTP/1.1 request and `101` answer that turn a TCP
+//!   connection into a WebSocket (`proto::handshake`). **Authentication** —
+//!   the `authenticate` event and the authenticator's verdict
+//!   (`Shard::accept` when it succeeds; unrelated to the TCP `accept_loop`).
+//!   **Encryption handshake** — the ECDH key exchange inside
+//!   authentication. **Closing handshake** — the RFC 6455 close frames.
+//!   "Handshake" alone means the upgrade.
+//! * **Ending a connection**: *close* starts the closing handshake (close
+//!   frame queued, timer armed); *kill* marks it finished (nothing more is
+//!   read or written, its task or the reaper will drop it); *reap*
+//!   deregisters dead parked connections; *remove* takes a finished
+//!   connection out of every index.
+//! * **parked** — an upgraded connection with no task of its own, read by
+//!   the shard's poller when its socket is ready (the default receive path).
+//! * **delivery** ([`delivery::Delivery`]) — one encoded frame plus its
+//!   target (client, user, room, broadcast) on its way to the shards; the
+//!   frame is shared by every recipient.
+//! * **envelope** — the JSON the Ignis cluster publishes on Redis
+//!   (`bridge::envelope`); **event** — a client message's `event` name.
+//! * **shard** — one core's thread, runtime, listener, clients and indexes
+//!   ([`shard::Shard`]); `io::conn::ShardIo` is its socket side
+//!   (`IoShard` is the shard type as the I/O layer instantiates it).
+//! * **publisher** — two today: `bridge::Publisher` (the Redis outbox every
+//!   node publishes through) and the HTTP `POST /api/publish` endpoint.
+//! * **control thread** — the process's one tokio thread for everything
+//!   that waits (webhooks, user futures, Redis) ([`control`]).
+//!
 //! ## The architecture in one screen
 //!
 //! Data flows one way: bytes from a socket → frames → client messages →
