@@ -58,6 +58,9 @@ pub struct ShardMetrics {
     pub deliveries_dropped_queue_full: AtomicU64,
     /// Clients closed by `--slow-client close`.
     pub slow_clients_closed: AtomicU64,
+    /// Upgraded connections parked in the shard's epoll (the readiness
+    /// receive path) since start.
+    pub parked_total: AtomicU64,
     /// Close frames sent, by code (see [`METRIC_CODES`]; last = other).
     pub closes_by_code: [AtomicU64; METRIC_CODES.len() + 1],
     /// Join requests and rooms joined/refused by the validator.
@@ -376,7 +379,7 @@ impl Registry {
             }
         }
         type Getter = fn(&ShardMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Getter); 26] = [
+        let counters: [(&str, &str, Getter); 27] = [
             (
                 "rooms_client_id_refused_total",
                 "Joins refused because the room is named by another client's id (any UUID form).",
@@ -450,6 +453,11 @@ impl Registry {
                 "frames_dropped_total",
                 "Frames dropped for slow or closing clients.",
                 |s| &s.frames_dropped,
+            ),
+            (
+                "connections_parked_total",
+                "Upgraded connections parked in the shard's epoll (readiness receive) since start.",
+                |s| &s.parked_total,
             ),
             (
                 "slow_clients_closed_total",

@@ -261,6 +261,11 @@ pub struct Config {
     pub events_webhook_concurrency: usize,
     /// Time allowed for one events-webhook POST.
     pub events_webhook_timeout: Duration,
+    /// Keep a task per upgraded connection instead of parking it in the
+    /// shard's epoll: the readiness path's fallback when that epoll cannot
+    /// be created. Not a flag; set by the tests that force the fallback.
+    #[doc(hidden)]
+    pub io_task_per_connection: bool,
     /// Bytes of deliveries waiting in one shard's channel; a delivery that
     /// does not fit is refused (`SendError::Overloaded`, 503 on
     /// `/api/publish`) and counted.
@@ -319,6 +324,7 @@ impl Default for Config {
             events_webhook_timeout: Duration::from_millis(5_000),
             shard_queue_limit: 64 << 20,
             control_max_tasks: 16_384,
+            io_task_per_connection: false,
         }
     }
 }
@@ -1123,6 +1129,7 @@ impl ServeArgs {
                 .map(|b| b.0)
                 .unwrap_or(d.shard_queue_limit),
             control_max_tasks: self.control_max_tasks.unwrap_or(d.control_max_tasks),
+            io_task_per_connection: false,
         };
         cfg.validate()?;
         Ok(cfg)

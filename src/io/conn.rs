@@ -137,11 +137,17 @@ impl ShardIo {
             scratch: RefCell::new(vec![0; SCRATCH]),
             handshaking: Cell::new(0),
             registry,
-            ep: epoll::create(epoll::CreateFlags::CLOEXEC)
-                .map_err(io::Error::from)
-                .and_then(PollFd::new)
-                .map_err(|e| tracing::warn!(error = %e, "no shard epoll: one task per connection"))
-                .ok(),
+            ep: if c.io_task_per_connection {
+                None
+            } else {
+                epoll::create(epoll::CreateFlags::CLOEXEC)
+                    .map_err(io::Error::from)
+                    .and_then(PollFd::new)
+                    .map_err(
+                        |e| tracing::warn!(error = %e, "no shard epoll: one task per connection"),
+                    )
+                    .ok()
+            },
         })
     }
 
@@ -602,6 +608,7 @@ fn park(io: &ShardIo, key: ConnKey) {
     match epoll::add(ep, &conn.sock, ep_data(key, conn.generation), flags) {
         Ok(()) => {
             conn.parked = true;
+            ShardMetrics::add(&sh.ctx.metrics.parked_total, 1);
         }
         Err(e) => {
             tracing::warn!(error = %e, "the shard's epoll refused a connection; dropping it");
