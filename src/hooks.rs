@@ -183,7 +183,10 @@ async fn dispatch(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let last_warn = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    // One WARN per 10 s at most: a dead webhook must not flood the log.
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(crate::throttle::Throttle::new(
+        std::time::Duration::from_secs(10),
+    )));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -197,7 +200,7 @@ async fn dispatch(
             .header("content-type", "application/json")
             .body(body);
         let metrics = metrics.clone();
-        let last_warn = last_warn.clone();
+        let warnings = warnings.clone();
         tokio::spawn(async move {
             let failure = match req.send().await {
                 Ok(r) if r.status().is_success() => None,
@@ -217,22 +220,14 @@ async fn dispatch(
                 Some(why) => {
                     metrics.webhook_failed.fetch_add(1, Relaxed);
                     tracing::debug!(error = %why, "events webhook call failed");
-                    // One WARN per 10 s at most: a dead webhook must not
-                    // flood the log.
-                    let now = std::time::Instant::now();
-                    let warn = match last_warn.lock() {
-                        Ok(mut last) => {
-                            let due = last.is_none_or(|t| now.duration_since(t).as_secs() >= 10);
-                            if due {
-                                *last = Some(now);
-                            }
-                            due
-                        }
-                        Err(_) => false,
-                    };
-                    if warn {
+                    let warn = warnings
+                        .lock()
+                        .ok()
+                        .and_then(|mut t| t.hit(std::time::Instant::now()));
+                    if let Some(failures) = warn {
                         tracing::warn!(
                             error = %why,
+                            failures,
                             failed_total = metrics.webhook_failed.load(Relaxed),
                             "events webhook calls are failing (see ignis_ws_events_forwarded_total)"
                         );

@@ -264,7 +264,7 @@ pub async fn serve_private(
         }
     };
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PRIVATE_MAX_CONNS));
-    let mut errors_logged: Option<std::time::Instant> = None;
+    let mut errors = crate::throttle::Throttle::new(std::time::Duration::from_secs(1));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -272,9 +272,8 @@ pub async fn serve_private(
         let (stream, _) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
-                if errors_logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
-                    tracing::warn!(error = %e, "--metrics-listen: accept failed");
-                    errors_logged = Some(std::time::Instant::now());
+                if let Some(failures) = errors.hit(std::time::Instant::now()) {
+                    tracing::warn!(error = %e, failures, "--metrics-listen: accept failed");
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;

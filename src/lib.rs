@@ -80,10 +80,11 @@
 //! * [`config`] — every setting, its default and where the default comes from.
 //! * [`http`] — `/health` and `/metrics`.
 //! * [`secrets`] — redacting URLs with credentials for logs and errors.
+//! * [`throttle`] — logging a recurring failure at most once per period.
 //!
 //! Layers, each importing only those below it (no import circle between
 //! top-level modules; `../shared/tools/modcycles.py src` checks):
-//! `proto`, `secrets` → `auth` → `control` → `metrics`, `config`, `error`,
+//! `proto`, `secrets`, `throttle` → `auth` → `control` → `metrics`, `config`, `error`,
 //! `delivery` → `bridge` (Redis; reaches the shards through the
 //! [`bridge::LocalDelivery`] trait) → `hooks` → `shard` → `handle` → `http`
 //! → `io` → `runtime`; `bench` and `fuzzing` on top.
@@ -107,6 +108,7 @@ pub mod proto;
 pub mod runtime;
 pub mod secrets;
 pub mod shard;
+pub mod throttle;
 
 pub use config::Config;
 pub use error::Error;

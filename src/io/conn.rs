@@ -160,34 +160,30 @@ fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-/// Accept failures (EMFILE, ENFILE, ENOBUFS, …) recur on every retry
-/// while their cause lasts: each is counted, and logged at most once per
-/// second per shard with how many failed since the last line.
-#[derive(Debug, Default)]
-struct AcceptErrors {
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
 /// Retry pause after a failed accept (the cause, e.g. no free fd, rarely
 /// clears faster).
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
+/// Accept failures (EMFILE, ENFILE, ENOBUFS, …) recur on every retry
+/// while their cause lasts: each is counted, and logged at most once per
+/// second per shard with how many failed since the last line.
+struct AcceptErrors(crate::throttle::Throttle);
+
+impl Default for AcceptErrors {
+    fn default() -> Self {
+        AcceptErrors(crate::throttle::Throttle::new(Duration::from_secs(1)))
+    }
+}
+
 impl AcceptErrors {
     fn failed(&mut self, e: &io::Error, m: &ShardMetrics, now: Instant) {
         ShardMetrics::add(&m.accept_errors, 1);
-        self.unlogged += 1;
-        if self
-            .last_logged
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
+        if let Some(failures) = self.0.hit(now) {
             tracing::warn!(
                 error = %e,
-                failures = self.unlogged,
+                failures,
                 "accept failed; retrying (logged at most once per second)"
             );
-            self.last_logged = Some(now);
-            self.unlogged = 0;
         }
     }
 }
