@@ -15,12 +15,11 @@ use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ignis_ws::Config;
 use ignis_ws::auth::InsecureAuthenticator;
-use ignis_ws::control::Control;
 use ignis_ws::handle::{Delivery, Target, encode};
 use ignis_ws::hooks::NoHooks;
-use ignis_ws::metrics::ShardMetrics;
 use ignis_ws::proto::frame::{OpCode, encode_frame};
-use ignis_ws::shard::{Shard, ShardCtx};
+use ignis_ws::shard::ShardCtx;
+use ignis_ws::shard::memory::MemoryDriver;
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -51,33 +50,30 @@ const CLIENTS: usize = 10_000;
 const SHARDS: usize = 2;
 
 /// An empty in-memory shard: insecure authentication, a 64 MiB budget
-/// per client (the bench empties the queues itself).
-fn new_shard(index: usize, control: &Control, config: Config, max_conns: usize) -> Shard<()> {
-    let (tx, _rx) = flume::unbounded();
+/// per client; its clients' sockets take everything and keep nothing.
+fn new_driver(index: usize, config: Config, max_conns: usize) -> MemoryDriver {
     let ctx = ShardCtx {
         index,
         config: Arc::new(Config {
             backpressure_limit: 64 * 1024 * 1024,
             ..config
         }),
-        authenticator: Arc::new(InsecureAuthenticator),
-        room_validator: None,
-        hooks: Arc::new(NoHooks),
-        control: control.handle(),
-        metrics: Arc::new(ShardMetrics::default()),
-        self_tx: tx,
+        metrics: Arc::default(),
         max_conns,
+        has_room_validator: false,
+        wants_messages: false,
     };
-    Shard::new(ctx, Instant::now())
+    MemoryDriver::new(
+        ctx,
+        Arc::new(InsecureAuthenticator),
+        None,
+        Arc::new(NoHooks),
+        Instant::now(),
+    )
 }
 
-fn shard(index: usize, control: &Control) -> Shard<()> {
-    let config = Config {
-        room_allow: vec!["**".into()],
-        ..Config::default()
-    };
-    let now = Instant::now();
-    let mut s = new_shard(index, control, config, CLIENTS);
+fn shard(index: usize) -> MemoryDriver {
+    let mut d = new_driver(index, Config::default(), CLIENTS);
     let mut auth = BytesMut::new();
     encode_frame(
         &mut auth,
@@ -88,34 +84,19 @@ fn shard(index: usize, control: &Control) -> Shard<()> {
     );
     for _ in 0..CLIENTS / SHARDS {
         // Authenticated through the real path: joins ws-default.
-        s.register((), &auth, now);
+        d.connect_discarding(&auth);
     }
-    reset(&mut s);
-    s
+    d
 }
 
-/// Empty every queue (the sockets' job in the server). The dirty list is
-/// swapped with a kept vector, as the flusher does, so its capacity is
-/// reused.
-fn reset(s: &mut Shard<()>) {
-    thread_local! {
-        static SPARE: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SPARE.with(|spare| {
-        let mut spare = spare.borrow_mut();
-        s.take_dirty(&mut spare);
-        spare.clear();
-    });
-    for (_, c) in s.conns.iter_mut() {
-        c.out.clear();
-        c.out_bytes = 0;
-        c.dirty = false;
-    }
+/// Write out every queue (the sockets' job in the server), through the
+/// shard's write protocol; the dirty list's capacity is reused.
+fn reset(d: &mut MemoryDriver) {
+    d.run();
 }
 
 fn fanout(c: &mut Criterion) {
-    let control = Control::start().unwrap();
-    let mut shards: Vec<Shard<()>> = (0..SHARDS).map(|i| shard(i, &control)).collect();
+    let mut shards: Vec<MemoryDriver> = (0..SHARDS).map(shard).collect();
     for size in [100usize, 1024] {
         let data = "x".repeat(size.saturating_sub(30));
         let d = Delivery {
@@ -126,12 +107,12 @@ fn fanout(c: &mut Criterion) {
         // One delivery to warm the queues' capacity, then count.
         let now = Instant::now();
         for s in shards.iter_mut() {
-            s.deliver(&d, now);
+            s.shard.deliver(&d, now);
             reset(s);
         }
         let before = ALLOCS.load(Relaxed);
         for s in shards.iter_mut() {
-            s.deliver(&d, now);
+            s.shard.deliver(&d, now);
         }
         let allocs = ALLOCS.load(Relaxed) - before;
         println!("fanout/{size}B: {allocs} allocations for one delivery to {CLIENTS} clients");
@@ -147,7 +128,7 @@ fn fanout(c: &mut Criterion) {
                     let now = Instant::now();
                     let t0 = Instant::now();
                     for s in shards.iter_mut() {
-                        s.deliver(black_box(&d), now);
+                        s.shard.deliver(black_box(&d), now);
                     }
                     t += t0.elapsed();
                     for s in shards.iter_mut() {
@@ -160,7 +141,6 @@ fn fanout(c: &mut Criterion) {
         g.finish();
     }
     drop(shards);
-    control.join();
 }
 
 /// One room message to 1,000 encrypted clients on one shard: the
@@ -169,13 +149,11 @@ fn fanout(c: &mut Criterion) {
 fn fanout_encrypted(c: &mut Criterion) {
     use base64::Engine as _;
     const ENC: usize = 1000;
-    let control = Control::start().unwrap();
     let config = Config {
         encryption: ignis_ws::config::EncryptionMode::Required,
         ..Config::default()
     };
-    let now = Instant::now();
-    let mut s = new_shard(0, &control, config, ENC);
+    let mut s = new_driver(0, config, ENC);
     for _ in 0..ENC {
         let k =
             aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256).unwrap();
@@ -191,9 +169,9 @@ fn fanout_encrypted(c: &mut Criterion) {
             msg.as_bytes(),
             Some([1, 2, 3, 4]),
         );
-        s.register((), &auth, now);
+        s.connect_discarding(&auth);
     }
-    assert!(s.conns.iter().all(|(_, c)| c.encrypted));
+    assert!(s.shard.conns().all(|(_, c)| c.is_encrypted()));
     reset(&mut s);
     for size in [100usize, 1024] {
         let data = "x".repeat(size.saturating_sub(30));
@@ -210,8 +188,8 @@ fn fanout_encrypted(c: &mut Criterion) {
                 for _ in 0..iters {
                     let now = Instant::now();
                     let t0 = Instant::now();
-                    s.deliver(black_box(&d), now);
-                    while s.run_encryption(usize::MAX) {}
+                    s.shard.deliver(black_box(&d), now);
+                    while s.shard.run_encryption(usize::MAX) {}
                     t += t0.elapsed();
                     reset(&mut s);
                 }
@@ -221,7 +199,6 @@ fn fanout_encrypted(c: &mut Criterion) {
         g.finish();
     }
     drop(s);
-    control.join();
 }
 
 criterion_group!(benches, fanout, fanout_encrypted);

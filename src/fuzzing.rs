@@ -420,49 +420,19 @@ pub fn redis_envelope(data: &[u8]) {
 /// optionally after a valid `authenticate`. Never panics, and afterwards
 /// the room index agrees with the connection's own list of rooms.
 pub fn client_message(data: &[u8]) {
-    use std::sync::{Arc, OnceLock};
     use std::time::Instant;
 
-    use crate::auth::InsecureAuthenticator;
     use crate::config::Config;
-    use crate::control::{Control, ControlHandle};
-    use crate::hooks::NoHooks;
-    use crate::metrics::ShardMetrics;
-    use crate::shard::{Shard, ShardCtx};
+    use crate::shard::memory::MemoryDriver;
 
-    static CONTROL: OnceLock<ControlHandle> = OnceLock::new();
     let Some((&flags, input)) = data.split_first() else {
         return;
     };
-    let control = CONTROL.get_or_init(|| match Control::start() {
-        Ok(c) => {
-            let h = c.handle();
-            // The control thread lives for the whole fuzzing process.
-            std::mem::forget(c);
-            h
-        }
-        Err(e) => panic!("control thread: {e}"),
-    });
-    let (tx, _rx) = flume::unbounded();
     let config = Config {
         room_allow: vec!["**".into()],
         ..Config::default()
     };
-    let ctx = ShardCtx {
-        index: 0,
-        config: Arc::new(config),
-        authenticator: Arc::new(InsecureAuthenticator),
-        room_validator: Some(Arc::new(crate::auth::rooms::GlobRoomValidator::new(vec![
-            "**".into(),
-        ]))),
-        hooks: Arc::new(NoHooks),
-        control: control.clone(),
-        metrics: Arc::new(ShardMetrics::default()),
-        self_tx: tx,
-        max_conns: 4,
-    };
-    let now = Instant::now();
-    let mut shard: Shard<()> = Shard::new(ctx, now);
+    let mut d = MemoryDriver::insecure(config, 4, Instant::now());
     let mut wire = BytesMut::new();
     if flags & 1 == 1 {
         encode_frame(
@@ -481,14 +451,15 @@ pub fn client_message(data: &[u8]) {
         };
         encode_frame(&mut wire, true, opcode, msg, Some([9, 8, 7, 6]));
     }
-    let (key, _) = shard.register((), &[], now);
+    let key = d.connect(&[]);
     // Feed in a few reads, as a socket would deliver them.
     for part in chunks(&wire, flags) {
-        shard.on_bytes(key, part, now);
+        d.send(key, part);
     }
-    shard.on_tick(now);
-    if let Some(conn) = shard.conns.get(key as usize) {
-        for rid in &conn.rooms {
+    d.advance(std::time::Duration::from_millis(1));
+    let shard = &mut d.shard;
+    if let Some(conn) = shard.conn(key) {
+        for rid in conn.rooms() {
             assert!(
                 shard
                     .rooms

@@ -4,7 +4,6 @@
 //! hand back a [`Server`] with its [`Handle`].
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,8 +16,10 @@ use crate::control::Control;
 use crate::error::Error;
 use crate::handle::{Handle, Inner};
 use crate::hooks::{Hooks, NoHooks};
-use crate::io::conn::{self, ShardIo};
-use crate::io::driver::{self, Backend};
+use crate::io::backend::{self as driver, Backend};
+use crate::io::calls::Calls;
+use crate::io::shard_io::ShardIo;
+use crate::io::{accept, parked, tasks};
 use crate::metrics::{Registry, ShardMetrics};
 use crate::shard::{Shard, ShardCommand, ShardCtx};
 
@@ -304,13 +305,17 @@ impl ServerBuilder {
             let ctx = ShardCtx {
                 index: i,
                 config: config.clone(),
+                metrics: metrics[i].clone(),
+                max_conns: per_shard,
+                has_room_validator: room_validator.is_some(),
+                wants_messages: hooks.wants_messages(),
+            };
+            let calls = Calls {
                 authenticator: authenticator.clone(),
                 room_validator: room_validator.clone(),
                 hooks: hooks.clone(),
                 control: control.handle(),
-                metrics: metrics[i].clone(),
                 self_tx: tx,
-                max_conns: per_shard,
             };
             let core = config.pin_cores.then_some(i % cores);
             let registry = registry.clone();
@@ -318,7 +323,9 @@ impl ServerBuilder {
             let h = handle.clone();
             let t = std::thread::Builder::new()
                 .name(format!("ignis-shard-{i}"))
-                .spawn(move || run_shard(ctx, backend, core, listener, rx, registry, h, ready))?;
+                .spawn(move || {
+                    run_shard(ctx, calls, backend, core, listener, rx, registry, h, ready)
+                })?;
             threads.push(t);
         }
         drop(ready_tx);
@@ -477,6 +484,7 @@ fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<Socket>, Error> {
 #[allow(clippy::too_many_arguments)] // reason: a thread entry point taking what it owns
 fn run_shard(
     ctx: ShardCtx,
+    calls: Calls,
     backend: Backend,
     core: Option<usize>,
     listener: Socket,
@@ -500,12 +508,18 @@ fn run_shard(
     let run = std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             let shard = Shard::new(ctx, Instant::now());
-            let io = ShardIo::new(shard, registry, handle);
+            let io = match ShardIo::new(shard, calls, registry, handle) {
+                Ok(io) => io,
+                Err(e) => {
+                    let _ = ready.send(Err(format!("shard {index}: epoll_create: {e}")));
+                    return;
+                }
+            };
             let multishot =
                 backend == Backend::IoUring && io.shard.borrow().ctx.config.io_uring_multishot;
             let accept = match backend {
                 _ if !multishot => match compio::runtime::fd::PollFd::new(listener) {
-                    Ok(l) => compio::runtime::spawn(conn::accept_loop(io.clone(), l)),
+                    Ok(l) => compio::runtime::spawn(accept::accept_loop(io.clone(), l)),
                     Err(e) => {
                         let _ = ready.send(Err(format!("shard {index}: {e}")));
                         return;
@@ -513,23 +527,24 @@ fn run_shard(
                 },
                 // Multishot accept on the listener.
                 _ => match compio::net::TcpListener::from_std(listener.into()) {
-                    Ok(l) => compio::runtime::spawn(conn::accept_loop_uring(io.clone(), l)),
+                    Ok(l) => compio::runtime::spawn(accept::accept_loop_uring(io.clone(), l)),
                     Err(e) => {
                         let _ = ready.send(Err(format!("shard {index}: {e}")));
                         return;
                     }
                 },
             };
-            compio::runtime::spawn(conn::flusher(io.clone())).detach();
-            compio::runtime::spawn(conn::ticker(io.clone())).detach();
-            compio::runtime::spawn(conn::poller(io.clone())).detach();
-            compio::runtime::spawn(conn::reaper(io.clone())).detach();
-            if encryption_on {
-                compio::runtime::spawn(conn::encryptor(io.clone())).detach();
+            compio::runtime::spawn(tasks::flusher(io.clone())).detach();
+            compio::runtime::spawn(tasks::ticker(io.clone())).detach();
+            if !multishot {
+                compio::runtime::spawn(parked::poller(io.clone())).detach();
             }
-            compio::runtime::spawn(conn::commands(io.clone(), rx)).detach();
+            if encryption_on {
+                compio::runtime::spawn(tasks::encryptor(io.clone())).detach();
+            }
+            compio::runtime::spawn(tasks::commands(io.clone(), rx)).detach();
             let _ = ready.send(Ok(()));
-            wait_for_shutdown(&io).await;
+            io.shutting_down().await;
             // Stop accepting; the listener closes with the task.
             let _ = accept.cancel().await;
             let deadline = Instant::now() + shutdown_timeout;
@@ -547,19 +562,6 @@ fn run_shard(
         tracing::error!(shard = index, "shard panicked; aborting the process");
         std::process::abort();
     }
-}
-
-async fn wait_for_shutdown(io: &Rc<ShardIo>) {
-    std::future::poll_fn(|cx| {
-        let mut sh = io.shard.borrow_mut();
-        if sh.shutting_down {
-            std::task::Poll::Ready(())
-        } else {
-            sh.shutdown_waker = Some(cx.waker().clone());
-            std::task::Poll::Pending
-        }
-    })
-    .await;
 }
 
 pub use crate::io::mem::release_free_memory;

@@ -200,8 +200,3 @@ io_tests!(
     over_budget_client_is_closed_1008,
     reader_that_catches_up_gets_everything_in_order,
 );
-
-task_per_connection_tests!(
-    stalled_client_does_not_slow_a_thousand_others,
-    over_budget_client_is_closed_1008,
-);

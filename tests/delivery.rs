@@ -225,7 +225,7 @@ async fn write_coalescing_shares_syscalls(io: IoMode) {
 
 /// Which receive path served the connections: parked in the shard's epoll
 /// (readiness, the default, on io_uring and epoll) or a task each
-/// (multishot, and the forced fallback).
+/// (multishot).
 async fn connections_take_the_expected_receive_path(io: IoMode) {
     let s = start(config(io));
     let h = s.handle();
@@ -233,7 +233,7 @@ async fn connections_take_the_expected_receive_path(io: IoMode) {
     h.broadcast("b", &1, &[]).unwrap();
     assert_eq!(c.recv().await, json!({"event":"b","data":1}));
     let parked = counter(&h, |m| &m.parked_total);
-    let tasks = util::MULTISHOT.with(|m| m.get()) || util::TASK_PER_CONNECTION.with(|t| t.get());
+    let tasks = util::MULTISHOT.with(|m| m.get());
     assert_eq!(parked, u64::from(!tasks), "parked connections");
 }
 
@@ -246,12 +246,5 @@ io_tests!(
     room_with_exclude,
     broadcast_reaches_authenticated_only_with_exclude,
     many_clients_per_user,
-    closed_client_is_gone_from_every_index,
-);
-
-task_per_connection_tests!(
-    connections_take_the_expected_receive_path,
-    write_coalescing_shares_syscalls,
-    to_user_reaches_every_session_on_every_shard,
     closed_client_is_gone_from_every_index,
 );

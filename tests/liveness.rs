@@ -121,5 +121,3 @@ io_tests!(
     unauthenticated_clients_never_get_4002,
     server_pings_and_idle_timeout,
 );
-
-task_per_connection_tests!(server_pings_and_idle_timeout,);

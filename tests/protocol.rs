@@ -469,9 +469,3 @@ io_tests!(
     disconnect_during_auth_drops_the_result,
     arc_authenticator_is_shared,
 );
-
-task_per_connection_tests!(
-    invalid_json_gets_error,
-    auth_timeout_closes_4001,
-    disconnect_during_auth_drops_the_result,
-);

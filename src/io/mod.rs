@@ -1,34 +1,40 @@
-//! The socket side of a shard, on compio.
+//! The socket side of a shard, on compio: one thin driver per way of
+//! serving connections, and what they share.
 //!
 //! ## The contract
 //! * Each shard thread runs one single-threaded compio runtime (io_uring or
-//!   epoll, see [`driver`]). Its tasks: the accept loop, one task per
-//!   connection while it upgrades, the poller and the reaper, the flusher,
-//!   the ticker, the command loop (and the encryptor with encryption on).
-//!   They share the shard through an `Rc<RefCell<Shard>>`; a borrow is
-//!   never held across an `.await`.
-//! * After the upgrade a connection is *parked*: its socket is registered
-//!   in a shard-owned epoll instance and its task ends. The poller waits
-//!   for that epoll fd through compio, then `recv`s every ready connection
-//!   into one shard-wide scratch buffer. An idle connection holds no task,
-//!   no future, no pending operation and no read buffer; only the bytes of
-//!   an incomplete frame are kept per connection. (With `--io-uring-recv
-//!   multishot` each connection keeps its task and a multishot receive
-//!   into the provided-buffer ring instead.)
-//! * Writes: the shard queues shared frames (`Bytes`) per connection and
-//!   lists the connection as dirty; the flusher runs after the other ready
-//!   tasks of the loop turn and writes each dirty connection's whole queue
-//!   with one `sendmsg` (one syscall per client per turn, however many
-//!   messages queued). A socket that does not take everything is marked
-//!   write-blocked: a parked connection adds write interest to its epoll
-//!   entry, a connection with a task waits for writability in it.
-//! * Ownership: the shard's `Conn` holds the connection's `SharedFd`. A
-//!   dead parked connection is queued for the reaper, which deregisters it
-//!   from the epoll and removes it (closing the fd); a connection with a
-//!   task is removed when its task ends.
+//!   epoll, see [`backend`]). The shard ([`crate::shard`]) is a sans-io
+//!   state machine; [`shard_io::ShardIo`] holds it in a `RefCell` with the
+//!   driver's per-connection state ([`shard_io::ConnSock`]), and carries
+//!   out its outputs after every input ([`shard_io::ShardIo::with`]). A
+//!   borrow is never held across an `.await`.
+//! * Every connection starts in [`accept`] and [`upgrade`] (the HTTP
+//!   request, plain HTTP answers, the WebSocket upgrade). Then one of two
+//!   drivers serves it:
+//!   - [`parked`] (default, both back ends): the socket is registered in a
+//!     shard-owned epoll instance and the connection has no task; the
+//!     poller `recv`s every ready connection into one shard-wide scratch
+//!     buffer. An idle connection is an epoll entry and a slab record.
+//!   - [`multishot`] (`--io-uring-recv multishot`): a task per connection
+//!     with a multishot receive into the provided-buffer ring.
+//! * Writes ([`tasks::flush_one`]): the shard queues shared frames (`Bytes`)
+//!   per connection and lists the connection as dirty; the flusher runs
+//!   after the other ready tasks of the loop turn and writes each dirty
+//!   connection's whole queue with one `sendmsg` (one syscall per client
+//!   per turn, however many messages queued).
+//! * Ownership: the shard's record holds the socket. A finished connection
+//!   ([`crate::shard::Event::Closed`]) is removed from the shard at once:
+//!   a parked one leaves the epoll and its socket closes; a task's
+//!   connection wakes its task, which ends and drops its handle.
 
-pub mod conn;
-pub mod driver;
+pub mod accept;
+pub mod backend;
+pub mod calls;
 pub mod mem;
+pub mod multishot;
+pub mod parked;
+pub mod shard_io;
+pub mod tasks;
+pub mod upgrade;
 
-pub use driver::Backend;
+pub use backend::Backend;

@@ -58,31 +58,10 @@ macro_rules! io_tests {
     };
 }
 
-/// The same tests once more with upgraded connections kept in a task each
-/// instead of parked in the shard's epoll (the readiness path's fallback
-/// when that epoll cannot be created): a few per file, not every behaviour
-/// four times.
-#[macro_export]
-macro_rules! task_per_connection_tests {
-    ($($name:ident),* $(,)?) => {
-        mod task_per_connection {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $crate::util::TASK_PER_CONNECTION.with(|t| t.set(true));
-                    super::$name(ignis_ws::config::IoMode::Uring).await
-                }
-            )*
-        }
-    };
-}
-
 thread_local! {
     /// Set by the `uring_multishot` test variants: io_uring with multishot
     /// accept/recv instead of readiness.
     pub static MULTISHOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Set by the `task_per_connection` test variants.
-    pub static TASK_PER_CONNECTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A test configuration: free port, 2 shards, no pinning, insecure auth,
@@ -90,7 +69,6 @@ thread_local! {
 pub fn config(io: IoMode) -> Config {
     Config {
         io_uring_multishot: MULTISHOT.with(|m| m.get()),
-        io_task_per_connection: TASK_PER_CONNECTION.with(|t| t.get()),
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         pin_cores: false,

@@ -1,0 +1,255 @@
+//! What a shard's tasks share: the shard itself, the driver's
+//! per-connection state ([`ConnSock`]), the wakers of the shard's tasks,
+//! and the handling of the shard's events after every input
+//! ([`ShardIo::with`]): dropping finished connections, calling user code
+//! ([`calls`](super::calls)), waking the flusher and the encryptor.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use compio::driver::SharedFd;
+use compio::runtime::fd::PollFd;
+use rustix::event::epoll;
+use socket2::Socket;
+
+use super::calls::Calls;
+use crate::metrics::{Registry, ShardMetrics};
+use crate::proto::handshake::HandshakeLimits;
+use crate::shard::{ConnKey, Event, Shard};
+
+/// The shard as the I/O layer instantiates it.
+pub type IoShard = Shard<ConnSock>;
+
+/// The driver's state of one upgraded connection, kept in its shard record.
+#[derive(Debug)]
+pub enum ConnSock {
+    /// Watched by the shard's epoll ([`super::parked`]); the record alone
+    /// owns the socket, and the connection has no task of its own.
+    Parked { sock: Socket, write_blocked: bool },
+    /// Served by a task of its own ([`super::multishot`]), which shares the
+    /// socket and is woken through `waker`.
+    Task {
+        fd: SharedFd<Socket>,
+        write_blocked: bool,
+        waker: Option<Box<Waker>>,
+    },
+}
+
+impl ConnSock {
+    /// The socket did not take everything: waiting for writability.
+    pub fn write_blocked(&self) -> bool {
+        match self {
+            ConnSock::Parked { write_blocked, .. } | ConnSock::Task { write_blocked, .. } => {
+                *write_blocked
+            }
+        }
+    }
+
+    pub fn set_write_blocked(&mut self, b: bool) {
+        match self {
+            ConnSock::Parked { write_blocked, .. } | ConnSock::Task { write_blocked, .. } => {
+                *write_blocked = b
+            }
+        }
+    }
+}
+
+impl AsFd for ConnSock {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ConnSock::Parked { sock, .. } => sock.as_fd(),
+            ConnSock::Task { fd, .. } => fd.as_fd(),
+        }
+    }
+}
+
+/// Everything a shard's tasks share.
+pub struct ShardIo {
+    pub shard: RefCell<IoShard>,
+    /// User code the shard's events ask for.
+    pub(super) calls: Calls,
+    /// For `POST /api/publish`.
+    pub(super) handle: crate::handle::Handle,
+    pub(super) api_key: Option<String>,
+    pub(super) max_body: usize,
+    /// `POST /api/publish` bodies being read now, and how many may be
+    /// (this shard's share of `--api-max-pending-bodies`).
+    pub(super) bodies: Cell<usize>,
+    pub(super) max_bodies: usize,
+    /// `/metrics` is served on this port (not moved by `--metrics-listen`).
+    pub(super) metrics_public: bool,
+    /// The shard-wide read buffer.
+    pub(super) scratch: RefCell<Vec<u8>>,
+    /// Connections accepted but not yet upgraded (they count against
+    /// `max_connections` too).
+    pub(super) handshaking: Cell<usize>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) limits: HandshakeLimits,
+    pub(super) path: String,
+    pub(super) handshake_timeout: Duration,
+    /// The shard's own epoll instance for parked connections (see
+    /// [`super::parked`]).
+    pub(super) ep: PollFd<OwnedFd>,
+    flush_waker: Cell<Option<Waker>>,
+    encrypt_waker: Cell<Option<Waker>>,
+    shutdown_waker: Cell<Option<Waker>>,
+}
+
+/// Size of the shard-wide read buffer.
+const SCRATCH: usize = 64 * 1024;
+
+impl ShardIo {
+    /// Wrap a shard. Fails if the shard's epoll instance cannot be
+    /// created.
+    pub fn new(
+        shard: IoShard,
+        calls: Calls,
+        registry: Arc<Registry>,
+        handle: crate::handle::Handle,
+    ) -> io::Result<Rc<ShardIo>> {
+        let c = shard.ctx.config.clone();
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(io::Error::from)
+            .and_then(PollFd::new)?;
+        Ok(Rc::new(ShardIo {
+            calls,
+            handle,
+            api_key: c.api_key.clone(),
+            max_body: c.redis_max_message,
+            bodies: Cell::new(0),
+            max_bodies: c.api_max_pending_bodies.div_ceil(c.shards.max(1)).max(1),
+            metrics_public: c.metrics_listen.is_none(),
+            limits: HandshakeLimits {
+                max_head_bytes: c.max_handshake_bytes,
+                max_headers: 64,
+            },
+            path: c.path.clone(),
+            handshake_timeout: c.handshake_timeout,
+            shard: RefCell::new(shard),
+            scratch: RefCell::new(vec![0; SCRATCH]),
+            handshaking: Cell::new(0),
+            registry,
+            ep,
+            flush_waker: Cell::new(None),
+            encrypt_waker: Cell::new(None),
+            shutdown_waker: Cell::new(None),
+        }))
+    }
+
+    pub(super) fn metrics(&self) -> Arc<ShardMetrics> {
+        self.shard.borrow().ctx.metrics.clone()
+    }
+
+    /// Give the shard an input, then carry out what it asks for.
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(&mut IoShard) -> R) -> R {
+        let r = f(&mut self.shard.borrow_mut());
+        self.after();
+        r
+    }
+
+    /// Carry out the shard's outputs: its events, then wake the tasks
+    /// that have work (flusher, encryptor, shutdown).
+    pub fn after(&self) {
+        loop {
+            let ev = self.shard.borrow_mut().poll_event();
+            let Some(ev) = ev else { break };
+            match ev {
+                Event::Closed(key) => self.drop_conn(key),
+                Event::Authenticate {
+                    key,
+                    generation,
+                    request,
+                } => {
+                    let answer = self.calls.authenticate(key, generation, request);
+                    self.shard.borrow_mut().handle_auth_answer(
+                        key,
+                        generation,
+                        answer,
+                        Instant::now(),
+                    );
+                }
+                Event::Validate {
+                    key,
+                    generation,
+                    request,
+                } => {
+                    let requested = request.rooms.clone();
+                    let answer = self.calls.validate(key, generation, request);
+                    self.shard.borrow_mut().handle_join_answer(
+                        key,
+                        generation,
+                        &requested,
+                        answer,
+                        Instant::now(),
+                    );
+                }
+                Event::Hook(call) => self.calls.hook(call),
+            }
+        }
+        let sh = self.shard.borrow();
+        if sh.has_dirty()
+            && let Some(w) = self.flush_waker.take()
+        {
+            w.wake();
+        }
+        if sh.has_encryption_work()
+            && let Some(w) = self.encrypt_waker.take()
+        {
+            w.wake();
+        }
+        if sh.is_shutting_down()
+            && let Some(w) = self.shutdown_waker.take()
+        {
+            w.wake();
+        }
+    }
+
+    /// A finished connection: out of the shard, its socket closed (a
+    /// parked one leaves the epoll first), its task (if any) woken to end.
+    fn drop_conn(&self, key: ConnKey) {
+        let sock = self.shard.borrow_mut().remove(key);
+        match sock {
+            Some(ConnSock::Parked { sock, .. }) => {
+                let _ = epoll::delete(&self.ep, &sock);
+            }
+            Some(ConnSock::Task { waker: Some(w), .. }) => w.wake(),
+            Some(ConnSock::Task { waker: None, .. }) | None => {}
+        }
+    }
+
+    /// Wait until `ready` says there is work; `slot` keeps the waker.
+    async fn wait(&self, slot: &Cell<Option<Waker>>, ready: impl Fn(&IoShard) -> bool) {
+        std::future::poll_fn(|cx| {
+            if ready(&self.shard.borrow()) {
+                std::task::Poll::Ready(())
+            } else {
+                slot.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Until some connection has queued output.
+    pub(super) async fn dirty(&self) {
+        self.wait(&self.flush_waker, |sh| sh.has_dirty()).await
+    }
+
+    /// Until frames wait to be encrypted.
+    pub(super) async fn encryption_work(&self) {
+        self.wait(&self.encrypt_waker, |sh| sh.has_encryption_work())
+            .await
+    }
+
+    /// Until `Shutdown` arrived.
+    pub async fn shutting_down(&self) {
+        self.wait(&self.shutdown_waker, |sh| sh.is_shutting_down())
+            .await
+    }
+}

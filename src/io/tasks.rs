@@ -1,0 +1,205 @@
+//! The shard-wide tasks every driver shares: the flusher (each dirty
+//! connection's whole queue in one `sendmsg` per loop turn), the
+//! encryptor (per-client encryption in batches), the ticker (timers, wall
+//! clock, returning freed memory) and the command loop (the shard's
+//! channel).
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::io::Errno;
+use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
+
+use super::shard_io::{ConnSock, ShardIo};
+use crate::shard::IoVec;
+use crate::shard::{ConnKey, ShardCommand};
+
+/// Write one connection's queue: everything queued, one `sendmsg` (more
+/// only past `MAX_IOV` frames). A socket that does not take everything
+/// is marked write-blocked: a parked connection adds write interest to its
+/// epoll entry, a connection with a task is woken to wait for
+/// writability. Callers run [`ShardIo::after`] afterwards.
+pub fn flush_one(io: &ShardIo, key: ConnKey) {
+    let mut sh = io.shard.borrow_mut();
+    let Some(conn) = sh.conn(key) else {
+        return;
+    };
+    if conn.is_dead() || conn.sock().write_blocked() {
+        return;
+    }
+    let mut blocked = false;
+    loop {
+        let mut iov = IoVec::new();
+        let want = sh.transmit(key, &mut iov);
+        if want == 0 {
+            break;
+        }
+        let Some(conn) = sh.conn(key) else {
+            return;
+        };
+        let r = rustix::net::sendmsg(
+            conn.sock(),
+            &iov,
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        );
+        drop(iov);
+        match r {
+            Ok(n) => {
+                sh.handle_written(key, n);
+                if n < want {
+                    blocked = true;
+                    break;
+                }
+            }
+            Err(Errno::AGAIN) => {
+                blocked = true;
+                break;
+            }
+            Err(Errno::INTR) => {}
+            Err(_) => {
+                sh.handle_io_error(key);
+                return;
+            }
+        }
+    }
+    if blocked {
+        let Some(conn) = sh.conn_mut(key) else {
+            return;
+        };
+        conn.sock_mut().set_write_blocked(true);
+        match conn.sock_mut() {
+            ConnSock::Parked { .. } => {
+                drop(sh);
+                super::parked::update_interest(io, key);
+            }
+            ConnSock::Task { waker, .. } => {
+                if let Some(w) = waker {
+                    w.wake_by_ref();
+                }
+            }
+        }
+        return;
+    }
+    if sh.handle_flushed(key)
+        && let Some(conn) = sh.conn(key)
+    {
+        // Our close frame is out: FIN tells the client nothing follows.
+        let _ = rustix::net::shutdown(conn.sock(), Shutdown::Write);
+    }
+}
+
+/// Write every dirty connection, once per loop turn (or, with
+/// `--write-coalesce-us`, once per coalescing window).
+pub async fn flusher(io: Rc<ShardIo>) {
+    let mut keys: Vec<ConnKey> = Vec::new();
+    let coalesce = io.shard.borrow().ctx.config.write_coalesce;
+    loop {
+        io.dirty().await;
+        if !coalesce.is_zero() && !io.shard.borrow().is_shutting_down() {
+            compio::time::sleep(coalesce).await;
+        }
+        io.shard.borrow_mut().poll_dirty(&mut keys);
+        for &k in &keys {
+            flush_one(&io, k);
+        }
+        io.after();
+    }
+}
+
+/// Encrypt frames for encrypted clients, at most `encrypted_batch_limit`
+/// per loop turn: between batches the task yields, so a room full of
+/// encrypted clients cannot starve reads, accepts and plain deliveries.
+pub async fn encryptor(io: Rc<ShardIo>) {
+    let limit = io.shard.borrow().ctx.config.encrypted_batch_limit;
+    loop {
+        io.encryption_work().await;
+        let more = io.with(|sh| sh.run_encryption(limit));
+        if more {
+            yield_now().await;
+        }
+    }
+}
+
+/// Let every other ready task of the shard run once.
+pub async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// The wall clock in milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Run the shard's timers and keep its wall clock.
+pub async fn ticker(io: Rc<ShardIo>) {
+    let period = io.shard.borrow().tick_interval();
+    let mut next_release = Instant::now() + RELEASE_EVERY;
+    let mut churn_seen = churn(&io);
+    loop {
+        let now = Instant::now();
+        io.shard.borrow_mut().set_wall_clock(now, unix_ms());
+        compio::time::sleep(period).await;
+        let now = Instant::now();
+        io.with(|sh| sh.handle_timeout(now));
+        if now >= next_release {
+            next_release = now + RELEASE_EVERY;
+            // After connections came or went, once no upgrade is running.
+            let c = churn(&io);
+            if c != churn_seen && io.handshaking.get() == 0 {
+                churn_seen = c;
+                crate::io::mem::release_free_memory();
+            }
+        }
+    }
+}
+
+/// How often a shard may hand freed memory back (see
+/// [`crate::io::mem::release_free_memory`]).
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
+
+/// Changes whenever a connection was upgraded or removed, or a plain HTTP
+/// request (a publish body, a refused upgrade) was answered: after
+/// HTTP-only traffic too, the memory it used goes back.
+fn churn(io: &ShardIo) -> (u64, u64, u64, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sh = io.shard.borrow();
+    let m = &sh.ctx.metrics;
+    (
+        m.upgrades_total.load(Relaxed),
+        m.http_requests_total.load(Relaxed),
+        m.handshake_errors_total.load(Relaxed),
+        sh.len(),
+    )
+}
+
+/// Apply commands from the shard's channel, in batches.
+pub async fn commands(io: Rc<ShardIo>, rx: flume::Receiver<ShardCommand>) {
+    while let Ok(cmd) = rx.recv_async().await {
+        let now = Instant::now();
+        io.with(|sh| {
+            sh.handle_command(cmd, now);
+            for _ in 0..256 {
+                match rx.try_recv() {
+                    Ok(cmd) => sh.handle_command(cmd, now),
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+}

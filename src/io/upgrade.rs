@@ -1,0 +1,298 @@
+//! The HTTP side of a connection before it is a shard connection: read
+//! the request head (and a publish body), answer plain HTTP requests
+//! (`/health`, `/metrics`, `POST /api/publish`, errors) and the WebSocket
+//! upgrade, within `--handshake-timeout-ms`. The bytes come from a
+//! [`Source`]: readiness + `recv`, or an io_uring multishot receive.
+
+use std::io;
+
+use compio::runtime::fd::PollFd;
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags, Shutdown};
+use socket2::Socket;
+
+use super::shard_io::ShardIo;
+use crate::metrics::ShardMetrics;
+use crate::proto::handshake::{self, Request};
+
+/// Upgrade a new connection: `Some(rest)` with the bytes that followed the
+/// request head, `None` when it was answered (or failed, or timed out)
+/// and is done. Counted in `handshaking` meanwhile.
+pub(super) async fn upgrade(
+    io: &ShardIo,
+    pfd: &PollFd<Socket>,
+    src: &mut impl Source,
+) -> Option<Vec<u8>> {
+    handshaking(io, 1);
+    // Boxed: the upgrade's state lives only while it runs, not for the
+    // whole life of an idle connection's task.
+    let upgraded = Box::pin(compio::time::timeout(
+        io.handshake_timeout,
+        handshake_from(io, pfd, src),
+    ))
+    .await;
+    handshaking(io, -1);
+    match upgraded {
+        Ok(Ok(rest)) => rest,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection failed during the upgrade");
+            None
+        }
+        Err(_) => {
+            ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
+            let _ = Box::pin(write_all(
+                pfd,
+                &handshake::http_response(408, "text/plain", b"Request Timeout\n", &[]),
+            ))
+            .await;
+            None
+        }
+    }
+}
+
+/// Where the bytes of a connection come from before it is a shard
+/// connection.
+pub(super) trait Source {
+    /// Append what arrived to `buf` (stopping past `limit`); false at EOF.
+    async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool>;
+}
+
+/// Readiness + `recv` into the shard's scratch buffer.
+pub(super) struct Readiness<'a>(pub(super) &'a PollFd<Socket>);
+
+impl Source for Readiness<'_> {
+    async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
+        read_more(io, self.0, buf, limit).await
+    }
+}
+
+/// Write all of `data` to a socket that is not yet a shard connection.
+pub(super) async fn write_all(pfd: &PollFd<Socket>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::net::send(pfd_fd(pfd), data, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::AGAIN) => pfd.write_ready().await?,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Read what the socket has into `buf` (stopping past `limit` bytes).
+/// Returns false at end of stream.
+async fn read_more(
+    io: &ShardIo,
+    pfd: &PollFd<Socket>,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<bool> {
+    // The request is often there already: read first, wait only if not.
+    let (mut waited, mut got) = (false, false);
+    loop {
+        let r = {
+            let mut scratch = io.scratch.borrow_mut();
+            rustix::net::recv(pfd_fd(pfd), &mut scratch[..], RecvFlags::DONTWAIT).map(|(n, _)| {
+                buf.extend_from_slice(&scratch[..n]);
+                (n, n < scratch.len())
+            })
+        };
+        match r {
+            Ok((0, _)) => return Ok(false),
+            Ok((_, drained)) => {
+                got = true;
+                if drained {
+                    return Ok(true);
+                }
+            }
+            Err(Errno::AGAIN) if waited || got => return Ok(true),
+            Err(Errno::AGAIN) => {
+                pfd.read_ready().await?;
+                waited = true;
+                continue;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if buf.len() > limit {
+            return Ok(true);
+        }
+    }
+}
+
+/// Read the HTTP request head and answer it. `Some(rest)`: upgraded, with
+/// the bytes that followed the head; `None`: answered and done.
+async fn handshake_from(
+    io: &ShardIo,
+    pfd: &PollFd<Socket>,
+    src: &mut impl Source,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if !src.more(io, &mut buf, io.limits.max_head_bytes).await? {
+            return Ok(None);
+        }
+        let reply: Vec<u8> = match handshake::parse_request(&buf, &io.limits) {
+            Ok(None) => continue,
+            Ok(Some(Request::Upgrade {
+                path,
+                key,
+                head_len,
+            })) => {
+                let path = path.split('?').next().unwrap_or(path);
+                if path != io.path {
+                    ShardMetrics::add(&io.metrics().http_requests_total, 1);
+                    handshake::http_response(404, "text/plain", b"Not Found\n", &[])
+                } else {
+                    let resp = handshake::accept_response(key);
+                    let rest = buf[head_len..].to_vec();
+                    write_all(pfd, &resp).await?;
+                    return Ok(Some(rest));
+                }
+            }
+            Ok(Some(Request::Http {
+                method,
+                path,
+                head_len,
+                authorization,
+                content_length,
+            })) if method.eq_ignore_ascii_case("POST")
+                && path == crate::http::PUBLISH_PATH
+                && io.api_key.is_some() =>
+            {
+                ShardMetrics::add(&io.metrics().http_requests_total, 1);
+                let api_key = io.api_key.as_deref().unwrap_or_default();
+                let full = io.bodies.get() >= io.max_bodies;
+                match crate::http::publish_head(
+                    api_key,
+                    authorization,
+                    content_length,
+                    io.max_body,
+                    full,
+                ) {
+                    crate::http::PublishHead::Reply(r) => {
+                        if full && r.starts_with(b"HTTP/1.1 503") {
+                            ShardMetrics::add(&io.metrics().publish_bodies_refused, 1);
+                        }
+                        r
+                    }
+                    crate::http::PublishHead::ReadBody { len } => {
+                        let authorization = authorization.map(str::to_owned);
+                        let end = head_len + len;
+                        let _slot = BodySlot::take(io);
+                        while buf.len() < end {
+                            if !src.more(io, &mut buf, end).await? {
+                                return Ok(None);
+                            }
+                        }
+                        crate::http::publish(
+                            &io.handle,
+                            api_key,
+                            authorization.as_deref(),
+                            &buf[head_len..end],
+                        )
+                    }
+                }
+            }
+            Ok(Some(Request::Http { method, path, .. })) => {
+                ShardMetrics::add(&io.metrics().http_requests_total, 1);
+                crate::http::respond(
+                    &io.registry,
+                    method,
+                    path,
+                    crate::http::Endpoints {
+                        ws_path: Some(&io.path),
+                        api_enabled: io.api_key.is_some(),
+                        metrics: io.metrics_public,
+                    },
+                )
+            }
+            Err(e) => {
+                ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
+                tracing::debug!(error = %e, "bad upgrade request");
+                handshake::error_response(&e)
+            }
+        };
+        write_all(pfd, &reply).await?;
+        let _ = rustix::net::shutdown(pfd_fd(pfd), Shutdown::Write);
+        return Ok(None);
+    }
+}
+
+/// One publish body being read: counted in [`ShardIo::bodies`] until
+/// dropped (also when the read fails or times out).
+struct BodySlot<'a>(&'a ShardIo);
+
+impl<'a> BodySlot<'a> {
+    fn take(io: &'a ShardIo) -> BodySlot<'a> {
+        io.bodies.set(io.bodies.get() + 1);
+        io.metrics()
+            .publish_bodies
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BodySlot(io)
+    }
+}
+
+impl Drop for BodySlot<'_> {
+    fn drop(&mut self) {
+        self.0.bodies.set(self.0.bodies.get().saturating_sub(1));
+        self.0
+            .metrics()
+            .publish_bodies
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The multishot receive stream of an io_uring connection: the kernel
+/// picks a buffer from the shard's provided-buffer ring only when data
+/// arrives, so an idle connection holds none.
+pub(super) struct Multishot<
+    'a,
+    R: futures_util::Stream<Item = io::Result<compio::driver::BufferRef>> + Unpin,
+> {
+    pub(super) rx: &'a mut R,
+    pub(super) pfd: &'a PollFd<Socket>,
+}
+
+impl<R: futures_util::Stream<Item = io::Result<compio::driver::BufferRef>> + Unpin> Source
+    for Multishot<'_, R>
+{
+    async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, _limit: usize) -> io::Result<bool> {
+        use futures_util::StreamExt;
+        loop {
+            match self.rx.next().await {
+                Some(Ok(b)) => {
+                    buf.extend_from_slice(&b);
+                    return Ok(true);
+                }
+                Some(Err(e)) if is_no_buffers(&e) => {
+                    ShardMetrics::add(&io.metrics().recv_ring_empty, 1);
+                    self.pfd.read_ready().await?
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(false),
+            }
+        }
+    }
+}
+
+/// The provided-buffer ring is empty (every buffer is out): wait for
+/// readability, then re-arm the multishot receive.
+pub(super) fn is_no_buffers(e: &io::Error) -> bool {
+    // compio reports the kernel's ENOBUFS as `ResourceBusy`.
+    e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == io::ErrorKind::ResourceBusy
+}
+
+/// One more (`1`) or one fewer (`-1`) connection in its HTTP upgrade.
+fn handshaking(io: &ShardIo, delta: isize) {
+    io.handshaking
+        .set(io.handshaking.get().saturating_add_signed(delta));
+    io.metrics()
+        .handshaking
+        .fetch_add(delta as i64, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn pfd_fd(pfd: &PollFd<Socket>) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    pfd.as_fd()
+}

@@ -1,0 +1,92 @@
+//! Ending connections. The words: *close* starts the closing handshake
+//! (our close frame after what is queued, then the client's reply or the
+//! close deadline); *abort* ends a connection at once, with nothing more
+//! written ([`super::Event::Closed`]); the driver then drops the socket
+//! and *removes* the record ([`Shard::remove`]). Shutdown closes everyone
+//! with 1001.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::conn::Closing;
+use super::{ConnKey, Event, Shard};
+use crate::metrics::ShardMetrics;
+use crate::proto::close::CloseReason;
+use crate::proto::frame;
+use crate::proto::stamp::Stamp;
+
+impl<S> Shard<S> {
+    /// Start the closing handshake with `reason`: queue the close frame
+    /// after what is already queued (for a slow client: instead of it), stop
+    /// queuing anything else, abort the connection after `close_timeout`.
+    pub fn close(&mut self, key: ConnKey, reason: CloseReason, now: Instant) {
+        let deadline = Stamp::at(now).after(self.ctx.config.close_timeout);
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.closing.is_some() || conn.dead {
+            return;
+        }
+        if !matches!(reason, CloseReason::SlowClient) {
+            self.encrypt_pending_of(key);
+        }
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let (code, text) = reason.wire();
+        if matches!(reason, CloseReason::SlowClient) {
+            // Keep only a partly written front frame: the stream must stay
+            // well-framed for the close frame to be readable.
+            let keep = if conn.front_written > 0 { 1 } else { 0 };
+            conn.out.truncate(keep);
+            conn.out_bytes = conn
+                .out
+                .front()
+                .map(|f| f.len() - conn.front_written)
+                .unwrap_or(0);
+        }
+        if matches!(reason, CloseReason::AuthTimeout) {
+            ShardMetrics::add(&self.ctx.metrics.auth_timeouts, 1);
+        }
+        tracing::debug!(client = %conn.id, code, reason = text, "closing");
+        self.ctx.metrics.close_sent(code);
+        conn.closing = Some(Closing {
+            deadline,
+            received: false,
+            discard_input: false,
+        });
+        let mut buf = BytesMut::with_capacity(4 + text.len());
+        frame::encode_close(&mut buf, code, text, None);
+        let f = buf.freeze();
+        self.enqueue(key, f);
+    }
+
+    /// End the connection now: nothing more is written or read; the driver
+    /// is told to drop it ([`Event::Closed`]).
+    pub(super) fn abort(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key as usize)
+            && !conn.dead
+        {
+            conn.dead = true;
+            conn.out.clear();
+            conn.out_bytes = 0;
+            self.events.push_back(Event::Closed(key));
+        }
+    }
+
+    /// The socket failed (reset, or any error but "try again"): the
+    /// connection is aborted.
+    pub fn handle_io_error(&mut self, key: ConnKey) {
+        self.abort(key);
+    }
+
+    /// Close every client with 1001 after what is queued for it.
+    pub(super) fn begin_shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k as ConnKey).collect();
+        for k in keys {
+            self.close(k, CloseReason::Shutdown, now);
+        }
+    }
+}

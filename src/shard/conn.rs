@@ -1,0 +1,183 @@
+//! One connection's record in its shard: protocol session, rooms, the
+//! outbound queue and the close progress. Its fields are the shard's alone
+//! (`pub(super)`); drivers read what they need through the getters and
+//! keep their own per-connection state in `S`.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use super::RoomId;
+use crate::delivery::ClientId;
+use crate::proto::encryption::Cipher;
+use crate::proto::frame::{MessageDecoder, Role};
+use crate::proto::session::Session;
+use crate::proto::stamp::Stamp;
+
+/// What authentication left behind that is rarely needed: kept out of line
+/// so an idle connection stays small.
+#[derive(Debug, Default)]
+pub struct ConnExtra {
+    pub(super) metadata: Option<serde_json::Value>,
+    pub(super) room_patterns: Option<Vec<String>>,
+    /// `authenticate.data.publicKey`, kept until the authenticator answers.
+    pub(super) public_key: PublicKey,
+    /// The client's AES-256-GCM key once the encryption handshake
+    /// succeeded (erased when the connection is dropped).
+    pub(super) cipher: Option<Cipher>,
+    /// Bytes of frames waiting in the shard's encryption queue for this
+    /// client (they count against its outbound budget).
+    pub(super) encrypt_pending: usize,
+}
+
+/// What `authenticate` said about encryption (its `publicKey`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum PublicKey {
+    /// No `publicKey` (or `null`).
+    #[default]
+    Absent,
+    /// A `publicKey` string, not yet checked.
+    Given(Box<str>),
+    /// A `publicKey` that is not a string.
+    Invalid,
+}
+
+/// Close progress of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Closing {
+    /// After this the connection is dropped regardless.
+    pub(super) deadline: Stamp,
+    /// The client's close frame arrived.
+    pub(super) received: bool,
+    /// Input after a protocol error is no longer parsed.
+    pub(super) discard_input: bool,
+}
+
+/// A connection's partial input (see [`Conn::read`]).
+#[derive(Debug)]
+pub(super) struct ReadState {
+    pub(super) decoder: MessageDecoder,
+    pub(super) rbuf: BytesMut,
+}
+
+impl ReadState {
+    pub(super) fn new(max_message: usize) -> Self {
+        ReadState {
+            decoder: MessageDecoder::new(Role::Server, max_message),
+            rbuf: BytesMut::new(),
+        }
+    }
+}
+
+/// One upgraded connection. `S` is the driver's per-connection state
+/// (its socket); the shard only stores it.
+#[derive(Debug)]
+pub struct Conn<S> {
+    pub(super) id: ClientId,
+    pub(super) generation: u32,
+    pub(super) session: Session,
+    /// Shared with the user index.
+    pub(super) user: Option<std::rc::Rc<str>>,
+    pub(super) extra: Option<Box<ConnExtra>>,
+    /// Rooms joined (the own-id room is the flag below).
+    pub(super) rooms: SmallVec<[RoomId; 4]>,
+    /// In the room named by its own id (from the upgrade until it leaves
+    /// it).
+    pub(super) in_own_room: bool,
+    /// Completed the encryption handshake: every message to it is
+    /// encrypted for it alone (its cipher is in `extra`).
+    pub(super) encrypted: bool,
+    /// An authenticator or room validator call was handed to the driver
+    /// and not answered yet: input stays undecoded until it is, so the
+    /// messages after `authenticate` or `join` see its outcome when the
+    /// answer is immediate.
+    pub(super) awaiting: bool,
+    /// Frames waiting to be written; the front one may be partly written.
+    pub(super) out: VecDeque<Bytes>,
+    /// Bytes in `out`.
+    pub(super) out_bytes: usize,
+    /// Bytes of the front frame already written.
+    pub(super) front_written: usize,
+    /// In the shard's dirty list.
+    pub(super) dirty: bool,
+    /// Our close frame has been queued.
+    pub(super) closing: Option<Closing>,
+    /// Our close frame has been fully written and the write side shut.
+    pub(super) write_shut: bool,
+    /// Finished: an [`super::Event::Closed`] was emitted; the driver drops
+    /// the socket and calls [`super::Shard::remove`].
+    pub(super) dead: bool,
+    /// The client shut its sending side (FIN): no more reads; the queue is
+    /// written out, then the connection is dropped.
+    pub(super) peer_eof: bool,
+    /// Last frame of any kind (for the idle ping/close).
+    pub(super) last_rx: Stamp,
+    /// `--client-max-msgs-per-sec`: the clock second being counted and the
+    /// messages seen in it.
+    pub(super) rate_window: u32,
+    pub(super) rate_count: u32,
+    pub(super) ping_sent: bool,
+    /// Bytes of an incomplete frame or message, and the decoder's state;
+    /// `None` (no allocation) whenever the connection is between messages.
+    pub(super) read: Option<Box<ReadState>>,
+    pub(super) sock: S,
+}
+
+impl<S> Conn<S> {
+    /// The client's id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Tells this connection from an earlier one in the same slot.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The driver's state of this connection.
+    pub fn sock(&self) -> &S {
+        &self.sock
+    }
+
+    /// The driver's state of this connection, to change.
+    pub fn sock_mut(&mut self) -> &mut S {
+        &mut self.sock
+    }
+
+    /// Finished (see [`super::Event::Closed`]).
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// The client sent FIN: nothing more is read from it.
+    pub fn peer_eof(&self) -> bool {
+        self.peer_eof
+    }
+
+    /// It completed the encryption handshake.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Bytes queued for it and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out_bytes
+    }
+
+    /// Rooms it is in (by index id; the own-id room is not listed).
+    pub fn rooms(&self) -> &[RoomId] {
+        &self.rooms
+    }
+}
+
+/// Queue a frame. A connection whose queue was released (idle) gets room
+/// for exactly one frame first: most idle clients receive one message at a
+/// time, and the default first allocation would be four slots.
+#[inline]
+pub(super) fn push_frame(out: &mut VecDeque<Bytes>, f: Bytes) {
+    if out.capacity() == 0 {
+        out.reserve_exact(1);
+    }
+    out.push_back(f);
+}

@@ -1,0 +1,165 @@
+//! Rooms of one client: join (through the room validator the driver
+//! calls), leave, the own-id room and the per-client room cap.
+
+use super::{Answer, ConnKey, Event, Shard};
+use crate::auth::JoinRequest;
+use crate::delivery::ClientId;
+use crate::metrics::ShardMetrics;
+
+impl<S> Shard<S> {
+    pub(super) fn update_index_gauges(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.ctx.metrics;
+        m.rooms.store(self.rooms.len() as i64, Relaxed);
+        m.users.store(self.users.len() as i64, Relaxed);
+    }
+
+    /// Join one room (the own-id room is a flag, not an index entry).
+    pub(super) fn join_room(&mut self, key: ConnKey, name: &str) {
+        let conn = &mut self.conns[key as usize];
+        if ClientId::parse(name) == Some(conn.id) {
+            conn.in_own_room = true;
+            return;
+        }
+        let (rid, new) = self.rooms.join(name, key);
+        if new {
+            self.conns[key as usize].rooms.push(rid);
+        }
+    }
+
+    /// Joining `name` would not take one of the client's room slots: it is
+    /// in it already, or it is the room named by its own id (a flag, not
+    /// an index entry).
+    fn takes_no_slot(&self, key: ConnKey, name: &str) -> bool {
+        let conn = &self.conns[key as usize];
+        if ClientId::parse(name) == Some(conn.id) {
+            return true;
+        }
+        self.rooms
+            .id(name)
+            .is_some_and(|rid| conn.rooms.contains(&rid))
+    }
+
+    /// `join` arrived: drop what can never be joined, then ask the driver
+    /// to call the room validator.
+    pub(super) fn start_join(&mut self, key: ConnKey, mut rooms: Vec<String>) {
+        // A room named by a client id (any UUID form) other than the
+        // client's own is never joinable, whatever the validator says: a
+        // room message to a client id (cross-node `send`) must reach that
+        // client only.
+        let own = self.conns[key as usize].id;
+        let before = rooms.len();
+        rooms.retain(|r| ClientId::parse(r).is_none_or(|id| id == own));
+        let foreign = (before - rooms.len()) as u64;
+        if foreign > 0 {
+            tracing::debug!(client = %own, foreign, "joins of other clients' id rooms refused");
+            let m = &self.ctx.metrics;
+            ShardMetrics::add(&m.rooms_refused, foreign);
+            ShardMetrics::add(&m.rooms_client_id_refused, foreign);
+        }
+        let cap = self.ctx.config.max_rooms_per_client;
+        if cap > 0 && rooms.len() > cap {
+            // More than could ever be joined: the rest is refused unseen.
+            let over = (rooms.len() - cap) as u64;
+            rooms.truncate(cap);
+            let m = &self.ctx.metrics;
+            ShardMetrics::add(&m.rooms_refused, over);
+            ShardMetrics::add(&m.rooms_over_limit, over);
+        }
+        if !self.ctx.has_room_validator {
+            tracing::debug!("join refused: no room validator configured");
+            ShardMetrics::add(&self.ctx.metrics.rooms_refused, rooms.len() as u64);
+            return;
+        }
+        let conn = &mut self.conns[key as usize];
+        conn.awaiting = true;
+        let request = JoinRequest {
+            client_id: conn.id.to_string(),
+            user_id: conn.user.as_deref().map(str::to_owned),
+            rooms,
+            room_patterns: conn.extra.as_ref().and_then(|e| e.room_patterns.clone()),
+        };
+        let generation = conn.generation;
+        self.events.push_back(Event::Validate {
+            key,
+            generation,
+            request,
+        });
+    }
+
+    /// The driver's answer to an [`Event::Validate`] for `requested`.
+    pub fn handle_join_answer(
+        &mut self,
+        key: ConnKey,
+        generation: u32,
+        requested: &[String],
+        answer: Answer<Vec<String>>,
+        now: std::time::Instant,
+    ) {
+        if self.live(key, generation).is_none() {
+            return;
+        }
+        if let Answer::Ready(allowed) = answer {
+            self.finish_join(key, generation, requested, allowed);
+        }
+        self.resume_input(key, now);
+    }
+
+    pub(super) fn finish_join(
+        &mut self,
+        key: ConnKey,
+        generation: u32,
+        requested: &[String],
+        allowed: Vec<String>,
+    ) {
+        if self.live(key, generation).is_none() {
+            return;
+        }
+        // Only rooms that were asked for and passed the filter: a validator
+        // cannot put a client into `ws:` rooms.
+        let asked: std::collections::HashSet<&str> = requested.iter().map(String::as_str).collect();
+        let cap = self.ctx.config.max_rooms_per_client;
+        let mut joined = 0u64;
+        let mut over = 0u64;
+        for r in allowed.iter().filter(|r| asked.contains(r.as_str())) {
+            if cap > 0 && self.conns[key as usize].rooms.len() >= cap && !self.takes_no_slot(key, r)
+            {
+                over += 1;
+                continue;
+            }
+            self.join_room(key, r);
+            joined += 1;
+        }
+        if over > 0 {
+            tracing::debug!(client = %self.conns[key as usize].id, over, cap, "joins past --max-rooms-per-client refused");
+        }
+        let m = &self.ctx.metrics;
+        ShardMetrics::add(&m.rooms_joined, joined);
+        ShardMetrics::add(&m.rooms_over_limit, over);
+        ShardMetrics::add(
+            &m.rooms_refused,
+            requested.len() as u64 - joined.min(requested.len() as u64),
+        );
+        self.update_index_gauges();
+    }
+
+    /// `leave`: only rooms the client is in.
+    pub(super) fn leave(&mut self, key: ConnKey, names: &[String]) {
+        for name in names {
+            let conn = &mut self.conns[key as usize];
+            if ClientId::parse(name) == Some(conn.id) {
+                conn.in_own_room = false;
+                continue;
+            }
+            let Some(rid) = self.rooms.id(name) else {
+                continue;
+            };
+            let conn = &mut self.conns[key as usize];
+            if let Some(pos) = conn.rooms.iter().position(|r| *r == rid) {
+                conn.rooms.swap_remove(pos);
+                self.rooms.leave(rid, key);
+            }
+        }
+        self.update_index_gauges();
+    }
+}

@@ -1,0 +1,332 @@
+//! The shard driven in memory with virtual time ([`MemoryDriver`]): the
+//! protocol's state machine and its timers, checked in milliseconds of
+//! virtual time, with no socket and no wall-clock wait.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::memory::MemoryDriver;
+use super::{ShardCommand, ShardCtx};
+use crate::auth::{AuthRequest, AuthResult, Authenticator, BoxFuture, Identity};
+use crate::config::{Config, SlowClientPolicy};
+use crate::delivery::{Delivery, Target, encode};
+use crate::proto::frame::{Message, OpCode};
+
+const AUTH: &str = r#"{"event":"authenticate","data":{"userId":"u1"}}"#;
+
+fn config() -> Config {
+    Config {
+        room_allow: vec!["**".into()],
+        auth_timeout: Duration::from_millis(5_000),
+        heartbeat_interval: Duration::from_millis(30_000),
+        heartbeat_timeout: Duration::from_millis(90_000),
+        idle_timeout: None,
+        close_timeout: Duration::from_millis(2_000),
+        ..Config::default()
+    }
+}
+
+fn driver(config: Config) -> MemoryDriver {
+    MemoryDriver::insecure(config, 16, Instant::now())
+}
+
+fn frame(text: &str) -> bytes::BytesMut {
+    super::memory::client_frame(OpCode::Text, text.as_bytes())
+}
+
+/// The close code of the close frame among `msgs`, if any.
+fn close_code(msgs: &[Message]) -> Option<u16> {
+    msgs.iter().find_map(|m| match m {
+        Message::Close(cf) => Some(cf.as_ref().map_or(1005, |c| c.code)),
+        _ => None,
+    })
+}
+
+fn events(texts: &[String]) -> Vec<String> {
+    texts
+        .iter()
+        .filter_map(|t| {
+            serde_json::from_str::<serde_json::Value>(t)
+                .ok()
+                .and_then(|v| v["event"].as_str().map(str::to_owned))
+        })
+        .collect()
+}
+
+/// A client that authenticated (its `connected` consumed).
+fn authed(d: &mut MemoryDriver) -> u32 {
+    let k = d.connect(&frame(AUTH));
+    assert_eq!(events(&d.texts(k)), ["connected"]);
+    k
+}
+
+#[test]
+fn connected_carries_id_user_and_the_virtual_wall_clock() {
+    let mut d = driver(config());
+    let k = d.connect(&frame(AUTH));
+    let texts = d.texts(k);
+    let v: serde_json::Value = serde_json::from_str(&texts[0]).unwrap();
+    assert_eq!(v["event"], "connected");
+    assert_eq!(v["data"]["userId"], "u1");
+    assert_eq!(v["data"]["time"], "2026-01-01T00:00:00.000Z");
+    let id = d.shard.conn(k).unwrap().id().to_string();
+    assert_eq!(v["data"]["id"], id.as_str());
+}
+
+#[test]
+fn auth_timeout_closes_4001_at_the_deadline_not_before() {
+    let mut d = driver(config());
+    let k = d.connect(&[]);
+    d.advance(Duration::from_millis(4_900));
+    assert!(d.messages(k).is_empty(), "nothing before the auth timeout");
+    d.advance(Duration::from_millis(400));
+    assert_eq!(close_code(&d.messages(k)), Some(4001));
+    // The client never answers the close: dropped after the close timeout
+    // (checked at the sweep, at most close_timeout / 2 later).
+    assert!(!d.is_closed(k));
+    d.advance(Duration::from_millis(3_000));
+    assert!(d.is_closed(k));
+}
+
+#[test]
+fn an_authenticated_client_has_no_auth_timeout() {
+    let mut d = driver(config());
+    let k = authed(&mut d);
+    d.advance(Duration::from_secs(10));
+    assert!(d.messages(k).is_empty());
+    assert!(!d.is_closed(k));
+}
+
+#[test]
+fn heartbeat_timeout_closes_4002_and_a_heartbeat_keeps_the_client() {
+    let mut d = driver(config());
+    let quiet = authed(&mut d);
+    let beating = authed(&mut d);
+    for _ in 0..12 {
+        d.advance(Duration::from_secs(10));
+        d.send_text(beating, r#"{"event":"heartbeat"}"#);
+    }
+    assert_eq!(close_code(&d.messages(quiet)), Some(4002));
+    assert_eq!(close_code(&d.messages(beating)), None);
+}
+
+#[test]
+fn idle_client_is_pinged_at_half_the_idle_timeout_then_closed() {
+    let mut d = driver(Config {
+        idle_timeout: Some(Duration::from_secs(60)),
+        ..config()
+    });
+    let k = authed(&mut d);
+    d.advance(Duration::from_secs(29));
+    assert!(d.messages(k).is_empty());
+    d.advance(Duration::from_secs(2));
+    assert!(matches!(d.messages(k).as_slice(), [Message::Ping(_)]));
+    d.advance(Duration::from_secs(30));
+    assert_eq!(close_code(&d.messages(k)), Some(1000));
+}
+
+#[test]
+fn a_pong_resets_the_idle_clock() {
+    let mut d = driver(Config {
+        idle_timeout: Some(Duration::from_secs(60)),
+        ..config()
+    });
+    let k = authed(&mut d);
+    d.advance(Duration::from_secs(31));
+    assert!(matches!(d.messages(k).as_slice(), [Message::Ping(_)]));
+    d.send(k, &super::memory::client_frame(OpCode::Pong, b""));
+    d.advance(Duration::from_secs(45));
+    assert_eq!(close_code(&d.messages(k)), None);
+}
+
+#[test]
+fn close_handshake_completes_on_the_clients_reply() {
+    let mut d = driver(config());
+    let k = authed(&mut d);
+    d.command(ShardCommand::Shutdown);
+    assert_eq!(close_code(&d.messages(k)), Some(1001));
+    let sock_shut = d.shard.conn(k).map(|c| c.sock().write_shut);
+    assert_eq!(sock_shut, Some(true), "FIN after our close frame");
+    let mut reply = bytes::BytesMut::new();
+    crate::proto::frame::encode_close(&mut reply, 1001, "", Some([1, 2, 3, 4]));
+    d.send(k, &reply);
+    assert!(d.is_closed(k), "dropped once the reply arrived");
+}
+
+#[test]
+fn a_clients_close_is_echoed_and_the_connection_ends() {
+    let mut d = driver(config());
+    let k = authed(&mut d);
+    let mut close = bytes::BytesMut::new();
+    crate::proto::frame::encode_close(&mut close, 4321, "bye", Some([1, 2, 3, 4]));
+    d.send(k, &close);
+    assert_eq!(close_code(&d.messages(k)), Some(4321));
+    assert!(d.is_closed(k));
+}
+
+#[test]
+fn fin_with_nothing_owed_drops_at_once() {
+    let mut d = driver(config());
+    let k = authed(&mut d);
+    d.eof(k);
+    assert!(d.is_closed(k));
+}
+
+#[test]
+fn a_slow_client_is_closed_1008_and_the_others_get_everything() {
+    let mut d = driver(Config {
+        backpressure_limit: 4096,
+        slow_client: SlowClientPolicy::Close,
+        default_rooms: vec!["r".into()],
+        ..config()
+    });
+    let slow = authed(&mut d);
+    let fast = authed(&mut d);
+    d.set_window(slow, Some(0));
+    let frame = encode("m", Some(&"x".repeat(1000))).unwrap();
+    for _ in 0..10 {
+        d.command(ShardCommand::Deliver(Delivery {
+            target: Target::Room("r".into()),
+            frame: frame.clone(),
+            exclude: None,
+        }));
+    }
+    assert_eq!(d.texts(fast).len(), 10);
+    // The slow client reads again: only the close is left for it.
+    d.set_window(slow, None);
+    assert_eq!(close_code(&d.messages(slow)), Some(1008));
+    d.advance(Duration::from_millis(3_000));
+    assert!(d.is_closed(slow));
+    assert!(!d.is_closed(fast));
+}
+
+#[test]
+fn drop_policy_keeps_the_slow_client_and_delivers_what_fit() {
+    let mut d = driver(Config {
+        backpressure_limit: 4096,
+        slow_client: SlowClientPolicy::Drop,
+        default_rooms: vec!["r".into()],
+        ..config()
+    });
+    let slow = authed(&mut d);
+    d.set_window(slow, Some(0));
+    let frame = encode("m", Some(&"x".repeat(1000))).unwrap();
+    for _ in 0..10 {
+        d.command(ShardCommand::Deliver(Delivery {
+            target: Target::Room("r".into()),
+            frame: frame.clone(),
+            exclude: None,
+        }));
+    }
+    d.set_window(slow, None);
+    let got = d.texts(slow).len();
+    assert!((1..10).contains(&got), "{got} delivered");
+    assert!(!d.is_closed(slow));
+}
+
+#[test]
+fn a_join_pipelined_after_authenticate_sees_the_authentication() {
+    let mut d = driver(config());
+    let mut wire = frame(AUTH);
+    wire.extend_from_slice(&frame(r#"{"event":"join","data":{"rooms":["a"]}}"#));
+    let k = d.connect(&wire);
+    assert_eq!(events(&d.texts(k)), ["connected"]);
+    let a = d.shard.rooms.id("a").expect("room a exists");
+    assert!(d.shard.conn(k).unwrap().rooms().contains(&a));
+}
+
+/// An authenticator whose answer waits for the test.
+struct Waiting(std::sync::Mutex<Vec<futures_channel_like::Sender>>);
+
+mod futures_channel_like {
+    //! A one-shot answer the test gives later (no runtime needed).
+    use std::sync::{Arc, Mutex};
+
+    use crate::auth::AuthResult;
+
+    #[derive(Clone, Default)]
+    pub struct Sender(pub Arc<Mutex<Option<AuthResult>>>);
+}
+
+impl Authenticator for Waiting {
+    fn authenticate(&self, _req: AuthRequest) -> BoxFuture<AuthResult> {
+        let slot = futures_channel_like::Sender::default();
+        self.0.lock().unwrap().push(slot.clone());
+        Box::pin(std::future::poll_fn(move |_| {
+            match slot.0.lock().unwrap().take() {
+                Some(r) => std::task::Poll::Ready(r),
+                None => std::task::Poll::Pending,
+            }
+        }))
+    }
+}
+
+#[test]
+fn an_authenticator_that_waits_answers_later_and_messages_in_between_are_refused() {
+    let waiting = Arc::new(Waiting(Default::default()));
+    let config = Arc::new(config());
+    let ctx = ShardCtx {
+        index: 0,
+        config: config.clone(),
+        metrics: Arc::default(),
+        max_conns: 4,
+        has_room_validator: false,
+        wants_messages: false,
+    };
+    struct Shared(Arc<Waiting>);
+    impl Authenticator for Shared {
+        fn authenticate(&self, req: AuthRequest) -> BoxFuture<AuthResult> {
+            self.0.authenticate(req)
+        }
+    }
+    let mut d = MemoryDriver::new(
+        ctx,
+        Arc::new(Shared(waiting.clone())),
+        None,
+        Arc::new(crate::hooks::NoHooks),
+        Instant::now(),
+    );
+    let k = d.connect(&frame(AUTH));
+    assert_eq!(d.pending_calls(), 1);
+    // While authenticating, a second authenticate is an error.
+    d.send_text(k, AUTH);
+    assert_eq!(events(&d.texts(k)), ["error"]);
+    let slot = waiting.0.lock().unwrap()[0].clone();
+    *slot.0.lock().unwrap() = Some(Ok(Some(Identity {
+        user_id: Some("late".into()),
+        ..Identity::default()
+    })));
+    d.run();
+    let texts = d.texts(k);
+    assert_eq!(events(&texts), ["connected"]);
+    assert!(texts[0].contains("late"));
+    assert_eq!(d.pending_calls(), 0);
+}
+
+#[test]
+fn an_answer_for_a_client_that_left_is_dropped() {
+    let mut d = driver(config());
+    let k = authed(&mut d);
+    let generation = d.shard.conn(k).unwrap().generation();
+    d.eof(k);
+    assert!(d.is_closed(k));
+    d.command(ShardCommand::AuthDone {
+        key: k,
+        generation,
+        result: Ok(Some(Identity::default())),
+    });
+    assert!(d.shard.is_empty());
+}
+
+#[test]
+fn a_protocol_error_closes_1002_and_later_input_is_ignored() {
+    let mut d = driver(config());
+    let k = authed(&mut d);
+    // A server-style (unmasked) frame from a client.
+    let mut bad = bytes::BytesMut::new();
+    crate::proto::frame::encode_frame(&mut bad, true, OpCode::Text, b"{}", None);
+    d.send(k, &bad);
+    assert_eq!(close_code(&d.messages(k)), Some(1002));
+    d.send_text(k, r#"{"event":"heartbeat"}"#);
+    assert!(d.messages(k).is_empty());
+}
