@@ -15,6 +15,7 @@ use crate::config::{AuthMode, IoMode};
 use super::BenchArgs;
 use super::coordinator::{BenchError, Launch, execute};
 use super::report::Report;
+use super::report::render::tests::MEASURED_ROWS;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -22,7 +23,7 @@ struct Cli {
     args: BenchArgs,
 }
 
-fn args(v: &[&str]) -> BenchArgs {
+pub(super) fn args(v: &[&str]) -> BenchArgs {
     let mut argv = vec!["bench"];
     argv.extend_from_slice(v);
     Cli::try_parse_from(argv).unwrap().args
@@ -147,15 +148,7 @@ fn assert_complete(r: &Report, connections: u64) {
     assert!(!g.processes.is_empty() && g.cores_allowed >= 1);
     // The table and the JSON carry them all.
     let text = r.render();
-    for k in [
-        "connect",
-        "publish",
-        "delivery",
-        "latency",
-        "throughput",
-        "server CPU",
-        "generator",
-    ] {
+    for k in MEASURED_ROWS {
         assert!(text.contains(k), "{k} missing:\n{text}");
     }
     let v = serde_json::to_value(r).unwrap();
