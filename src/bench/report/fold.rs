@@ -96,22 +96,6 @@ pub struct Readings {
     pub cores_allowed: usize,
 }
 
-/// The workers' final counters, added up.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub received: u64,
-    pub duplicates: u64,
-    pub reordered: u64,
-    pub gaps: u64,
-    pub warmup_received: u64,
-    pub other_messages: u64,
-    /// The first three samples of each worker.
-    pub other_samples: Vec<String>,
-    pub disconnected: u64,
-    pub close_codes: BTreeMap<String, u64>,
-    pub errors: BTreeMap<String, u64>,
-}
-
 /// Workers' reports that cannot be folded.
 #[derive(Debug, thiserror::Error)]
 pub enum FoldError {
@@ -214,9 +198,10 @@ pub fn failure_summary(readies: &[Ready]) -> String {
 }
 
 /// Adds the workers' counters up: close codes and errors by kind, and the
-/// first three samples of unexpected messages of each worker.
-pub fn totals(reports: &[WorkerReport]) -> Totals {
-    let mut t = Totals {
+/// first three samples of unexpected messages of each worker (the figures
+/// that are not counters are left at their defaults).
+pub fn totals(reports: &[WorkerReport]) -> DeliveryFigures {
+    let mut t = DeliveryFigures {
         received: total(reports, |r| r.received),
         duplicates: total(reports, |r| r.duplicates),
         reordered: total(reports, |r| r.reordered),
@@ -224,7 +209,7 @@ pub fn totals(reports: &[WorkerReport]) -> Totals {
         warmup_received: total(reports, |r| r.warmup_received),
         other_messages: total(reports, |r| r.other_messages),
         disconnected: total(reports, |r| r.disconnected),
-        ..Totals::default()
+        ..DeliveryFigures::default()
     };
     for r in reports {
         for (c, v) in &r.close_codes {
@@ -428,7 +413,7 @@ pub fn generator_figures(r: &Readings, notes: &mut Vec<String>) -> GeneratorFigu
 }
 
 /// The notes about the plan and the publishing (after the saturation ones).
-pub fn run_notes(plan: &Plan, r: &Readings, t: &Totals, expected: u64) -> Vec<String> {
+pub fn run_notes(plan: &Plan, r: &Readings, d: &DeliveryFigures) -> Vec<String> {
     let mut notes = Vec::new();
     let pub_s = secs(r.pub_start_ns, r.pub_end_ns);
     if let Pace::Flood { window } = plan.pace {
@@ -445,7 +430,7 @@ pub fn run_notes(plan: &Plan, r: &Readings, t: &Totals, expected: u64) -> Vec<St
         notes.push(format!(
             "drain timed out after {:.1} s with {} deliveries missing",
             plan.drain_timeout.as_secs_f64(),
-            expected.saturating_sub(t.received)
+            d.lost
         ));
     }
     if !r.settled {
@@ -471,10 +456,10 @@ pub fn run_notes(plan: &Plan, r: &Readings, t: &Totals, expected: u64) -> Vec<St
     if let Some((0, _)) = r.publish.receivers {
         notes.push("a Redis PUBLISH reached no subscriber (is the server on this Redis?)".into());
     }
-    if t.disconnected > 0 {
+    if d.disconnected > 0 {
         notes.push(format!(
             "{} connections ended during the run (see `ended`); their missed messages count as lost",
-            t.disconnected
+            d.disconnected
         ));
     }
     notes
@@ -518,29 +503,21 @@ pub fn run_config(p: &Plan) -> RunConfig {
     }
 }
 
-/// What the clients received of the measured messages.
-pub fn delivery_figures(t: Totals, expected: u64, r: &Readings) -> DeliveryFigures {
+/// What the clients received of the `expected` measured deliveries.
+pub fn delivery_figures(reports: &[WorkerReport], expected: u64, r: &Readings) -> DeliveryFigures {
+    let t = totals(reports);
     let lost = expected.saturating_sub(t.received);
     DeliveryFigures {
         expected,
-        received: t.received,
         lost,
         loss_percent: if expected > 0 {
             lost as f64 * 100.0 / expected as f64
         } else {
             0.0
         },
-        duplicates: t.duplicates,
-        reordered: t.reordered,
-        gaps: t.gaps,
-        warmup_received: t.warmup_received,
-        other_messages: t.other_messages,
-        other_samples: t.other_samples,
-        disconnected: t.disconnected,
-        close_codes: t.close_codes,
-        errors: t.errors,
         drained: r.drained,
         drain_s: secs(r.pub_end_ns, r.drain_end_ns),
+        ..t
     }
 }
 
@@ -548,18 +525,18 @@ pub fn delivery_figures(t: Totals, expected: u64, r: &Readings) -> DeliveryFigur
 /// report of a run of `plan`.
 pub fn fold(plan: &Plan, r: &Readings, reports: &[WorkerReport]) -> Result<Report, FoldError> {
     let hist = merge_latency(reports)?;
-    let t = totals(reports);
     let connected = r.connect.connected;
     let expected = r.publish.published.saturating_mul(connected);
     let pub_s = secs(r.pub_start_ns, r.pub_end_ns);
-    let throughput = throughput_figures(reports, r.pub_start_ns, r.pub_end_ns, t.received);
-    let served = t.received.saturating_add(throughput.warmup_late);
+    let delivery = delivery_figures(reports, expected, r);
+    let throughput = throughput_figures(reports, r.pub_start_ns, r.pub_end_ns, delivery.received);
+    let served = delivery.received.saturating_add(throughput.warmup_late);
     let measure_server = !plan.server_pids.is_empty();
     let server = measure_server.then(|| server_figures(&plan.server_pids, r, connected, served));
     let mut notes = Vec::new();
     let connect = connect_figures(measure_server, r, &mut notes);
     let generator = generator_figures(r, &mut notes);
-    notes.extend(run_notes(plan, r, &t, expected));
+    notes.extend(run_notes(plan, r, &delivery));
     let p = &r.publish;
     Ok(Report {
         config: run_config(plan),
@@ -574,7 +551,7 @@ pub fn fold(plan: &Plan, r: &Readings, reports: &[WorkerReport]) -> Result<Repor
             redis_receivers_max: p.receivers.map(|r| r.1),
             first_error: p.first_error.clone(),
         },
-        delivery: delivery_figures(t, expected, r),
+        delivery,
         latency_us: latency_figures(&hist),
         throughput,
         server,

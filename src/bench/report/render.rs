@@ -6,37 +6,43 @@ use std::fmt::Write as _;
 
 use super::{Report, ServerFigures};
 
+/// `v` divided by the divisor of the first of `units` (threshold,
+/// divisor, decimals, suffix) whose threshold `size` reaches, else as is
+/// with `plain` (decimals, suffix).
+fn scaled(v: f64, size: f64, units: &[(f64, f64, usize, &str)], plain: (usize, &str)) -> String {
+    let (div, decimals, suffix) = units
+        .iter()
+        .find(|u| size >= u.0)
+        .map_or((1.0, plain.0, plain.1), |u| (u.1, u.2, u.3));
+    format!("{:.decimals$}{suffix}", v / div)
+}
+
+/// A count with k/M (the unit follows).
 fn si(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2} M", v / 1e6)
-    } else if v >= 1e4 {
-        format!("{:.1} k", v / 1e3)
-    } else {
-        format!("{v:.1} ")
-    }
+    scaled(v, v, &[(1e6, 1e6, 2, " M"), (1e4, 1e3, 1, " k")], (1, " "))
 }
 
+/// Microseconds, in µs, ms or s.
 fn us(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2} s", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{:.2} ms", v / 1e3)
-    } else {
-        format!("{v:.0} µs")
-    }
+    scaled(
+        v,
+        v,
+        &[(1e6, 1e6, 2, " s"), (1e3, 1e3, 2, " ms")],
+        (0, " µs"),
+    )
 }
 
+/// Bytes, in B, KiB (from 10 KiB), MiB or GiB.
 fn bytes(v: f64) -> String {
-    let a = v.abs();
-    if a >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.2} GiB", v / (1024.0 * 1024.0 * 1024.0))
-    } else if a >= 1024.0 * 1024.0 {
-        format!("{:.1} MiB", v / (1024.0 * 1024.0))
-    } else if a >= 10.0 * 1024.0 {
-        format!("{:.1} KiB", v / 1024.0)
-    } else {
-        format!("{v:.0} B")
-    }
+    const KIB: f64 = 1024.0;
+    const MIB: f64 = KIB * KIB;
+    const GIB: f64 = MIB * KIB;
+    let units = [
+        (GIB, GIB, 2, " GiB"),
+        (MIB, MIB, 1, " MiB"),
+        (10.0 * KIB, KIB, 1, " KiB"),
+    ];
+    scaled(v, v.abs(), &units, (0, " B"))
 }
 
 fn rss_row(s: &ServerFigures) -> String {
@@ -313,6 +319,11 @@ pub(in crate::bench) mod tests {
     #[test]
     fn units() {
         assert_eq!(us(12.4), "12 µs");
+        assert_eq!(us(2_500_000.0), "2.50 s");
+        assert_eq!(si(12_345.0), "12.3 k");
+        assert_eq!(si(999.0), "999.0 ");
+        assert_eq!(bytes(5.0 * 1024.0 * 1024.0), "5.0 MiB");
+        assert_eq!(bytes(3.0 * 1024.0 * 1024.0 * 1024.0), "3.00 GiB");
         assert_eq!(us(1_500.0), "1.50 ms");
         assert_eq!(bytes(3_500.0), "3500 B");
         assert_eq!(bytes(-20_480.0), "-20.0 KiB");
