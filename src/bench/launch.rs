@@ -5,7 +5,7 @@
 //!
 //! Every event a worker sends arrives on one channel as
 //! `(worker id, Incoming)`; a worker whose output ends or cannot be parsed
-//! is reported as [`Incoming::Gone`], never trusted further.
+//! is reported as `Incoming::Gone`, never trusted further.
 
 use std::process::Stdio;
 

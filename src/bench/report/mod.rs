@@ -1,6 +1,7 @@
 //! Owns the result of a run: every figure as one serializable [`Report`]
 //! (`--json` prints it as is; [`render`] makes the human table), and
-//! [`fold`], which computes it from the workers' reports.
+//! [`fold()`], which computes it from the workers' reports (module
+//! [`fold`](mod@fold)).
 //!
 //! Units are in the field names (`_s`, `_us`, `_bytes`, `_per_s`) so the
 //! JSON needs no legend. A figure that could not be measured is `null`
