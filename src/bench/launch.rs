@@ -123,6 +123,7 @@ pub(super) fn spawn(
     }
 }
 
+/// The `bench-worker` command line of `cfg` (the JWT secret travels apart).
 fn worker_args(cfg: &WorkerConfig) -> Vec<String> {
     let mut a = vec![
         "bench-worker".to_owned(),
@@ -154,6 +155,8 @@ fn worker_args(cfg: &WorkerConfig) -> Vec<String> {
     a
 }
 
+/// `current_exe() bench-worker …`: commands as JSON lines on its stdin,
+/// events read from its stdout; a line that is not an event ends it.
 fn spawn_process(
     id: usize,
     cfg: &WorkerConfig,
@@ -219,6 +222,7 @@ fn spawn_process(
     Ok(Worker::new(child.id(), ctx, Some(child), None))
 }
 
+/// A worker thread of this process, on in-process channels.
 fn spawn_thread(
     id: usize,
     cfg: WorkerConfig,

@@ -1,6 +1,7 @@
 //! Owns one worker: up to 19,000 client connections on one thread, their
 //! setup, the receive hot path, and every per-delivery figure (counts,
-//! order checks, latency histogram, delivery timeline, flood frontier).
+//! latency histogram, delivery timeline; the order checks and the flood
+//! frontier through [`super::order`]).
 //!
 //! ## Why tokio (current_thread + LocalSet), not a hand-rolled epoll loop
 //!

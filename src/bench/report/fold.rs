@@ -671,6 +671,15 @@ mod tests {
     }
 
     #[test]
+    fn shares_and_rates_over_no_time_are_zero() {
+        assert_eq!(pct(0.5, 2.0), 25.0);
+        assert_eq!(per_s(30.0, 2.0), 15.0);
+        assert_eq!(pct(1.0, 0.0), 0.0);
+        assert_eq!(per_s(1.0, 0.0), 0.0);
+        assert_eq!(secs(5 * S, 2 * S), 0.0);
+    }
+
+    #[test]
     fn connect_totals_add_up_from_the_first_attempt_to_the_last_reply() {
         // Worker 1 never started an attempt (0): it does not move the start.
         let r = [ready(3, 1, 2 * S, 3 * S), ready(0, 2, 0, 4 * S + S / 2)];
