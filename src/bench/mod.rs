@@ -21,14 +21,17 @@
 //!
 //! Modules:
 //! * [`args`] — both command lines and their checks (a bad one exits 2).
-//! * [`coordinator`] — phases, pacing, flood window, folding the report.
+//! * [`coordinator`] — phases, pacing, flood window, collecting the readings.
+//! * [`launch`] — spawning workers (processes or threads) and their pipes.
 //! * [`worker`] — connections and the per-delivery hot path.
+//! * [`order`] — sequence numbers: duplicates, late arrivals, flood frontier.
 //! * [`conn`] — one connection's setup: bind, connect, upgrade, auth, join.
 //! * [`publish`] — Redis and HTTP publishing.
 //! * [`payload`] — the fixed-offset message format and the clock.
 //! * [`wire`] — the coordinator ↔ worker JSON-lines protocol.
 //! * [`sysstat`] — /proc readings (CPU ticks, RSS).
-//! * [`report`] — the figures, JSON and human table.
+//! * [`report`] — the figures (JSON), the fold of the workers' reports
+//!   into them, and the human table.
 //! * [`progress`] — progress bars on stderr.
 //!
 //! Exit status: 0 when the run completed (loss is a figure, not a failure),
@@ -38,6 +41,8 @@
 pub mod args;
 pub mod conn;
 pub mod coordinator;
+pub mod launch;
+pub mod order;
 pub mod payload;
 pub mod progress;
 pub mod publish;

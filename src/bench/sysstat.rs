@@ -37,28 +37,18 @@ pub fn ticks_per_second() -> u64 {
     rustix::param::clock_ticks_per_second().max(1)
 }
 
+/// Reads /proc/`pid`/`file` and parses it with `parse`.
+fn read<T>(pid: u32, file: &'static str, parse: impl Fn(&str) -> Option<T>) -> Result<T, SysError> {
+    let text = fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .map_err(|source| SysError::Read { pid, file, source })?;
+    parse(&text).ok_or(SysError::Parse { pid, file })
+}
+
 /// Reads CPU and RSS of `pid`.
 pub fn sample(pid: u32) -> Result<ProcSample, SysError> {
-    let stat =
-        fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|source| SysError::Read {
-            pid,
-            file: "stat",
-            source,
-        })?;
-    let cpu_ticks = parse_stat_cpu(&stat).ok_or(SysError::Parse { pid, file: "stat" })?;
-    let status =
-        fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| SysError::Read {
-            pid,
-            file: "status",
-            source,
-        })?;
-    let rss_bytes = parse_status_rss(&status).ok_or(SysError::Parse {
-        pid,
-        file: "status",
-    })?;
     Ok(ProcSample {
-        cpu_ticks,
-        rss_bytes,
+        cpu_ticks: read(pid, "stat", parse_stat_cpu)?,
+        rss_bytes: read(pid, "status", parse_status_rss)?,
     })
 }
 

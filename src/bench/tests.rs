@@ -15,6 +15,7 @@ use crate::config::{AuthMode, IoMode};
 use super::BenchArgs;
 use super::coordinator::{BenchError, Launch, execute};
 use super::report::Report;
+use super::report::render::tests::MEASURED_ROWS;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -22,7 +23,7 @@ struct Cli {
     args: BenchArgs,
 }
 
-fn args(v: &[&str]) -> BenchArgs {
+pub(super) fn args(v: &[&str]) -> BenchArgs {
     let mut argv = vec!["bench"];
     argv.extend_from_slice(v);
     Cli::try_parse_from(argv).unwrap().args
@@ -114,6 +115,27 @@ fn server(auth: AuthMode, redis: Option<&str>, api_key: Option<&str>) -> crate::
     .expect("server starts")
 }
 
+/// The API key of the test servers that take HTTP publishing.
+const API_KEY: &str = "bench-test-key-0123456789";
+
+/// The WebSocket URL of `srv`.
+fn ws_url(srv: &crate::Server) -> String {
+    format!("ws://{}/ws", srv.local_addr())
+}
+
+/// Runs the generator quietly against `ws` with `flags` (as on a command
+/// line, split at spaces), its workers as threads; with `measure_server`,
+/// `--server-pid` is this process (the test's server runs in it).
+fn bench(ws: &str, flags: &str, measure_server: bool) -> Result<Report, BenchError> {
+    let pid = std::process::id().to_string();
+    let mut v = vec!["--url", ws, "--quiet"];
+    if measure_server {
+        v.extend(["--server-pid", &pid]);
+    }
+    v.extend(flags.split_whitespace());
+    execute(args(&v).plan().unwrap(), Launch::InProcess)
+}
+
 /// Every figure of a clean run is there and adds up.
 fn assert_complete(r: &Report, connections: u64) {
     assert_eq!(r.connect.connected, connections);
@@ -147,15 +169,7 @@ fn assert_complete(r: &Report, connections: u64) {
     assert!(!g.processes.is_empty() && g.cores_allowed >= 1);
     // The table and the JSON carry them all.
     let text = r.render();
-    for k in [
-        "connect",
-        "publish",
-        "delivery",
-        "latency",
-        "throughput",
-        "server CPU",
-        "generator",
-    ] {
+    for k in MEASURED_ROWS {
         assert!(text.contains(k), "{k} missing:\n{text}");
     }
     let v = serde_json::to_value(r).unwrap();
@@ -195,32 +209,11 @@ fn redis_room_run_in_process() {
     let Some(redis) = redis() else { return };
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let srv = server(AuthMode::Insecure, Some(&url), None);
-    let pid = std::process::id().to_string();
-    let ws = format!("ws://{}/ws", srv.local_addr());
-    let a = args(&[
-        "--url",
-        &ws,
-        "-c",
-        "200",
-        "--workers",
-        "2",
-        "--users",
-        "50",
-        "--redis",
-        &url,
-        "--rate",
-        "20",
-        "--warmup",
-        "0.5",
-        "--duration",
-        "2",
-        "--drain-timeout",
-        "10",
-        "--server-pid",
-        &pid,
-        "--quiet",
-    ]);
-    let report = execute(a.plan().unwrap(), Launch::InProcess).unwrap();
+    let flags = format!(
+        "-c 200 --workers 2 --users 50 --redis {url} \
+         --rate 20 --warmup 0.5 --duration 2 --drain-timeout 10"
+    );
+    let report = bench(&ws_url(&srv), &flags, true).unwrap();
     srv.shutdown();
     assert_complete(&report, 200);
     assert_eq!(report.publish.published, 40);
@@ -235,40 +228,12 @@ fn redis_room_run_in_process() {
 #[test]
 fn http_broadcast_flood_with_jwt_in_process() {
     let secret = "bench-test-secret-0123456789abcdef";
-    let srv = server(
-        AuthMode::jwt_secret(secret),
-        None,
-        Some("bench-test-key-0123456789"),
+    let srv = server(AuthMode::jwt_secret(secret), None, Some(API_KEY));
+    let flags = format!(
+        "-c 100 --auth jwt --jwt-secret {secret} --publish http --api-key {API_KEY} \
+         --target broadcast --flood --window 4 --duration 1 --payload-size 1KiB"
     );
-    let pid = std::process::id().to_string();
-    let ws = format!("ws://{}/ws", srv.local_addr());
-    let a = args(&[
-        "--url",
-        &ws,
-        "-c",
-        "100",
-        "--auth",
-        "jwt",
-        "--jwt-secret",
-        secret,
-        "--publish",
-        "http",
-        "--api-key",
-        "bench-test-key-0123456789",
-        "--target",
-        "broadcast",
-        "--flood",
-        "--window",
-        "4",
-        "--duration",
-        "1",
-        "--payload-size",
-        "1KiB",
-        "--server-pid",
-        &pid,
-        "--quiet",
-    ]);
-    let report = execute(a.plan().unwrap(), Launch::InProcess).unwrap();
+    let report = bench(&ws_url(&srv), &flags, true).unwrap();
     srv.shutdown();
     assert_complete(&report, 100);
     assert_eq!(report.config.flood_window, Some(4));
@@ -279,27 +244,9 @@ fn http_broadcast_flood_with_jwt_in_process() {
 /// published, and the table says so instead of showing empty publishing rows.
 #[test]
 fn connect_only_sets_up_and_publishes_nothing() {
-    let key = "bench-test-key-0123456789";
-    let srv = server(AuthMode::Insecure, None, Some(key));
-    let pid = std::process::id().to_string();
-    let ws = format!("ws://{}/ws", srv.local_addr());
-    let a = args(&[
-        "--url",
-        &ws,
-        "-c",
-        "200",
-        "--publish",
-        "http",
-        "--api-key",
-        key,
-        "--connect-only",
-        "--idle-settle",
-        "0",
-        "--server-pid",
-        &pid,
-        "--quiet",
-    ]);
-    let report = execute(a.plan().unwrap(), Launch::InProcess).unwrap();
+    let srv = server(AuthMode::Insecure, None, Some(API_KEY));
+    let flags = format!("-c 200 --publish http --api-key {API_KEY} --connect-only --idle-settle 0");
+    let report = bench(&ws_url(&srv), &flags, true).unwrap();
     srv.shutdown();
     assert_eq!(report.connect.connected, 200);
     assert_eq!(report.connect.failed, 0);
@@ -320,39 +267,17 @@ fn connect_only_sets_up_and_publishes_nothing() {
     }
 }
 
-#[test]
-fn refused_authentication_fails_the_setup() {
-    let srv = server(
-        AuthMode::jwt_secret("the-right-secret-0123456789abcdef"),
-        None,
-        Some("bench-test-key-0123456789"),
-    );
-    let ws = format!("ws://{}/ws", srv.local_addr());
-    let a = args(&[
-        "--url",
-        &ws,
-        "-c",
-        "5",
-        "--auth",
-        "jwt",
-        "--jwt-secret",
-        "a-wrong-secret",
-        "--publish",
-        "http",
-        "--api-key",
-        "bench-test-key-0123456789",
-        "--quiet",
-    ]);
-    let err = execute(a.plan().unwrap(), Launch::InProcess).unwrap_err();
-    srv.shutdown();
-    match &err {
+/// A setup that failed: `failed` of `total` connections, the summary
+/// naming `why`; exit status 1.
+fn assert_connect_failure(err: &BenchError, failed: u64, total: u64, why: &str) {
+    match err {
         BenchError::Connect {
-            failed,
-            total,
+            failed: f,
+            total: t,
             summary,
         } => {
-            assert_eq!((*failed, *total), (5, 5));
-            assert!(summary.contains("authentication refused"), "{summary}");
+            assert_eq!((*f, *t), (failed, total));
+            assert!(summary.contains(why), "{summary}");
         }
         other => panic!("expected a connect failure, got {other}"),
     }
@@ -360,51 +285,33 @@ fn refused_authentication_fails_the_setup() {
 }
 
 #[test]
+fn refused_authentication_fails_the_setup() {
+    let srv = server(
+        AuthMode::jwt_secret("the-right-secret-0123456789abcdef"),
+        None,
+        Some(API_KEY),
+    );
+    let flags =
+        format!("-c 5 --auth jwt --jwt-secret a-wrong-secret --publish http --api-key {API_KEY}");
+    let err = bench(&ws_url(&srv), &flags, false).unwrap_err();
+    srv.shutdown();
+    assert_connect_failure(&err, 5, 5, "authentication refused");
+}
+
+#[test]
 fn unreachable_endpoints_fail_the_setup() {
     let port = free_port();
     let ws = format!("ws://127.0.0.1:{port}/ws");
     // HTTP publishing to a closed port: refused before any connection opens.
-    let a = args(&[
-        "--url",
-        &ws,
-        "-c",
-        "3",
-        "--publish",
-        "http",
-        "--api-key",
-        "k",
-        "--quiet",
-    ]);
-    let err = execute(a.plan().unwrap(), Launch::InProcess).unwrap_err();
+    let err = bench(&ws, "-c 3 --publish http --api-key k", false).unwrap_err();
     assert!(matches!(err, BenchError::Publish(_)), "{err}");
     assert_eq!(err.exit_code(), 1);
     // A reachable publish endpoint but no WebSocket server behind --url.
-    let srv = server(AuthMode::Insecure, None, Some("bench-test-key-0123456789"));
+    let srv = server(AuthMode::Insecure, None, Some(API_KEY));
     let api = format!("http://{}", srv.local_addr());
-    let a = args(&[
-        "--url",
-        &ws,
-        "-c",
-        "3",
-        "--publish",
-        "http",
-        "--api-url",
-        &api,
-        "--api-key",
-        "bench-test-key-0123456789",
-        "--connect-timeout",
-        "5",
-        "--quiet",
-    ]);
-    let err = execute(a.plan().unwrap(), Launch::InProcess).unwrap_err();
+    let flags =
+        format!("-c 3 --publish http --api-url {api} --api-key {API_KEY} --connect-timeout 5");
+    let err = bench(&ws, &flags, false).unwrap_err();
     srv.shutdown();
-    match &err {
-        BenchError::Connect {
-            failed, summary, ..
-        } => {
-            assert_eq!(*failed, 3);
-            assert!(summary.contains("refused"), "{summary}");
-        }
-        other => panic!("expected a connect failure, got {other}"),
-    }
+    assert_connect_failure(&err, 3, 3, "refused");
 }

@@ -1,6 +1,7 @@
 //! Owns one worker: up to 19,000 client connections on one thread, their
 //! setup, the receive hot path, and every per-delivery figure (counts,
-//! order checks, latency histogram, delivery timeline, flood frontier).
+//! latency histogram, delivery timeline; the order checks and the flood
+//! frontier through [`super::order`]).
 //!
 //! ## Why tokio (current_thread + LocalSet), not a hand-rolled epoll loop
 //!
@@ -54,6 +55,7 @@ use tokio::time::MissedTickBehavior;
 use crate::proto::frame::{Frame, OpCode, Role, decode_frame, parse_close};
 
 use super::conn::{self, ConnectError, Setup};
+use super::order::{Arrival, Frontier, Order};
 use super::payload::{self, Delivery, Phase};
 use super::wire::{Command, Event, Progress, Ready, WireError, WorkerReport, histogram_to_hex};
 
@@ -61,8 +63,6 @@ use super::wire::{Command, Event, Progress, Ready, WireError, WorkerReport, hist
 const READ_BUF: usize = 64 * 1024;
 /// Largest server frame accepted while running.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Slots of the frontier ring (power of two); larger than any flood window.
-const RING: usize = 1 << 16;
 /// Timeline resolution.
 pub const TIMELINE_BUCKET_NS: u64 = 10_000_000;
 /// Longest timeline kept (~11.6 h at 10 ms); later deliveries land in the
@@ -222,8 +222,7 @@ async fn connection(
         .connected(slot, Rc::clone(&stream), payload::now_ns());
     let mut c = Conn {
         slot,
-        last: 0,
-        window: 0,
+        order: Order::default(),
         probed: false,
         partial: leftover.to_vec(),
     };
@@ -256,10 +255,7 @@ async fn heartbeats(state: Rc<RefCell<State>>) {
 #[derive(Debug)]
 struct Conn {
     slot: usize,
-    /// Highest sequence number seen (0: none yet).
-    last: u64,
-    /// Bit i set: sequence number `last - 1 - i` was seen.
-    window: u64,
+    order: Order,
     probed: bool,
     /// Bytes of an incomplete frame carried to the next read.
     partial: Vec<u8>,
@@ -310,11 +306,7 @@ struct State {
     failures: BTreeMap<String, u64>,
     live: u64,
     probed: u64,
-    /// Every live connection has passed every sequence number ≤ frontier.
-    frontier: u64,
-    /// Connections that passed sequence number s, at `s % RING`, for s in
-    /// (frontier, frontier + RING).
-    ring: Vec<u32>,
+    frontier: Frontier,
     c: Counters,
     other_samples: Vec<String>,
     close_codes: BTreeMap<u16, u64>,
@@ -367,8 +359,7 @@ impl State {
             failures: BTreeMap::new(),
             live: 0,
             probed: 0,
-            frontier: 0,
-            ring: vec![0; RING],
+            frontier: Frontier::default(),
             c: Counters::default(),
             other_samples: Vec::new(),
             close_codes: BTreeMap::new(),
@@ -512,41 +503,19 @@ impl State {
             Phase::Measured => true,
         };
         let seq = d.seq;
-        let (fresh, late) = if seq > conn.last {
-            let shift = seq - conn.last;
-            if shift > 1 && measured {
-                // Count only the measured numbers among those skipped.
-                let first = payload::first_measured(bytes).unwrap_or(0);
-                let lo = (conn.last + 1).max(first);
-                self.c.gaps += seq.saturating_sub(lo);
-            }
-            let mut w = u32::try_from(shift)
-                .ok()
-                .and_then(|s| conn.window.checked_shl(s))
-                .unwrap_or(0);
-            if conn.last > 0 && shift <= 64 {
-                w |= 1 << (shift - 1);
-            }
-            conn.window = w;
-            self.pass(conn.last, seq);
-            conn.last = seq;
-            (true, false)
-        } else if seq == conn.last {
-            (false, false)
-        } else {
-            let back = conn.last - seq;
-            if back <= 64 {
-                let bit = 1u64 << (back - 1);
-                if conn.window & bit != 0 {
-                    (false, false)
-                } else {
-                    conn.window |= bit;
-                    (true, true)
+        let (fresh, late) = match conn.order.see(seq) {
+            Arrival::Ahead { from } => {
+                if seq - from > 1 && measured {
+                    // Count only the measured numbers among those skipped.
+                    let first = payload::first_measured(bytes).unwrap_or(0);
+                    let lo = (from + 1).max(first);
+                    self.c.gaps += seq.saturating_sub(lo);
                 }
-            } else {
-                // Too old for the bitmap: counted as late, not as a duplicate.
-                (true, true)
+                self.frontier.pass(from, seq);
+                (true, false)
             }
+            Arrival::Late => (true, true),
+            Arrival::Duplicate => (false, false),
         };
         if !measured {
             if fresh {
@@ -569,41 +538,10 @@ impl State {
         bump(&mut self.timeline, self.t0_ns, now);
     }
 
-    /// A connection moved from `last` to `seq`: it passed (last, seq].
-    fn pass(&mut self, last: u64, seq: u64) {
-        let lo = last.max(self.frontier) + 1;
-        let hi = seq.min(self.frontier + RING as u64 - 1);
-        for s in lo..=hi {
-            let slot = &mut self.ring[(s as usize) & (RING - 1)];
-            *slot = slot.saturating_add(1);
-        }
-    }
-
-    /// Undo a dead connection's passes so the frontier counts live ones only.
-    fn unpass(&mut self, last: u64) {
-        let hi = last.min(self.frontier + RING as u64 - 1);
-        for s in self.frontier + 1..=hi {
-            let slot = &mut self.ring[(s as usize) & (RING - 1)];
-            *slot = slot.saturating_sub(1);
-        }
-    }
-
     fn advance_frontier(&mut self) {
-        if self.live == 0 {
-            return;
-        }
-        let before = self.frontier;
-        loop {
-            let slot = &mut self.ring[((self.frontier + 1) as usize) & (RING - 1)];
-            if u64::from(*slot) < self.live {
-                break;
-            }
-            *slot = 0;
-            self.frontier += 1;
-        }
-        if self.flood && self.frontier != before {
+        if self.frontier.advance(self.live) && self.flood {
             let _ = self.events.send(Event::Frontier {
-                seq: self.frontier,
+                seq: self.frontier.seq(),
                 live: self.live,
             });
         }
@@ -653,7 +591,7 @@ impl State {
         if let Some(s) = self.streams.get_mut(conn.slot) {
             *s = None;
         }
-        self.unpass(conn.last);
+        self.frontier.unpass(conn.order.last);
         self.live = self.live.saturating_sub(1);
         self.c.disconnected += 1;
         if conn.probed {
@@ -681,7 +619,7 @@ impl State {
             probed: self.probed,
             received: self.c.received,
             warmup_received: self.c.warmup_received,
-            frontier: self.frontier,
+            frontier: self.frontier.seq(),
         };
         if p != self.last_progress {
             let _ = self.events.send(Event::Progress(p.clone()));
@@ -742,11 +680,17 @@ mod tests {
     fn conn() -> Conn {
         Conn {
             slot: 0,
-            last: 0,
-            window: 0,
+            order: Order::default(),
             probed: false,
             partial: Vec::new(),
         }
+    }
+
+    /// A worker with one live connection.
+    fn one_live() -> (State, mpsc::UnboundedReceiver<Event>, Conn) {
+        let (mut s, rx) = state();
+        s.live = 1;
+        (s, rx, conn())
     }
 
     fn deliver(s: &mut State, c: &mut Conn, seq: u64, phase: Phase, first: u64) {
@@ -760,9 +704,7 @@ mod tests {
 
     #[test]
     fn order_checks() {
-        let (mut s, _rx) = state();
-        s.live = 1;
-        let mut c = conn();
+        let (mut s, _rx, mut c) = one_live();
         deliver(&mut s, &mut c, 1, Phase::Warmup, 0);
         deliver(&mut s, &mut c, 2, Phase::Warmup, 0);
         // Warmup 3 lost, measured from 4; 4 lost too → one measured gap.
@@ -783,7 +725,7 @@ mod tests {
         assert_eq!((s.c.reordered, s.c.duplicates, s.c.received), (2, 2, 4));
         // Probes never touch the sequence.
         deliver(&mut s, &mut c, 0, Phase::Probe, 0);
-        assert_eq!((s.probed, c.last), (1, 200));
+        assert_eq!((s.probed, c.order.last), (1, 200));
         assert_eq!(s.hist.len(), 4);
     }
 
@@ -793,9 +735,7 @@ mod tests {
     /// publishing started count in neither.
     #[test]
     fn warmup_deliveries_have_a_timeline() {
-        let (mut s, _rx) = state();
-        s.live = 1;
-        let mut c = conn();
+        let (mut s, _rx, mut c) = one_live();
         deliver(&mut s, &mut c, 1, Phase::Warmup, 0);
         assert!(s.warmup_timeline.is_empty(), "no clock before Start");
         s.t0_ns = 500;
@@ -819,17 +759,17 @@ mod tests {
             deliver(&mut s, &mut a, seq, Phase::Measured, 1);
         }
         s.advance_frontier();
-        assert_eq!(s.frontier, 0);
+        assert_eq!(s.frontier.seq(), 0);
         deliver(&mut s, &mut b, 2, Phase::Measured, 1); // 1 lost for b: passed
         s.advance_frontier();
-        assert_eq!(s.frontier, 2);
+        assert_eq!(s.frontier.seq(), 2);
         assert!(matches!(
             rx.try_recv(),
             Ok(Event::Frontier { seq: 2, live: 2 })
         ));
         // b dies: only a counts, which passed 3.
         s.conn_ended(&b, End::Eof);
-        assert_eq!(s.frontier, 3);
+        assert_eq!(s.frontier.seq(), 3);
         assert_eq!(s.c.disconnected, 1);
     }
 }
