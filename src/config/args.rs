@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
-use super::{AuthKind, AuthMode, Config, ConfigError, ServeArgs, bad, comma_list};
-use super::{from_value_or_file, table::ms};
+use super::table::ms;
+use super::{
+    AuthKind, AuthMode, Config, ConfigError, ServeArgs, bad, comma_list, from_value_or_file,
+};
 
 impl ServeArgs {
     /// Read the `--config` file, if any, and merge it under these values.

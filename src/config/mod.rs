@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use settings::is_http_url;
 pub use settings::{Config, ServeArgs};
 use table::DAY;
-
-use serde::Deserialize;
 
 /// Which I/O back end the shards use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
