@@ -1,8 +1,8 @@
 //! `Debug` for the configuration types that hold secrets: the API key and
 //! the JWT secret print as `<redacted>`, URLs with their passwords redacted
 //! ([`crate::secrets::redact_url`]). The fields are listed by hand: a field
-//! added later is left out until someone adds it here, so a new secret is
-//! never printed by accident.
+//! added later is left out until someone adds it here (a test fails until
+//! then), so a new secret is never printed by accident.
 
 use std::fmt;
 
@@ -188,6 +188,26 @@ impl fmt::Debug for ServeArgs {
 mod tests {
     use super::*;
     use crate::config::AuthKind;
+
+    /// A field added to the settings table fails here until it is listed
+    /// above (with its secret redacted, if it holds one).
+    #[test]
+    fn debug_lists_every_field() {
+        let shown = format!("{:?}", Config::default());
+        for field in crate::config::settings::CONFIG_FIELDS {
+            assert!(
+                shown.contains(&format!(" {field}: ")),
+                "Config's Debug leaves out {field}: {shown}"
+            );
+        }
+        let shown = format!("{:?}", ServeArgs::default());
+        for field in crate::config::settings::ARG_FIELDS {
+            assert!(
+                shown.contains(&format!(" {field}: ")),
+                "ServeArgs's Debug leaves out {field}: {shown}"
+            );
+        }
+    }
 
     #[test]
     fn debug_never_shows_secrets() {
