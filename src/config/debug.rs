@@ -115,7 +115,6 @@ impl fmt::Debug for Config {
             .field("events_webhook_timeout", &c.events_webhook_timeout)
             .field("shard_queue_limit", &c.shard_queue_limit)
             .field("control_max_tasks", &c.control_max_tasks)
-            .field("io_task_per_connection", &c.io_task_per_connection)
             .finish_non_exhaustive()
     }
 }

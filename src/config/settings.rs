@@ -65,12 +65,6 @@ settings! {
         pub redis_cluster: bool = false,
         /// Bearer key for `POST /api/publish`; `None` disables the endpoint.
         pub api_key: Option<String> = None,
-        /// Keep a task per upgraded connection instead of parking it in the
-        /// shard's epoll: the readiness path's fallback when that epoll
-        /// cannot be created. Not a flag; set by the tests that force the
-        /// fallback.
-        #[doc(hidden)]
-        pub io_task_per_connection: bool = false,
     }
 
     /// `ignis-ws serve` flags. Every flag has an `IGNIS_WS_*` environment
