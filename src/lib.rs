@@ -7,42 +7,47 @@
 //!
 //! ## Glossary
 //!
-//! One word per concept; where today's code still uses two, both are named
-//! (issue 13 renames them).
+//! One word per concept.
 //!
 //! * **client id** ([`ClientId`]) — the UUID a connection is known by on the
 //!   wire (`connected.data.id`); its last byte names the owning shard.
 //! * **connection key** ([`shard::ConnKey`]) — a shard-local slot index for
-//!   a connection, reused after it leaves; never leaves the shard. Not to be
-//!   confused with the client's *public key* (`shard::ClientKey`, the
-//!   encryption handshake's `publicKey`).
+//!   a connection, reused after it leaves (a *generation* tells the
+//!   occupants apart); never leaves the shard. Not to be confused with the
+//!   client's *public key* ([`shard::PublicKey`], the encryption
+//!   handshake's `publicKey`).
 //! * **upgrade** — the HTTP/1.1 request and `101` answer that turn a TCP
-//!   connection into a WebSocket (`proto::handshake`). **Authentication** —
-//!   the `authenticate` event and the authenticator's verdict
-//!   (`Shard::accept` when it succeeds; unrelated to the TCP `accept_loop`).
-//!   **Encryption handshake** — the ECDH key exchange inside
+//!   connection into a WebSocket (`proto::handshake`, `io::upgrade`).
+//!   **Authentication** — the `authenticate` event and the authenticator's
+//!   verdict. **Encryption handshake** — the ECDH key exchange inside
 //!   authentication. **Closing handshake** — the RFC 6455 close frames.
-//!   "Handshake" alone means the upgrade.
+//!   "Handshake" alone means the upgrade. *Accept* is only the TCP
+//!   `accept` (`io::accept`).
 //! * **Ending a connection**: *close* starts the closing handshake (close
-//!   frame queued, timer armed); *kill* marks it finished (nothing more is
-//!   read or written, its task or the reaper will drop it); *reap*
-//!   deregisters dead parked connections; *remove* takes a finished
-//!   connection out of every index.
+//!   frame queued, deadline armed); *abort* ends it at once, nothing more
+//!   read or written ([`shard::Event::Closed`]); the driver then drops the
+//!   socket and *removes* the record from every index
+//!   ([`shard::Shard::remove`]).
+//! * **driver** — what feeds a sans-io [`shard::Shard`] its inputs and
+//!   carries out its outputs: [`io::parked`] and [`io::multishot`] over
+//!   sockets (sharing [`io::shard_io::ShardIo`]), or
+//!   [`shard::memory::MemoryDriver`] in memory with virtual time.
 //! * **parked** — an upgraded connection with no task of its own, read by
-//!   the shard's poller when its socket is ready (the default receive path).
+//!   the shard's poller when its socket is ready (the default driver).
 //! * **delivery** ([`delivery::Delivery`]) — one encoded frame plus its
 //!   target (client, user, room, broadcast) on its way to the shards; the
 //!   frame is shared by every recipient.
 //! * **envelope** — the JSON the Ignis cluster publishes on Redis
-//!   (`bridge::envelope`); **event** — a client message's `event` name.
+//!   (`bridge::envelope`); **event** — a client message's `event` name, or
+//!   an output of the shard for its driver ([`shard::Event`]).
 //! * **shard** — one core's thread, runtime, listener, clients and indexes
-//!   ([`shard::Shard`]); `io::conn::ShardIo` is its socket side
-//!   (`IoShard` is the shard type as the I/O layer instantiates it).
-//! * **publisher** — two today: `bridge::Publisher` (the Redis outbox every
-//!   node publishes through) and the HTTP `POST /api/publish` endpoint.
+//!   ([`shard::Shard`] is its state machine).
+//! * **publisher** — `bridge::Publisher`, the Redis outbox every node
+//!   publishes through; the HTTP `POST /api/publish` endpoint is the
+//!   *publish API*.
 //! * **control thread** — the process's one tokio thread for everything
 //!   that waits (webhooks, user futures, Redis) ([`control`]).
-//!
+
 //! ## The architecture in one screen
 //!
 //! Data flows one way: bytes from a socket → frames → client messages →
@@ -54,9 +59,11 @@
 //!            │ the Redis bridge (one per process)               │
 //!            └──────▲──────────────────────────────┬───────────┘
 //!                   │ boxed futures                │ ShardCommand (flume)
-//!   shard 0 ────────┴───┐   shard 1 ...            ▼
-//!   compio runtime (io_uring or epoll), pinned to core 0,
-//!   own SO_REUSEPORT listener, own clients / users / rooms.
+//!   shard thread 0 ─┴──────────────────────────────▼──────────────────
+//!   compio runtime (io_uring or epoll), pinned to core 0, own
+//!   SO_REUSEPORT listener.  io (driver)  ──handle_*(…, now)──▶  Shard
+//!   accept · upgrade · parked/multishot   ◀──poll_event/poll_dirty──
+//!   flusher: transmit() → one sendmsg per client per turn
 //!   Handle::to_room(..) encodes the frame ONCE into a `Bytes` and sends
 //!   the same buffer to every shard; each shard pushes a refcount of it
 //!   onto each recipient's queue and writes every queue with one writev.
@@ -64,9 +71,12 @@
 //!
 //! * [`proto`] — sans-io: the RFC 6455 codec, the HTTP upgrade, the Ignis
 //!   message envelope and the per-client state machine. No sockets, no clock.
-//! * [`shard`] — one core's world: sessions, the room and user indexes,
-//!   fan-out. Still no syscalls of its own.
-//! * [`io`] — the socket side of a shard, on compio.
+//! * [`shard`] — one core's world as a sans-io state machine: sessions,
+//!   the room and user indexes, fan-out, timers; inputs `handle_*` with
+//!   the time passed in, outputs `poll_*`. No syscalls, no wakers, no
+//!   clock, no user code; [`shard::memory`] drives it in memory.
+//! * [`io`] — the socket side of a shard, on compio: accept, upgrade, one
+//!   thin driver per receive mode (parked, multishot), the shared tasks.
 //! * [`delivery`] — what travels to the shards: [`ClientId`], the target,
 //!   the shared frame, [`delivery::SendError`]; below the shard, the bridge
 //!   and the handle.

@@ -22,9 +22,6 @@ use crate::metrics::{Registry, ShardMetrics};
 use crate::proto::handshake::HandshakeLimits;
 use crate::shard::{ConnKey, Event, Shard};
 
-/// The shard as the I/O layer instantiates it.
-pub type IoShard = Shard<ConnSock>;
-
 /// The driver's state of one upgraded connection, kept in its shard record.
 #[derive(Debug)]
 pub enum ConnSock {
@@ -70,7 +67,7 @@ impl AsFd for ConnSock {
 
 /// Everything a shard's tasks share.
 pub struct ShardIo {
-    pub shard: RefCell<IoShard>,
+    pub shard: RefCell<Shard<ConnSock>>,
     /// User code the shard's events ask for.
     pub(super) calls: Calls,
     /// For `POST /api/publish`.
@@ -107,7 +104,7 @@ impl ShardIo {
     /// Wrap a shard. Fails if the shard's epoll instance cannot be
     /// created.
     pub fn new(
-        shard: IoShard,
+        shard: Shard<ConnSock>,
         calls: Calls,
         registry: Arc<Registry>,
         handle: crate::handle::Handle,
@@ -147,7 +144,7 @@ impl ShardIo {
 
     /// Give the shard an input, then carry out what it asks for.
     #[inline]
-    pub fn with<R>(&self, f: impl FnOnce(&mut IoShard) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(&mut Shard<ConnSock>) -> R) -> R {
         let r = f(&mut self.shard.borrow_mut());
         self.after();
         r
@@ -224,7 +221,7 @@ impl ShardIo {
     }
 
     /// Wait until `ready` says there is work; `slot` keeps the waker.
-    async fn wait(&self, slot: &Cell<Option<Waker>>, ready: impl Fn(&IoShard) -> bool) {
+    async fn wait(&self, slot: &Cell<Option<Waker>>, ready: impl Fn(&Shard<ConnSock>) -> bool) {
         std::future::poll_fn(|cx| {
             if ready(&self.shard.borrow()) {
                 std::task::Poll::Ready(())

@@ -2,7 +2,7 @@
 //! the request head (and a publish body), answer plain HTTP requests
 //! (`/health`, `/metrics`, `POST /api/publish`, errors) and the WebSocket
 //! upgrade, within `--handshake-timeout-ms`. The bytes come from a
-//! [`Source`]: readiness + `recv`, or an io_uring multishot receive.
+//! `Source`: readiness + `recv`, or an io_uring multishot receive.
 
 use std::io;
 

@@ -112,13 +112,13 @@ impl<S> Shard<S> {
             AuthStep::Accept => {
                 ShardMetrics::add(&m.auth_accepted, 1);
                 let identity = identity.unwrap_or_default();
-                self.accept(key, identity, now);
+                self.on_authenticated(key, identity, now);
             }
         }
     }
 
     /// Index the client, join its own and default rooms, send `connected`.
-    fn accept(&mut self, key: ConnKey, identity: Identity, now: Instant) {
+    fn on_authenticated(&mut self, key: ConnKey, identity: Identity, now: Instant) {
         self.set_state_gauge(State::Authenticating, State::Authenticated);
         // The encryption handshake comes before the client is indexed: a
         // client that fails it never receives anything but the error and
