@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::auth::{AuthError, AuthRequest, AuthResult, Authenticator, JoinRequest, RoomValidator};
 use crate::control::{ControlHandle, Inline};
 use crate::hooks::Hooks;
-use crate::shard::{Answer, ConnKey, HookCall, ShardCommand};
+use crate::shard::{Answer, ConnKey, HookCall, ShardCommand, UserCode};
 
 /// The user code of one shard, and where waiting calls go.
 pub struct Calls {
@@ -23,36 +23,56 @@ pub struct Calls {
 }
 
 impl Calls {
-    /// Run the authenticator for a client.
-    pub fn authenticate(
+    /// Poll `fut` once inline; if it has to wait, finish it on the control
+    /// thread and send `command(result)` to the shard. A panic, or a
+    /// control thread already at `--control-max-tasks`, is `failed`.
+    fn run<T: Send + 'static>(
         &self,
+        fut: Option<crate::auth::BoxFuture<T>>,
+        failed: impl FnOnce(Inline<T>) -> T,
+        command: impl FnOnce(T) -> ShardCommand + Send + 'static,
+    ) -> Answer<T> {
+        let Some(fut) = fut else {
+            return Answer::Ready(failed(Inline::Panicked));
+        };
+        let tx = self.self_tx.clone();
+        match self.control.run_or_offload(fut, move |v| {
+            let _ = tx.send(command(v));
+        }) {
+            Inline::Ready(v) => Answer::Ready(v),
+            Inline::Offloaded => Answer::Pending,
+            other => Answer::Ready(failed(other)),
+        }
+    }
+}
+
+impl UserCode for &Calls {
+    /// Run the authenticator for a client.
+    fn authenticate(
+        &mut self,
         key: ConnKey,
         generation: u32,
         request: AuthRequest,
     ) -> Answer<AuthResult> {
-        let panicked = || Answer::Ready(Err(AuthError::Internal("authenticator panicked".into())));
-        let Some(fut) = guarded(|| Some(self.authenticator.authenticate(request))) else {
-            return panicked();
-        };
-        let tx = self.self_tx.clone();
-        match self.control.run_or_offload(fut, move |result| {
-            let _ = tx.send(ShardCommand::AuthDone {
+        let fut = guarded(|| Some(self.authenticator.authenticate(request)));
+        self.run(
+            fut,
+            |why| match why {
+                Inline::Refused => Err(AuthError::Overloaded),
+                _ => Err(AuthError::Internal("authenticator panicked".into())),
+            },
+            move |result| ShardCommand::AuthDone {
                 key,
                 generation,
                 result,
-            });
-        }) {
-            Inline::Ready(result) => Answer::Ready(result),
-            Inline::Panicked => panicked(),
-            Inline::Refused => Answer::Ready(Err(AuthError::Overloaded)),
-            Inline::Offloaded => Answer::Pending,
-        }
+            },
+        )
     }
 
     /// Run the room validator for a `join` (none configured: nothing is
     /// allowed; a failure or refusal allows nothing either).
-    pub fn validate(
-        &self,
+    fn validate(
+        &mut self,
         key: ConnKey,
         generation: u32,
         request: JoinRequest,
@@ -61,26 +81,21 @@ impl Calls {
             return Answer::Ready(Vec::new());
         };
         let requested = request.rooms.clone();
-        let Some(fut) = guarded(|| Some(validator.allowed_rooms(request))) else {
-            return Answer::Ready(Vec::new());
-        };
-        let tx = self.self_tx.clone();
-        match self.control.run_or_offload(fut, move |allowed| {
-            let _ = tx.send(ShardCommand::JoinDone {
+        let fut = guarded(|| Some(validator.allowed_rooms(request)));
+        self.run(
+            fut,
+            |_| Vec::new(),
+            move |allowed| ShardCommand::JoinDone {
                 key,
                 generation,
                 requested,
                 allowed,
-            });
-        }) {
-            Inline::Ready(allowed) => Answer::Ready(allowed),
-            Inline::Panicked | Inline::Refused => Answer::Ready(Vec::new()),
-            Inline::Offloaded => Answer::Pending,
-        }
+            },
+        )
     }
 
     /// Run a lifecycle hook.
-    pub fn hook(&self, call: HookCall) {
+    fn hook(&mut self, call: HookCall) {
         let h = &self.hooks;
         let fut = guarded(|| match call {
             HookCall::Open(o) => h.on_open(o),

@@ -20,7 +20,7 @@ use socket2::Socket;
 use super::calls::Calls;
 use crate::metrics::{Registry, ShardMetrics};
 use crate::proto::handshake::HandshakeLimits;
-use crate::shard::{ConnKey, Event, Shard};
+use crate::shard::{ConnKey, Shard};
 
 /// The driver's state of one upgraded connection, kept in its shard record.
 #[derive(Debug)]
@@ -154,39 +154,14 @@ impl ShardIo {
     /// that have work (flusher, encryptor, shutdown).
     pub fn after(&self) {
         loop {
-            let ev = self.shard.borrow_mut().poll_event();
-            let Some(ev) = ev else { break };
-            match ev {
-                Event::Closed(key) => self.drop_conn(key),
-                Event::Authenticate {
-                    key,
-                    generation,
-                    request,
-                } => {
-                    let answer = self.calls.authenticate(key, generation, request);
-                    self.shard.borrow_mut().handle_auth_answer(
-                        key,
-                        generation,
-                        answer,
-                        Instant::now(),
-                    );
-                }
-                Event::Validate {
-                    key,
-                    generation,
-                    request,
-                } => {
-                    let requested = request.rooms.clone();
-                    let answer = self.calls.validate(key, generation, request);
-                    self.shard.borrow_mut().handle_join_answer(
-                        key,
-                        generation,
-                        &requested,
-                        answer,
-                        Instant::now(),
-                    );
-                }
-                Event::Hook(call) => self.calls.hook(call),
+            let closed = {
+                let mut sh = self.shard.borrow_mut();
+                let Some(ev) = sh.poll_event() else { break };
+                // User code runs inline here; it cannot reach the shard.
+                sh.answer(ev, &mut &self.calls, Instant::now())
+            };
+            if let Some(key) = closed {
+                self.drop_conn(key);
             }
         }
         let sh = self.shard.borrow();

@@ -67,13 +67,9 @@ impl<S> Shard<S> {
         answer: Answer<AuthResult>,
         now: Instant,
     ) {
-        if self.live(key, generation).is_none() {
-            return;
-        }
-        if let Answer::Ready(result) = answer {
-            self.finish_auth(key, generation, result, now);
-        }
-        self.resume_input(key, now);
+        self.answered(key, generation, answer, now, |sh, result| {
+            sh.finish_auth(key, generation, result, now)
+        });
     }
 
     pub(super) fn finish_auth(

@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::{Answer, ConnKey, Event, HookCall, Shard, ShardCommand, ShardCtx};
-use crate::auth::{AuthResult, Authenticator, BoxFuture, RoomValidator, poll_now};
+use std::task::Poll;
+
+use super::{Answer, ConnKey, Event, HookCall, Shard, ShardCommand, ShardCtx, UserCode};
+use crate::auth::{
+    AuthRequest, AuthResult, Authenticator, BoxFuture, JoinRequest, RoomValidator, poll_now,
+};
 use crate::hooks::Hooks;
 use crate::proto::frame::{self, Message, MessageDecoder, OpCode, Role};
 
@@ -36,17 +40,72 @@ pub struct MemSock {
     pub discard: bool,
 }
 
-/// A shard driven in memory (see the module documentation).
-pub struct MemoryDriver {
-    pub shard: Shard<MemSock>,
-    /// The virtual clock.
-    pub now: Instant,
+/// The user code, and the calls of it that had to wait.
+struct Calls {
     authenticator: Arc<dyn Authenticator>,
     room_validator: Option<Arc<dyn RoomValidator>>,
     hooks: Arc<dyn Hooks>,
     pending_auth: Vec<(ConnKey, u32, BoxFuture<AuthResult>)>,
     pending_join: Vec<PendingJoin>,
     pending_hooks: Vec<BoxFuture<()>>,
+}
+
+impl UserCode for Calls {
+    fn authenticate(
+        &mut self,
+        key: ConnKey,
+        generation: u32,
+        request: AuthRequest,
+    ) -> Answer<AuthResult> {
+        let mut fut = self.authenticator.authenticate(request);
+        match poll_now(&mut fut) {
+            Poll::Ready(r) => Answer::Ready(r),
+            Poll::Pending => {
+                self.pending_auth.push((key, generation, fut));
+                Answer::Pending
+            }
+        }
+    }
+
+    fn validate(
+        &mut self,
+        key: ConnKey,
+        generation: u32,
+        request: JoinRequest,
+    ) -> Answer<Vec<String>> {
+        let Some(v) = &self.room_validator else {
+            return Answer::Ready(Vec::new());
+        };
+        let requested = request.rooms.clone();
+        let mut fut = v.allowed_rooms(request);
+        match poll_now(&mut fut) {
+            Poll::Ready(r) => Answer::Ready(r),
+            Poll::Pending => {
+                self.pending_join.push((key, generation, requested, fut));
+                Answer::Pending
+            }
+        }
+    }
+
+    fn hook(&mut self, call: HookCall) {
+        let fut = match call {
+            HookCall::Open(o) => self.hooks.on_open(o),
+            HookCall::Connect(c) => self.hooks.on_connect(c),
+            HookCall::Disconnect(d) => self.hooks.on_disconnect(d),
+            HookCall::Message(m) => self.hooks.on_message(m),
+        };
+        if let Some(fut) = fut {
+            self.pending_hooks.push(fut);
+        }
+    }
+}
+
+/// A shard driven in memory (see the module documentation).
+pub struct MemoryDriver {
+    pub shard: Shard<MemSock>,
+    /// The virtual clock.
+    pub now: Instant,
+    user: Calls,
     /// Sockets of finished connections, with what they had received.
     pub closed: Vec<(ConnKey, MemSock)>,
     dirty: Vec<ConnKey>,
@@ -70,12 +129,14 @@ impl MemoryDriver {
         MemoryDriver {
             shard,
             now,
-            authenticator,
-            room_validator,
-            hooks,
-            pending_auth: Vec::new(),
-            pending_join: Vec::new(),
-            pending_hooks: Vec::new(),
+            user: Calls {
+                authenticator,
+                room_validator,
+                hooks,
+                pending_auth: Vec::new(),
+                pending_join: Vec::new(),
+                pending_hooks: Vec::new(),
+            },
             closed: Vec::new(),
             dirty: Vec::new(),
             encryption_batch: None,
@@ -206,62 +267,10 @@ impl MemoryDriver {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let now = self.now;
-        match ev {
-            Event::Closed(key) => {
-                if let Some(sock) = self.shard.remove(key) {
-                    self.closed.push((key, sock));
-                }
-            }
-            Event::Authenticate {
-                key,
-                generation,
-                request,
-            } => {
-                let mut fut = self.authenticator.authenticate(request);
-                let answer = match poll_now(&mut fut) {
-                    std::task::Poll::Ready(r) => Answer::Ready(r),
-                    std::task::Poll::Pending => {
-                        self.pending_auth.push((key, generation, fut));
-                        Answer::Pending
-                    }
-                };
-                self.shard.handle_auth_answer(key, generation, answer, now);
-            }
-            Event::Validate {
-                key,
-                generation,
-                request,
-            } => {
-                let requested = request.rooms.clone();
-                let answer = match &self.room_validator {
-                    None => Answer::Ready(Vec::new()),
-                    Some(v) => {
-                        let mut fut = v.allowed_rooms(request);
-                        match poll_now(&mut fut) {
-                            std::task::Poll::Ready(r) => Answer::Ready(r),
-                            std::task::Poll::Pending => {
-                                self.pending_join
-                                    .push((key, generation, requested.clone(), fut));
-                                Answer::Pending
-                            }
-                        }
-                    }
-                };
-                self.shard
-                    .handle_join_answer(key, generation, &requested, answer, now);
-            }
-            Event::Hook(call) => {
-                let fut = match call {
-                    HookCall::Open(o) => self.hooks.on_open(o),
-                    HookCall::Connect(c) => self.hooks.on_connect(c),
-                    HookCall::Disconnect(d) => self.hooks.on_disconnect(d),
-                    HookCall::Message(m) => self.hooks.on_message(m),
-                };
-                if let Some(fut) = fut {
-                    self.pending_hooks.push(fut);
-                }
-            }
+        if let Some(key) = self.shard.answer(ev, &mut self.user, self.now)
+            && let Some(sock) = self.shard.remove(key)
+        {
+            self.closed.push((key, sock));
         }
     }
 
@@ -270,9 +279,9 @@ impl MemoryDriver {
     fn poll_pending(&mut self) -> bool {
         let mut progress = false;
         let mut i = 0;
-        while i < self.pending_auth.len() {
-            if let std::task::Poll::Ready(result) = poll_now(&mut self.pending_auth[i].2) {
-                let (key, generation, _) = self.pending_auth.swap_remove(i);
+        while i < self.user.pending_auth.len() {
+            if let Poll::Ready(result) = poll_now(&mut self.user.pending_auth[i].2) {
+                let (key, generation, _) = self.user.pending_auth.swap_remove(i);
                 self.shard.handle_command(
                     ShardCommand::AuthDone {
                         key,
@@ -287,9 +296,9 @@ impl MemoryDriver {
             }
         }
         let mut i = 0;
-        while i < self.pending_join.len() {
-            if let std::task::Poll::Ready(allowed) = poll_now(&mut self.pending_join[i].3) {
-                let (key, generation, requested, _) = self.pending_join.swap_remove(i);
+        while i < self.user.pending_join.len() {
+            if let Poll::Ready(allowed) = poll_now(&mut self.user.pending_join[i].3) {
+                let (key, generation, requested, _) = self.user.pending_join.swap_remove(i);
                 self.shard.handle_command(
                     ShardCommand::JoinDone {
                         key,
@@ -304,13 +313,15 @@ impl MemoryDriver {
                 i += 1;
             }
         }
-        self.pending_hooks.retain_mut(|f| poll_now(f).is_pending());
+        self.user
+            .pending_hooks
+            .retain_mut(|f| poll_now(f).is_pending());
         progress
     }
 
     /// Calls of user code still waiting.
     pub fn pending_calls(&self) -> usize {
-        self.pending_auth.len() + self.pending_join.len() + self.pending_hooks.len()
+        self.user.pending_auth.len() + self.user.pending_join.len() + self.user.pending_hooks.len()
     }
 
     /// Write what `key` has queued into its client's buffer, as far as the

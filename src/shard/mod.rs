@@ -155,6 +155,29 @@ pub enum Answer<T> {
     Pending,
 }
 
+/// How a driver calls user code for the shard's events (see
+/// [`Shard::answer`]): the authenticator, the room validator, the hooks.
+pub trait UserCode {
+    /// Call the authenticator; `Pending` if the result comes later as
+    /// [`ShardCommand::AuthDone`].
+    fn authenticate(
+        &mut self,
+        key: ConnKey,
+        generation: u32,
+        request: AuthRequest,
+    ) -> Answer<AuthResult>;
+    /// Call the room validator on `request.rooms`; `Pending` if the result
+    /// comes later as [`ShardCommand::JoinDone`].
+    fn validate(
+        &mut self,
+        key: ConnKey,
+        generation: u32,
+        request: JoinRequest,
+    ) -> Answer<Vec<String>>;
+    /// Call a hook.
+    fn hook(&mut self, call: HookCall);
+}
+
 /// One shard.
 pub struct Shard<S> {
     pub ctx: ShardCtx,
@@ -283,6 +306,35 @@ impl<S> Shard<S> {
     #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The part of handling an event every driver shares: a call of user
+    /// code goes to `user` and its answer comes straight back. Returns the
+    /// key of a finished connection ([`Event::Closed`]): dropping its
+    /// socket is the driver's own business.
+    pub fn answer(&mut self, ev: Event, user: &mut impl UserCode, now: Instant) -> Option<ConnKey> {
+        match ev {
+            Event::Closed(key) => return Some(key),
+            Event::Authenticate {
+                key,
+                generation,
+                request,
+            } => {
+                let answer = user.authenticate(key, generation, request);
+                self.handle_auth_answer(key, generation, answer, now);
+            }
+            Event::Validate {
+                key,
+                generation,
+                request,
+            } => {
+                let requested = request.rooms.clone();
+                let answer = user.validate(key, generation, request);
+                self.handle_join_answer(key, generation, &requested, answer, now);
+            }
+            Event::Hook(call) => user.hook(call),
+        }
+        None
     }
 
     /// A freshly upgraded connection: `Unauthorized`, auth timer running.

@@ -96,9 +96,28 @@ impl<S> Shard<S> {
         }
     }
 
-    /// An answer to a call of user code arrived: decode the input that
-    /// waited for it.
-    pub(super) fn resume_input(&mut self, key: ConnKey, now: Instant) {
+    /// An answer to a call of user code arrived for a live connection:
+    /// `finish` applies a ready result, then the input that waited for the
+    /// answer is decoded.
+    pub(super) fn answered<T>(
+        &mut self,
+        key: ConnKey,
+        generation: u32,
+        answer: super::Answer<T>,
+        now: Instant,
+        finish: impl FnOnce(&mut Self, T),
+    ) {
+        if self.live(key, generation).is_none() {
+            return;
+        }
+        if let super::Answer::Ready(v) = answer {
+            finish(self, v);
+        }
+        self.resume_input(key, now);
+    }
+
+    /// Decode the input that waited for an answer.
+    fn resume_input(&mut self, key: ConnKey, now: Instant) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };

@@ -96,13 +96,9 @@ impl<S> Shard<S> {
         answer: Answer<Vec<String>>,
         now: std::time::Instant,
     ) {
-        if self.live(key, generation).is_none() {
-            return;
-        }
-        if let Answer::Ready(allowed) = answer {
-            self.finish_join(key, generation, requested, allowed);
-        }
-        self.resume_input(key, now);
+        self.answered(key, generation, answer, now, |sh, allowed| {
+            sh.finish_join(key, generation, requested, allowed)
+        });
     }
 
     pub(super) fn finish_join(

@@ -110,13 +110,19 @@ fn heartbeat_timeout_closes_4002_and_a_heartbeat_keeps_the_client() {
     assert_eq!(close_code(&d.messages(beating)), None);
 }
 
-#[test]
-fn idle_client_is_pinged_at_half_the_idle_timeout_then_closed() {
+/// An authenticated client under a 60 s idle timeout.
+fn idle_client() -> (MemoryDriver, u32) {
     let mut d = driver(Config {
         idle_timeout: Some(Duration::from_secs(60)),
         ..config()
     });
     let k = authed(&mut d);
+    (d, k)
+}
+
+#[test]
+fn idle_client_is_pinged_at_half_the_idle_timeout_then_closed() {
+    let (mut d, k) = idle_client();
     d.advance(Duration::from_secs(29));
     assert!(d.messages(k).is_empty());
     d.advance(Duration::from_secs(2));
@@ -127,11 +133,7 @@ fn idle_client_is_pinged_at_half_the_idle_timeout_then_closed() {
 
 #[test]
 fn a_pong_resets_the_idle_clock() {
-    let mut d = driver(Config {
-        idle_timeout: Some(Duration::from_secs(60)),
-        ..config()
-    });
-    let k = authed(&mut d);
+    let (mut d, k) = idle_client();
     d.advance(Duration::from_secs(31));
     assert!(matches!(d.messages(k).as_slice(), [Message::Ping(_)]));
     d.send(k, &super::memory::client_frame(OpCode::Pong, b""));
@@ -172,11 +174,12 @@ fn fin_with_nothing_owed_drops_at_once() {
     assert!(d.is_closed(k));
 }
 
-#[test]
-fn a_slow_client_is_closed_1008_and_the_others_get_everything() {
+/// A 4 KiB budget, two clients in room `r`, the first not reading, and
+/// ten 1 KB messages to the room.
+fn flood_a_stalled_client(policy: SlowClientPolicy) -> (MemoryDriver, u32, u32) {
     let mut d = driver(Config {
         backpressure_limit: 4096,
-        slow_client: SlowClientPolicy::Close,
+        slow_client: policy,
         default_rooms: vec!["r".into()],
         ..config()
     });
@@ -192,6 +195,12 @@ fn a_slow_client_is_closed_1008_and_the_others_get_everything() {
         }));
     }
     assert_eq!(d.texts(fast).len(), 10);
+    (d, slow, fast)
+}
+
+#[test]
+fn a_slow_client_is_closed_1008_and_the_others_get_everything() {
+    let (mut d, slow, fast) = flood_a_stalled_client(SlowClientPolicy::Close);
     // The slow client reads again: only the close is left for it.
     d.set_window(slow, None);
     assert_eq!(close_code(&d.messages(slow)), Some(1008));
@@ -202,22 +211,7 @@ fn a_slow_client_is_closed_1008_and_the_others_get_everything() {
 
 #[test]
 fn drop_policy_keeps_the_slow_client_and_delivers_what_fit() {
-    let mut d = driver(Config {
-        backpressure_limit: 4096,
-        slow_client: SlowClientPolicy::Drop,
-        default_rooms: vec!["r".into()],
-        ..config()
-    });
-    let slow = authed(&mut d);
-    d.set_window(slow, Some(0));
-    let frame = encode("m", Some(&"x".repeat(1000))).unwrap();
-    for _ in 0..10 {
-        d.command(ShardCommand::Deliver(Delivery {
-            target: Target::Room("r".into()),
-            frame: frame.clone(),
-            exclude: None,
-        }));
-    }
+    let (mut d, slow, _) = flood_a_stalled_client(SlowClientPolicy::Drop);
     d.set_window(slow, None);
     let got = d.texts(slow).len();
     assert!((1..10).contains(&got), "{got} delivered");
