@@ -255,31 +255,36 @@ impl Authenticator for Waiting {
     }
 }
 
-#[test]
-fn an_authenticator_that_waits_answers_later_and_messages_in_between_are_refused() {
+/// A driver whose authenticator waits for the test to answer.
+fn waiting_driver() -> (MemoryDriver, Arc<Waiting>) {
     let waiting = Arc::new(Waiting(Default::default()));
-    let config = Arc::new(config());
-    let ctx = ShardCtx {
-        index: 0,
-        config: config.clone(),
-        metrics: Arc::default(),
-        max_conns: 4,
-        has_room_validator: false,
-        wants_messages: false,
-    };
     struct Shared(Arc<Waiting>);
     impl Authenticator for Shared {
         fn authenticate(&self, req: AuthRequest) -> BoxFuture<AuthResult> {
             self.0.authenticate(req)
         }
     }
-    let mut d = MemoryDriver::new(
+    let ctx = ShardCtx {
+        index: 0,
+        config: Arc::new(config()),
+        metrics: Arc::default(),
+        max_conns: 4,
+        has_room_validator: false,
+        wants_messages: false,
+    };
+    let d = MemoryDriver::new(
         ctx,
         Arc::new(Shared(waiting.clone())),
         None,
         Arc::new(crate::hooks::NoHooks),
         Instant::now(),
     );
+    (d, waiting)
+}
+
+#[test]
+fn an_authenticator_that_waits_answers_later_and_messages_in_between_are_refused() {
+    let (mut d, waiting) = waiting_driver();
     let k = d.connect(&frame(AUTH));
     assert_eq!(d.pending_calls(), 1);
     // While authenticating, a second authenticate is an error.
@@ -323,4 +328,46 @@ fn a_protocol_error_closes_1002_and_later_input_is_ignored() {
     assert_eq!(close_code(&d.messages(k)), Some(1002));
     d.send_text(k, r#"{"event":"heartbeat"}"#);
     assert!(d.messages(k).is_empty());
+}
+
+#[test]
+fn any_data_message_counts_as_heartbeat_activity_but_pings_do_not() {
+    let mut d = driver(config());
+    let data = authed(&mut d);
+    let pinging = authed(&mut d);
+    // Every 20 s for 2 minutes: heartbeat, invalid JSON, event-less JSON
+    // from one client; WebSocket pings from the other.
+    let frames = [r#"{"event":"heartbeat"}"#, "not json", r#"{"x":1}"#];
+    for i in 0..6 {
+        d.advance(Duration::from_secs(20));
+        d.send_text(data, frames[i % 3]);
+        d.send(pinging, &super::memory::client_frame(OpCode::Ping, b"p"));
+    }
+    assert_eq!(close_code(&d.messages(data)), None);
+    assert_eq!(close_code(&d.messages(pinging)), Some(4002));
+}
+
+#[test]
+fn unauthenticated_clients_get_4001_never_4002() {
+    let mut d = driver(Config {
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(400),
+        auth_timeout: Duration::from_millis(1_000),
+        ..config()
+    });
+    let k = d.connect(&[]);
+    d.advance(Duration::from_millis(1_100));
+    assert_eq!(close_code(&d.messages(k)), Some(4001));
+}
+
+#[test]
+fn a_slow_authenticator_gets_three_times_the_auth_timeout() {
+    // `authenticate` sent at once, its answer never comes: the client is
+    // closed 4001 at 3 × auth timeout, not at 1 ×.
+    let (mut d, _waiting) = waiting_driver();
+    let k = d.connect(&frame(AUTH));
+    d.advance(Duration::from_millis(14_000));
+    assert!(d.messages(k).is_empty(), "still authenticating");
+    d.advance(Duration::from_millis(1_300));
+    assert_eq!(close_code(&d.messages(k)), Some(4001));
 }
