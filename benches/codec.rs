@@ -54,6 +54,15 @@ struct Replay {
     pos: usize,
 }
 
+impl Replay {
+    fn new(frame: &[u8]) -> Replay {
+        Replay {
+            frame: frame.to_vec(),
+            pos: 0,
+        }
+    }
+}
+
 impl Read for Replay {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let mut written = 0;
@@ -77,10 +86,16 @@ impl Write for Replay {
     }
 }
 
-fn parse(c: &mut Criterion) {
-    let mut group = c.benchmark_group("parse");
+/// A benchmark group warmed up for 1 s and measured for 2 s.
+fn short_group<'a>(c: &'a mut Criterion, name: &str) -> Group<'a> {
+    let mut group = c.benchmark_group(name);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(2));
+    group
+}
+
+fn parse(c: &mut Criterion) {
+    let mut group = short_group(c, "parse");
     for size in SIZES {
         let frame = masked_frame(size);
         group.throughput(Throughput::Bytes(frame.len() as u64));
@@ -139,10 +154,7 @@ fn parse(c: &mut Criterion) {
             BenchmarkId::new("tungstenite/frame_socket", size),
             &frame,
             |b, frame| {
-                let replay = Replay {
-                    frame: frame.clone(),
-                    pos: 0,
-                };
+                let replay = Replay::new(frame);
                 let mut socket = tungstenite::protocol::frame::FrameSocket::new(replay);
                 b.iter(|| black_box(socket.read(None).unwrap().unwrap()));
             },
@@ -153,10 +165,7 @@ fn parse(c: &mut Criterion) {
             &frame,
             |b, frame| {
                 use tungstenite::protocol::{WebSocket, WebSocketConfig};
-                let replay = Replay {
-                    frame: frame.clone(),
-                    pos: 0,
-                };
+                let replay = Replay::new(frame);
                 let config = WebSocketConfig::default()
                     .max_message_size(None)
                     .max_frame_size(None);
@@ -172,29 +181,52 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// `ours/encode_frame` and `tungstenite/format` of the same payload
+/// (`data`, `shared`); `_masked` with `mask`.
+fn bench_encode_frame(
+    group: &mut Group<'_>,
+    size: usize,
+    data: &[u8],
+    shared: &Bytes,
+    mask: Option<[u8; 4]>,
+) {
+    use tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode as TgOpCode},
+    };
+    let suffix = if mask.is_some() { "_masked" } else { "" };
+    let id = BenchmarkId::new(format!("ours/encode_frame{suffix}"), size);
+    group.bench_with_input(id, data, |b, data| {
+        let mut out = BytesMut::with_capacity(size + 14);
+        b.iter(|| {
+            out.clear();
+            encode_frame(&mut out, true, OpCode::Binary, data, mask);
+            black_box(&out);
+        });
+    });
+    let id = BenchmarkId::new(format!("tungstenite/format{suffix}"), size);
+    group.bench_with_input(id, shared, |b, shared| {
+        let mut out = Vec::with_capacity(size + 14);
+        b.iter(|| {
+            out.clear();
+            let mut frame = Frame::message(shared.clone(), TgOpCode::Data(Data::Binary), true);
+            frame.header_mut().mask = mask;
+            frame.format(&mut out).unwrap();
+            black_box(&out);
+        });
+    });
+}
+
 fn encode(c: &mut Criterion) {
-    let mut group = c.benchmark_group("encode");
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(2));
+    let mut group = short_group(c, "encode");
     for size in SIZES {
         let data = payload(size);
         let shared = Bytes::from(data.clone());
         let mut probe = BytesMut::new();
         encode_frame(&mut probe, true, OpCode::Binary, &data, None);
         group.throughput(Throughput::Bytes(probe.len() as u64));
-
-        group.bench_with_input(
-            BenchmarkId::new("ours/encode_frame", size),
-            &data,
-            |b, data| {
-                let mut out = BytesMut::with_capacity(size + 14);
-                b.iter(|| {
-                    out.clear();
-                    encode_frame(&mut out, true, OpCode::Binary, data, None);
-                    black_box(&out);
-                });
-            },
-        );
 
         group.bench_with_input(
             BenchmarkId::new("ours/server_frame", size),
@@ -232,64 +264,15 @@ fn encode(c: &mut Criterion) {
             },
         );
 
-        group.bench_with_input(
-            BenchmarkId::new("tungstenite/format", size),
-            &shared,
-            |b, shared| {
-                use tungstenite::protocol::frame::{
-                    Frame,
-                    coding::{Data, OpCode as TgOpCode},
-                };
-                let mut out = Vec::with_capacity(size + 14);
-                b.iter(|| {
-                    out.clear();
-                    let frame = Frame::message(shared.clone(), TgOpCode::Data(Data::Binary), true);
-                    frame.format(&mut out).unwrap();
-                    black_box(&out);
-                });
-            },
-        );
+        bench_encode_frame(&mut group, size, &data, &shared, None);
 
-        group.bench_with_input(
-            BenchmarkId::new("ours/encode_frame_masked", size),
-            &data,
-            |b, data| {
-                let mut out = BytesMut::with_capacity(size + 14);
-                b.iter(|| {
-                    out.clear();
-                    encode_frame(&mut out, true, OpCode::Binary, data, Some(KEY));
-                    black_box(&out);
-                });
-            },
-        );
-
-        group.bench_with_input(
-            BenchmarkId::new("tungstenite/format_masked", size),
-            &shared,
-            |b, shared| {
-                use tungstenite::protocol::frame::{
-                    Frame,
-                    coding::{Data, OpCode as TgOpCode},
-                };
-                let mut out = Vec::with_capacity(size + 14);
-                b.iter(|| {
-                    out.clear();
-                    let mut frame =
-                        Frame::message(shared.clone(), TgOpCode::Data(Data::Binary), true);
-                    frame.header_mut().mask = Some(KEY);
-                    frame.format(&mut out).unwrap();
-                    black_box(&out);
-                });
-            },
-        );
+        bench_encode_frame(&mut group, size, &data, &shared, Some(KEY));
     }
     group.finish();
 }
 
 fn unmask(c: &mut Criterion) {
-    let mut group = c.benchmark_group("unmask");
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(2));
+    let mut group = short_group(c, "unmask");
     for size in SIZES.into_iter().chain([1024 * 1024]) {
         group.throughput(Throughput::Bytes(size as u64));
         let mut data = payload(size);
@@ -304,9 +287,7 @@ fn unmask(c: &mut Criterion) {
 }
 
 fn handshake(c: &mut Criterion) {
-    let mut group = c.benchmark_group("handshake");
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(2));
+    let mut group = short_group(c, "handshake");
     let head = b"GET /ws?token=abc HTTP/1.1\r\nHost: example.com:8080\r\n\
         User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\n\
         Accept: */*\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n\

@@ -46,31 +46,27 @@ fn frame(iv: &[u8; 12], sealed: &[u8]) -> Bytes {
 
 const KEY: [u8; 32] = [7; 32];
 
-mod lc {
-    use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-    pub fn key() -> LessSafeKey {
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &super::KEY).unwrap())
-    }
-    pub fn seal(k: &LessSafeKey, iv: [u8; 12], pt: &[u8], buf: &mut Vec<u8>) {
-        buf.clear();
-        buf.extend_from_slice(pt);
-        k.seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), buf)
-            .unwrap();
-    }
+/// A module `$name` of `key` and `seal` over `$krate`'s `aead` (ring and
+/// aws-lc-rs share that API).
+macro_rules! ring_like {
+    ($name:ident, $krate:ident) => {
+        mod $name {
+            use $krate::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+            pub fn key() -> LessSafeKey {
+                LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &super::KEY).unwrap())
+            }
+            pub fn seal(k: &LessSafeKey, iv: [u8; 12], pt: &[u8], buf: &mut Vec<u8>) {
+                buf.clear();
+                buf.extend_from_slice(pt);
+                k.seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), buf)
+                    .unwrap();
+            }
+        }
+    };
 }
 
-mod rg {
-    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-    pub fn key() -> LessSafeKey {
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &super::KEY).unwrap())
-    }
-    pub fn seal(k: &LessSafeKey, iv: [u8; 12], pt: &[u8], buf: &mut Vec<u8>) {
-        buf.clear();
-        buf.extend_from_slice(pt);
-        k.seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), buf)
-            .unwrap();
-    }
-}
+ring_like!(lc, aws_lc_rs);
+ring_like!(rg, ring);
 
 mod rc {
     use aes_gcm::aead::{AeadInPlace, KeyInit};

@@ -95,15 +95,49 @@ fn reset(d: &mut MemoryDriver) {
     d.run();
 }
 
+/// The benchmark `fanout/{name}` of `elements` per round: `run` on
+/// `state` (given the round's `now`), timed; `reset` after each round,
+/// untimed.
+fn bench_rounds<S>(
+    c: &mut Criterion,
+    name: String,
+    elements: usize,
+    state: &mut S,
+    mut run: impl FnMut(&mut S, Instant),
+    mut reset: impl FnMut(&mut S),
+) {
+    let mut g = c.benchmark_group("fanout");
+    g.throughput(Throughput::Elements(elements as u64));
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                let now = Instant::now();
+                let t0 = Instant::now();
+                run(state, now);
+                t += t0.elapsed();
+                reset(state);
+            }
+            t
+        })
+    });
+    g.finish();
+}
+
+/// A broadcast of about `size` bytes to the room `ws-default`.
+fn room_delivery(size: usize) -> Delivery {
+    let data = "x".repeat(size.saturating_sub(30));
+    Delivery {
+        target: Target::Room("ws-default".into()),
+        frame: encode("b", Some(&data)).unwrap(),
+        exclude: None,
+    }
+}
+
 fn fanout(c: &mut Criterion) {
     let mut shards: Vec<MemoryDriver> = (0..SHARDS).map(shard).collect();
     for size in [100usize, 1024] {
-        let data = "x".repeat(size.saturating_sub(30));
-        let d = Delivery {
-            target: Target::Room("ws-default".into()),
-            frame: encode("b", Some(&data)).unwrap(),
-            exclude: None,
-        };
+        let d = room_delivery(size);
         // One delivery to warm the queues' capacity, then count.
         let now = Instant::now();
         for s in shards.iter_mut() {
@@ -119,26 +153,18 @@ fn fanout(c: &mut Criterion) {
         for s in shards.iter_mut() {
             reset(s);
         }
-        let mut g = c.benchmark_group("fanout");
-        g.throughput(Throughput::Elements(CLIENTS as u64));
-        g.bench_function(format!("room_10k_clients_2_shards/{size}B"), |b| {
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    let now = Instant::now();
-                    let t0 = Instant::now();
-                    for s in shards.iter_mut() {
-                        s.shard.deliver(black_box(&d), now);
-                    }
-                    t += t0.elapsed();
-                    for s in shards.iter_mut() {
-                        reset(s);
-                    }
+        bench_rounds(
+            c,
+            format!("room_10k_clients_2_shards/{size}B"),
+            CLIENTS,
+            &mut shards,
+            |shards, now| {
+                for s in shards.iter_mut() {
+                    s.shard.deliver(black_box(&d), now);
                 }
-                t
-            })
-        });
-        g.finish();
+            },
+            |shards| shards.iter_mut().for_each(reset),
+        );
     }
     drop(shards);
 }
@@ -174,29 +200,18 @@ fn fanout_encrypted(c: &mut Criterion) {
     assert!(s.shard.conns().all(|(_, c)| c.is_encrypted()));
     reset(&mut s);
     for size in [100usize, 1024] {
-        let data = "x".repeat(size.saturating_sub(30));
-        let d = Delivery {
-            target: Target::Room("ws-default".into()),
-            frame: encode("b", Some(&data)).unwrap(),
-            exclude: None,
-        };
-        let mut g = c.benchmark_group("fanout");
-        g.throughput(Throughput::Elements(ENC as u64));
-        g.bench_function(format!("room_1k_encrypted_clients/{size}B"), |b| {
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    let now = Instant::now();
-                    let t0 = Instant::now();
-                    s.shard.deliver(black_box(&d), now);
-                    while s.shard.run_encryption(usize::MAX) {}
-                    t += t0.elapsed();
-                    reset(&mut s);
-                }
-                t
-            })
-        });
-        g.finish();
+        let d = room_delivery(size);
+        bench_rounds(
+            c,
+            format!("room_1k_encrypted_clients/{size}B"),
+            ENC,
+            &mut s,
+            |s, now| {
+                s.shard.deliver(black_box(&d), now);
+                while s.shard.run_encryption(usize::MAX) {}
+            },
+            reset,
+        );
     }
     drop(s);
 }

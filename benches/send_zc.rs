@@ -34,6 +34,23 @@ fn pair() -> (compio::net::TcpStream, std::thread::JoinHandle<()>) {
     (compio::net::TcpStream::from_std(server).unwrap(), reader)
 }
 
+/// Write all of `f` to `s` with io_uring SEND, or SEND_ZC if `zero_copy`.
+async fn write_all(s: &mut compio::net::TcpStream, f: &Bytes, zero_copy: bool) {
+    let mut left = f.clone();
+    while !left.is_empty() {
+        let (n, buf) = if zero_copy {
+            let compio::BufResult(r, ready) = s.write_zerocopy(left).await;
+            // The buffer may be reused once the kernel says it is done
+            // with it.
+            (r.unwrap(), ready.await)
+        } else {
+            let compio::BufResult(r, buf) = s.write(left).await;
+            (r.unwrap(), buf)
+        };
+        left = buf.slice(n..);
+    }
+}
+
 fn send_zc(c: &mut Criterion) {
     let rt = compio::runtime::RuntimeBuilder::new()
         .with_proactor({
@@ -69,45 +86,19 @@ fn send_zc(c: &mut Criterion) {
                     t0.elapsed()
                 })
             });
-            g.bench_with_input(BenchmarkId::new("io_uring_send", size), &frame, |b, f| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let t0 = Instant::now();
-                        for _ in 0..iters {
-                            let mut left = f.clone();
-                            while !left.is_empty() {
-                                let compio::BufResult(r, buf) = s.write(left).await;
-                                let n = r.unwrap();
-                                left = buf.slice(n..);
-                            }
-                        }
-                        t0.elapsed()
-                    })
-                })
-            });
-            g.bench_with_input(
-                BenchmarkId::new("io_uring_send_zc", size),
-                &frame,
-                |b, f| {
+            for (name, zero_copy) in [("io_uring_send", false), ("io_uring_send_zc", true)] {
+                g.bench_with_input(BenchmarkId::new(name, size), &frame, |b, f| {
                     b.iter_custom(|iters| {
                         rt.block_on(async {
                             let t0 = Instant::now();
                             for _ in 0..iters {
-                                let mut left = f.clone();
-                                while !left.is_empty() {
-                                    let compio::BufResult(r, ready) = s.write_zerocopy(left).await;
-                                    let n = r.unwrap();
-                                    // The buffer may be reused once the kernel
-                                    // says it is done with it.
-                                    let buf = ready.await;
-                                    left = buf.slice(n..);
-                                }
+                                write_all(&mut s, f, zero_copy).await;
                             }
                             t0.elapsed()
                         })
                     })
-                },
-            );
+                });
+            }
         }
     }
     g.finish();

@@ -8,9 +8,7 @@ use std::io::{self, Cursor, Read, Write};
 use bytes::BytesMut;
 
 use crate::bridge::envelope;
-use crate::proto::frame::{
-    self, FrameError, Message, MessageDecoder, OpCode, Role, decode_frame, encode_frame,
-};
+use crate::proto::frame::{self, FrameError, Message, OpCode, Role, decode_frame, encode_frame};
 use crate::proto::handshake::{
     HandshakeLimits, Request, accept_response, error_response, parse_request,
 };
@@ -33,20 +31,7 @@ pub const TARGETS: &[(&str, Check)] = &[
 type Outcome = (Vec<Message>, Option<FrameError>);
 
 fn decode_all<'a>(role: Role, max: usize, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
-    let mut decoder = MessageDecoder::new(role, max);
-    let mut buf = BytesMut::new();
-    let mut messages = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(message)) => messages.push(message),
-                Ok(None) => break,
-                Err(e) => return (messages, Some(e)),
-            }
-        }
-    }
-    (messages, None)
+    frame::decode_chunks(role, max, chunks, false)
 }
 
 /// Chunk lengths from a tiny xorshift seeded by one input byte, so the
@@ -309,15 +294,7 @@ pub fn frame_roundtrip(data: &[u8]) {
     let Some((&b0, rest)) = data.split_first() else {
         return;
     };
-    let opcodes = [
-        OpCode::Continuation,
-        OpCode::Text,
-        OpCode::Binary,
-        OpCode::Close,
-        OpCode::Ping,
-        OpCode::Pong,
-    ];
-    let opcode = opcodes[usize::from(b0 % 6)];
+    let opcode = OpCode::ALL[usize::from(b0 % 6)];
     let masked = b0 & 0x80 != 0;
     let (mask, payload) = if masked && rest.len() >= 4 {
         ([rest[0], rest[1], rest[2], rest[3]], &rest[4..])

@@ -14,25 +14,68 @@ use util::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ignis-ws");
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+/// The binary with `args` and `env`, in an environment clean of the
+/// caller's `IGNIS_WS_*` variables.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    // A clean environment of IGNIS_WS_* variables.
     for (k, _) in std::env::vars() {
         if k.starts_with("IGNIS_WS_") {
             cmd.env_remove(k);
         }
     }
-    let out = cmd.output().expect("run the binary");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = command(args, env).output().expect("run the binary");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// Run a command line written as a shell would take it, then the key the
+/// failure names and what else it says: `"NAME=value serve --flag value =>
+/// --flag why"` gives the environment (the leading `NAME=value` words), the
+/// arguments and the key. An argument named in `paths` stands for its path.
+/// Asserts the exit code 2 naming the key; returns the output, the command
+/// line (for messages) and the `why`.
+fn run_case<'a>(case: &'a str, paths: &[(&str, &'a str)]) -> (String, String, &'a str) {
+    let (line, named) = case.split_once(" => ").expect("a case names its key");
+    let (key, why) = named.split_once(' ').unwrap_or((named, ""));
+    let mut env = Vec::new();
+    let mut args = Vec::new();
+    for word in line.split_whitespace() {
+        match word.split_once('=') {
+            Some(pair) if args.is_empty() => env.push(pair),
+            _ => args.push(paths.iter().find(|(n, _)| *n == word).map_or(word, |p| p.1)),
+        }
+    }
+    let (code, out) = run(&args, &env);
+    let ctx = format!("{args:?} {env:?}");
+    assert_eq!(code, 2, "{ctx}: {out}");
+    assert!(out.contains(key), "{ctx} should name {key}: {out}");
+    (out, ctx, why)
+}
+
+/// Write `contents` to the file `name` in `dir`; its path.
+fn file_in(dir: &tempfile::TempDir, name: &str, contents: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, contents).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+/// [`file_in`] a new temporary directory, returned with the path.
+fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = file_in(&dir, name, contents);
+    (dir, p)
 }
 
 #[test]
@@ -44,120 +87,27 @@ fn no_auth_mode_exits_2_naming_auth() {
 
 #[test]
 fn bad_values_exit_2_naming_the_key() {
-    for (args, env, key) in [
-        (
-            vec!["serve", "--auth", "insecure", "--shards", "abc"],
-            vec![],
-            "--shards",
-        ),
-        (vec!["serve", "--auth", "nope"], vec![], "--auth"),
-        (
-            vec!["serve", "--auth", "insecure", "--max-payload", "12XB"],
-            vec![],
-            "--max-payload",
-        ),
-        (
-            vec!["serve", "--auth", "insecure"],
-            vec![("IGNIS_WS_AUTH_TIMEOUT_MS", "0")],
-            "--auth-timeout-ms",
-        ),
-        (
-            vec!["serve", "--auth", "insecure"],
-            vec![("IGNIS_WS_HEARTBEAT_INTERVAL_MS", "x")],
-            "--heartbeat-interval-ms",
-        ),
-        (
-            vec![
-                "serve",
-                "--auth",
-                "insecure",
-                "--client-max-msgs-per-sec",
-                "lots",
-            ],
-            vec![],
-            "--client-max-msgs-per-sec",
-        ),
-        (
-            vec!["serve", "--auth", "insecure"],
-            vec![("IGNIS_WS_MAX_ROOMS_PER_CLIENT", "many")],
-            "--max-rooms-per-client",
-        ),
-        (
-            vec!["serve", "--auth", "insecure"],
-            vec![("IGNIS_WS_HEARTBEAT_TIMEOUT_MS", "90000000000")],
-            "--heartbeat-timeout-ms",
-        ),
-        (vec!["serve", "--auth", "jwt"], vec![], "--jwt-secret"),
-        (
-            vec!["serve", "--auth", "jwt", "--jwt-secret", "x"],
-            vec![],
-            "--jwt-secret",
-        ),
-        (
-            vec!["serve", "--auth", "jwt"],
-            vec![("IGNIS_WS_JWT_SECRET", "only-twenty-one-bytes")],
-            "--jwt-secret",
-        ),
-        (
-            vec![
-                "serve",
-                "--auth",
-                "jwt",
-                "--jwt-secret",
-                "0123456789abcdef0123456789abcdef",
-                "--jwt-max-age-s",
-                "0",
-            ],
-            vec![],
-            "--jwt-max-age-s",
-        ),
-        (
-            vec![
-                "serve",
-                "--auth",
-                "jwt",
-                "--jwt-secret",
-                "0123456789abcdef0123456789abcdef",
-                "--jwt-require-exp",
-                "perhaps",
-            ],
-            vec![],
-            "--jwt-require-exp",
-        ),
-        (vec!["serve", "--auth", "webhook"], vec![], "--auth-url"),
-        (
-            vec!["serve", "--auth", "webhook", "--auth-url", "ftp://x"],
-            vec![],
-            "--auth-url",
-        ),
-        (
-            vec![
-                "serve",
-                "--auth",
-                "jwt",
-                "--jwt-public-key",
-                "/nonexistent.pem",
-            ],
-            vec![],
-            "--jwt-public-key",
-        ),
-        (
-            vec!["serve", "--auth", "insecure", "--default-rooms", "ws:bad"],
-            vec![],
-            "--default-rooms",
-        ),
-        (
-            vec!["serve", "--auth", "insecure", "--path", "nope"],
-            vec![],
-            "--path",
-        ),
+    for case in [
+        "serve --auth insecure --shards abc => --shards",
+        "serve --auth nope => --auth",
+        "serve --auth insecure --max-payload 12XB => --max-payload",
+        "IGNIS_WS_AUTH_TIMEOUT_MS=0 serve --auth insecure => --auth-timeout-ms",
+        "IGNIS_WS_HEARTBEAT_INTERVAL_MS=x serve --auth insecure => --heartbeat-interval-ms",
+        "serve --auth insecure --client-max-msgs-per-sec lots => --client-max-msgs-per-sec",
+        "IGNIS_WS_MAX_ROOMS_PER_CLIENT=many serve --auth insecure => --max-rooms-per-client",
+        "IGNIS_WS_HEARTBEAT_TIMEOUT_MS=90000000000 serve --auth insecure => --heartbeat-timeout-ms",
+        "serve --auth jwt => --jwt-secret",
+        "serve --auth jwt --jwt-secret x => --jwt-secret",
+        "IGNIS_WS_JWT_SECRET=only-twenty-one-bytes serve --auth jwt => --jwt-secret",
+        "serve --auth jwt --jwt-secret 0123456789abcdef0123456789abcdef --jwt-max-age-s 0 => --jwt-max-age-s",
+        "serve --auth jwt --jwt-secret 0123456789abcdef0123456789abcdef --jwt-require-exp perhaps => --jwt-require-exp",
+        "serve --auth webhook => --auth-url",
+        "serve --auth webhook --auth-url ftp://x => --auth-url",
+        "serve --auth jwt --jwt-public-key /nonexistent.pem => --jwt-public-key",
+        "serve --auth insecure --default-rooms ws:bad => --default-rooms",
+        "serve --auth insecure --path nope => --path",
     ] {
-        let (code, out) = run(&args, &env);
-        assert_eq!(code, 2, "{args:?} {env:?}: {out}");
-        assert!(
-            out.contains(key),
-            "{args:?} {env:?} should name {key}: {out}"
-        );
+        run_case(case, &[]);
     }
 }
 
@@ -181,10 +131,9 @@ fn short_jwt_secret_exits_2_without_echoing_it() {
     assert!(out.contains("32"), "{out}");
     assert!(!out.contains(secret), "the secret is echoed: {out}");
     // The same from a TOML file.
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("short.toml");
-    std::fs::write(&p, format!("auth = \"jwt\"\njwt-secret = \"{secret}\"\n")).unwrap();
-    let (code, out) = run(&["serve", "--config", p.to_str().unwrap()], &[]);
+    let toml = format!("auth = \"jwt\"\njwt-secret = \"{secret}\"\n");
+    let (_dir, p) = temp_file("short.toml", &toml);
+    let (code, out) = run(&["serve", "--config", &p], &[]);
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("--jwt-secret") && !out.contains(secret),
@@ -194,14 +143,12 @@ fn short_jwt_secret_exits_2_without_echoing_it() {
 
 #[test]
 fn config_file_errors_name_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "auth = \"insecure\"\nauth-timeout = 5\n").unwrap();
-    let (code, out) = run(&["serve", "--config", p.to_str().unwrap()], &[]);
+    let (_dir, p) = temp_file("bad.toml", "auth = \"insecure\"\nauth-timeout = 5\n");
+    let (code, out) = run(&["serve", "--config", &p], &[]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("auth-timeout"), "{out}");
     std::fs::write(&p, "auth = \"insecure\"\nshards = \"two\"\n").unwrap();
-    let (code, out) = run(&["serve", "--config", p.to_str().unwrap()], &[]);
+    let (code, out) = run(&["serve", "--config", &p], &[]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("shards"), "{out}");
 }
@@ -249,20 +196,22 @@ fn help_documents_every_flag() {
 }
 
 /// Start `ignis-ws serve` and return it with the address it logged.
-#[allow(clippy::zombie_processes)] // reason: every caller waits for the child
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let (child, addr, _) = start(command(&[&["serve"], args].concat(), env));
+    (child, addr)
+}
+
+/// Start `cmd` and return it with the address it logged and what it logged
+/// before (start-up warnings).
+#[allow(clippy::zombie_processes)] // reason: every caller waits for the child
+fn start(mut cmd: Command) -> (Child, std::net::SocketAddr, String) {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
     let mut child = cmd.spawn().unwrap();
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
+    let mut before = String::new();
     loop {
         let line = lines.next().expect("the server logs its address").unwrap();
         if line.contains("listening") {
@@ -272,8 +221,10 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
                 .expect("addr= in the listening line");
             // Keep draining the log so the server never blocks on it.
             std::thread::spawn(move || for _ in lines {});
-            return (child, addr.parse().unwrap());
+            return (child, addr.parse().unwrap(), before);
         }
+        before.push_str(&line);
+        before.push('\n');
     }
 }
 
@@ -315,7 +266,7 @@ fn sigterm(child: &Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_then_sigterm_closes_clients_1001() {
-    let (mut child, addr) = spawn(
+    let (child, addr) = spawn(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -342,11 +293,7 @@ async fn serve_then_sigterm_closes_clients_1001() {
         c.expect_close().await,
         (1001, "Server shutting down".into())
     );
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    wait_success(child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +306,7 @@ async fn env_and_toml_configure_the_server() {
     )
     .unwrap();
     // The environment wins over the file for the path.
-    let (mut child, addr) = spawn(
+    let (child, addr) = spawn(
         &["--config", p.to_str().unwrap()],
         &[("IGNIS_WS_PATH", "/from-env")],
     );
@@ -372,57 +319,26 @@ async fn env_and_toml_configure_the_server() {
     c.expect_silence().await;
     sigterm(&child);
     let _ = c.expect_close().await;
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    wait_success(child).await;
     let _ = Duration::ZERO;
 }
 
 // ---- secrets (issue 12, item 6) ----
 
-/// Like [`spawn`], also returning what the server logged before it listened
-/// (start-up warnings).
-#[allow(clippy::zombie_processes)] // reason: every caller waits for the child
+/// Like [`spawn`] on `127.0.0.1:0` with one shard, also returning what the
+/// server logged before it listened (start-up warnings).
 fn spawn_logged(args: &[&str], env: &[(&str, &str)]) -> (Child, std::net::SocketAddr, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("NO_COLOR", "1");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("IGNIS_WS_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let mut before = String::new();
-    loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        if line.contains("listening") {
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .expect("addr= in the listening line");
-            std::thread::spawn(move || for _ in lines {});
-            return (child, addr.parse().unwrap(), before);
-        }
-        before.push_str(&line);
-        before.push('\n');
-    }
+    let preset = ["serve", "--listen", "127.0.0.1:0", "--shards", "1"];
+    start(command(&[&preset, args].concat(), env))
 }
 
 async fn stop(child: Child) {
     sigterm(&child);
-    let mut child = child;
+    wait_success(child).await;
+}
+
+/// Wait for `child` to exit and assert it exited 0.
+async fn wait_success(mut child: Child) {
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
@@ -440,21 +356,12 @@ async fn publish_status(addr: std::net::SocketAddr, key: &str) -> String {
 
 #[test]
 fn malformed_redis_url_never_shows_its_password() {
-    let bad = "redis://me:hunter2-pw@127.0.0.1:notaport";
-    for (args, env, key) in [
-        (vec!["--redis", bad], vec![], "--redis"),
-        (vec![], vec![("IGNIS_WS_REDIS", bad)], "--redis"),
-        (
-            vec!["--redis-cluster", "redis://:hunter2-pw@[::1"],
-            vec![],
-            "--redis-cluster",
-        ),
+    for case in [
+        "serve --auth insecure --redis redis://me:hunter2-pw@127.0.0.1:notaport => --redis",
+        "IGNIS_WS_REDIS=redis://me:hunter2-pw@127.0.0.1:notaport serve --auth insecure => --redis",
+        "serve --auth insecure --redis-cluster redis://:hunter2-pw@[::1 => --redis-cluster",
     ] {
-        let mut all = vec!["serve", "--auth", "insecure"];
-        all.extend(args);
-        let (code, out) = run(&all, &env);
-        assert_eq!(code, 2, "{out}");
-        assert!(out.contains(key), "{out}");
+        let (out, _, _) = run_case(case, &[]);
         assert!(out.contains("***@"), "{out}");
         assert!(!out.contains("hunter2"), "the password is shown: {out}");
     }
@@ -462,14 +369,9 @@ fn malformed_redis_url_never_shows_its_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_file_enables_publish() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("api-key");
     let key = "key-from-a-file-0123456789";
-    std::fs::write(&p, format!("{key}\n")).unwrap();
-    let (child, addr, log) = spawn_logged(
-        &["--auth", "insecure", "--api-key-file", p.to_str().unwrap()],
-        &[],
-    );
+    let (dir, p) = temp_file("api-key", &format!("{key}\n"));
+    let (child, addr, log) = spawn_logged(&["--auth", "insecure", "--api-key-file", &p], &[]);
     assert!(!log.contains("process list"), "{log}");
     assert_eq!(publish_status(addr, key).await, "HTTP/1.1 202 Accepted");
     assert_eq!(
@@ -478,14 +380,11 @@ async fn api_key_file_enables_publish() {
     );
     stop(child).await;
     // The same through the environment and the TOML file.
-    let (child, addr, _) = spawn_logged(
-        &["--auth", "insecure"],
-        &[("IGNIS_WS_API_KEY_FILE", p.to_str().unwrap())],
-    );
+    let (child, addr, _) = spawn_logged(&["--auth", "insecure"], &[("IGNIS_WS_API_KEY_FILE", &p)]);
     assert_eq!(publish_status(addr, key).await, "HTTP/1.1 202 Accepted");
     stop(child).await;
     let toml = dir.path().join("ignis.toml");
-    std::fs::write(&toml, format!("api-key-file = {:?}\n", p.to_str().unwrap())).unwrap();
+    std::fs::write(&toml, format!("api-key-file = {:?}\n", p)).unwrap();
     let (child, addr, _) = spawn_logged(
         &["--auth", "insecure", "--config", toml.to_str().unwrap()],
         &[],
@@ -499,93 +398,52 @@ fn bad_secret_files_exit_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("absent");
     let missing = missing.to_str().unwrap();
-    let empty = dir.path().join("empty");
-    std::fs::write(&empty, "\n").unwrap();
-    let empty = empty.to_str().unwrap();
-    let good = dir.path().join("good");
-    std::fs::write(&good, "a-secret-of-32-bytes-or-more-0123456789").unwrap();
-    let good = good.to_str().unwrap();
-    let insecure = ["serve", "--auth", "insecure"];
-    let jwt = ["serve", "--auth", "jwt"];
-    let inline_key = "inline-key-0123456789";
-    let inline_secret = "inline-secret-0123456789-0123456789";
-    for (base, args, env, key, why) in [
-        (
-            insecure,
-            vec!["--api-key-file", missing],
-            vec![],
-            "--api-key-file",
-            "cannot read",
-        ),
-        (
-            insecure,
-            vec!["--api-key-file", empty],
-            vec![],
-            "--api-key-file",
-            "is empty",
-        ),
-        (
-            insecure,
-            vec!["--api-key-file", good, "--api-key", inline_key],
-            vec![],
-            "--api-key-file",
-            "not both",
-        ),
-        (
-            insecure,
-            vec!["--api-key-file", good],
-            vec![("IGNIS_WS_API_KEY", inline_key)],
-            "--api-key-file",
-            "not both",
-        ),
-        (
-            jwt,
-            vec!["--jwt-secret-file", missing],
-            vec![],
-            "--jwt-secret-file",
-            "cannot read",
-        ),
-        (
-            jwt,
-            vec!["--jwt-secret-file", empty],
-            vec![],
-            "--jwt-secret-file",
-            "is empty",
-        ),
-        (
-            jwt,
-            vec!["--jwt-secret-file", good],
-            vec![("IGNIS_WS_JWT_SECRET", inline_secret)],
-            "--jwt-secret-file",
-            "not both",
-        ),
+    let empty = file_in(&dir, "empty", "\n");
+    let good = file_in(&dir, "good", "a-secret-of-32-bytes-or-more-0123456789");
+    // MISSING, EMPTY and GOOD stand for those files; then the reason.
+    for case in [
+        "serve --auth insecure --api-key-file MISSING => --api-key-file cannot read",
+        "serve --auth insecure --api-key-file EMPTY => --api-key-file is empty",
+        "serve --auth insecure --api-key-file GOOD --api-key inline-key-0123456789 \
+         => --api-key-file not both",
+        "IGNIS_WS_API_KEY=inline-key-0123456789 serve --auth insecure --api-key-file GOOD \
+         => --api-key-file not both",
+        "serve --auth jwt --jwt-secret-file MISSING => --jwt-secret-file cannot read",
+        "serve --auth jwt --jwt-secret-file EMPTY => --jwt-secret-file is empty",
+        "IGNIS_WS_JWT_SECRET=inline-secret-0123456789-0123456789 serve --auth jwt \
+         --jwt-secret-file GOOD => --jwt-secret-file not both",
     ] {
-        let mut all = base.to_vec();
-        all.extend(args.iter().copied());
-        let (code, out) = run(&all, &env);
-        assert_eq!(code, 2, "{all:?}: {out}");
+        let (out, all, why) = run_case(
+            case,
+            &[("MISSING", missing), ("EMPTY", &empty), ("GOOD", &good)],
+        );
+        let key = case
+            .split_once(" => ")
+            .unwrap()
+            .1
+            .split(' ')
+            .next()
+            .unwrap();
         assert!(
             out.contains(&format!("invalid configuration `{key}`")) && out.contains(why),
-            "{all:?}: {out}"
+            "{all}: {out}"
         );
-        assert!(!out.contains("inline-"), "{all:?}: secret shown: {out}");
-        assert!(!out.contains("a-secret-of"), "{all:?}: secret shown: {out}");
+        assert!(!out.contains("inline-"), "{all}: secret shown: {out}");
+        assert!(!out.contains("a-secret-of"), "{all}: secret shown: {out}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_secret_file_is_accepted() {
     use jsonwebtoken::{EncodingKey, Header, encode};
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("jwt-secret");
     let secret = "a-jwt-secret-of-at-least-32-bytes-0123456789";
-    std::fs::write(&p, format!("{secret}\r\n")).unwrap();
+    let (_dir, p) = temp_file("jwt-secret", &format!("{secret}\r\n"));
     let (child, addr, log) = spawn_logged(
         &[
             "--auth",
             "jwt",
             "--jwt-secret-file",
-            p.to_str().unwrap(),
+            &p,
             "--room-allow",
             "*",
         ],

@@ -454,22 +454,12 @@ async fn messages_before_a_violation_are_answered(io: IoMode) {
 async fn reserved_opcodes_close_1002(io: IoMode) {
     let s = start(config(io));
     for op in (3..=7u8).chain(11..=15) {
-        expect_fail(
-            &s,
-            &format!("opcode {op}, empty"),
-            &f(true, op, b""),
-            0,
-            1002,
-        )
-        .await;
-        expect_fail(
-            &s,
-            &format!("opcode {op}, payload"),
-            &f(true, op, b"reserved"),
-            0,
-            1002,
-        )
-        .await;
+        let case = format!("opcode {op}, empty");
+        let bytes = f(true, op, b"");
+        expect_fail(&s, &case, &bytes, 0, 1002).await;
+        let case = format!("opcode {op}, payload");
+        let bytes = f(true, op, b"reserved");
+        expect_fail(&s, &case, &bytes, 0, 1002).await;
         let bytes = [
             f(true, TEXT, NOT_JSON),
             f(true, op, b""),
@@ -483,14 +473,8 @@ async fn reserved_opcodes_close_1002(io: IoMode) {
             f(true, CONT, b"json"),
         ]
         .concat();
-        expect_fail(
-            &s,
-            &format!("opcode {op} between fragments"),
-            &bytes,
-            0,
-            1002,
-        )
-        .await;
+        let case = format!("opcode {op} between fragments");
+        expect_fail(&s, &case, &bytes, 0, 1002).await;
     }
 }
 
@@ -765,23 +749,11 @@ async fn invalid_utf8_in_text_closes_1007(io: IoMode) {
     let bad = ["κόσμε".as_bytes(), b"\xed\xa0\x80", b"edited"].concat();
     expect_fail(&s, "6.3.1 in one frame", &f(true, TEXT, &bad), 0, 1007).await;
     let cuts: Vec<usize> = (1..bad.len()).collect();
-    expect_fail(
-        &s,
-        "6.3.2 one byte per frame",
-        &fragmented(TEXT, &bad, &cuts),
-        0,
-        1007,
-    )
-    .await;
+    let bytes = fragmented(TEXT, &bad, &cuts);
+    expect_fail(&s, "6.3.2 one byte per frame", &bytes, 0, 1007).await;
     // A 4-byte sequence cut short by the end of the message.
-    expect_fail(
-        &s,
-        "truncated at FIN",
-        &f(true, TEXT, b"ok\xf0\x9f\x98"),
-        0,
-        1007,
-    )
-    .await;
+    let bytes = f(true, TEXT, b"ok\xf0\x9f\x98");
+    expect_fail(&s, "truncated at FIN", &bytes, 0, 1007).await;
 }
 
 /// Sequences that are invalid only across a fragment boundary (each side a
@@ -807,14 +779,8 @@ async fn invalid_utf8_across_fragments_closes_1007(io: IoMode) {
         expect_fail(&s, case, &bytes, 0, 1007).await;
         // The same split with an empty fragment between the halves.
         let bytes = [f(false, TEXT, a), f(false, CONT, b""), f(true, CONT, b)].concat();
-        expect_fail(
-            &s,
-            &format!("{case}, empty fragment between"),
-            &bytes,
-            0,
-            1007,
-        )
-        .await;
+        let case = format!("{case}, empty fragment between");
+        expect_fail(&s, &case, &bytes, 0, 1007).await;
     }
 }
 
@@ -1102,14 +1068,8 @@ async fn big_messages_up_to_the_limit(io: IoMode) {
 
     let over = vec![b' '; BIG_MAX + 1];
     let cuts: Vec<usize> = (64 << 10..=BIG_MAX).step_by(64 << 10).collect();
-    expect_fail(
-        &s,
-        "limit + 1 in fragments",
-        &fragmented(TEXT, &over, &cuts),
-        0,
-        1009,
-    )
-    .await;
+    let bytes = fragmented(TEXT, &over, &cuts);
+    expect_fail(&s, "limit + 1 in fragments", &bytes, 0, 1009).await;
     let header = &f(true, BINARY, &over)[..14];
     expect_fail(&s, "limit + 1, header only", header, 0, 1009).await;
 }

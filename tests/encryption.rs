@@ -61,12 +61,19 @@ fn derive(secret: &p256::ecdh::EphemeralSecret, connected: &Value) -> Aes256Gcm 
     Aes256Gcm::new_from_slice(&okm).unwrap()
 }
 
+/// A client of `url` that authenticates as `user` offering a new public key;
+/// the key's secret half and the client (its answer not yet read).
+async fn offer_key(url: &str, user: &str) -> (p256::ecdh::EphemeralSecret, Client) {
+    let (secret, public) = client_key();
+    let mut c = Client::connect(url).await;
+    c.send(json!({"event":"authenticate","data":{"userId":user,"publicKey":public}}))
+        .await;
+    (secret, c)
+}
+
 impl Enc {
     async fn connect(url: &str, user: &str) -> Enc {
-        let (secret, public) = client_key();
-        let mut c = Client::connect(url).await;
-        c.send(json!({"event":"authenticate","data":{"userId":user,"publicKey":public}}))
-            .await;
+        let (secret, mut c) = offer_key(url, user).await;
         let m = c.recv().await;
         assert_eq!(m["event"], "connected", "{m}");
         let key = derive(&secret, &m["data"]);
@@ -241,10 +248,7 @@ async fn optional_mode(io: IoMode) {
     assert_eq!(e.recv().await, json!({"event":"hi","data":{"n":1}}));
     // Off: a publicKey is ignored.
     let s2 = start(enc_config(io, EncryptionMode::Off));
-    let (_, pk) = client_key();
-    let mut c = Client::connect(&s2.url()).await;
-    c.send(json!({"event":"authenticate","data":{"userId":"x","publicKey":pk}}))
-        .await;
+    let (_, mut c) = offer_key(&s2.url(), "x").await;
     let m = c.recv().await;
     assert_eq!(m["event"], "connected");
     assert!(m["data"].get("serverPublicKey").is_none(), "{m}");
@@ -418,10 +422,7 @@ async fn shutdown_delivers_queued_encrypted_messages(io: IoMode) {
 /// receives) and the frame has exactly the documented shape and key order.
 async fn frame_shape_and_fresh_ivs(io: IoMode) {
     let s = start(enc_config(io, EncryptionMode::Required));
-    let (secret, public) = client_key();
-    let mut c = Client::connect(&s.url()).await;
-    c.send(json!({"event":"authenticate","data":{"userId":"u1","publicKey":public}}))
-        .await;
+    let (secret, mut c) = offer_key(&s.url(), "u1").await;
     let text = c.recv_text().await;
     let connected: Value = serde_json::from_str(&text).unwrap();
     let d = &connected["data"];

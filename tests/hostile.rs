@@ -160,21 +160,15 @@ async fn slowloris(io: IoMode) {
         backend(io)
     );
     let body = metrics(s.addr).await;
-    assert_eq!(
-        metric(&body, "ignis_ws_handshake_errors_total"),
-        SLOWLORIS as i64,
-        "{body}"
-    );
-    assert_eq!(
-        metric(&body, "ignis_ws_connections"),
-        1,
-        "only the normal client is open: {body}"
-    );
-    // (The /metrics request counted itself while it was served.)
-    assert_eq!(
-        metric(&body, "ignis_ws_handshakes_in_progress"),
-        1,
-        "{body}"
+    // Only the normal client is open; the /metrics request counted itself
+    // in progress while it was served.
+    assert_metrics(
+        &body,
+        &[
+            ("ignis_ws_handshake_errors_total", SLOWLORIS as i64),
+            ("ignis_ws_connections", 1),
+            ("ignis_ws_handshakes_in_progress", 1),
+        ],
     );
     // The /metrics connection leaves its slot just after the client saw
     // the server's FIN: a gauge has no event to await.
@@ -284,16 +278,22 @@ async fn never_authenticating_clients() {
 
 // ---------------------------------------------------------- 3. many rooms
 
+/// A server with no default rooms and room for `max_rooms_per_client`.
+fn start_without_default_rooms(max_rooms_per_client: usize) -> (TestServer, ignis_ws::Handle) {
+    let mut cfg = config(IoMode::Auto);
+    cfg.default_rooms = vec![];
+    cfg.max_rooms_per_client = max_rooms_per_client;
+    let s = start(cfg);
+    let h = s.handle();
+    (s, h)
+}
+
 /// One client joins 10,000 rooms in batches, hears the first and the last,
 /// leaves them all: the room index is empty again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_rooms() {
     const ROOMS: usize = 10_000;
-    let mut cfg = config(IoMode::Auto);
-    cfg.default_rooms = vec![];
-    cfg.max_rooms_per_client = 2 * ROOMS;
-    let s = start(cfg);
-    let h = s.handle();
+    let (s, h) = start_without_default_rooms(2 * ROOMS);
     let (mut c, d) = authed(&s.url(), "many").await;
     let id = id_of(&d);
     let names: Vec<String> = (0..ROOMS).map(|i| format!("room-{i:05}")).collect();
@@ -337,11 +337,7 @@ async fn hundred_clients_hundred_rooms() {
     const CLIENTS: usize = 100;
     const PER: usize = 100;
     const SPACE: usize = 1000;
-    let mut cfg = config(IoMode::Auto);
-    cfg.default_rooms = vec![];
-    cfg.max_rooms_per_client = 2 * PER;
-    let s = start(cfg);
-    let h = s.handle();
+    let (s, h) = start_without_default_rooms(2 * PER);
     // Client i: rooms (37 i + 7 k) mod 1000 for k < 100, distinct.
     let rooms_of = |i: usize| -> Vec<usize> {
         let mut v: Vec<usize> = (0..PER).map(|k| (37 * i + 7 * k) % SPACE).collect();

@@ -23,6 +23,24 @@ fn heartbeats(n: usize) -> Vec<u8> {
     one.repeat(n)
 }
 
+/// A server limited to `msgs_per_sec`; an authenticated raw client sends
+/// `n` heartbeats and one invalid message in one write. The server, its
+/// handle and the first frame answered (opcode, payload).
+async fn burst_then_invalid(
+    io: IoMode,
+    msgs_per_sec: u32,
+    n: usize,
+) -> (TestServer, ignis_ws::Handle, u8, Vec<u8>) {
+    let s = start(limited(io, msgs_per_sec, 100));
+    let h = s.handle();
+    let mut r = raw_authed(s.addr, &auth_text("u"), MASK).await;
+    let mut burst = heartbeats(n);
+    burst.extend(text("not json"));
+    r.write(&burst).await;
+    let (_, op, payload) = r.read_frame().await.expect("the error event");
+    (s, h, op, payload)
+}
+
 async fn message_flood_is_closed_1008(io: IoMode) {
     let s = start(limited(io, 50, 100));
     let h = s.handle();
@@ -73,15 +91,9 @@ async fn pings_count_against_the_rate(io: IoMode) {
 }
 
 async fn at_the_limit_is_fine(io: IoMode) {
-    let s = start(limited(io, 50, 100));
-    let h = s.handle();
-    let mut r = raw_authed(s.addr, &auth_text("u"), MASK).await;
     // The authenticate, 48 heartbeats and one invalid message: 50, the
     // limit, at most in one second (a new second only lowers the count).
-    let mut burst = heartbeats(48);
-    burst.extend(text("not json"));
-    r.write(&burst).await;
-    let (_, op, payload) = r.read_frame().await.expect("the error event");
+    let (_s, h, op, payload) = burst_then_invalid(io, 50, 48).await;
     assert_eq!(op, 1);
     let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(v["event"], "error", "{v}");
@@ -89,13 +101,7 @@ async fn at_the_limit_is_fine(io: IoMode) {
 }
 
 async fn zero_disables_the_rate_limit(io: IoMode) {
-    let s = start(limited(io, 0, 100));
-    let h = s.handle();
-    let mut r = raw_authed(s.addr, &auth_text("u"), MASK).await;
-    let mut burst = heartbeats(5000);
-    burst.extend(text("not json"));
-    r.write(&burst).await;
-    let (_, op, payload) = r.read_frame().await.expect("the error event");
+    let (_s, h, op, payload) = burst_then_invalid(io, 0, 5000).await;
     assert_eq!(op, 1, "{payload:?}");
     assert_eq!(counter(&h, |m| &m.rate_limited), 0);
 }

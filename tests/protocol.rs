@@ -147,18 +147,24 @@ async fn already_authenticated(io: IoMode) {
     c.expect_silence().await;
 }
 
-async fn refused_credentials_close_4003(io: IoMode) {
-    let b = ServerBuilder::new(config(io))
-        .authenticator(authenticator_fn(|_req: AuthRequest| async { Ok(None) }));
+/// On the server of `b`, a client authenticating with `token` is answered
+/// the error `error`, then closed with 4003.
+async fn authenticate_then_4003(b: ServerBuilder, token: &str, error: &str) {
     let s = start_with(b);
     let mut c = Client::connect(&s.url()).await;
-    c.send(json!({"event":"authenticate","data":{"token":"bad"}}))
+    c.send(json!({"event":"authenticate","data":{"token":token}}))
         .await;
-    assert_eq!(c.recv().await, err("Authentication failed"));
+    assert_eq!(c.recv().await, err(error));
     assert_eq!(
         c.expect_close().await,
         (4003, "Authentication failed".into())
     );
+}
+
+async fn refused_credentials_close_4003(io: IoMode) {
+    let b = ServerBuilder::new(config(io))
+        .authenticator(authenticator_fn(|_req: AuthRequest| async { Ok(None) }));
+    authenticate_then_4003(b, "bad", "Authentication failed").await;
 }
 
 async fn authenticator_error_closes_4003(io: IoMode) {
@@ -166,15 +172,7 @@ async fn authenticator_error_closes_4003(io: IoMode) {
         ServerBuilder::new(config(io)).authenticator(authenticator_fn(|_req: AuthRequest| async {
             Err(AuthError::Internal("backend down".into()))
         }));
-    let s = start_with(b);
-    let mut c = Client::connect(&s.url()).await;
-    c.send(json!({"event":"authenticate","data":{"token":"x"}}))
-        .await;
-    assert_eq!(c.recv().await, err("Authentication error"));
-    assert_eq!(
-        c.expect_close().await,
-        (4003, "Authentication failed".into())
-    );
+    authenticate_then_4003(b, "x", "Authentication error").await;
 }
 
 async fn authenticator_sees_data_unchanged(io: IoMode) {

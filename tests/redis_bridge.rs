@@ -34,26 +34,23 @@ async fn fence(redis: &RedisServer, clients: &mut [&mut Client]) {
     }
 }
 
-/// Two nodes on one Redis, both subscribed.
-async fn two_nodes(io: IoMode, redis: &RedisServer) -> (TestServer, TestServer) {
+/// A Redis server (none where it cannot run) and two nodes on it, both
+/// subscribed.
+async fn two_nodes(io: IoMode) -> Option<(RedisServer, TestServer, TestServer)> {
+    let redis = RedisServer::start()?;
     let a = start(redis_config(io, &redis.url()));
     let b = start(redis_config(io, &redis.url()));
     wait_subscribed(&a.handle()).await;
     wait_subscribed(&b.handle()).await;
-    (a, b)
+    Some((redis, a, b))
 }
 
 async fn emitter_envelopes_reach_both_nodes_once(io: IoMode) {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_nodes(io).await else {
         return;
     };
-    let (a, b) = two_nodes(io, &redis).await;
-    let (mut ca, da) = authed(&a.url(), "alice").await;
-    let (mut cb, db) = authed(&b.url(), "bob").await;
-    for c in [&mut ca, &mut cb] {
-        c.join(&["lobby"]).await;
-        c.expect_silence().await;
-    }
+    let (mut ca, da) = authed_in(&a.url(), "alice", &["lobby"]).await;
+    let (mut cb, db) = authed_in(&b.url(), "bob", &["lobby"]).await;
     let mut r = redis.client().await;
     // The exact texts the reference WebSocketEmitter publishes.
     redis_publish(&mut r, "ws:room:lobby", br#"{"serverId":"emitter","type":"room","target":"lobby","event":"update","data":{"status":"active"}}"#).await;
@@ -82,19 +79,16 @@ async fn emitter_envelopes_reach_both_nodes_once(io: IoMode) {
 }
 
 async fn user_sessions_on_both_nodes(io: IoMode) {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_nodes(io).await else {
         return;
     };
-    let (a, b) = two_nodes(io, &redis).await;
     let mut sessions = Vec::new();
     for s in [&a, &b, &a, &b] {
         let (c, d) = authed(&s.url(), "u1").await;
         sessions.push((c, d, s.handle()));
     }
     let (mut other, od) = authed(&b.url(), "u2").await;
-    let emitter = ignis_ws::bridge::emitter::Emitter::connect(&redis.url())
-        .await
-        .unwrap();
+    let emitter = redis.emitter().await;
     for i in 0..3 {
         emitter
             .to_user("u1", "notify", &json!({"n": i}))
@@ -111,20 +105,13 @@ async fn user_sessions_on_both_nodes(io: IoMode) {
 }
 
 async fn room_exclude_across_nodes(io: IoMode) {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_nodes(io).await else {
         return;
     };
-    let (a, b) = two_nodes(io, &redis).await;
-    let (mut c1, _) = authed(&a.url(), "x").await;
-    let (mut c2, d2) = authed(&b.url(), "y").await;
-    let (mut c3, _) = authed(&b.url(), "z").await;
-    for c in [&mut c1, &mut c2, &mut c3] {
-        c.join(&["r"]).await;
-        c.expect_silence().await;
-    }
-    let emitter = ignis_ws::bridge::emitter::Emitter::connect(&redis.url())
-        .await
-        .unwrap();
+    let (mut c1, _) = authed_in(&a.url(), "x", &["r"]).await;
+    let (mut c2, d2) = authed_in(&b.url(), "y", &["r"]).await;
+    let (mut c3, _) = authed_in(&b.url(), "z", &["r"]).await;
+    let emitter = redis.emitter().await;
     let excluded = id_of(&d2);
     emitter
         .to_room("r", "e", &1, Some(&[excluded.as_str()]))
@@ -136,15 +123,12 @@ async fn room_exclude_across_nodes(io: IoMode) {
 }
 
 async fn client_message_finds_its_node(io: IoMode) {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_nodes(io).await else {
         return;
     };
-    let (a, b) = two_nodes(io, &redis).await;
     let (mut ca, da) = authed(&a.url(), "x").await;
     let (mut cb, db) = authed(&b.url(), "y").await;
-    let emitter = ignis_ws::bridge::emitter::Emitter::connect(&redis.url())
-        .await
-        .unwrap();
+    let emitter = redis.emitter().await;
     emitter
         .to_client(&id_of(&db), "private", &json!({"secret":true}))
         .await
@@ -161,16 +145,11 @@ async fn client_message_finds_its_node(io: IoMode) {
 }
 
 async fn send_on_a_reaches_b_and_a_once(io: IoMode) {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_nodes(io).await else {
         return;
     };
-    let (a, b) = two_nodes(io, &redis).await;
-    let (mut ca, da) = authed(&a.url(), "x").await;
-    let (mut cb, db) = authed(&b.url(), "y").await;
-    for c in [&mut ca, &mut cb] {
-        c.join(&["news"]).await;
-        c.expect_silence().await;
-    }
+    let (mut ca, da) = authed_in(&a.url(), "x", &["news"]).await;
+    let (mut cb, db) = authed_in(&b.url(), "y", &["news"]).await;
     a.handle()
         .send(Some("news"), "headline", &json!("hi"))
         .unwrap();
@@ -254,16 +233,11 @@ async fn malformed_envelopes_are_dropped_and_counted(io: IoMode) {
 }
 
 async fn redis_outage_and_recovery(io: IoMode) {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, a, b)) = two_nodes(io).await else {
         return;
     };
-    let (a, b) = two_nodes(io, &redis).await;
-    let (mut ca, _) = authed(&a.url(), "x").await;
-    let (mut cb, _) = authed(&b.url(), "y").await;
-    for c in [&mut ca, &mut cb] {
-        c.join(&["r"]).await;
-        c.expect_silence().await;
-    }
+    let (mut ca, _) = authed_in(&a.url(), "x", &["r"]).await;
+    let (mut cb, _) = authed_in(&b.url(), "y", &["r"]).await;
     redis.kill();
     wait_unsubscribed(&a.handle()).await;
     wait_unsubscribed(&b.handle()).await;
@@ -290,9 +264,7 @@ async fn redis_outage_and_recovery(io: IoMode) {
     // publisher or B's subscriber: Redis pub/sub keeps nothing for absent
     // subscribers. `outbox_holds_publishes_until_redis_takes_them` checks
     // the outbox deterministically.) Delivery through Redis resumes:
-    let emitter = ignis_ws::bridge::emitter::Emitter::connect(&redis.url())
-        .await
-        .unwrap();
+    let emitter = redis.emitter().await;
     emitter.to_room("r", "after", &1, None).await.unwrap();
     assert_eq!(ca.recv().await, json!({"event":"after","data":1}));
     let m = cb.recv().await;
@@ -315,35 +287,33 @@ async fn redis_outage_and_recovery(io: IoMode) {
     );
 }
 
+/// `ACL SETUSER default {rule}`.
+async fn acl_default_user(r: &mut redis::aio::MultiplexedConnection, rule: &str) {
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg(rule)
+        .query_async(r)
+        .await
+        .unwrap();
+}
+
 async fn outbox_holds_publishes_until_redis_takes_them(io: IoMode) {
     // Redis refuses PUBLISH (ACL) while both subscribers stay connected:
     // node A's publishes wait in its outbox and arrive, in order, once
     // Redis takes them again.
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_nodes(io).await else {
         return;
     };
-    let (a, b) = two_nodes(io, &redis).await;
     let (mut cb, _) = authed(&b.url(), "y").await;
     let mut r = redis.client().await;
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("-publish")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    acl_default_user(&mut r, "-publish").await;
     for i in 0..5 {
         a.handle()
             .publish(Kind::Broadcast, None, "held", &i, &[])
             .unwrap();
     }
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("+publish")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    acl_default_user(&mut r, "+publish").await;
     for i in 0..5 {
         assert_eq!(cb.recv().await, json!({"event":"held","data":i}));
     }

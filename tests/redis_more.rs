@@ -44,12 +44,8 @@ async fn http_publish_api() {
     let b = start(redis_config(IoMode::Auto, &redis.url()));
     wait_subscribed(&a.handle()).await;
     wait_subscribed(&b.handle()).await;
-    let (mut ca, da) = authed(&a.url(), "alice").await;
-    let (mut cb, _) = authed(&b.url(), "bob").await;
-    for c in [&mut ca, &mut cb] {
-        c.join(&["r"]).await;
-        c.expect_silence().await;
-    }
+    let (mut ca, da) = authed_in(&a.url(), "alice", &["r"]).await;
+    let (mut cb, _) = authed_in(&b.url(), "bob", &["r"]).await;
     // Auth.
     let ok_body = r#"{"type":"room","target":"r","event":"e","data":1}"#;
     assert_eq!(post(a.addr, None, ok_body).await.0, 401);
@@ -216,12 +212,8 @@ async fn redis_auth_and_acl_users() {
                 .get_multiplexed_async_connection()
                 .await
                 .unwrap();
-            redis_publish(
-                &mut r,
-                "ws:broadcast",
-                br#"{"serverId":"emitter","type":"broadcast","event":"acl","data":1}"#,
-            )
-            .await;
+            let acl = br#"{"serverId":"emitter","type":"broadcast","event":"acl","data":1}"#;
+            redis_publish(&mut r, "ws:broadcast", acl).await;
             assert_eq!(c.recv().await, json!({"event":"acl","data":1}));
         } else {
             // Refused credentials: still serving, degraded.
@@ -276,18 +268,10 @@ async fn redis_cluster() {
     let (mut cb, _) = authed(&b.url(), "y").await;
     // Published on the third node: Redis Cluster propagates it.
     let mut r = cluster.nodes[2].client().await;
-    redis_publish(
-        &mut r,
-        "ws:user:y",
-        br#"{"serverId":"emitter","type":"user","target":"y","event":"c","data":1}"#,
-    )
-    .await;
-    redis_publish(
-        &mut r,
-        "ws:broadcast",
-        br#"{"serverId":"emitter","type":"broadcast","event":"all","data":2}"#,
-    )
-    .await;
+    let to_y = br#"{"serverId":"emitter","type":"user","target":"y","event":"c","data":1}"#;
+    let to_all = br#"{"serverId":"emitter","type":"broadcast","event":"all","data":2}"#;
+    redis_publish(&mut r, "ws:user:y", to_y).await;
+    redis_publish(&mut r, "ws:broadcast", to_all).await;
     assert_eq!(cb.recv().await, json!({"event":"c","data":1}));
     assert_eq!(ca.recv().await, json!({"event":"all","data":2}));
     assert_eq!(cb.recv().await, json!({"event":"all","data":2}));
@@ -461,12 +445,8 @@ async fn two_processes_and_the_emit_cli() {
     };
     let (mut pa, addr_a) = spawn_node(&redis.url());
     let (mut pb, addr_b) = spawn_node(&redis.url());
-    let (mut ca, _) = authed(&format!("ws://{addr_a}/ws"), "u").await;
-    let (mut cb, _) = authed(&format!("ws://{addr_b}/ws"), "u").await;
-    for c in [&mut ca, &mut cb] {
-        c.join(&["lobby"]).await;
-        c.expect_silence().await;
-    }
+    let (mut ca, _) = authed_in(&format!("ws://{addr_a}/ws"), "u", &["lobby"]).await;
+    let (mut cb, _) = authed_in(&format!("ws://{addr_b}/ws"), "u", &["lobby"]).await;
     let (code, out) = emit_cli(
         &[
             "--redis",

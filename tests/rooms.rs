@@ -29,11 +29,15 @@ async fn misses(h: &ignis_ws::Handle, c: &mut Client, id: &str, room: &str) {
     expect_nothing_before_marker(h, c, id).await;
 }
 
-async fn join_then_receive_leave_then_not(io: IoMode) {
-    let s = start(config(io));
+/// `user` connected to `s`: (server, handle, client, client id).
+async fn one_client(s: TestServer, user: &str) -> (TestServer, ignis_ws::Handle, Client, String) {
     let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "user-1").await;
-    let id = id_of(&d);
+    let (c, d) = authed(&s.url(), user).await;
+    (s, h, c, id_of(&d))
+}
+
+async fn join_then_receive_leave_then_not(io: IoMode) {
+    let (_s, h, mut c, id) = one_client(start(config(io)), "user-1").await;
     c.join(&["room-x", "room-y"]).await;
     c.expect_silence().await; // no reply to join
     gets(&h, &mut c, "room-x").await;
@@ -46,10 +50,7 @@ async fn join_then_receive_leave_then_not(io: IoMode) {
 }
 
 async fn default_and_own_rooms(io: IoMode) {
-    let s = start(config(io));
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "user-1").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start(config(io)), "user-1").await;
     gets(&h, &mut c, "ws-default").await;
     gets(&h, &mut c, "ws-notification").await;
     gets(&h, &mut c, &id).await;
@@ -68,10 +69,7 @@ async fn default_and_own_rooms(io: IoMode) {
 async fn custom_default_rooms(io: IoMode) {
     let mut cfg = config(io);
     cfg.default_rooms = vec!["room-a".into(), "room-b".into()];
-    let s = start(cfg);
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "u").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start(cfg), "u").await;
     gets(&h, &mut c, "room-a").await;
     gets(&h, &mut c, "room-b").await;
     misses(&h, &mut c, &id, "ws-default").await;
@@ -97,10 +95,7 @@ async fn join_filter(io: IoMode) {
             async move { req.rooms }
         },
     ));
-    let s = start_with(b);
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "u").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start_with(b), "u").await;
     let long = "a".repeat(257);
     let max = "b".repeat(256);
     c.send(json!({"event":"join","data":{"rooms":["r1", "ws:x", "", 7, null, long, max, "r1"]}}))
@@ -151,10 +146,7 @@ async fn validator_decides_and_cannot_add_rooms(io: IoMode) {
             v
         },
     ));
-    let s = start_with(b);
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "u").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start_with(b), "u").await;
     c.join(&["ok-1", "no-1"]).await;
     c.expect_silence().await;
     gets(&h, &mut c, "ok-1").await;
@@ -170,10 +162,7 @@ async fn slow_validator_is_offloaded(io: IoMode) {
             req.rooms
         },
     ));
-    let s = start_with(b);
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "u").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start_with(b), "u").await;
     c.join(&["later"]).await;
     // Wait for the join to land: poll with messages until one arrives.
     loop {
@@ -190,10 +179,7 @@ async fn slow_validator_is_offloaded(io: IoMode) {
 async fn no_validator_refuses_joins(io: IoMode) {
     let mut cfg = config(io);
     cfg.room_allow.clear();
-    let s = start(cfg);
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "u").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start(cfg), "u").await;
     c.join(&["room-x"]).await;
     c.expect_silence().await;
     misses(&h, &mut c, &id, "room-x").await;
@@ -202,10 +188,7 @@ async fn no_validator_refuses_joins(io: IoMode) {
 async fn room_allow_patterns_with_user_id(io: IoMode) {
     let mut cfg = config(io);
     cfg.room_allow = vec!["public:*".into(), "user:{userId}:*".into()];
-    let s = start(cfg);
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "alice").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start(cfg), "alice").await;
     c.join(&[
         "public:news",
         "user:alice:inbox",
@@ -226,10 +209,7 @@ async fn room_allow_patterns_with_user_id(io: IoMode) {
 async fn star_stays_within_one_segment(io: IoMode) {
     let mut cfg = config(io);
     cfg.room_allow = vec!["user:{userId}:*".into()];
-    let s = start(cfg);
-    let h = s.handle();
-    let (mut alice, d) = authed(&s.url(), "alice").await;
-    let id = id_of(&d);
+    let (_s, h, mut alice, id) = one_client(start(cfg), "alice").await;
     alice
         .join(&["user:alice:x:inbox", "user:alice:inbox"])
         .await;
@@ -240,10 +220,7 @@ async fn star_stays_within_one_segment(io: IoMode) {
     // `**`: alice's rooms at any depth, and still nobody else's.
     let mut cfg = config(io);
     cfg.room_allow = vec!["user:{userId}:**".into()];
-    let s = start(cfg);
-    let h = s.handle();
-    let (mut alice, d) = authed(&s.url(), "alice").await;
-    let alice_id = id_of(&d);
+    let (s, h, mut alice, alice_id) = one_client(start(cfg), "alice").await;
     alice
         .join(&["user:alice:a:b", "user:alice:inbox", "user:alicex:inbox"])
         .await;
@@ -252,22 +229,16 @@ async fn star_stays_within_one_segment(io: IoMode) {
     gets(&h, &mut alice, "user:alice:inbox").await;
     misses(&h, &mut alice, &alice_id, "user:alicex:inbox").await;
     // A user id with `:` would otherwise own a subtree of alice's rooms.
-    let (mut other, d) = authed(&s.url(), "alice:x").await;
+    let rooms = ["user:alice:x:inbox", "user:alice:x", "user:alice:a:b"];
+    let (mut other, d) = authed_in(&s.url(), "alice:x", &rooms).await;
     let other_id = id_of(&d);
-    other
-        .join(&["user:alice:x:inbox", "user:alice:x", "user:alice:a:b"])
-        .await;
-    other.expect_silence().await;
-    for r in ["user:alice:x:inbox", "user:alice:x", "user:alice:a:b"] {
+    for r in rooms {
         misses(&h, &mut other, &other_id, r).await;
     }
 }
 
 async fn many_rooms_join_and_leave(io: IoMode) {
-    let s = start(config(io));
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "u").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start(config(io)), "u").await;
     let rooms: Vec<String> = (0..50).map(|i| format!("room-{i}")).collect();
     c.send(json!({"event":"join","data":{"rooms":rooms}})).await;
     c.expect_silence().await;
@@ -295,10 +266,7 @@ async fn failing_validator_joins_nothing(io: IoMode) {
             req.rooms
         },
     ));
-    let s = start_with(b);
-    let h = s.handle();
-    let (mut c, d) = authed(&s.url(), "u").await;
-    let id = id_of(&d);
+    let (_s, h, mut c, id) = one_client(start_with(b), "u").await;
     c.join(&["boom", "room-x"]).await;
     c.expect_silence().await;
     misses(&h, &mut c, &id, "room-x").await;

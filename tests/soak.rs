@@ -326,15 +326,15 @@ async fn soak() {
     let body = wait_empty(addr).await;
     // Every client authenticated once (the warm-up wave's too), and every
     // never-authenticating one timed out.
-    assert_eq!(
-        metric(&body, "ignis_ws_auth_total{result=\"accepted\"}"),
-        serial as i64,
-        "{body}"
-    );
-    assert_eq!(
-        metric(&body, "ignis_ws_auth_total{result=\"timeout\"}"),
-        t.never_auth as i64,
-        "{body}"
+    assert_metrics(
+        &body,
+        &[
+            ("ignis_ws_auth_total{result=\"accepted\"}", serial as i64),
+            (
+                "ignis_ws_auth_total{result=\"timeout\"}",
+                t.never_auth as i64,
+            ),
+        ],
     );
     let end = rss_settle(pid, Duration::from_secs(5), Some(baseline + RSS_TOLERANCE)).await;
     sampler.abort();

@@ -112,13 +112,12 @@ async fn health_and_metrics(io: IoMode) {
         |state: &str| metric_where(&body, "ignis_ws_connections", &format!("state=\"{state}\""));
     assert_eq!(total("authenticated"), 1, "{body}");
     assert_eq!(total("unauthorized"), 1, "{body}");
-    assert!(
-        body.contains("ignis_ws_auth_total{result=\"accepted\"} 1"),
-        "{body}"
-    );
-    assert!(
-        body.contains("# TYPE ignis_ws_closes_total counter"),
-        "{body}"
+    assert_lines(
+        &body,
+        &[
+            "ignis_ws_auth_total{result=\"accepted\"} 1",
+            "# TYPE ignis_ws_closes_total counter",
+        ],
     );
 }
 
@@ -132,13 +131,12 @@ async fn metrics_count_protocol_errors_by_code(io: IoMode) {
         .await;
     assert_eq!(r.read_close().await, 1007);
     let (_, body) = http_get(s.addr, "/metrics").await;
-    assert!(
-        body.contains("ignis_ws_closes_total{code=\"1002\"} 1"),
-        "{body}"
-    );
-    assert!(
-        body.contains("ignis_ws_closes_total{code=\"1007\"} 1"),
-        "{body}"
+    assert_lines(
+        &body,
+        &[
+            "ignis_ws_closes_total{code=\"1002\"} 1",
+            "ignis_ws_closes_total{code=\"1007\"} 1",
+        ],
     );
 }
 

@@ -107,92 +107,77 @@ pub trait RoomValidator: Send + Sync + 'static {
     fn allowed_rooms(&self, req: JoinRequest) -> BoxFuture<Vec<String>>;
 }
 
+/// For one hook trait (`$trait::$method`, taking `$req`, answering
+/// `$out`): the impls for `Arc` and `Box` of it, and the closure adapter
+/// `$adapter` with its constructor `$ctor` (documented by the given docs).
+macro_rules! hook_impls {
+    (
+        $trait:ident :: $method:ident($req:ty) -> $out:ty;
+        $(#[$adapter_doc:meta])* $adapter:ident;
+        $(#[$ctor_doc:meta])* $ctor:ident;
+    ) => {
+        impl<T: $trait + ?Sized> $trait for Arc<T> {
+            fn $method(&self, req: $req) -> BoxFuture<$out> {
+                (**self).$method(req)
+            }
+        }
+
+        impl<T: $trait + ?Sized> $trait for Box<T> {
+            fn $method(&self, req: $req) -> BoxFuture<$out> {
+                (**self).$method(req)
+            }
+        }
+
+        $(#[$adapter_doc])*
+        pub struct $adapter<F> {
+            f: F,
+        }
+
+        impl<F> fmt::Debug for $adapter<F> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($adapter)).finish_non_exhaustive()
+            }
+        }
+
+        impl<F, Fut> $trait for $adapter<F>
+        where
+            F: Fn($req) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = $out> + Send + 'static,
+        {
+            fn $method(&self, req: $req) -> BoxFuture<$out> {
+                Box::pin((self.f)(req))
+            }
+        }
+
+        $(#[$ctor_doc])*
+        pub fn $ctor<F, Fut>(f: F) -> $adapter<F>
+        where
+            F: Fn($req) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = $out> + Send + 'static,
+        {
+            $adapter { f }
+        }
+    };
+}
+
 // Shared ownership is the common way to hand one authenticator to every shard,
 // so smart pointers to an authenticator are authenticators themselves.
-impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
-    fn authenticate(&self, req: AuthRequest) -> BoxFuture<AuthResult> {
-        (**self).authenticate(req)
-    }
+hook_impls! {
+    Authenticator::authenticate(AuthRequest) -> AuthResult;
+    /// An [`Authenticator`] made from a closure; see [`authenticator_fn`].
+    FnAuthenticator;
+    /// Wraps a closure returning a future as an [`Authenticator`]. Use
+    /// `async move { ... }` (or `std::future::ready`) for the body; a body that never
+    /// awaits runs inline on the shard.
+    authenticator_fn;
 }
 
-impl<A: Authenticator + ?Sized> Authenticator for Box<A> {
-    fn authenticate(&self, req: AuthRequest) -> BoxFuture<AuthResult> {
-        (**self).authenticate(req)
-    }
-}
-
-impl<V: RoomValidator + ?Sized> RoomValidator for Arc<V> {
-    fn allowed_rooms(&self, req: JoinRequest) -> BoxFuture<Vec<String>> {
-        (**self).allowed_rooms(req)
-    }
-}
-
-impl<V: RoomValidator + ?Sized> RoomValidator for Box<V> {
-    fn allowed_rooms(&self, req: JoinRequest) -> BoxFuture<Vec<String>> {
-        (**self).allowed_rooms(req)
-    }
-}
-
-/// An [`Authenticator`] made from a closure; see [`authenticator_fn`].
-pub struct FnAuthenticator<F> {
-    f: F,
-}
-
-impl<F> fmt::Debug for FnAuthenticator<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FnAuthenticator").finish_non_exhaustive()
-    }
-}
-
-impl<F, Fut> Authenticator for FnAuthenticator<F>
-where
-    F: Fn(AuthRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = AuthResult> + Send + 'static,
-{
-    fn authenticate(&self, req: AuthRequest) -> BoxFuture<AuthResult> {
-        Box::pin((self.f)(req))
-    }
-}
-
-/// Wraps a closure returning a future as an [`Authenticator`]. Use
-/// `async move { ... }` (or `std::future::ready`) for the body; a body that never
-/// awaits runs inline on the shard.
-pub fn authenticator_fn<F, Fut>(f: F) -> FnAuthenticator<F>
-where
-    F: Fn(AuthRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = AuthResult> + Send + 'static,
-{
-    FnAuthenticator { f }
-}
-
-/// A [`RoomValidator`] made from a closure; see [`room_validator_fn`].
-pub struct FnRoomValidator<F> {
-    f: F,
-}
-
-impl<F> fmt::Debug for FnRoomValidator<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FnRoomValidator").finish_non_exhaustive()
-    }
-}
-
-impl<F, Fut> RoomValidator for FnRoomValidator<F>
-where
-    F: Fn(JoinRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Vec<String>> + Send + 'static,
-{
-    fn allowed_rooms(&self, req: JoinRequest) -> BoxFuture<Vec<String>> {
-        Box::pin((self.f)(req))
-    }
-}
-
-/// Wraps a closure returning a future as a [`RoomValidator`].
-pub fn room_validator_fn<F, Fut>(f: F) -> FnRoomValidator<F>
-where
-    F: Fn(JoinRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Vec<String>> + Send + 'static,
-{
-    FnRoomValidator { f }
+hook_impls! {
+    RoomValidator::allowed_rooms(JoinRequest) -> Vec<String>;
+    /// A [`RoomValidator`] made from a closure; see [`room_validator_fn`].
+    FnRoomValidator;
+    /// Wraps a closure returning a future as a [`RoomValidator`].
+    room_validator_fn;
 }
 
 /// A [`BoxFuture`] that is already complete; what synchronous hooks return so

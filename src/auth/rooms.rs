@@ -317,6 +317,16 @@ mod tests {
         RoomPattern::parse(pattern).matches(room, None)
     }
 
+    /// `pattern`, without a user id, matches each of `yes` and none of `no`.
+    fn check(pattern: &str, yes: &[&str], no: &[&str]) {
+        for room in yes {
+            assert!(m(pattern, room), "{pattern} should match {room:?}");
+        }
+        for room in no {
+            assert!(!m(pattern, room), "{pattern} should not match {room:?}");
+        }
+    }
+
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -339,44 +349,35 @@ mod tests {
 
     #[test]
     fn star_matches_within_one_segment_including_empty() {
-        assert!(m("public:*", "public:"));
-        assert!(m("public:*", "public:news"));
-        assert!(!m("public:*", "public:a:b:c"));
-        assert!(!m("public:*", "public:a:"));
-        assert!(!m("public:*", "public"));
-        assert!(!m("public:*", "publicx:a"));
-        assert!(!m("public:*", "xpublic:a"));
-        assert!(m("*", ""));
-        assert!(m("*", "anything"));
-        assert!(!m("*", "any:thing"));
-        assert!(m("*:*", "a:b"));
-        assert!(m("*:*", ":"));
-        assert!(!m("*:*", "a:b:c"));
-        assert!(m("a*b*c", "abc"));
-        assert!(m("a*b*c", "a-b-b-c"));
-        assert!(!m("a*b*c", "a-b-b-cd"));
-        assert!(!m("a*b*c", "a:b:c"));
-        assert!(m("*:end", "x:end"));
-        assert!(!m("*:end", "x:y:end"));
-        assert!(m("user:*:inbox", "user:alice:inbox"));
-        assert!(!m("user:*:inbox", "user:alice:x:inbox"));
+        check(
+            "public:*",
+            &["public:", "public:news"],
+            &[
+                "public:a:b:c",
+                "public:a:",
+                "public",
+                "publicx:a",
+                "xpublic:a",
+            ],
+        );
+        check("*", &["", "anything"], &["any:thing"]);
+        check("*:*", &["a:b", ":"], &["a:b:c"]);
+        check("a*b*c", &["abc", "a-b-b-c"], &["a-b-b-cd", "a:b:c"]);
+        check("*:end", &["x:end"], &["x:y:end"]);
+        check(
+            "user:*:inbox",
+            &["user:alice:inbox"],
+            &["user:alice:x:inbox"],
+        );
     }
 
     #[test]
     fn double_star_crosses_segments() {
-        assert!(m("**", ""));
-        assert!(m("**", "anything:at:all"));
-        assert!(m("public:**", "public:"));
-        assert!(m("public:**", "public:a:b:c"));
-        assert!(!m("public:**", "public"));
-        assert!(m("a**b", "ab"));
-        assert!(m("a**b", "a:x:b"));
-        assert!(m("**:end", "x:y:end"));
-        assert!(m("**:end", ":end"));
-        assert!(!m("**:end", "end"));
-        assert!(m("a:**:z", "a::z"));
-        assert!(m("a:**:z", "a:b:c:z"));
-        assert!(!m("a:**:z", "a:z"));
+        check("**", &["", "anything:at:all"], &[]);
+        check("public:**", &["public:", "public:a:b:c"], &["public"]);
+        check("a**b", &["ab", "a:x:b"], &[]);
+        check("**:end", &["x:y:end", ":end"], &["end"]);
+        check("a:**:z", &["a::z", "a:b:c:z"], &["a:z"]);
         // Three or more stars are the same as two.
         assert!(m("a***b", "a:b"));
         assert!(m("a****", "a:b:c"));
@@ -387,27 +388,19 @@ mod tests {
 
     #[test]
     fn question_mark_matches_exactly_one_character_but_not_a_colon() {
-        assert!(m("a?c", "abc"));
-        assert!(!m("a?c", "a:c"));
-        assert!(m("a?c", "aéc"));
-        assert!(!m("a?c", "ac"));
-        assert!(!m("a?c", "abbc"));
-        assert!(m("??", "日本"));
-        assert!(!m("?", ""));
-        assert!(!m("?", ":"));
+        check("a?c", &["abc", "aéc"], &["a:c", "ac", "abbc"]);
+        check("??", &["日本"], &[]);
+        check("?", &[], &["", ":"]);
     }
 
     #[test]
     fn everything_else_is_literal() {
-        assert!(m("a.b", "a.b"));
-        assert!(!m("a.b", "axb"));
-        assert!(m("[x]{y}", "[x]{y}"));
-        assert!(!m("[x]", "x"));
-        assert!(m("{user}", "{user}"));
-        assert!(m("exact", "exact"));
-        assert!(!m("exact", "exact2"));
-        assert!(!m("", "a"));
-        assert!(m("", ""));
+        check("a.b", &["a.b"], &["axb"]);
+        check("[x]{y}", &["[x]{y}"], &[]);
+        check("[x]", &[], &["x"]);
+        check("{user}", &["{user}"], &[]);
+        check("exact", &["exact"], &["exact2"]);
+        check("", &[""], &["a"]);
     }
 
     #[test]
@@ -732,6 +725,20 @@ mod tests {
             })
         }
 
+        /// The pattern `p` does not let both `u1` and `u2` join `room`.
+        fn not_shared(p: &str, room: &str, u1: &str, u2: &str) -> Result<(), TestCaseError> {
+            let pat = RoomPattern::parse(p);
+            prop_assert!(
+                !(pat.matches(room, Some(u1)) && pat.matches(room, Some(u2))),
+                "{} lets {:?} and {:?} both join {:?}",
+                p,
+                u1,
+                u2,
+                room
+            );
+            Ok(())
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
@@ -739,10 +746,7 @@ mod tests {
             fn two_users_never_share_a_room((p, u1, u2, room) in case()) {
                 let pat = RoomPattern::parse(&p);
                 prop_assert!(pat.isolates_user_id());
-                prop_assert!(
-                    !(pat.matches(&room, Some(&u1)) && pat.matches(&room, Some(&u2))),
-                    "{} lets {:?} and {:?} both join {:?}", p, u1, u2, room
-                );
+                not_shared(&p, &room, &u1, &u2)?;
             }
 
             #[test]
@@ -753,13 +757,9 @@ mod tests {
                 tail in "[ab:*?]{0,4}",
             ) {
                 prop_assume!(u1 != u2);
-                let pat = RoomPattern::parse(&p);
-                prop_assert!(pat.isolates_user_id(), "{}", p);
+                prop_assert!(RoomPattern::parse(&p).isolates_user_id(), "{}", p);
                 for room in [instantiate(&p, &u1) + &tail, instantiate(&p, &u2) + &tail] {
-                    prop_assert!(
-                        !(pat.matches(&room, Some(&u1)) && pat.matches(&room, Some(&u2))),
-                        "{} lets {:?} and {:?} both join {:?}", p, u1, u2, room
-                    );
+                    not_shared(&p, &room, &u1, &u2)?;
                 }
             }
 

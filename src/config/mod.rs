@@ -617,6 +617,21 @@ mod tests {
         assert!(a.into_config().unwrap().default_rooms.is_empty());
     }
 
+    /// The JWT claim settings `a` configures: (audience, issuer,
+    /// require_exp, max_age_s).
+    fn jwt_claims(a: ServeArgs) -> (Vec<String>, Vec<String>, bool, Option<u64>) {
+        match a.into_config().unwrap().auth {
+            AuthMode::Jwt {
+                audience,
+                issuer,
+                require_exp,
+                max_age_s,
+                ..
+            } => (audience, issuer, require_exp, max_age_s),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn jwt_claim_settings_from_flags_env_and_toml() {
         const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -625,20 +640,10 @@ mod tests {
             jwt_secret: Some(SECRET.into()),
             ..Default::default()
         };
-        match a.into_config().unwrap().auth {
-            AuthMode::Jwt {
-                audience,
-                issuer,
-                require_exp,
-                max_age_s,
-                ..
-            } => {
-                assert!(audience.is_empty() && issuer.is_empty());
-                assert!(require_exp, "exp is required by default");
-                assert_eq!(max_age_s, None);
-            }
-            other => panic!("{other:?}"),
-        }
+        let (audience, issuer, require_exp, max_age_s) = jwt_claims(a);
+        assert!(audience.is_empty() && issuer.is_empty());
+        assert!(require_exp, "exp is required by default");
+        assert_eq!(max_age_s, None);
         // Flag / env form: comma separated.
         assert_eq!(
             " a, b ,,c".parse::<StringList>().unwrap(),
@@ -652,21 +657,11 @@ mod tests {
              jwt-require-exp = false\njwt-max-age-s = 300\n"
         ))
         .unwrap();
-        match file.into_config().unwrap().auth {
-            AuthMode::Jwt {
-                audience,
-                issuer,
-                require_exp,
-                max_age_s,
-                ..
-            } => {
-                assert_eq!(audience, vec!["ignis", "ws"]);
-                assert_eq!(issuer, vec!["https://a.example", "https://b.example"]);
-                assert!(!require_exp);
-                assert_eq!(max_age_s, Some(300));
-            }
-            other => panic!("{other:?}"),
-        }
+        let (audience, issuer, require_exp, max_age_s) = jwt_claims(file);
+        assert_eq!(audience, vec!["ignis", "ws"]);
+        assert_eq!(issuer, vec!["https://a.example", "https://b.example"]);
+        assert!(!require_exp);
+        assert_eq!(max_age_s, Some(300));
     }
 
     #[test]

@@ -50,6 +50,25 @@ pub enum Request<'a> {
     },
 }
 
+impl<'a> Request<'a> {
+    /// A [`Request::Http`] of these fields, in their order.
+    pub const fn http(
+        method: &'a str,
+        path: &'a str,
+        head_len: usize,
+        authorization: Option<&'a str>,
+        content_length: Option<usize>,
+    ) -> Self {
+        Self::Http {
+            method,
+            path,
+            head_len,
+            authorization,
+            content_length,
+        }
+    }
+}
+
 /// Why a request head was refused; [`HandshakeError::status`] maps each to
 /// the HTTP status to answer with ([`error_response`] renders it).
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -179,13 +198,13 @@ pub fn parse_request<'a>(
         .map(parse_content_length)
         .transpose()?;
     let authorization = headers.unique("authorization", "Authorization")?;
-    Ok(Some(Request::Http {
+    Ok(Some(Request::http(
         method,
         path,
         head_len,
         authorization,
         content_length,
-    }))
+    )))
 }
 
 /// The parsed header fields, with the lookups the rules above need.
@@ -364,6 +383,14 @@ mod tests {
         parse_request(head.as_bytes(), &HandshakeLimits::default())
     }
 
+    /// Each of `heads` is refused with `want`.
+    fn refused(heads: impl IntoIterator<Item = impl AsRef<str>>, want: HandshakeError) {
+        for head in heads {
+            let head = head.as_ref();
+            assert_eq!(parse(head), Err(want), "{head:?}");
+        }
+    }
+
     #[test]
     fn good_upgrade() {
         let head = upgrade_head("");
@@ -436,16 +463,17 @@ mod tests {
 
     #[test]
     fn invalid_key() {
-        for key in [
+        let keys = [
             "short",
             "dGhlIHNhbXBsZSBub25jZQ=",
             "dGhlIHNhbXBsZSBub25jZQ!=",
             "dGhlIHNhbXBsZSBub25jZ===",
             "",
-        ] {
-            let head = upgrade_head("").replace(KEY, key);
-            assert_eq!(parse(&head), Err(HandshakeError::InvalidKey), "{key:?}");
-        }
+        ];
+        refused(
+            keys.map(|key| upgrade_head("").replace(KEY, key)),
+            HandshakeError::InvalidKey,
+        );
     }
 
     #[test]
@@ -560,43 +588,26 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for head in [
+        let lengths = ["abc", "-1", "+5", "1 2", "", "99999999999999999999999"];
+        let head = |v| format!("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\n");
+        refused(lengths.map(head), HandshakeError::Malformed);
+        let heads = [
             "GET /\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
             "\x00\x01\x02 / HTTP/1.1\r\n\r\n",
-        ] {
-            assert_eq!(parse(head), Err(HandshakeError::Malformed), "{head:?}");
-        }
-        for value in ["abc", "-1", "+5", "1 2", "", "99999999999999999999999"] {
-            let head = format!("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
-            assert_eq!(parse(&head), Err(HandshakeError::Malformed), "{value:?}");
-        }
+        ];
+        refused(heads, HandshakeError::Malformed);
     }
 
     #[test]
     fn plain_http_requests() {
         let head = "GET /health?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(
-            parse(head),
-            Ok(Some(Request::Http {
-                method: "GET",
-                path: "/health",
-                head_len: head.len(),
-                authorization: None,
-                content_length: None,
-            }))
-        );
+        let want = Request::http("GET", "/health", head.len(), None, None);
+        assert_eq!(parse(head), Ok(Some(want)));
         let head = "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k3n\r\nContent-Length: 12\r\n\r\n{\"a\":1}";
-        assert_eq!(
-            parse(head),
-            Ok(Some(Request::Http {
-                method: "POST",
-                path: "/publish",
-                head_len: head.len() - 7,
-                authorization: Some("Bearer t0k3n"),
-                content_length: Some(12),
-            }))
-        );
+        let auth = Some("Bearer t0k3n");
+        let want = Request::http("POST", "/publish", head.len() - 7, auth, Some(12));
+        assert_eq!(parse(head), Ok(Some(want)));
         // A GET on the WebSocket path without the upgrade headers is plain
         // HTTP; answering 426 is the caller's call.
         let head = "GET /ws HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: x\r\n\r\n";

@@ -484,40 +484,57 @@ impl ChannelHooks {
     }
 }
 
-impl ignis_ws::Hooks for ChannelHooks {
-    fn on_open(&self, o: ignis_ws::hooks::Opened) -> Option<ignis_ws::auth::BoxFuture<()>> {
-        let _ = self.tx.send(HookEvent::Open {
-            client_id: o.client_id,
-        });
+impl ChannelHooks {
+    /// Report `e` on the channel; no future to run.
+    fn report(&self, e: HookEvent) -> Option<ignis_ws::auth::BoxFuture<()>> {
+        let _ = self.tx.send(e);
         None
     }
+}
+
+impl ignis_ws::Hooks for ChannelHooks {
+    fn on_open(&self, o: ignis_ws::hooks::Opened) -> Option<ignis_ws::auth::BoxFuture<()>> {
+        let client_id = o.client_id;
+        self.report(HookEvent::Open { client_id })
+    }
     fn on_connect(&self, c: ignis_ws::hooks::Connected) -> Option<ignis_ws::auth::BoxFuture<()>> {
-        let _ = self.tx.send(HookEvent::Connect {
-            client_id: c.client_id,
-            user_id: c.user_id,
-            metadata: c.metadata,
-        });
-        None
+        let ignis_ws::hooks::Connected {
+            client_id,
+            user_id,
+            metadata,
+            ..
+        } = c;
+        self.report(HookEvent::Connect {
+            client_id,
+            user_id,
+            metadata,
+        })
     }
     fn on_disconnect(
         &self,
         d: ignis_ws::hooks::Disconnected,
     ) -> Option<ignis_ws::auth::BoxFuture<()>> {
-        let _ = self.tx.send(HookEvent::Disconnect {
-            client_id: d.client_id,
-            user_id: d.user_id,
-        });
-        None
+        let ignis_ws::hooks::Disconnected {
+            client_id, user_id, ..
+        } = d;
+        self.report(HookEvent::Disconnect { client_id, user_id })
     }
     fn on_message(&self, m: ignis_ws::hooks::Message) -> Option<ignis_ws::auth::BoxFuture<()>> {
-        let _ = self.tx.send(HookEvent::Message {
-            client_id: m.client_id,
-            user_id: m.user_id,
-            event: m.event,
-            data: m.data,
-            id: m.id,
-        });
-        None
+        let ignis_ws::hooks::Message {
+            client_id,
+            user_id,
+            event,
+            data,
+            id,
+            ..
+        } = m;
+        self.report(HookEvent::Message {
+            client_id,
+            user_id,
+            event,
+            data,
+            id,
+        })
     }
 }
 
@@ -677,6 +694,20 @@ pub fn metric_where(body: &str, name: &str, label: &str) -> i64 {
         .sum()
 }
 
+/// Assert that each metric of `want` sums to its value in `body`.
+pub fn assert_metrics(body: &str, want: &[(&str, i64)]) {
+    for &(name, value) in want {
+        assert_eq!(metric(body, name), value, "{name}: {body}");
+    }
+}
+
+/// Assert that `body` holds each of `lines`.
+pub fn assert_lines(body: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(body.contains(line), "{line}: {body}");
+    }
+}
+
 /// `GET /metrics`; must answer 200.
 pub async fn metrics(addr: SocketAddr) -> String {
     let (head, body) = http_get(addr, "/metrics").await;
@@ -711,11 +742,7 @@ pub fn gauge(
     h: &ignis_ws::Handle,
     f: fn(&ignis_ws::metrics::ShardMetrics) -> &std::sync::atomic::AtomicI64,
 ) -> i64 {
-    h.metrics()
-        .shards
-        .iter()
-        .map(|m| f(m).load(std::sync::atomic::Ordering::Relaxed))
-        .sum()
+    sum_shards(h, f, std::sync::atomic::AtomicI64::load)
 }
 
 /// A counter of the in-process server, summed over its shards.
@@ -723,10 +750,19 @@ pub fn counter(
     h: &ignis_ws::Handle,
     f: fn(&ignis_ws::metrics::ShardMetrics) -> &std::sync::atomic::AtomicU64,
 ) -> u64 {
+    sum_shards(h, f, std::sync::atomic::AtomicU64::load)
+}
+
+/// `load` (relaxed) of the atomic `f` picks, summed over the shards.
+fn sum_shards<A, T: std::iter::Sum>(
+    h: &ignis_ws::Handle,
+    f: fn(&ignis_ws::metrics::ShardMetrics) -> &A,
+    load: fn(&A, std::sync::atomic::Ordering) -> T,
+) -> T {
     h.metrics()
         .shards
         .iter()
-        .map(|m| f(m).load(std::sync::atomic::Ordering::Relaxed))
+        .map(|m| load(f(m), std::sync::atomic::Ordering::Relaxed))
         .sum()
 }
 

@@ -265,6 +265,13 @@ impl RedisServer {
         self.child = Some(spawn(&self.args));
     }
 
+    /// An emitter on this server.
+    pub async fn emitter(&self) -> ignis_ws::bridge::emitter::Emitter {
+        ignis_ws::bridge::emitter::Emitter::connect(&self.url())
+            .await
+            .unwrap()
+    }
+
     /// A plain (test-side) connection.
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())

@@ -50,6 +50,16 @@ pub enum OpCode {
 }
 
 impl OpCode {
+    /// Every opcode, in wire order.
+    pub const ALL: [OpCode; 6] = [
+        Self::Continuation,
+        Self::Text,
+        Self::Binary,
+        Self::Close,
+        Self::Ping,
+        Self::Pong,
+    ];
+
     /// Maps the 4-bit wire value; `None` for the reserved values 3–7, 11–15.
     pub const fn from_u8(value: u8) -> Option<Self> {
         match value {
@@ -687,6 +697,39 @@ pub fn server_frame_payload(frame: &[u8]) -> Option<&[u8]> {
     frame.get(start..start.checked_add(len)?)
 }
 
+/// Every message `chunks` decode to, fed one after another to a new
+/// [`MessageDecoder`] of `role` and `max`, and the error that stopped it,
+/// if any; with `until_close`, nothing after the first Close (as
+/// tungstenite stops). For the tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_chunks<'a>(
+    role: Role,
+    max: usize,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    until_close: bool,
+) -> (Vec<Message>, Option<FrameError>) {
+    let mut decoder = MessageDecoder::new(role, max);
+    let mut buf = BytesMut::new();
+    let mut messages = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(message)) => {
+                    let close = until_close && matches!(message, Message::Close(_));
+                    messages.push(message);
+                    if close {
+                        return (messages, None);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return (messages, Some(e)),
+            }
+        }
+    }
+    (messages, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,16 +798,7 @@ mod tests {
     }
 
     fn decode_all(bytes: &[u8], max: usize) -> (Vec<Message>, Result<(), FrameError>) {
-        let mut dec = MessageDecoder::new(Role::Server, max);
-        let mut buf = BytesMut::from(bytes);
-        let mut out = Vec::new();
-        loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(m)) => out.push(m),
-                Ok(None) => return (out, Ok(())),
-                Err(e) => return (out, Err(e)),
-            }
-        }
+        decode_chunked([bytes], max)
     }
 
     /// Feeds `bytes` to a fresh decoder in the given chunks.
@@ -772,20 +806,8 @@ mod tests {
         chunks: impl IntoIterator<Item = &'a [u8]>,
         max: usize,
     ) -> (Vec<Message>, Result<(), FrameError>) {
-        let mut dec = MessageDecoder::new(Role::Server, max);
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        for chunk in chunks {
-            buf.extend_from_slice(chunk);
-            loop {
-                match dec.decode(&mut buf) {
-                    Ok(Some(m)) => out.push(m),
-                    Ok(None) => break,
-                    Err(e) => return (out, Err(e)),
-                }
-            }
-        }
-        (out, Ok(()))
+        let (messages, err) = decode_chunks(Role::Server, max, chunks, false);
+        (messages, err.map_or(Ok(()), Err))
     }
 
     fn text(s: &str) -> Message {
@@ -1569,14 +1591,7 @@ mod tests {
     // ---- property tests ----
 
     fn any_opcode() -> impl Strategy<Value = OpCode> {
-        prop::sample::select(vec![
-            OpCode::Continuation,
-            OpCode::Text,
-            OpCode::Binary,
-            OpCode::Close,
-            OpCode::Ping,
-            OpCode::Pong,
-        ])
+        prop::sample::select(OpCode::ALL.to_vec())
     }
 
     /// Frames that are valid on their own; payload sizes straddle the 7-bit
@@ -1892,22 +1907,8 @@ mod tests {
 
     /// Our decoder, stopping after a Close like tungstenite does.
     fn our_messages(bytes: &[u8], max: usize) -> (Vec<Message>, Result<(), FrameError>) {
-        let mut dec = MessageDecoder::new(Role::Server, max);
-        let mut buf = BytesMut::from(bytes);
-        let mut out = Vec::new();
-        loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(m)) => {
-                    let close = matches!(m, Message::Close(_));
-                    out.push(m);
-                    if close {
-                        return (out, Ok(()));
-                    }
-                }
-                Ok(None) => return (out, Ok(())),
-                Err(e) => return (out, Err(e)),
-            }
-        }
+        let (messages, err) = decode_chunks(Role::Server, max, [bytes], true);
+        (messages, err.map_or(Ok(()), Err))
     }
 
     /// A frame for the message-level differential: any opcode (reserved ones
