@@ -496,7 +496,7 @@ fn run_shard(
     let index = ctx.index;
     let shutdown_timeout = ctx.config.shutdown_timeout;
     let encryption_on = ctx.config.encryption != crate::config::EncryptionMode::Off;
-    let rt = match driver::build_runtime(backend, core, ctx.config.io_ring_buffers) {
+    let rt = match driver::build_runtime(backend, core) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(format!("shard {index}: {e}")));
@@ -515,30 +515,16 @@ fn run_shard(
                     return;
                 }
             };
-            let multishot =
-                backend == Backend::IoUring && io.shard.borrow().ctx.config.io_uring_multishot;
-            let accept = match backend {
-                _ if !multishot => match compio::runtime::fd::PollFd::new(listener) {
-                    Ok(l) => compio::runtime::spawn(accept::accept_loop(io.clone(), l)),
-                    Err(e) => {
-                        let _ = ready.send(Err(format!("shard {index}: {e}")));
-                        return;
-                    }
-                },
-                // Multishot accept on the listener.
-                _ => match compio::net::TcpListener::from_std(listener.into()) {
-                    Ok(l) => compio::runtime::spawn(accept::accept_loop_uring(io.clone(), l)),
-                    Err(e) => {
-                        let _ = ready.send(Err(format!("shard {index}: {e}")));
-                        return;
-                    }
-                },
+            let accept = match compio::runtime::fd::PollFd::new(listener) {
+                Ok(l) => compio::runtime::spawn(accept::accept_loop(io.clone(), l)),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("shard {index}: {e}")));
+                    return;
+                }
             };
             compio::runtime::spawn(tasks::flusher(io.clone())).detach();
             compio::runtime::spawn(tasks::ticker(io.clone())).detach();
-            if !multishot {
-                compio::runtime::spawn(parked::poller(io.clone())).detach();
-            }
+            compio::runtime::spawn(parked::poller(io.clone())).detach();
             if encryption_on {
                 compio::runtime::spawn(tasks::encryptor(io.clone())).detach();
             }

@@ -41,17 +41,6 @@ pub enum IoMode {
     Epoll,
 }
 
-/// How an io_uring shard receives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UringRecv {
-    /// Multishot accept and multishot recv into a provided-buffer ring.
-    Multishot,
-    /// Upgraded connections parked in the shard's epoll (no task each),
-    /// read into the shard's scratch buffer when ready.
-    Readiness,
-}
-
 /// What to do with a client whose outbound queue passes the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]

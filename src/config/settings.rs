@@ -43,7 +43,7 @@ use crate::auth::rooms::MAX_PATTERN_LEN;
 use super::table::{DAY, bytes, list, ms, same, us};
 use super::{
     AuthKind, AuthMode, ByteSize, ConfigError, EncryptionMode, IoMode, SlowClientPolicy,
-    StringList, UringRecv, bad,
+    StringList, bad,
 };
 
 settings! {
@@ -304,32 +304,6 @@ settings! {
             invalid if |v| *v > DAY => "at most one day",
         };
 
-        /// io_uring receive path: multishot (accept/recv into the buffer
-        /// ring) or readiness (connections parked in the shard's epoll)
-        /// [default: readiness].
-        #[arg(env = "IGNIS_WS_IO_URING_RECV", value_enum)]
-        io_uring_recv: UringRecv => |r| r == UringRecv::Multishot => {
-            /// On io_uring: receive with multishot accept/recv into the
-            /// provided-buffer ring, with a task per connection (true); or
-            /// park upgraded connections in the shard's epoll and `recv`
-            /// ready ones into the shard's scratch buffer, like the epoll
-            /// back end (false: an idle connection then has no task
-            /// either). Either way an idle connection holds no read buffer.
-            // Default measured (PERFORMANCE.md): the same CPU per delivery
-            // and connect rate; an idle connection then has no task of its
-            // own (1.1 KB against 2.1 KB per idle connection at 10k).
-            io_uring_multishot: bool = false,
-        };
-        /// Buffers (2 KiB) in each shard's io_uring receive ring
-        /// [default: 512].
-        #[arg(env = "IGNIS_WS_IO_RING_BUFFERS", value_name = "N")]
-        io_ring_buffers: u16 => same => {
-            /// Buffers (2 KiB each) in each shard's io_uring provided-buffer
-            /// ring. More absorbs more simultaneous receives; when the ring
-            /// runs dry a connection waits for readability and re-arms.
-            io_ring_buffers: u16 = 512,
-            invalid if |v| *v == 0 => "must be > 0",
-        };
         /// Hold writes up to this many microseconds so more messages share
         /// one syscall (CPU for latency) [default: 0].
         #[arg(env = "IGNIS_WS_WRITE_COALESCE_US", value_name = "US")]

@@ -1,6 +1,6 @@
 //! Accepting TCP connections on a shard's own `SO_REUSEPORT` listener:
-//! readiness + `accept4` for the parked driver, multishot accept for the
-//! io_uring multishot driver. Past the shard's connection limit a new
+//! readiness + `accept4`, a task per connection for its upgrade. Past the
+//! shard's connection limit a new
 //! connection gets `503` and is closed; accept errors back off and are
 //! logged at most once per second.
 
@@ -9,7 +9,6 @@ use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use compio::driver::ToSharedFd;
 use compio::runtime::fd::PollFd;
 use rustix::net::SendFlags;
 use socket2::Socket;
@@ -67,8 +66,8 @@ fn admit(io: &ShardIo, m: &ShardMetrics, fd: impl AsFd) -> bool {
     false
 }
 
-/// Accept connections until the task is cancelled; each gets a task of
-/// the parked driver for its upgrade.
+/// Accept connections until the task is cancelled; each gets a task for
+/// its upgrade, then is parked.
 pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
     let m = io.metrics();
     let mut errors = AcceptErrors::default();
@@ -99,27 +98,6 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
                     break;
                 }
             }
-        }
-    }
-}
-
-/// io_uring: multishot accept on the shard's listener; each connection
-/// gets a task of the multishot driver.
-pub async fn accept_loop_uring(io: Rc<ShardIo>, listener: compio::net::TcpListener) {
-    use futures_util::StreamExt;
-    let m = io.metrics();
-    let mut errors = AcceptErrors::default();
-    let mut incoming = listener.incoming();
-    while let Some(r) = incoming.next().await {
-        match r {
-            Ok(stream) => {
-                if admit(&io, &m, &*stream.to_shared_fd()) {
-                    let _ = stream.set_nodelay(true);
-                    compio::runtime::spawn(super::multishot::conn_task(io.clone(), stream))
-                        .detach();
-                }
-            }
-            Err(e) => errors.failed(&e, &m).await,
         }
     }
 }

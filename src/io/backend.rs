@@ -34,11 +34,7 @@ impl Backend {
     }
 }
 
-/// Size of each provided-buffer ring buffer (io_uring): client messages
-/// are small; larger ones arrive in several completions.
-const RING_BUFFER_LEN: usize = 2048;
-
-fn proactor(b: Backend, ring_buffers: u16) -> ProactorBuilder {
+fn proactor(b: Backend) -> ProactorBuilder {
     let mut p = ProactorBuilder::new();
     p.driver_type(b.driver_type());
     if b == Backend::IoUring {
@@ -48,14 +44,6 @@ fn proactor(b: Backend, ring_buffers: u16) -> ProactorBuilder {
         // peers' softirq work, batched completion handling.
         p.single_issuer(true);
         p.defer_taskrun(true);
-    }
-    if b == Backend::IoUring
-        && let Some(n) = std::num::NonZeroU16::new(ring_buffers)
-    {
-        // Receives take a buffer only when data arrives and give it back
-        // once the shard consumed it.
-        p.buffer_pool_size(n);
-        p.buffer_pool_buffer_len(RING_BUFFER_LEN);
     }
     // Room for many in-flight readiness polls per loop turn.
     p.capacity(4096);
@@ -67,7 +55,7 @@ fn proactor(b: Backend, ring_buffers: u16) -> ProactorBuilder {
 /// Decide the back end once per process.
 pub fn resolve(mode: IoMode) -> io::Result<Backend> {
     let probe = || -> io::Result<()> {
-        let p = proactor(Backend::IoUring, 1);
+        let p = proactor(Backend::IoUring);
         p.build().map(drop)
     };
     match mode {
@@ -89,11 +77,10 @@ pub fn resolve(mode: IoMode) -> io::Result<Backend> {
     }
 }
 
-/// Build one shard's runtime, pinned to `core` when given, with a
-/// provided-buffer ring of `ring_buffers` buffers on io_uring.
-pub fn build_runtime(b: Backend, core: Option<usize>, ring_buffers: u16) -> io::Result<Runtime> {
+/// Build one shard's runtime, pinned to `core` when given.
+pub fn build_runtime(b: Backend, core: Option<usize>) -> io::Result<Runtime> {
     let mut rb = RuntimeBuilder::new();
-    rb.with_proactor(proactor(b, ring_buffers));
+    rb.with_proactor(proactor(b));
     if let Some(c) = core {
         rb.thread_affinity(HashSet::from([c]));
     }

@@ -9,14 +9,14 @@
 //!   out its outputs after every input ([`shard_io::ShardIo::with`]). A
 //!   borrow is never held across an `.await`.
 //! * Every connection starts in [`accept`] and [`upgrade`] (the HTTP
-//!   request, plain HTTP answers, the WebSocket upgrade). Then one of two
-//!   drivers serves it:
-//!   - [`parked`] (default, both back ends): the socket is registered in a
-//!     shard-owned epoll instance and the connection has no task; the
-//!     poller `recv`s every ready connection into one shard-wide scratch
-//!     buffer. An idle connection is an epoll entry and a slab record.
-//!   - [`multishot`] (`--io-uring-recv multishot`): a task per connection
-//!     with a multishot receive into the provided-buffer ring.
+//!   request, plain HTTP answers, the WebSocket upgrade). Then [`parked`]
+//!   serves it, on both back ends: the socket is registered in a
+//!   shard-owned epoll instance and the connection has no task; the
+//!   poller `recv`s every ready connection into one shard-wide scratch
+//!   buffer. An idle connection is an epoll entry and a slab record. (A
+//!   task per connection with an io_uring multishot receive was measured
+//!   and removed: the same CPU for three times the memory per idle
+//!   connection, PERFORMANCE.md.)
 //! * Writes ([`tasks::flush_one`]): the shard queues shared frames (`Bytes`)
 //!   per connection and lists the connection as dirty; the flusher runs
 //!   after the other ready tasks of the loop turn and writes each dirty
@@ -24,14 +24,12 @@
 //!   per turn, however many messages queued).
 //! * Ownership: the shard's record holds the socket. A finished connection
 //!   ([`crate::shard::Event::Closed`]) is removed from the shard at once:
-//!   a parked one leaves the epoll and its socket closes; a task's
-//!   connection wakes its task, which ends and drops its handle.
+//!   it leaves the epoll and its socket closes.
 
 pub mod accept;
 pub mod backend;
 pub mod calls;
 pub mod mem;
-pub mod multishot;
 pub mod parked;
 pub mod shard_io;
 pub mod tasks;

@@ -1,4 +1,4 @@
-//! The readiness driver (the default on both back ends): after the
+//! The driver (on both back ends): after the
 //! upgrade a connection is *parked* — its socket registered in a
 //! shard-owned epoll instance, its task ended. The poller waits for that
 //! epoll fd through compio (a POLL_ADD on io_uring, the driver's poller on
@@ -48,14 +48,9 @@ fn interest(peer_eof: bool, write_blocked: bool) -> epoll::EventFlags {
 /// Set a parked connection's epoll interest from its state.
 pub(super) fn update_interest(io: &ShardIo, key: ConnKey) {
     let sh = io.shard.borrow();
-    if let Some(conn) = sh.conn(key)
-        && let ConnSock::Parked {
-            sock,
-            write_blocked,
-        } = conn.sock()
-    {
-        let flags = interest(conn.peer_eof(), *write_blocked);
-        let _ = epoll::modify(&io.ep, sock, ep_data(key, conn.generation()), flags);
+    if let Some(conn) = sh.conn(key) {
+        let flags = interest(conn.peer_eof(), conn.sock().write_blocked);
+        let _ = epoll::modify(&io.ep, conn.sock(), ep_data(key, conn.generation()), flags);
     }
 }
 
@@ -80,7 +75,7 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
-    let sock = ConnSock::Parked {
+    let sock = ConnSock {
         sock,
         write_blocked: false,
     };
@@ -97,11 +92,8 @@ fn park(io: &ShardIo, key: ConnKey) {
         let Some(conn) = sh.conn(key) else {
             return;
         };
-        let ConnSock::Parked { sock, .. } = conn.sock() else {
-            return;
-        };
         let flags = interest(conn.peer_eof(), false);
-        let r = epoll::add(&io.ep, sock, ep_data(key, conn.generation()), flags);
+        let r = epoll::add(&io.ep, conn.sock(), ep_data(key, conn.generation()), flags);
         if r.is_ok() {
             ShardMetrics::add(&sh.ctx.metrics.parked_total, 1);
         }
@@ -165,11 +157,11 @@ fn on_ready(io: &ShardIo, key: ConnKey, generation: u32, flags: epoll::EventFlag
         if conn.generation() != generation || conn.is_dead() {
             return;
         }
-        (conn.sock().write_blocked(), conn.peer_eof())
+        (conn.sock().write_blocked, conn.peer_eof())
     };
     if write_blocked && flags.contains(epoll::EventFlags::OUT) {
         if let Some(c) = io.shard.borrow_mut().conn_mut(key) {
-            c.sock_mut().set_write_blocked(false);
+            c.sock_mut().write_blocked = false;
         }
         super::tasks::flush_one(io, key);
         update_interest(io, key);

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use compio::driver::SharedFd;
 use compio::runtime::fd::PollFd;
 use rustix::event::epoll;
 use socket2::Socket;
@@ -22,46 +21,19 @@ use crate::metrics::{Registry, ShardMetrics};
 use crate::proto::handshake::HandshakeLimits;
 use crate::shard::{ConnKey, Shard};
 
-/// The driver's state of one upgraded connection, kept in its shard record.
+/// The driver's state of one upgraded connection, kept in its shard
+/// record: the socket (watched by the shard's epoll, see
+/// [`super::parked`]; the record alone owns it).
 #[derive(Debug)]
-pub enum ConnSock {
-    /// Watched by the shard's epoll ([`super::parked`]); the record alone
-    /// owns the socket, and the connection has no task of its own.
-    Parked { sock: Socket, write_blocked: bool },
-    /// Served by a task of its own ([`super::multishot`]), which shares the
-    /// socket and is woken through `waker`.
-    Task {
-        fd: SharedFd<Socket>,
-        write_blocked: bool,
-        waker: Option<Box<Waker>>,
-    },
-}
-
-impl ConnSock {
+pub struct ConnSock {
+    pub sock: Socket,
     /// The socket did not take everything: waiting for writability.
-    pub fn write_blocked(&self) -> bool {
-        match self {
-            ConnSock::Parked { write_blocked, .. } | ConnSock::Task { write_blocked, .. } => {
-                *write_blocked
-            }
-        }
-    }
-
-    pub fn set_write_blocked(&mut self, b: bool) {
-        match self {
-            ConnSock::Parked { write_blocked, .. } | ConnSock::Task { write_blocked, .. } => {
-                *write_blocked = b
-            }
-        }
-    }
+    pub write_blocked: bool,
 }
 
 impl AsFd for ConnSock {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            ConnSock::Parked { sock, .. } => sock.as_fd(),
-            ConnSock::Task { fd, .. } => fd.as_fd(),
-        }
+        self.sock.as_fd()
     }
 }
 
@@ -182,16 +154,11 @@ impl ShardIo {
         }
     }
 
-    /// A finished connection: out of the shard, its socket closed (a
-    /// parked one leaves the epoll first), its task (if any) woken to end.
+    /// A finished connection: out of the shard and the epoll, its socket
+    /// closed.
     fn drop_conn(&self, key: ConnKey) {
-        let sock = self.shard.borrow_mut().remove(key);
-        match sock {
-            Some(ConnSock::Parked { sock, .. }) => {
-                let _ = epoll::delete(&self.ep, &sock);
-            }
-            Some(ConnSock::Task { waker: Some(w), .. }) => w.wake(),
-            Some(ConnSock::Task { waker: None, .. }) | None => {}
+        if let Some(c) = self.shard.borrow_mut().remove(key) {
+            let _ = epoll::delete(&self.ep, &c.sock);
         }
     }
 

@@ -12,21 +12,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::io::Errno;
 use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
 
-use super::shard_io::{ConnSock, ShardIo};
+use super::shard_io::ShardIo;
 use crate::shard::IoVec;
 use crate::shard::{ConnKey, ShardCommand};
 
 /// Write one connection's queue: everything queued, one `sendmsg` (more
 /// only past `MAX_IOV` frames). A socket that does not take everything
-/// is marked write-blocked: a parked connection adds write interest to its
-/// epoll entry, a connection with a task is woken to wait for
-/// writability. Callers run [`ShardIo::after`] afterwards.
+/// is marked write-blocked and adds write interest to its epoll entry.
+/// Callers run [`ShardIo::after`] afterwards.
 pub fn flush_one(io: &ShardIo, key: ConnKey) {
     let mut sh = io.shard.borrow_mut();
     let Some(conn) = sh.conn(key) else {
         return;
     };
-    if conn.is_dead() || conn.sock().write_blocked() {
+    if conn.is_dead() || conn.sock().write_blocked {
         return;
     }
     let mut blocked = false;
@@ -69,18 +68,10 @@ pub fn flush_one(io: &ShardIo, key: ConnKey) {
         let Some(conn) = sh.conn_mut(key) else {
             return;
         };
-        conn.sock_mut().set_write_blocked(true);
-        match conn.sock_mut() {
-            ConnSock::Parked { .. } => {
-                drop(sh);
-                super::parked::update_interest(io, key);
-            }
-            ConnSock::Task { waker, .. } => {
-                if let Some(w) = waker {
-                    w.wake_by_ref();
-                }
-            }
-        }
+        conn.sock_mut().write_blocked = true;
+        drop(sh);
+        // Ask the shard's epoll for writability too.
+        super::parked::update_interest(io, key);
         return;
     }
     if sh.handle_flushed(key)

@@ -2,7 +2,7 @@
 //! the request head (and a publish body), answer plain HTTP requests
 //! (`/health`, `/metrics`, `POST /api/publish`, errors) and the WebSocket
 //! upgrade, within `--handshake-timeout-ms`. The bytes come from a
-//! `Source`: readiness + `recv`, or an io_uring multishot receive.
+//! `Source` (readiness + `recv`; a test can give another).
 
 use std::io;
 
@@ -241,46 +241,6 @@ impl Drop for BodySlot<'_> {
             .publish_bodies
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// The multishot receive stream of an io_uring connection: the kernel
-/// picks a buffer from the shard's provided-buffer ring only when data
-/// arrives, so an idle connection holds none.
-pub(super) struct Multishot<
-    'a,
-    R: futures_util::Stream<Item = io::Result<compio::driver::BufferRef>> + Unpin,
-> {
-    pub(super) rx: &'a mut R,
-    pub(super) pfd: &'a PollFd<Socket>,
-}
-
-impl<R: futures_util::Stream<Item = io::Result<compio::driver::BufferRef>> + Unpin> Source
-    for Multishot<'_, R>
-{
-    async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, _limit: usize) -> io::Result<bool> {
-        use futures_util::StreamExt;
-        loop {
-            match self.rx.next().await {
-                Some(Ok(b)) => {
-                    buf.extend_from_slice(&b);
-                    return Ok(true);
-                }
-                Some(Err(e)) if is_no_buffers(&e) => {
-                    ShardMetrics::add(&io.metrics().recv_ring_empty, 1);
-                    self.pfd.read_ready().await?
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(false),
-            }
-        }
-    }
-}
-
-/// The provided-buffer ring is empty (every buffer is out): wait for
-/// readability, then re-arm the multishot receive.
-pub(super) fn is_no_buffers(e: &io::Error) -> bool {
-    // compio reports the kernel's ENOBUFS as `ResourceBusy`.
-    e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == io::ErrorKind::ResourceBusy
 }
 
 /// One more (`1`) or one fewer (`-1`) connection in its HTTP upgrade.
