@@ -113,7 +113,7 @@ impl PublishStats {
 }
 
 /// Publishes messages of one run.
-pub struct Publisher {
+pub struct PublishLoad {
     how: How,
     payload_size: usize,
     stats: Arc<PublishStats>,
@@ -132,20 +132,20 @@ enum How {
     },
 }
 
-impl std::fmt::Debug for Publisher {
+impl std::fmt::Debug for PublishLoad {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let how = match self.how {
             How::Redis { .. } => "redis",
             How::Http { .. } => "http",
         };
-        f.debug_struct("Publisher").field("how", &how).finish()
+        f.debug_struct("PublishLoad").field("how", &how).finish()
     }
 }
 
-impl Publisher {
+impl PublishLoad {
     /// Connects (Redis) or checks the endpoint is reachable (HTTP). Must run
     /// inside a tokio runtime.
-    pub async fn connect(plan: &Plan) -> Result<Publisher, PublishError> {
+    pub async fn connect(plan: &Plan) -> Result<PublishLoad, PublishError> {
         let (kind, target) = if plan.broadcast {
             (Kind::Broadcast, None)
         } else {
@@ -204,14 +204,14 @@ impl Publisher {
                     plan.payload_size,
                     Arc::clone(&stats),
                 ));
-                return Ok(Publisher {
+                return Ok(PublishLoad {
                     how: How::Http { queue },
                     payload_size: plan.payload_size,
                     stats,
                 });
             }
         };
-        Ok(Publisher {
+        Ok(PublishLoad {
             how,
             payload_size: plan.payload_size,
             stats: Arc::new(PublishStats::new()),
