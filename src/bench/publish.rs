@@ -24,13 +24,15 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::bridge::envelope::{self, EMITTER_SERVER_ID, Kind};
+use crate::bridge::{
+    self,
+    envelope::{self, EMITTER_SERVER_ID, Kind},
+};
 
 use super::args::{HttpTarget, Plan, PublishPlan};
 use super::payload::{self, Phase};
@@ -153,12 +155,8 @@ impl PublishLoad {
         };
         let how = match &plan.publish {
             PublishPlan::Redis { url } => {
-                let client = crate::bridge::client(url, None).map_err(PublishError::Redis)?;
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                let conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
+                let client = bridge::client(url, None).map_err(PublishError::Redis)?;
+                let conn = bridge::conn::multiplexed(&client, RESPONSE_TIMEOUT)
                     .await
                     .map_err(PublishError::Redis)?;
                 How::Redis {

@@ -20,6 +20,8 @@ pub mod emitter;
 pub mod envelope;
 pub mod publisher;
 pub mod subscriber;
+#[cfg(test)]
+pub(crate) mod test_redis;
 
 use std::sync::Arc;
 
