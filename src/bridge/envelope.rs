@@ -320,24 +320,9 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn into_envelope(self) -> Result<Envelope<'a>, DropReason> {
-        let server_id = self
-            .server_id
-            .map(text)
-            .transpose()?
-            .flatten()
-            .ok_or(DropReason::MissingServerId)?;
-        let event = self
-            .event
-            .map(text)
-            .transpose()?
-            .flatten()
-            .ok_or(DropReason::MissingEvent)?;
-        let kind = self
-            .kind
-            .map(text)
-            .transpose()?
-            .flatten()
-            .and_then(|t| Kind::parse(&t))
+        let server_id = required(self.server_id, DropReason::MissingServerId)?;
+        let event = required(self.event, DropReason::MissingEvent)?;
+        let kind = Kind::parse(&required(self.kind, DropReason::UnknownType)?)
             .ok_or(DropReason::UnknownType)?;
         let target = match self.target {
             None if kind.needs_target() => return Err(DropReason::MissingTarget),
@@ -361,6 +346,12 @@ impl<'a> Fields<'a> {
             },
         })
     }
+}
+
+/// The string a key must hold, or `missing` when the key is absent or not
+/// a string (a string that is not text is [`DropReason::BadJson`]).
+fn required(raw: Option<&RawValue>, missing: DropReason) -> Result<Cow<'_, str>, DropReason> {
+    raw.map(text).transpose()?.flatten().ok_or(missing)
 }
 
 /// The string a raw JSON value holds, `None` if it is not a string.
