@@ -73,14 +73,9 @@ impl Emitter {
         event: &str,
         data: &D,
     ) -> Result<(), EmitError> {
-        self.publish(
-            Kind::Client,
-            Some(client_id),
-            event,
-            Some(&to_json(data)?),
-            None,
-        )
-        .await
+        let data = to_json(data)?;
+        self.publish(Kind::Client, Some(client_id), event, Some(&data), None)
+            .await
     }
 
     /// `toUser({userId, event, data})`.
@@ -90,14 +85,9 @@ impl Emitter {
         event: &str,
         data: &D,
     ) -> Result<(), EmitError> {
-        self.publish(
-            Kind::User,
-            Some(user_id),
-            event,
-            Some(&to_json(data)?),
-            None,
-        )
-        .await
+        let data = to_json(data)?;
+        self.publish(Kind::User, Some(user_id), event, Some(&data), None)
+            .await
     }
 
     /// `toRoom({room, event, data, exclude})`; `exclude: None` leaves the
@@ -109,14 +99,9 @@ impl Emitter {
         data: &D,
         exclude: Option<&[&str]>,
     ) -> Result<(), EmitError> {
-        self.publish(
-            Kind::Room,
-            Some(room),
-            event,
-            Some(&to_json(data)?),
-            exclude,
-        )
-        .await
+        let data = to_json(data)?;
+        self.publish(Kind::Room, Some(room), event, Some(&data), exclude)
+            .await
     }
 
     /// `broadcast({event, data})`.
@@ -125,7 +110,8 @@ impl Emitter {
         event: &str,
         data: &D,
     ) -> Result<(), EmitError> {
-        self.publish(Kind::Broadcast, None, event, Some(&to_json(data)?), None)
+        let data = to_json(data)?;
+        self.publish(Kind::Broadcast, None, event, Some(&data), None)
             .await
     }
 
@@ -195,14 +181,8 @@ mod tests {
 
     use super::*;
     use crate::bridge::conn::CONNECT_TIMEOUT;
+    use crate::bridge::envelope::tests::{REF_BROADCAST, REF_CLIENT, REF_ROOM, REF_USER};
     use crate::bridge::test_redis::{Redis, free_port, redis_server_installed};
-
-    /// The exact texts the reference's `WebSocketEmitter` publishes.
-    const REF_CLIENT: &str =
-        r#"{"serverId":"emitter","type":"client","target":"c1","event":"hello","data":{"x":1}}"#;
-    const REF_USER: &str = r#"{"serverId":"emitter","type":"user","target":"u1","event":"notify","data":{"msg":"hi"}}"#;
-    const REF_ROOM: &str = r#"{"serverId":"emitter","type":"room","target":"lobby","event":"update","data":{},"exclude":["c1","c2"]}"#;
-    const REF_BROADCAST: &str = r#"{"serverId":"emitter","type":"broadcast","event":"global","data":{"announcement":true}}"#;
 
     /// A second connection that PSUBSCRIBEs `ws:*` and sees every message
     /// exactly as Redis delivers it.
