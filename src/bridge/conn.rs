@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one command (PUBLISH, PING) before the connection is
 /// considered dead.
-pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -81,13 +81,13 @@ pub fn redact(url: &str) -> String {
 /// Exponential backoff with full jitter between `BACKOFF_MIN` and the
 /// current ceiling.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub(super) struct Backoff {
     ceiling: Duration,
     seed: u64,
 }
 
 impl Backoff {
-    pub(crate) fn new() -> Self {
+    pub(super) fn new() -> Self {
         let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
         Backoff {
             ceiling: BACKOFF_MIN,
@@ -95,11 +95,11 @@ impl Backoff {
         }
     }
 
-    pub(crate) fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.ceiling = BACKOFF_MIN;
     }
 
-    pub(crate) fn next(&mut self) -> Duration {
+    pub(super) fn next(&mut self) -> Duration {
         // xorshift64: cheap randomness so nodes that lost Redis together do
         // not reconnect in lockstep.
         self.seed ^= self.seed << 13;
