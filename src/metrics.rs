@@ -2,7 +2,7 @@
 //! only writer (relaxed atomics, no contention); `/metrics` and `/health`
 //! read and sum them from any thread.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -183,64 +183,52 @@ const DROP_REASONS: [&str; 8] = [
     "bad_field_type",
 ];
 
+/// One sample per type (client, user, room, broadcast).
+fn by_kind(a: &[AtomicU64; 4]) -> impl Iterator<Item = (String, u64)> + '_ {
+    KINDS
+        .iter()
+        .zip(a)
+        .map(|(k, v)| (label("type", k), v.load(Relaxed)))
+}
+
 impl Registry {
     fn write_bridge(&self, o: &mut String, b: &BridgeMetrics) -> std::fmt::Result {
-        writeln!(
+        family(
             o,
-            "# HELP ignis_ws_redis_connected Redis connections up (1) or down (0)."
+            "redis_connected",
+            "Redis connections up (1) or down (0).",
+            "gauge",
+            [
+                ("subscriber", &b.subscribed),
+                ("publisher", &b.publisher_up),
+            ]
+            .map(|(conn, up)| (label("conn", conn), u8::from(up.load(Relaxed)))),
         )?;
-        writeln!(o, "# TYPE ignis_ws_redis_connected gauge")?;
-        writeln!(
+        family(
             o,
-            "ignis_ws_redis_connected{{conn=\"subscriber\"}} {}",
-            u8::from(b.subscribed.load(Relaxed))
+            "redis_envelopes_in_total",
+            "Envelopes from Redis delivered locally, by type.",
+            "counter",
+            by_kind(&b.envelopes_in),
         )?;
-        writeln!(
+        family(
             o,
-            "ignis_ws_redis_connected{{conn=\"publisher\"}} {}",
-            u8::from(b.publisher_up.load(Relaxed))
+            "redis_envelopes_dropped_total",
+            "Envelopes from Redis dropped, by reason.",
+            "counter",
+            DROP_REASONS
+                .iter()
+                .zip(&b.envelopes_dropped)
+                .chain([(&"own_server_id", &b.own_skipped)])
+                .map(|(r, v)| (label("reason", r), v.load(Relaxed))),
         )?;
-        writeln!(
+        family(
             o,
-            "# HELP ignis_ws_redis_envelopes_in_total Envelopes from Redis delivered locally, by type."
+            "redis_published_total",
+            "Messages published to Redis, by type.",
+            "counter",
+            by_kind(&b.published),
         )?;
-        writeln!(o, "# TYPE ignis_ws_redis_envelopes_in_total counter")?;
-        for (i, k) in KINDS.iter().enumerate() {
-            writeln!(
-                o,
-                "ignis_ws_redis_envelopes_in_total{{type=\"{k}\"}} {}",
-                b.envelopes_in[i].load(Relaxed)
-            )?;
-        }
-        writeln!(
-            o,
-            "# HELP ignis_ws_redis_envelopes_dropped_total Envelopes from Redis dropped, by reason."
-        )?;
-        writeln!(o, "# TYPE ignis_ws_redis_envelopes_dropped_total counter")?;
-        for (i, r) in DROP_REASONS.iter().enumerate() {
-            writeln!(
-                o,
-                "ignis_ws_redis_envelopes_dropped_total{{reason=\"{r}\"}} {}",
-                b.envelopes_dropped[i].load(Relaxed)
-            )?;
-        }
-        writeln!(
-            o,
-            "ignis_ws_redis_envelopes_dropped_total{{reason=\"own_server_id\"}} {}",
-            b.own_skipped.load(Relaxed)
-        )?;
-        writeln!(
-            o,
-            "# HELP ignis_ws_redis_published_total Messages published to Redis, by type."
-        )?;
-        writeln!(o, "# TYPE ignis_ws_redis_published_total counter")?;
-        for (i, k) in KINDS.iter().enumerate() {
-            writeln!(
-                o,
-                "ignis_ws_redis_published_total{{type=\"{k}\"}} {}",
-                b.published[i].load(Relaxed)
-            )?;
-        }
         for (name, help, kind, v) in [
             (
                 "redis_events_forwarded_total",
@@ -267,9 +255,7 @@ impl Registry {
                 b.reconnects.load(Relaxed) as i64,
             ),
         ] {
-            writeln!(o, "# HELP ignis_ws_{name} {help}")?;
-            writeln!(o, "# TYPE ignis_ws_{name} {kind}")?;
-            writeln!(o, "ignis_ws_{name} {v}")?;
+            family(o, name, help, kind, [("", v)])?;
         }
         Ok(())
     }
@@ -321,315 +307,392 @@ impl Registry {
     }
 
     fn write_prometheus(&self, o: &mut String) -> std::fmt::Result {
-        writeln!(
+        let shards = || self.shards.iter().enumerate();
+        family(
             o,
-            "# HELP ignis_ws_connections Open WebSocket connections by state and shard."
+            "connections",
+            "Open WebSocket connections by state and shard.",
+            "gauge",
+            shards().flat_map(|(i, s)| {
+                [
+                    ("unauthorized", &s.conns_unauthorized),
+                    ("authenticating", &s.conns_authenticating),
+                    ("authenticated", &s.conns_authenticated),
+                ]
+                .map(|(state, v)| {
+                    (
+                        format!("{{shard=\"{i}\",state=\"{state}\"}}"),
+                        v.load(Relaxed),
+                    )
+                })
+            }),
         )?;
-        writeln!(o, "# TYPE ignis_ws_connections gauge")?;
-        for (i, s) in self.shards.iter().enumerate() {
-            for (state, v) in [
-                ("unauthorized", &s.conns_unauthorized),
-                ("authenticating", &s.conns_authenticating),
-                ("authenticated", &s.conns_authenticated),
-            ] {
-                writeln!(
-                    o,
-                    "ignis_ws_connections{{shard=\"{i}\",state=\"{state}\"}} {}",
-                    v.load(Relaxed)
-                )?;
-            }
+        for (name, help, f) in SHARD_GAUGES {
+            let samples = shards().map(|(i, s)| (label("shard", i), f(s).load(Relaxed)));
+            family(o, name, help, "gauge", samples)?;
         }
-        for (name, help, f) in [
-            (
-                "rooms",
-                "Rooms with at least one member, by shard.",
-                |s: &ShardMetrics| &s.rooms,
-            ),
-            (
-                "users",
-                "Distinct authenticated user ids, by shard.",
-                |s: &ShardMetrics| &s.users,
-            ),
-            (
-                "encrypted_clients",
-                "Connected clients with an encryption session, by shard.",
-                |s: &ShardMetrics| &s.encrypted_clients,
-            ),
-            (
-                "handshakes_in_progress",
-                "Accepted connections still in their HTTP upgrade (they count against --max-connections), by shard.",
-                |s: &ShardMetrics| &s.handshaking,
-            ),
-            (
-                "publish_bodies_pending",
-                "POST /api/publish bodies being read now (at most --api-max-pending-bodies), by shard.",
-                |s: &ShardMetrics| &s.publish_bodies,
-            ),
-            (
-                "shard_queue_bytes",
-                "Bytes of deliveries waiting in the shard's channel (at most --shard-queue-limit), by shard.",
-                |s: &ShardMetrics| &s.queued_bytes,
-            ),
-        ] as [(&str, &str, fn(&ShardMetrics) -> &AtomicI64); 6]
-        {
-            writeln!(o, "# HELP ignis_ws_{name} {help}")?;
-            writeln!(o, "# TYPE ignis_ws_{name} gauge")?;
-            for (i, s) in self.shards.iter().enumerate() {
-                writeln!(o, "ignis_ws_{name}{{shard=\"{i}\"}} {}", f(s).load(Relaxed))?;
-            }
+        for (name, help, f) in COUNTERS {
+            family(o, name, help, "counter", [("", self.sum(f))])?;
         }
-        type Getter = fn(&ShardMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Getter); 27] = [
-            (
-                "rooms_client_id_refused_total",
-                "Joins refused because the room is named by another client's id (any UUID form).",
-                |s| &s.rooms_client_id_refused,
-            ),
-            (
-                "accept_errors_total",
-                "accept() calls that failed (EMFILE, ENFILE, ENOBUFS, ...); logged at most once per second per shard.",
-                |s| &s.accept_errors,
-            ),
-            (
-                "publish_bodies_refused_total",
-                "POST /api/publish answered 503 because --api-max-pending-bodies bodies were being read.",
-                |s| &s.publish_bodies_refused,
-            ),
-            (
-                "recv_ring_empty_total",
-                "io_uring receives that found the buffer ring empty.",
-                |s| &s.recv_ring_empty,
-            ),
-            ("accepted_total", "TCP connections accepted.", |s| {
-                &s.accepted_total
-            }),
-            ("upgrades_total", "WebSocket upgrades completed.", |s| {
-                &s.upgrades_total
-            }),
-            (
-                "connections_refused_total",
-                "Connections refused at --max-connections.",
-                |s| &s.refused_total,
-            ),
-            (
-                "http_requests_total",
-                "Plain HTTP requests answered.",
-                |s| &s.http_requests_total,
-            ),
-            (
-                "handshake_errors_total",
-                "Failed or timed-out upgrade requests.",
-                |s| &s.handshake_errors_total,
-            ),
-            (
-                "messages_in_total",
-                "Data messages received from clients.",
-                |s| &s.messages_in,
-            ),
-            (
-                "bytes_in_total",
-                "Payload bytes of data messages received.",
-                |s| &s.bytes_in,
-            ),
-            ("messages_out_total", "Frames queued to clients.", |s| {
-                &s.messages_out
-            }),
-            (
-                "bytes_out_total",
-                "Bytes of frames queued to clients.",
-                |s| &s.bytes_out,
-            ),
-            (
-                "bytes_written_total",
-                "Bytes written to client sockets.",
-                |s| &s.bytes_written,
-            ),
-            (
-                "write_calls_total",
-                "Write system calls to client sockets.",
-                |s| &s.write_calls,
-            ),
-            (
-                "frames_dropped_total",
-                "Frames dropped for slow or closing clients.",
-                |s| &s.frames_dropped,
-            ),
-            (
-                "connections_parked_total",
-                "Upgraded connections parked in the shard's epoll (readiness receive) since start.",
-                |s| &s.parked_total,
-            ),
-            (
-                "slow_clients_closed_total",
-                "Clients closed for exceeding the backpressure limit.",
-                |s| &s.slow_clients_closed,
-            ),
-            (
-                "rooms_joined_total",
-                "Rooms joined through join requests.",
-                |s| &s.rooms_joined,
-            ),
-            (
-                "rooms_refused_total",
-                "Rooms refused by filter or validator, or past --max-rooms-per-client.",
-                |s| &s.rooms_refused,
-            ),
-            (
-                "rooms_over_limit_total",
-                "Rooms refused because the client was in --max-rooms-per-client rooms.",
-                |s| &s.rooms_over_limit,
-            ),
-            (
-                "rate_limited_total",
-                "Clients closed with 1008 for sending more than --client-max-msgs-per-sec.",
-                |s| &s.rate_limited,
-            ),
-            ("auth_timeouts_total", "Clients closed with 4001.", |s| {
-                &s.auth_timeouts
-            }),
-            ("auth_errors_total", "Authenticator errors.", |s| {
-                &s.auth_errors
-            }),
-            (
-                "encryption_handshakes_failed_total",
-                "Encryption handshakes refused (closed with 4004).",
-                |s| &s.encryption_handshakes_failed,
-            ),
-            (
-                "messages_encrypted_total",
-                "Messages encrypted per client (off the shared-frame path).",
-                |s| &s.messages_encrypted,
-            ),
-            (
-                "decrypt_failures_total",
-                "Inbound encrypted messages that failed to decrypt (dropped).",
-                |s| &s.decrypt_failures,
-            ),
-        ];
-        for (name, help, f) in counters {
-            writeln!(o, "# HELP ignis_ws_{name} {help}")?;
-            writeln!(o, "# TYPE ignis_ws_{name} counter")?;
-            writeln!(o, "ignis_ws_{name} {}", self.sum(f))?;
-        }
-        writeln!(o, "# HELP ignis_ws_auth_total Authentication results.")?;
-        writeln!(o, "# TYPE ignis_ws_auth_total counter")?;
-        for (result, f) in [
-            ("accepted", (|s| &s.auth_accepted) as Getter),
-            ("refused", |s| &s.auth_refused),
-            ("error", |s| &s.auth_errors),
-            ("timeout", |s| &s.auth_timeouts),
-        ] {
-            writeln!(
-                o,
-                "ignis_ws_auth_total{{result=\"{result}\"}} {}",
-                self.sum(f)
-            )?;
-        }
-        writeln!(
+        family(
             o,
-            "# HELP ignis_ws_closes_total Close frames sent by the server, by close code."
+            "auth_total",
+            "Authentication results.",
+            "counter",
+            [
+                ("accepted", (|s| &s.auth_accepted) as Getter),
+                ("refused", |s| &s.auth_refused),
+                ("error", |s| &s.auth_errors),
+                ("timeout", |s| &s.auth_timeouts),
+            ]
+            .map(|(result, f)| (label("result", result), self.sum(f))),
         )?;
-        writeln!(o, "# TYPE ignis_ws_closes_total counter")?;
-        for (slot, code) in METRIC_CODES
+        let codes = METRIC_CODES
             .iter()
             .map(|c| c.to_string())
-            .chain(["other".to_string()])
-            .enumerate()
-        {
-            let v: u64 = self
-                .shards
-                .iter()
-                .map(|s| s.closes_by_code[slot].load(Relaxed))
-                .sum();
-            writeln!(o, "ignis_ws_closes_total{{code=\"{code}\"}} {v}")?;
-        }
-        writeln!(
+            .chain(["other".to_string()]);
+        family(
             o,
-            "# HELP ignis_ws_deliveries_dropped_total Deliveries refused before reaching a shard, by reason."
+            "closes_total",
+            "Close frames sent by the server, by close code.",
+            "counter",
+            codes.enumerate().map(|(slot, code)| {
+                let v: u64 = self
+                    .shards
+                    .iter()
+                    .map(|s| s.closes_by_code[slot].load(Relaxed))
+                    .sum();
+                (label("code", code), v)
+            }),
         )?;
-        writeln!(o, "# TYPE ignis_ws_deliveries_dropped_total counter")?;
-        writeln!(
+        family(
             o,
-            "ignis_ws_deliveries_dropped_total{{reason=\"shard_queue_full\"}} {}",
-            self.sum(|s| &s.deliveries_dropped_queue_full)
+            "deliveries_dropped_total",
+            "Deliveries refused before reaching a shard, by reason.",
+            "counter",
+            [(
+                label("reason", "shard_queue_full"),
+                self.sum(|s| &s.deliveries_dropped_queue_full),
+            )],
         )?;
-        writeln!(
+        family(
             o,
-            "# HELP ignis_ws_control_tasks Per-client tasks queued or running on the control thread (at most --control-max-tasks)."
+            "control_tasks",
+            "Per-client tasks queued or running on the control thread (at most --control-max-tasks).",
+            "gauge",
+            [("", self.control.tasks.load(Relaxed))],
         )?;
-        writeln!(o, "# TYPE ignis_ws_control_tasks gauge")?;
-        writeln!(
+        family(
             o,
-            "ignis_ws_control_tasks {}",
-            self.control.tasks.load(Relaxed)
-        )?;
-        writeln!(
-            o,
-            "# HELP ignis_ws_control_tasks_refused_total Webhook auth calls, waiting hooks and room validators refused at --control-max-tasks."
-        )?;
-        writeln!(o, "# TYPE ignis_ws_control_tasks_refused_total counter")?;
-        writeln!(
-            o,
-            "ignis_ws_control_tasks_refused_total {}",
-            self.control.refused.load(Relaxed)
+            "control_tasks_refused_total",
+            "Webhook auth calls, waiting hooks and room validators refused at --control-max-tasks.",
+            "counter",
+            [("", self.control.refused.load(Relaxed))],
         )?;
         if let Some(b) = &self.bridge {
             self.write_bridge(o, b)?;
         }
         if let Some(e) = &self.events {
-            writeln!(
+            family(
                 o,
-                "# HELP ignis_ws_events_forwarded_total Custom client events forwarded, by destination and result."
+                "events_forwarded_total",
+                "Custom client events forwarded, by destination and result.",
+                "counter",
+                [
+                    ("channel", "queued", &e.to_channel),
+                    ("webhook", "ok", &e.webhook_ok),
+                    ("webhook", "failed", &e.webhook_failed),
+                ]
+                .map(|(to, result, v)| {
+                    (
+                        format!("{{to=\"{to}\",result=\"{result}\"}}"),
+                        v.load(Relaxed),
+                    )
+                }),
             )?;
-            writeln!(o, "# TYPE ignis_ws_events_forwarded_total counter")?;
-            writeln!(
+            family(
                 o,
-                "ignis_ws_events_forwarded_total{{to=\"channel\",result=\"queued\"}} {}",
-                e.to_channel.load(Relaxed)
+                "events_dropped_total",
+                "Custom client events not forwarded, by reason.",
+                "counter",
+                [
+                    ("webhook_queue_full", &e.dropped_webhook_queue_full),
+                    ("channel_outbox_full", &e.dropped_channel_outbox_full),
+                ]
+                .map(|(reason, v)| (label("reason", reason), v.load(Relaxed))),
             )?;
-            writeln!(
+            family(
                 o,
-                "ignis_ws_events_forwarded_total{{to=\"webhook\",result=\"ok\"}} {}",
-                e.webhook_ok.load(Relaxed)
-            )?;
-            writeln!(
-                o,
-                "ignis_ws_events_forwarded_total{{to=\"webhook\",result=\"failed\"}} {}",
-                e.webhook_failed.load(Relaxed)
-            )?;
-            writeln!(
-                o,
-                "# HELP ignis_ws_events_dropped_total Custom client events not forwarded, by reason."
-            )?;
-            writeln!(o, "# TYPE ignis_ws_events_dropped_total counter")?;
-            writeln!(
-                o,
-                "ignis_ws_events_dropped_total{{reason=\"webhook_queue_full\"}} {}",
-                e.dropped_webhook_queue_full.load(Relaxed)
-            )?;
-            writeln!(
-                o,
-                "ignis_ws_events_dropped_total{{reason=\"channel_outbox_full\"}} {}",
-                e.dropped_channel_outbox_full.load(Relaxed)
-            )?;
-            writeln!(
-                o,
-                "# HELP ignis_ws_events_webhook_queued Custom client events waiting for an events-webhook worker."
-            )?;
-            writeln!(o, "# TYPE ignis_ws_events_webhook_queued gauge")?;
-            writeln!(
-                o,
-                "ignis_ws_events_webhook_queued {}",
-                e.webhook_queued.load(Relaxed)
+                "events_webhook_queued",
+                "Custom client events waiting for an events-webhook worker.",
+                "gauge",
+                [("", e.webhook_queued.load(Relaxed))],
             )?;
         }
-        writeln!(o, "# HELP ignis_ws_uptime_seconds Seconds since start.")?;
-        writeln!(o, "# TYPE ignis_ws_uptime_seconds gauge")?;
-        writeln!(
+        family(
             o,
-            "ignis_ws_uptime_seconds {}",
-            self.started.elapsed().as_secs()
-        )?;
-        Ok(())
+            "uptime_seconds",
+            "Seconds since start.",
+            "gauge",
+            [("", self.started.elapsed().as_secs())],
+        )
+    }
+}
+
+/// One metric family `ignis_ws_NAME`: its `# HELP` and `# TYPE` lines,
+/// then a line per sample, `ignis_ws_NAME{LABELS} VALUE` (`LABELS` is
+/// either empty or written by [`label`], braces included).
+fn family<L: Display, V: Display>(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> std::fmt::Result {
+    writeln!(o, "# HELP ignis_ws_{name} {help}")?;
+    writeln!(o, "# TYPE ignis_ws_{name} {kind}")?;
+    for (labels, v) in samples {
+        writeln!(o, "ignis_ws_{name}{labels} {v}")?;
+    }
+    Ok(())
+}
+
+/// `{key="value"}`: the labels of a sample with one label.
+fn label(key: &str, value: impl Display) -> String {
+    format!("{{{key}=\"{value}\"}}")
+}
+
+/// Reads one of a shard's counters.
+type Getter = fn(&ShardMetrics) -> &AtomicU64;
+
+/// Reads one of a shard's gauges.
+type GaugeGetter = fn(&ShardMetrics) -> &AtomicI64;
+
+/// Per-shard gauges, each a family with a sample per shard.
+const SHARD_GAUGES: [(&str, &str, GaugeGetter); 6] = [
+    ("rooms", "Rooms with at least one member, by shard.", |s| {
+        &s.rooms
+    }),
+    ("users", "Distinct authenticated user ids, by shard.", |s| {
+        &s.users
+    }),
+    (
+        "encrypted_clients",
+        "Connected clients with an encryption session, by shard.",
+        |s| &s.encrypted_clients,
+    ),
+    (
+        "handshakes_in_progress",
+        "Accepted connections still in their HTTP upgrade (they count against --max-connections), by shard.",
+        |s| &s.handshaking,
+    ),
+    (
+        "publish_bodies_pending",
+        "POST /api/publish bodies being read now (at most --api-max-pending-bodies), by shard.",
+        |s| &s.publish_bodies,
+    ),
+    (
+        "shard_queue_bytes",
+        "Bytes of deliveries waiting in the shard's channel (at most --shard-queue-limit), by shard.",
+        |s| &s.queued_bytes,
+    ),
+];
+
+/// Counters summed over the shards, each a family with one sample.
+const COUNTERS: [(&str, &str, Getter); 27] = [
+    (
+        "rooms_client_id_refused_total",
+        "Joins refused because the room is named by another client's id (any UUID form).",
+        |s| &s.rooms_client_id_refused,
+    ),
+    (
+        "accept_errors_total",
+        "accept() calls that failed (EMFILE, ENFILE, ENOBUFS, ...); logged at most once per second per shard.",
+        |s| &s.accept_errors,
+    ),
+    (
+        "publish_bodies_refused_total",
+        "POST /api/publish answered 503 because --api-max-pending-bodies bodies were being read.",
+        |s| &s.publish_bodies_refused,
+    ),
+    (
+        "recv_ring_empty_total",
+        "io_uring receives that found the buffer ring empty.",
+        |s| &s.recv_ring_empty,
+    ),
+    ("accepted_total", "TCP connections accepted.", |s| {
+        &s.accepted_total
+    }),
+    ("upgrades_total", "WebSocket upgrades completed.", |s| {
+        &s.upgrades_total
+    }),
+    (
+        "connections_refused_total",
+        "Connections refused at --max-connections.",
+        |s| &s.refused_total,
+    ),
+    (
+        "http_requests_total",
+        "Plain HTTP requests answered.",
+        |s| &s.http_requests_total,
+    ),
+    (
+        "handshake_errors_total",
+        "Failed or timed-out upgrade requests.",
+        |s| &s.handshake_errors_total,
+    ),
+    (
+        "messages_in_total",
+        "Data messages received from clients.",
+        |s| &s.messages_in,
+    ),
+    (
+        "bytes_in_total",
+        "Payload bytes of data messages received.",
+        |s| &s.bytes_in,
+    ),
+    ("messages_out_total", "Frames queued to clients.", |s| {
+        &s.messages_out
+    }),
+    (
+        "bytes_out_total",
+        "Bytes of frames queued to clients.",
+        |s| &s.bytes_out,
+    ),
+    (
+        "bytes_written_total",
+        "Bytes written to client sockets.",
+        |s| &s.bytes_written,
+    ),
+    (
+        "write_calls_total",
+        "Write system calls to client sockets.",
+        |s| &s.write_calls,
+    ),
+    (
+        "frames_dropped_total",
+        "Frames dropped for slow or closing clients.",
+        |s| &s.frames_dropped,
+    ),
+    (
+        "connections_parked_total",
+        "Upgraded connections parked in the shard's epoll (readiness receive) since start.",
+        |s| &s.parked_total,
+    ),
+    (
+        "slow_clients_closed_total",
+        "Clients closed for exceeding the backpressure limit.",
+        |s| &s.slow_clients_closed,
+    ),
+    (
+        "rooms_joined_total",
+        "Rooms joined through join requests.",
+        |s| &s.rooms_joined,
+    ),
+    (
+        "rooms_refused_total",
+        "Rooms refused by filter or validator, or past --max-rooms-per-client.",
+        |s| &s.rooms_refused,
+    ),
+    (
+        "rooms_over_limit_total",
+        "Rooms refused because the client was in --max-rooms-per-client rooms.",
+        |s| &s.rooms_over_limit,
+    ),
+    (
+        "rate_limited_total",
+        "Clients closed with 1008 for sending more than --client-max-msgs-per-sec.",
+        |s| &s.rate_limited,
+    ),
+    ("auth_timeouts_total", "Clients closed with 4001.", |s| {
+        &s.auth_timeouts
+    }),
+    ("auth_errors_total", "Authenticator errors.", |s| {
+        &s.auth_errors
+    }),
+    (
+        "encryption_handshakes_failed_total",
+        "Encryption handshakes refused (closed with 4004).",
+        |s| &s.encryption_handshakes_failed,
+    ),
+    (
+        "messages_encrypted_total",
+        "Messages encrypted per client (off the shared-frame path).",
+        |s| &s.messages_encrypted,
+    ),
+    (
+        "decrypt_failures_total",
+        "Inbound encrypted messages that failed to decrypt (dropped).",
+        |s| &s.decrypt_failures,
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(bridge: bool) -> Registry {
+        let shards: Vec<Arc<ShardMetrics>> =
+            (0..2).map(|_| Arc::new(ShardMetrics::default())).collect();
+        shards[1].conns_authenticated.store(3, Relaxed);
+        shards[0].auth_refused.store(4, Relaxed);
+        shards[1].auth_refused.store(5, Relaxed);
+        shards[1].rooms.store(6, Relaxed);
+        shards[0].closes_by_code[METRIC_CODES.len()].store(7, Relaxed);
+        let b = BridgeMetrics::default();
+        b.publisher_up.store(true, Relaxed);
+        b.envelopes_dropped[1].store(8, Relaxed);
+        b.own_skipped.store(9, Relaxed);
+        b.published[2].store(10, Relaxed);
+        b.outbox_depth.store(11, Relaxed);
+        let e = EventsMetrics::default();
+        e.webhook_failed.store(12, Relaxed);
+        Registry {
+            bridge: bridge.then(|| Arc::new(b)),
+            events: bridge.then(|| Arc::new(e)),
+            shards,
+            started: Instant::now(),
+            io_backend: "epoll",
+            max_connections: 1,
+            control: Arc::new(crate::control::ControlStats::default()),
+        }
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_then_its_samples() {
+        let text = registry(true).prometheus();
+        for family in [
+            "connections",
+            "rooms",
+            "auth_total",
+            "closes_total",
+            "redis_envelopes_dropped_total",
+            "redis_outbox_depth",
+            "events_forwarded_total",
+            "uptime_seconds",
+        ] {
+            let help = format!("# HELP ignis_ws_{family} ");
+            let kind = format!("\n# TYPE ignis_ws_{family} ");
+            let at = text.find(&help).expect(&help);
+            assert!(text[at..].contains(&kind), "{family}");
+        }
+        for line in [
+            "ignis_ws_connections{shard=\"1\",state=\"authenticated\"} 3",
+            "ignis_ws_rooms{shard=\"1\"} 6",
+            "ignis_ws_auth_total{result=\"refused\"} 9",
+            "ignis_ws_closes_total{code=\"other\"} 7",
+            "ignis_ws_redis_connected{conn=\"subscriber\"} 0",
+            "ignis_ws_redis_connected{conn=\"publisher\"} 1",
+            "ignis_ws_redis_envelopes_dropped_total{reason=\"bad_json\"} 8",
+            "ignis_ws_redis_envelopes_dropped_total{reason=\"own_server_id\"} 9",
+            "ignis_ws_redis_published_total{type=\"room\"} 10",
+            "ignis_ws_redis_outbox_depth 11",
+            "ignis_ws_events_forwarded_total{to=\"webhook\",result=\"failed\"} 12",
+            "ignis_ws_control_tasks 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        let local = registry(false).prometheus();
+        assert!(!local.contains("redis") && !local.contains("events_"));
     }
 }

@@ -50,7 +50,7 @@ use super::args::{ArgError, Pace, Plan};
 use super::launch::{self, Incoming, Worker};
 use super::payload::{Phase, now_ns};
 use super::progress::Bars;
-use super::publish::{PublishError, Publisher};
+use super::publish::{PublishError, PublishLoad};
 use super::report::{self, FoldError, OwnCpu, PublishCounts, Readings, Report, ServerSamples};
 use super::sysstat::{self, ProcSample, SysError};
 use super::wire::{Command, Event, Ready, WireError};
@@ -140,7 +140,7 @@ struct Coordinator {
     bars: Bars,
     rx: mpsc::UnboundedReceiver<(usize, Incoming)>,
     workers: Vec<Worker>,
-    publisher: Publisher,
+    publisher: PublishLoad,
     /// The next sequence number to publish.
     next_seq: u64,
     /// Phase shown on the publishing bar.
@@ -150,7 +150,7 @@ struct Coordinator {
 async fn run(plan: Plan, launch: Launch) -> Result<Report, BenchError> {
     // Fail on a wrong Redis URL or API endpoint before opening thousands of
     // connections.
-    let publisher = Publisher::connect(&plan).await?;
+    let publisher = PublishLoad::connect(&plan).await?;
     let before = sysstat::sample_all(&plan.server_pids)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut c = Coordinator {

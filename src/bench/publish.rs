@@ -24,13 +24,15 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::bridge::envelope::{self, EMITTER_SERVER_ID, Kind};
+use crate::bridge::{
+    self,
+    envelope::{self, EMITTER_SERVER_ID, Kind},
+};
 
 use super::args::{HttpTarget, Plan, PublishPlan};
 use super::payload::{self, Phase};
@@ -113,7 +115,7 @@ impl PublishStats {
 }
 
 /// Publishes messages of one run.
-pub struct Publisher {
+pub struct PublishLoad {
     how: How,
     payload_size: usize,
     stats: Arc<PublishStats>,
@@ -132,20 +134,20 @@ enum How {
     },
 }
 
-impl std::fmt::Debug for Publisher {
+impl std::fmt::Debug for PublishLoad {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let how = match self.how {
             How::Redis { .. } => "redis",
             How::Http { .. } => "http",
         };
-        f.debug_struct("Publisher").field("how", &how).finish()
+        f.debug_struct("PublishLoad").field("how", &how).finish()
     }
 }
 
-impl Publisher {
+impl PublishLoad {
     /// Connects (Redis) or checks the endpoint is reachable (HTTP). Must run
     /// inside a tokio runtime.
-    pub async fn connect(plan: &Plan) -> Result<Publisher, PublishError> {
+    pub async fn connect(plan: &Plan) -> Result<PublishLoad, PublishError> {
         let (kind, target) = if plan.broadcast {
             (Kind::Broadcast, None)
         } else {
@@ -153,12 +155,8 @@ impl Publisher {
         };
         let how = match &plan.publish {
             PublishPlan::Redis { url } => {
-                let client = crate::bridge::client(url, None).map_err(PublishError::Redis)?;
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                let conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
+                let client = bridge::client(url, None).map_err(PublishError::Redis)?;
+                let conn = bridge::conn::multiplexed(&client, RESPONSE_TIMEOUT)
                     .await
                     .map_err(PublishError::Redis)?;
                 How::Redis {
@@ -204,14 +202,14 @@ impl Publisher {
                     plan.payload_size,
                     Arc::clone(&stats),
                 ));
-                return Ok(Publisher {
+                return Ok(PublishLoad {
                     how: How::Http { queue },
                     payload_size: plan.payload_size,
                     stats,
                 });
             }
         };
-        Ok(Publisher {
+        Ok(PublishLoad {
             how,
             payload_size: plan.payload_size,
             stats: Arc::new(PublishStats::new()),

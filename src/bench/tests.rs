@@ -4,12 +4,9 @@
 //! (`Launch::InProcess`): the same worker code as `bench-worker`, without
 //! re-executing the test binary.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use clap::Parser;
 
+use crate::bridge::test_redis::{Redis, free_port};
 use crate::config::{AuthMode, IoMode};
 
 use super::BenchArgs;
@@ -27,76 +24,6 @@ pub(super) fn args(v: &[&str]) -> BenchArgs {
     let mut argv = vec!["bench"];
     argv.extend_from_slice(v);
     Cli::try_parse_from(argv).unwrap().args
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A redis-server of this test, on a free port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A redis-server, or `None` with the reason printed (in CI, where
-/// .ci/run installs it, a missing one fails the test instead).
-fn redis() -> Option<Redis> {
-    let installed = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the bench's Redis test: redis-server is not installed"
-        );
-        eprintln!("SKIPPED: redis-server not installed");
-        return None;
-    }
-    let port = free_port();
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--bind",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("Ready to accept connections")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("redis-server ready in time");
-    Some(Redis { child, port })
 }
 
 fn server(auth: AuthMode, redis: Option<&str>, api_key: Option<&str>) -> crate::Server {
@@ -206,8 +133,10 @@ fn assert_complete(r: &Report, connections: u64) {
 
 #[test]
 fn redis_room_run_in_process() {
-    let Some(redis) = redis() else { return };
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let Some(redis) = Redis::start(&[]) else {
+        return;
+    };
+    let url = redis.url();
     let srv = server(AuthMode::Insecure, Some(&url), None);
     let flags = format!(
         "-c 200 --workers 2 --users 50 --redis {url} \

@@ -8,16 +8,13 @@
 
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::conn;
 use super::envelope::{self, EMITTER_SERVER_ID, Kind};
 
-/// Longest wait for TCP, TLS and AUTH together: an unreachable Redis must
-/// fail `connect` rather than hang it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one reply; the library default (500 ms) fails healthy
 /// but busy servers.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,12 +53,8 @@ impl Emitter {
     /// on it).
     pub async fn connect(redis_url: &str) -> Result<Emitter, EmitError> {
         let shown = || crate::secrets::redact_url(redis_url);
-        let client = redis::Client::open(redis_url).map_err(|e| EmitError::Url(shown(), e))?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
+        let client = conn::client(redis_url, None).map_err(|e| EmitError::Url(shown(), e))?;
+        let conn = conn::multiplexed(&client, RESPONSE_TIMEOUT)
             .await
             .map_err(|e| EmitError::Connect(shown(), e))?;
         Ok(Emitter { conn })
@@ -80,7 +73,7 @@ impl Emitter {
         event: &str,
         data: &D,
     ) -> Result<(), EmitError> {
-        let data = serde_json::to_vec(data).map_err(EmitError::Encode)?;
+        let data = to_json(data)?;
         self.publish(Kind::Client, Some(client_id), event, Some(&data), None)
             .await
     }
@@ -92,7 +85,7 @@ impl Emitter {
         event: &str,
         data: &D,
     ) -> Result<(), EmitError> {
-        let data = serde_json::to_vec(data).map_err(EmitError::Encode)?;
+        let data = to_json(data)?;
         self.publish(Kind::User, Some(user_id), event, Some(&data), None)
             .await
     }
@@ -106,7 +99,7 @@ impl Emitter {
         data: &D,
         exclude: Option<&[&str]>,
     ) -> Result<(), EmitError> {
-        let data = serde_json::to_vec(data).map_err(EmitError::Encode)?;
+        let data = to_json(data)?;
         self.publish(Kind::Room, Some(room), event, Some(&data), exclude)
             .await
     }
@@ -117,7 +110,7 @@ impl Emitter {
         event: &str,
         data: &D,
     ) -> Result<(), EmitError> {
-        let data = serde_json::to_vec(data).map_err(EmitError::Encode)?;
+        let data = to_json(data)?;
         self.publish(Kind::Broadcast, None, event, Some(&data), None)
             .await
     }
@@ -171,111 +164,25 @@ impl Emitter {
     }
 }
 
+/// `data` as JSON, as the reference's `JSON.stringify(data)`.
+fn to_json<D: Serialize + ?Sized>(data: &D) -> Result<Vec<u8>, EmitError> {
+    serde_json::to_vec(data).map_err(EmitError::Encode)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Command, Stdio};
     use std::time::Instant;
 
-    use redis::{PushInfo, PushKind, Value};
+    use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
     use serde_json::json;
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
     use super::*;
-
-    /// The exact texts the reference's `WebSocketEmitter` publishes.
-    const REF_CLIENT: &str =
-        r#"{"serverId":"emitter","type":"client","target":"c1","event":"hello","data":{"x":1}}"#;
-    const REF_USER: &str = r#"{"serverId":"emitter","type":"user","target":"u1","event":"notify","data":{"msg":"hi"}}"#;
-    const REF_ROOM: &str = r#"{"serverId":"emitter","type":"room","target":"lobby","event":"update","data":{},"exclude":["c1","c2"]}"#;
-    const REF_BROADCAST: &str = r#"{"serverId":"emitter","type":"broadcast","event":"global","data":{"announcement":true}}"#;
-
-    fn redis_server_installed() -> bool {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run the Redis tests: redis-server is not installed"
-            );
-            println!("SKIPPED: redis-server not installed");
-        }
-        found
-    }
-
-    fn free_port() -> u16 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    }
-
-    /// A redis-server of our own, killed on drop.
-    struct Redis {
-        child: Child,
-        port: u16,
-    }
-
-    impl Redis {
-        /// `None` when redis-server is not installed (the test skips).
-        fn start(extra: &[&str]) -> Option<Redis> {
-            Self::start_on(extra, |port| vec!["--port".into(), port.to_string()])
-        }
-
-        /// `port_args` maps the free port chosen to the listening arguments.
-        fn start_on(extra: &[&str], port_args: impl Fn(u16) -> Vec<String>) -> Option<Redis> {
-            if !redis_server_installed() {
-                return None;
-            }
-            // A free port can be taken between our probe and the server's
-            // bind; the server then exits before it is ready, and we retry.
-            for _ in 0..5 {
-                let port = free_port();
-                let mut child = Command::new("redis-server")
-                    .args(port_args(port))
-                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                    .args(extra)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                let stdout = child.stdout.take().unwrap();
-                let (tx, rx) = std::sync::mpsc::channel();
-                // Keep draining after the ready line so the server never
-                // blocks on a full pipe.
-                std::thread::spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        let Ok(line) = line else { break };
-                        if line.contains("Ready to accept connections") {
-                            let _ = tx.send(());
-                        }
-                    }
-                });
-                match rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(()) => return Some(Redis { child, port }),
-                    Err(_) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                    }
-                }
-            }
-            panic!("redis-server did not become ready");
-        }
-
-        fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-    }
-
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use crate::bridge::conn::CONNECT_TIMEOUT;
+    use crate::bridge::envelope::tests::{REF_BROADCAST, REF_CLIENT, REF_ROOM, REF_USER};
+    use crate::bridge::test_redis::{Redis, free_port, redis_server_installed};
 
     /// A second connection that PSUBSCRIBEs `ws:*` and sees every message
     /// exactly as Redis delivers it.

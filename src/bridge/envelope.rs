@@ -320,24 +320,9 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn into_envelope(self) -> Result<Envelope<'a>, DropReason> {
-        let server_id = self
-            .server_id
-            .map(text)
-            .transpose()?
-            .flatten()
-            .ok_or(DropReason::MissingServerId)?;
-        let event = self
-            .event
-            .map(text)
-            .transpose()?
-            .flatten()
-            .ok_or(DropReason::MissingEvent)?;
-        let kind = self
-            .kind
-            .map(text)
-            .transpose()?
-            .flatten()
-            .and_then(|t| Kind::parse(&t))
+        let server_id = required(self.server_id, DropReason::MissingServerId)?;
+        let event = required(self.event, DropReason::MissingEvent)?;
+        let kind = Kind::parse(&required(self.kind, DropReason::UnknownType)?)
             .ok_or(DropReason::UnknownType)?;
         let target = match self.target {
             None if kind.needs_target() => return Err(DropReason::MissingTarget),
@@ -361,6 +346,12 @@ impl<'a> Fields<'a> {
             },
         })
     }
+}
+
+/// The string a key must hold, or `missing` when the key is absent or not
+/// a string (a string that is not text is [`DropReason::BadJson`]).
+fn required(raw: Option<&RawValue>, missing: DropReason) -> Result<Cow<'_, str>, DropReason> {
+    raw.map(text).transpose()?.flatten().ok_or(missing)
 }
 
 /// The string a raw JSON value holds, `None` if it is not a string.
@@ -494,7 +485,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MAX: usize = 1 << 20;
@@ -513,6 +504,13 @@ mod tests {
         }
     }
 
+    /// Every one of `payloads` is dropped for `reason`.
+    fn assert_drops(reason: DropReason, payloads: &[&str]) {
+        for payload in payloads {
+            assert_eq!(drop_reason(payload), reason, "{payload}");
+        }
+    }
+
     fn client_message(env: &Envelope<'_>) -> String {
         let mut buf = BytesMut::new();
         env.write_client_message(&mut buf);
@@ -520,50 +518,34 @@ mod tests {
     }
 
     /// The exact texts the reference's `WebSocketEmitter` publishes.
-    const REF_CLIENT: &str =
+    pub(crate) const REF_CLIENT: &str =
         r#"{"serverId":"emitter","type":"client","target":"c1","event":"hello","data":{"x":1}}"#;
-    const REF_USER: &str = r#"{"serverId":"emitter","type":"user","target":"u1","event":"notify","data":{"msg":"hi"}}"#;
-    const REF_ROOM: &str = r#"{"serverId":"emitter","type":"room","target":"lobby","event":"update","data":{},"exclude":["c1","c2"]}"#;
-    const REF_BROADCAST: &str = r#"{"serverId":"emitter","type":"broadcast","event":"global","data":{"announcement":true}}"#;
+    pub(crate) const REF_USER: &str = r#"{"serverId":"emitter","type":"user","target":"u1","event":"notify","data":{"msg":"hi"}}"#;
+    pub(crate) const REF_ROOM: &str = r#"{"serverId":"emitter","type":"room","target":"lobby","event":"update","data":{},"exclude":["c1","c2"]}"#;
+    pub(crate) const REF_BROADCAST: &str = r#"{"serverId":"emitter","type":"broadcast","event":"global","data":{"announcement":true}}"#;
 
     #[test]
     fn encode_matches_reference_texts() {
-        let client = encode(
-            EMITTER_SERVER_ID,
-            Kind::Client,
-            Some("c1"),
-            "hello",
-            Some(br#"{"x":1}"#),
-            None,
+        /// Kind, target, event, data, exclude, and what the reference sends.
+        type Case<'a> = (
+            Kind,
+            Option<&'a str>,
+            &'a str,
+            &'a [u8],
+            Option<&'a [&'a str]>,
+            &'a str,
         );
-        assert_eq!(std::str::from_utf8(&client).unwrap(), REF_CLIENT);
-        let user = encode(
-            EMITTER_SERVER_ID,
-            Kind::User,
-            Some("u1"),
-            "notify",
-            Some(br#"{"msg":"hi"}"#),
-            None,
-        );
-        assert_eq!(std::str::from_utf8(&user).unwrap(), REF_USER);
-        let room = encode(
-            EMITTER_SERVER_ID,
-            Kind::Room,
-            Some("lobby"),
-            "update",
-            Some(b"{}"),
-            Some(&["c1", "c2"]),
-        );
-        assert_eq!(std::str::from_utf8(&room).unwrap(), REF_ROOM);
-        let broadcast = encode(
-            EMITTER_SERVER_ID,
-            Kind::Broadcast,
-            None,
-            "global",
-            Some(br#"{"announcement":true}"#),
-            None,
-        );
-        assert_eq!(std::str::from_utf8(&broadcast).unwrap(), REF_BROADCAST);
+        #[rustfmt::skip]
+        let cases: [Case<'_>; 4] = [
+            (Kind::Client, Some("c1"), "hello", br#"{"x":1}"#, None, REF_CLIENT),
+            (Kind::User, Some("u1"), "notify", br#"{"msg":"hi"}"#, None, REF_USER),
+            (Kind::Room, Some("lobby"), "update", b"{}", Some(&["c1", "c2"]), REF_ROOM),
+            (Kind::Broadcast, None, "global", br#"{"announcement":true}"#, None, REF_BROADCAST),
+        ];
+        for (kind, target, event, data, exclude, want) in cases {
+            let got = encode(EMITTER_SERVER_ID, kind, target, event, Some(data), exclude);
+            assert_eq!(std::str::from_utf8(&got).unwrap(), want);
+        }
     }
 
     #[test]
@@ -739,23 +721,24 @@ mod tests {
 
     #[test]
     fn bad_json() {
-        for payload in [
-            "",
-            " ",
-            "{",
-            r#"{"serverId":"s","type":"broadcast","event":"e""#,
-            r#"{"serverId":"s","type":"broadcast","event":"e"} x"#,
-            r#"{"serverId":"s","type":"broadcast","event":"e",}"#,
-            r#"{"serverId":'s'}"#,
-            "[1,2",
-            "nul",
-            r#"{"serverId":"s","type":"broadcast","event":"e","data":{"a":}}"#,
-            "[\"unterminated",
-            // A lone surrogate is valid JSON syntax but not text.
-            r#"{"serverId":"\ud800","type":"broadcast","event":"e"}"#,
-        ] {
-            assert_eq!(drop_reason(payload), DropReason::BadJson, "{payload}");
-        }
+        assert_drops(
+            DropReason::BadJson,
+            &[
+                "",
+                " ",
+                "{",
+                r#"{"serverId":"s","type":"broadcast","event":"e""#,
+                r#"{"serverId":"s","type":"broadcast","event":"e"} x"#,
+                r#"{"serverId":"s","type":"broadcast","event":"e",}"#,
+                r#"{"serverId":'s'}"#,
+                "[1,2",
+                "nul",
+                r#"{"serverId":"s","type":"broadcast","event":"e","data":{"a":}}"#,
+                "[\"unterminated",
+                // A lone surrogate is valid JSON syntax but not text.
+                r#"{"serverId":"\ud800","type":"broadcast","event":"e"}"#,
+            ],
+        );
         // Not UTF-8, inside a string the top-level skip would not check.
         for payload in [&b"{\"serverId\":\"\xff\"}"[..], b"[\"\xff\"]", b"\"\xc3\""] {
             assert_eq!(parse(payload, MAX).unwrap_err(), DropReason::BadJson);
@@ -773,46 +756,45 @@ mod tests {
 
     #[test]
     fn not_an_object() {
-        for payload in [
-            "null",
-            "[]",
-            "3",
-            r#""str""#,
-            "true",
-            " [1, {}] ",
-            "[{\"serverId\":\"s\"}]",
-        ] {
-            assert_eq!(drop_reason(payload), DropReason::NotAnObject, "{payload}");
-        }
+        assert_drops(
+            DropReason::NotAnObject,
+            &[
+                "null",
+                "[]",
+                "3",
+                r#""str""#,
+                "true",
+                " [1, {}] ",
+                "[{\"serverId\":\"s\"}]",
+            ],
+        );
     }
 
     #[test]
     fn missing_server_id() {
-        for payload in [
-            r#"{"type":"broadcast","event":"e"}"#,
-            r#"{"serverId":7,"type":"broadcast","event":"e"}"#,
-            r#"{"serverId":null,"type":"broadcast","event":"e"}"#,
-            r#"{"serverId":["s"],"type":"broadcast","event":"e"}"#,
-            r#"{"ServerId":"s","type":"broadcast","event":"e"}"#,
-        ] {
-            assert_eq!(
-                drop_reason(payload),
-                DropReason::MissingServerId,
-                "{payload}"
-            );
-        }
+        assert_drops(
+            DropReason::MissingServerId,
+            &[
+                r#"{"type":"broadcast","event":"e"}"#,
+                r#"{"serverId":7,"type":"broadcast","event":"e"}"#,
+                r#"{"serverId":null,"type":"broadcast","event":"e"}"#,
+                r#"{"serverId":["s"],"type":"broadcast","event":"e"}"#,
+                r#"{"ServerId":"s","type":"broadcast","event":"e"}"#,
+            ],
+        );
     }
 
     #[test]
     fn missing_event() {
-        for payload in [
-            r#"{"serverId":"s","type":"broadcast"}"#,
-            r#"{"serverId":"s","type":"broadcast","event":null}"#,
-            r#"{"serverId":"s","type":"broadcast","event":1}"#,
-            r#"{"serverId":"s","type":"broadcast","event":{}}"#,
-        ] {
-            assert_eq!(drop_reason(payload), DropReason::MissingEvent, "{payload}");
-        }
+        assert_drops(
+            DropReason::MissingEvent,
+            &[
+                r#"{"serverId":"s","type":"broadcast"}"#,
+                r#"{"serverId":"s","type":"broadcast","event":null}"#,
+                r#"{"serverId":"s","type":"broadcast","event":1}"#,
+                r#"{"serverId":"s","type":"broadcast","event":{}}"#,
+            ],
+        );
     }
 
     #[test]
@@ -824,17 +806,18 @@ mod tests {
 
     #[test]
     fn unknown_type() {
-        for payload in [
-            r#"{"serverId":"s","event":"e"}"#,
-            r#"{"serverId":"s","type":"CLIENT","target":"c","event":"e"}"#,
-            r#"{"serverId":"s","type":"Broadcast","event":"e"}"#,
-            r#"{"serverId":"s","type":"rooms","target":"r","event":"e"}"#,
-            r#"{"serverId":"s","type":"","event":"e"}"#,
-            r#"{"serverId":"s","type":null,"event":"e"}"#,
-            r#"{"serverId":"s","type":3,"event":"e"}"#,
-        ] {
-            assert_eq!(drop_reason(payload), DropReason::UnknownType, "{payload}");
-        }
+        assert_drops(
+            DropReason::UnknownType,
+            &[
+                r#"{"serverId":"s","event":"e"}"#,
+                r#"{"serverId":"s","type":"CLIENT","target":"c","event":"e"}"#,
+                r#"{"serverId":"s","type":"Broadcast","event":"e"}"#,
+                r#"{"serverId":"s","type":"rooms","target":"r","event":"e"}"#,
+                r#"{"serverId":"s","type":"","event":"e"}"#,
+                r#"{"serverId":"s","type":null,"event":"e"}"#,
+                r#"{"serverId":"s","type":3,"event":"e"}"#,
+            ],
+        );
     }
 
     #[test]
@@ -854,24 +837,25 @@ mod tests {
 
     #[test]
     fn bad_field_type() {
-        for payload in [
-            r#"{"serverId":"s","type":"client","target":5,"event":"e"}"#,
-            r#"{"serverId":"s","type":"room","target":null,"event":"e"}"#,
-            r#"{"serverId":"s","type":"user","target":["u"],"event":"e"}"#,
-            r#"{"serverId":"s","type":"broadcast","target":5,"event":"e"}"#,
-            r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":"abc"}"#,
-            r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":[1]}"#,
-            r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":["a",null]}"#,
-            r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":[["a"]]}"#,
-            r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":{"length":1}}"#,
-            r#"{"serverId":"s","type":"broadcast","event":"e","exclude":null}"#,
-            r#"{"serverId":"s","type":"broadcast","event":"e","exclude":true}"#,
-            // Ignored on client/user, but still has to be well-typed.
-            r#"{"serverId":"s","type":"client","target":"c","event":"e","exclude":"abc"}"#,
-            r#"{"serverId":"s","type":"user","target":"u","event":"e","exclude":[1]}"#,
-        ] {
-            assert_eq!(drop_reason(payload), DropReason::BadFieldType, "{payload}");
-        }
+        assert_drops(
+            DropReason::BadFieldType,
+            &[
+                r#"{"serverId":"s","type":"client","target":5,"event":"e"}"#,
+                r#"{"serverId":"s","type":"room","target":null,"event":"e"}"#,
+                r#"{"serverId":"s","type":"user","target":["u"],"event":"e"}"#,
+                r#"{"serverId":"s","type":"broadcast","target":5,"event":"e"}"#,
+                r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":"abc"}"#,
+                r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":[1]}"#,
+                r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":["a",null]}"#,
+                r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":[["a"]]}"#,
+                r#"{"serverId":"s","type":"room","target":"r","event":"e","exclude":{"length":1}}"#,
+                r#"{"serverId":"s","type":"broadcast","event":"e","exclude":null}"#,
+                r#"{"serverId":"s","type":"broadcast","event":"e","exclude":true}"#,
+                // Ignored on client/user, but still has to be well-typed.
+                r#"{"serverId":"s","type":"client","target":"c","event":"e","exclude":"abc"}"#,
+                r#"{"serverId":"s","type":"user","target":"u","event":"e","exclude":[1]}"#,
+            ],
+        );
     }
 
     #[test]
