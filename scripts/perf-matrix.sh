@@ -15,7 +15,7 @@ run() { # name server [servers] -- args
   scripts/perf-run.sh "$@" 2>&1 | tee -a "$OUT/$name.txt" | grep -E "connect |CPU: server|lost|latency|kdeliveries|server RSS|server CPU|generator|NOTE" || true
   sleep 2
 }
-servers="uring uring-multishot epoll"
+servers="uring epoll"
 [ -n "${BUN_DIR:-}" ] && servers="$servers bun"
 # Connect + authenticate alone, three interleaved rounds, beside the
 # do-nothing floor (examples/floor.rs): what the kernel's share of

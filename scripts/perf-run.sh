@@ -4,7 +4,7 @@
 #
 #   scripts/perf-run.sh SERVER [SERVERS] -- BENCH-ARGS...
 #
-# SERVER:  uring (readiness receive, the default) | uring-multishot | epoll | bun
+# SERVER:  uring | epoll | bun
 #          | floor (examples/floor.rs, a do-nothing server: the kernel's
 #            share of the same work; build it with
 #            `cargo build --release --example floor`)
@@ -45,12 +45,10 @@ trap cleanup EXIT
 
 for _ in $(seq "$servers"); do
   case "$kind" in
-    uring|uring-multishot|epoll)
-      io=${kind%%-*}; recv=readiness
-      [ "$kind" = uring-multishot ] && recv=multishot
+    uring|epoll)
       # shellcheck disable=SC2086
-      taskset -c 0 "$BIN" serve --auth insecure --room-allow '**' --shards 1 --io "$io" \
-        --io-uring-recv "$recv" --redis "redis://127.0.0.1:$REDIS_PORT" \
+      taskset -c 0 "$BIN" serve --auth insecure --room-allow '**' --shards 1 --io "$kind" \
+        --redis "redis://127.0.0.1:$REDIS_PORT" \
         --listen "127.0.0.1:$PORT" --log warn ${SERVER_ARGS:-} >/dev/null 2>&1 &
       pids+=($!)
       ;;

@@ -82,8 +82,8 @@ for be in ["uring", "epoll"]:
     print()
 
 print("### 10,000 clients, side by side\n")
-cols = ["floor", "uring", "uring-multishot", "epoll", "bun"]
-print("| figure | floor (examples/floor) | io_uring | io_uring multishot | epoll | Ignis on Bun | io_uring better than Bun by | io_uring ÷ floor |")
+cols = ["floor", "uring", "epoll", "bun"]
+print("| figure | floor (examples/floor) | io_uring | epoll | Ignis on Bun | io_uring better than Bun by | io_uring ÷ floor |")
 print("|---|---|---|---|---|---|---|---|")
 for label, run, key, unit, better_low in [
     ("server CPU per delivery, flood 100 B", "10k-flood-100B", "cpu", " µs", True),

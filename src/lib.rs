@@ -29,8 +29,8 @@
 //!   socket and *removes* the record from every index
 //!   ([`shard::Shard::remove`]).
 //! * **driver** — what feeds a sans-io [`shard::Shard`] its inputs and
-//!   carries out its outputs: [`io::parked`] and [`io::multishot`] over
-//!   sockets (sharing [`io::shard_io::ShardIo`]), or
+//!   carries out its outputs: [`io::parked`] over sockets (with
+//!   [`io::shard_io::ShardIo`]), or
 //!   [`shard::memory::MemoryDriver`] in memory with virtual time.
 //! * **parked** — an upgraded connection with no task of its own, read by
 //!   the shard's poller when its socket is ready (the default driver).
@@ -62,7 +62,7 @@
 //!   shard thread 0 ─┴──────────────────────────────▼──────────────────
 //!   compio runtime (io_uring or epoll), pinned to core 0, own
 //!   SO_REUSEPORT listener.  io (driver)  ──handle_*(…, now)──▶  Shard
-//!   accept · upgrade · parked/multishot   ◀──poll_event/poll_dirty──
+//!   accept · upgrade · parked (epoll)     ◀──poll_event/poll_dirty──
 //!   flusher: transmit() → one sendmsg per client per turn
 //!   Handle::to_room(..) encodes the frame ONCE into a `Bytes` and sends
 //!   the same buffer to every shard; each shard pushes a refcount of it
@@ -76,7 +76,7 @@
 //!   the time passed in, outputs `poll_*`. No syscalls, no wakers, no
 //!   clock, no user code; [`shard::memory`] drives it in memory.
 //! * [`io`] — the socket side of a shard, on compio: accept, upgrade, one
-//!   thin driver per receive mode (parked, multishot), the shared tasks.
+//!   the parked driver (both back ends), the shared tasks.
 //! * [`delivery`] — what travels to the shards: [`ClientId`], the target,
 //!   the shared frame, [`delivery::SendError`]; below the shard, the bridge
 //!   and the handle.

@@ -45,9 +45,6 @@ pub struct ShardMetrics {
     /// Bytes actually written to sockets, and the write syscalls used.
     pub bytes_written: AtomicU64,
     pub write_calls: AtomicU64,
-    /// io_uring receives that found the provided-buffer ring empty (raise
-    /// `--io-ring-buffers` if this grows fast).
-    pub recv_ring_empty: AtomicU64,
     /// Frames dropped by `--slow-client drop` or for a closing client.
     pub frames_dropped: AtomicU64,
     /// Bytes of deliveries waiting in this shard's channel (gauge; at most
@@ -499,7 +496,7 @@ const SHARD_GAUGES: [(&str, &str, GaugeGetter); 6] = [
 ];
 
 /// Counters summed over the shards, each a family with one sample.
-const COUNTERS: [(&str, &str, Getter); 27] = [
+const COUNTERS: [(&str, &str, Getter); 26] = [
     (
         "rooms_client_id_refused_total",
         "Joins refused because the room is named by another client's id (any UUID form).",
@@ -514,11 +511,6 @@ const COUNTERS: [(&str, &str, Getter); 27] = [
         "publish_bodies_refused_total",
         "POST /api/publish answered 503 because --api-max-pending-bodies bodies were being read.",
         |s| &s.publish_bodies_refused,
-    ),
-    (
-        "recv_ring_empty_total",
-        "io_uring receives that found the buffer ring empty.",
-        |s| &s.recv_ring_empty,
     ),
     ("accepted_total", "TCP connections accepted.", |s| {
         &s.accepted_total

@@ -223,22 +223,19 @@ async fn write_coalescing_shares_syscalls(io: IoMode) {
     assert!(used <= 3, "10 messages took {used} write calls");
 }
 
-/// Which receive path served the connections: parked in the shard's epoll
-/// (readiness, the default, on io_uring and epoll) or a task each
-/// (multishot).
-async fn connections_take_the_expected_receive_path(io: IoMode) {
+/// Upgraded connections are parked in the shard's epoll (no task each),
+/// on io_uring and on epoll.
+async fn connections_are_parked(io: IoMode) {
     let s = start(config(io));
     let h = s.handle();
     let (mut c, _) = authed(&s.url(), "u").await;
     h.broadcast("b", &1, &[]).unwrap();
     assert_eq!(c.recv().await, json!({"event":"b","data":1}));
-    let parked = counter(&h, |m| &m.parked_total);
-    let tasks = util::MULTISHOT.with(|m| m.get());
-    assert_eq!(parked, u64::from(!tasks), "parked connections");
+    assert_eq!(counter(&h, |m| &m.parked_total), 1, "parked connections");
 }
 
 io_tests!(
-    connections_take_the_expected_receive_path,
+    connections_are_parked,
     write_coalescing_shares_syscalls,
     to_client_reaches_only_that_client,
     unauthenticated_client_gets_direct_and_own_room_only,

@@ -58,7 +58,6 @@ const PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_";
 fn backend(io: IoMode) -> &'static str {
     match io {
         IoMode::Epoll => "epoll",
-        _ if util::MULTISHOT.with(|m| m.get()) => "io_uring multishot",
         _ => "io_uring",
     }
 }

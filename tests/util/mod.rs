@@ -38,15 +38,6 @@ macro_rules! io_tests {
                 }
             )*
         }
-        mod uring_multishot {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $crate::util::MULTISHOT.with(|m| m.set(true));
-                    super::$name(ignis_ws::config::IoMode::Uring).await
-                }
-            )*
-        }
         mod epoll {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,17 +49,10 @@ macro_rules! io_tests {
     };
 }
 
-thread_local! {
-    /// Set by the `uring_multishot` test variants: io_uring with multishot
-    /// accept/recv instead of readiness.
-    pub static MULTISHOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// A test configuration: free port, 2 shards, no pinning, insecure auth,
 /// every room allowed.
 pub fn config(io: IoMode) -> Config {
     Config {
-        io_uring_multishot: MULTISHOT.with(|m| m.get()),
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         pin_cores: false,
