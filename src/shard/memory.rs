@@ -343,14 +343,15 @@ impl MemoryDriver {
                 return;
             }
             written.clear();
-            let mut left = n;
+            let discard = c.sock().discard;
+            let mut left = if discard { 0 } else { n };
             for s in &iov {
-                let take = left.min(s.len());
-                written.extend_from_slice(&s[..take]);
-                left -= take;
                 if left == 0 {
                     break;
                 }
+                let take = left.min(s.len());
+                written.extend_from_slice(&s[..take]);
+                left -= take;
             }
             drop(iov);
             if let Some(c) = self.shard.conn_mut(key) {
