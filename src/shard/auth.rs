@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{Answer, ConnKey, Event, HookCall, PublicKey, Shard};
+use super::{ConnKey, Event, HookCall, PublicKey, Shard};
 use crate::auth::{AuthError, AuthRequest, AuthResult, Identity};
 use crate::config::EncryptionMode;
 use crate::delivery::ClientId;
@@ -56,19 +56,6 @@ impl<S> Shard<S> {
             key,
             generation,
             request,
-        });
-    }
-
-    /// The driver's answer to an [`Event::Authenticate`].
-    pub fn handle_auth_answer(
-        &mut self,
-        key: ConnKey,
-        generation: u32,
-        answer: Answer<AuthResult>,
-        now: Instant,
-    ) {
-        self.answered(key, generation, answer, now, |sh, result| {
-            sh.finish_auth(key, generation, result, now)
         });
     }
 

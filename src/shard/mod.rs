@@ -13,8 +13,9 @@
 //!   the client's FIN, [`Shard::handle_io_error`] when the socket failed;
 //! * [`Shard::handle_command`] for what arrived on the shard's channel
 //!   (deliveries, answers that came back from the control thread);
-//! * [`Shard::handle_auth_answer`] / [`Shard::handle_join_answer`] right
-//!   after an [`Event::Authenticate`] / [`Event::Validate`];
+//! * the answer of user code to an [`Event::Authenticate`] /
+//!   [`Event::Validate`], right after it: [`Shard::answer`] makes the call
+//!   through the driver's [`UserCode`] and feeds the answer back;
 //! * [`Shard::handle_timeout`] at least every [`Shard::tick_interval`];
 //! * [`Shard::handle_written`] with what the socket took of
 //!   [`Shard::transmit`], and [`Shard::handle_flushed`] once a queue is out.
@@ -117,15 +118,15 @@ pub enum Event {
     /// The connection is finished: drop its socket, then call
     /// [`Shard::remove`].
     Closed(ConnKey),
-    /// Call the authenticator, then answer with
-    /// [`Shard::handle_auth_answer`] before the next input.
+    /// Call the authenticator and answer before the next input (see
+    /// [`Shard::answer`]).
     Authenticate {
         key: ConnKey,
         generation: u32,
         request: AuthRequest,
     },
-    /// Call the room validator, then answer with
-    /// [`Shard::handle_join_answer`] before the next input.
+    /// Call the room validator on `request.rooms` and answer before the
+    /// next input (see [`Shard::answer`]).
     Validate {
         key: ConnKey,
         generation: u32,
@@ -321,7 +322,9 @@ impl<S> Shard<S> {
                 request,
             } => {
                 let answer = user.authenticate(key, generation, request);
-                self.handle_auth_answer(key, generation, answer, now);
+                self.answered(key, generation, answer, now, |sh, result| {
+                    sh.finish_auth(key, generation, result, now)
+                });
             }
             Event::Validate {
                 key,
@@ -330,7 +333,9 @@ impl<S> Shard<S> {
             } => {
                 let requested = request.rooms.clone();
                 let answer = user.validate(key, generation, request);
-                self.handle_join_answer(key, generation, &requested, answer, now);
+                self.answered(key, generation, answer, now, |sh, allowed| {
+                    sh.finish_join(key, generation, &requested, allowed)
+                });
             }
             Event::Hook(call) => user.hook(call),
         }

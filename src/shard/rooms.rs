@@ -1,7 +1,7 @@
 //! Rooms of one client: join (through the room validator the driver
 //! calls), leave, the own-id room and the per-client room cap.
 
-use super::{Answer, ConnKey, Event, Shard};
+use super::{ConnKey, Event, Shard};
 use crate::auth::JoinRequest;
 use crate::delivery::ClientId;
 use crate::metrics::ShardMetrics;
@@ -84,20 +84,6 @@ impl<S> Shard<S> {
             key,
             generation,
             request,
-        });
-    }
-
-    /// The driver's answer to an [`Event::Validate`] for `requested`.
-    pub fn handle_join_answer(
-        &mut self,
-        key: ConnKey,
-        generation: u32,
-        requested: &[String],
-        answer: Answer<Vec<String>>,
-        now: std::time::Instant,
-    ) {
-        self.answered(key, generation, answer, now, |sh, allowed| {
-            sh.finish_join(key, generation, requested, allowed)
         });
     }
 

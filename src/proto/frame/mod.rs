@@ -697,38 +697,10 @@ pub fn server_frame_payload(frame: &[u8]) -> Option<&[u8]> {
     frame.get(start..start.checked_add(len)?)
 }
 
-/// Every message `chunks` decode to, fed one after another to a new
-/// [`MessageDecoder`] of `role` and `max`, and the error that stopped it,
-/// if any; with `until_close`, nothing after the first Close (as
-/// tungstenite stops). For the tests and the fuzz targets.
 #[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn decode_chunks<'a>(
-    role: Role,
-    max: usize,
-    chunks: impl IntoIterator<Item = &'a [u8]>,
-    until_close: bool,
-) -> (Vec<Message>, Option<FrameError>) {
-    let mut decoder = MessageDecoder::new(role, max);
-    let mut buf = BytesMut::new();
-    let mut messages = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(message)) => {
-                    let close = until_close && matches!(message, Message::Close(_));
-                    messages.push(message);
-                    if close {
-                        return (messages, None);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return (messages, Some(e)),
-            }
-        }
-    }
-    (messages, None)
-}
+mod chunks;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use chunks::decode_chunks;
 
 #[cfg(test)]
 mod tests {
