@@ -1,7 +1,8 @@
 //! The control thread: one tokio current-thread runtime per process for
 //! work that needs tokio or may wait (webhook calls, async authenticators,
-//! room validators and hooks; next, the Redis bridge). Shards never block
-//! on it: they hand it a future and get the result back on their channel.
+//! room validators and hooks, the Redis bridge). Shards never block on it:
+//! a shard's driver (`io::calls`) hands it the future of user code that
+//! has to wait, and the result comes back on the shard's channel.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
