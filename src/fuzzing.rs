@@ -515,6 +515,7 @@ pub fn publish_head(data: &[u8]) {
             io_backend: "fuzz",
             max_connections: 1,
             control: Default::default(),
+            draining: (cfg & 8 != 0).into(),
         };
         let at = http::Endpoints {
             ws_path: Some("/ws"),

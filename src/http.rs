@@ -54,6 +54,23 @@ fn respond_get(registry: &Registry, method: &str, path: &str, at: Endpoints<'_>)
             registry.health_json().as_bytes(),
             &[("Cache-Control", "no-store")],
         ),
+        "/ready" if get => {
+            if registry.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                http_response(
+                    503,
+                    "text/plain",
+                    b"draining\n",
+                    &[("Cache-Control", "no-store"), ("Retry-After", "5")],
+                )
+            } else {
+                http_response(
+                    200,
+                    "text/plain",
+                    b"ready\n",
+                    &[("Cache-Control", "no-store")],
+                )
+            }
+        }
         "/metrics" if get && at.metrics => http_response(
             200,
             "text/plain; version=0.0.4",
@@ -66,7 +83,7 @@ fn respond_get(registry: &Registry, method: &str, path: &str, at: Endpoints<'_>)
             b"Method Not Allowed\n",
             &[("Allow", "POST")],
         ),
-        "/health" => http_response(
+        "/health" | "/ready" => http_response(
             405,
             "text/plain",
             b"Method Not Allowed\n",

@@ -251,7 +251,10 @@ fn serve(args: ServeArgs, on_command_line: &[usize]) -> ExitCode {
         }
     };
     if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "shutting down: closing clients with 1001");
+        tracing::info!(
+            signal = sig,
+            "shutting down: /ready answers 503, then clients are closed with 1001"
+        );
     }
     server.shutdown();
     tracing::info!("stopped");

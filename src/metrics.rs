@@ -67,6 +67,8 @@ pub struct ShardMetrics {
     /// Joins of a room named by another client's id (any UUID form),
     /// always refused.
     pub rooms_client_id_refused: AtomicU64,
+    /// Sessions refused by `--max-sessions-per-user`.
+    pub sessions_refused: AtomicU64,
     pub rate_limited: AtomicU64,
     /// Current rooms and users on this shard (gauges).
     pub rooms: AtomicI64,
@@ -166,6 +168,8 @@ pub struct Registry {
     pub max_connections: usize,
     /// The control thread's task counters.
     pub control: Arc<crate::control::ControlStats>,
+    /// Shutting down: `/ready` answers 503.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 const KINDS: [&str; 4] = ["client", "user", "room", "broadcast"];
@@ -496,7 +500,7 @@ const SHARD_GAUGES: [(&str, &str, GaugeGetter); 6] = [
 ];
 
 /// Counters summed over the shards, each a family with one sample.
-const COUNTERS: [(&str, &str, Getter); 26] = [
+const COUNTERS: [(&str, &str, Getter); 27] = [
     (
         "rooms_client_id_refused_total",
         "Joins refused because the room is named by another client's id (any UUID form).",
@@ -587,6 +591,11 @@ const COUNTERS: [(&str, &str, Getter); 26] = [
         |s| &s.rooms_refused,
     ),
     (
+        "sessions_refused_total",
+        "Sessions refused because the user held --max-sessions-per-user.",
+        |s| &s.sessions_refused,
+    ),
+    (
         "rooms_over_limit_total",
         "Rooms refused because the client was in --max-rooms-per-client rooms.",
         |s| &s.rooms_over_limit,
@@ -647,6 +656,7 @@ mod tests {
             io_backend: "epoll",
             max_connections: 1,
             control: Arc::new(crate::control::ControlStats::default()),
+            draining: Default::default(),
         }
     }
 

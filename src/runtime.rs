@@ -47,6 +47,8 @@ pub struct Server {
     backend: Backend,
     threads: Vec<JoinHandle<()>>,
     control: Option<Control>,
+    /// `--drain-delay-ms`.
+    drain_delay: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -267,6 +269,7 @@ impl ServerBuilder {
             io_backend: backend.name(),
             max_connections: config.max_connections,
             control: control.handle().stats().clone(),
+            draining: Default::default(),
         });
         let channels: Vec<(flume::Sender<ShardCommand>, flume::Receiver<ShardCommand>)> =
             (0..n).map(|_| flume::unbounded()).collect();
@@ -299,6 +302,11 @@ impl ServerBuilder {
             None => self.hooks.clone(),
         };
         let per_shard = config.max_connections.div_ceil(n).max(1);
+        let sessions = (config.max_sessions_per_user > 0).then(|| {
+            Arc::new(crate::shard::sessions::UserSessions::new(
+                config.max_sessions_per_user,
+            ))
+        });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::with_capacity(n);
         for (i, (listener, (tx, rx))) in listeners.into_iter().zip(channels).enumerate() {
@@ -309,6 +317,7 @@ impl ServerBuilder {
                 max_conns: per_shard,
                 has_room_validator: room_validator.is_some(),
                 wants_messages: hooks.wants_messages(),
+                sessions: sessions.clone(),
             };
             let calls = Calls {
                 authenticator: authenticator.clone(),
@@ -378,6 +387,7 @@ impl ServerBuilder {
             backend,
             threads,
             control: Some(control),
+            drain_delay: config.drain_delay,
         })
     }
 }
@@ -409,9 +419,24 @@ impl Server {
         self.backend
     }
 
-    /// Close every client with 1001 after flushing what is queued, wait for
-    /// them (at most `shutdown_timeout`), stop every thread.
+    /// Drain and stop: `/ready` answers 503 at once; connections are still
+    /// accepted for `drain_delay`; then every client is closed with 1001
+    /// after what is queued for it, spread evenly over `drain_spread`;
+    /// the shards wait for them (at most `drain_spread` +
+    /// `shutdown_timeout`) and every thread stops.
     pub fn shutdown(mut self) {
+        self.handle
+            .inner
+            .registry
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.drain_delay.is_zero() {
+            tracing::info!(
+                delay_ms = self.drain_delay.as_millis() as u64,
+                "draining: /ready answers 503; still accepting until the delay ends"
+            );
+            std::thread::sleep(self.drain_delay);
+        }
         for tx in &self.handle.inner.shards {
             let _ = tx.send(ShardCommand::Shutdown);
         }
@@ -494,7 +519,7 @@ fn run_shard(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let index = ctx.index;
-    let shutdown_timeout = ctx.config.shutdown_timeout;
+    let shutdown_timeout = ctx.config.shutdown_timeout + ctx.config.drain_spread;
     let encryption_on = ctx.config.encryption != crate::config::EncryptionMode::Off;
     let rt = match driver::build_runtime(backend, core) {
         Ok(rt) => rt,

@@ -172,7 +172,41 @@ async fn join_flood_fills_at_most_the_limit(io: IoMode) {
     .await;
 }
 
+/// `--max-sessions-per-user` across shards (the test server has two):
+/// the third session of a user gets the error and 1008; when one of its
+/// sessions ends, the user gets in again; other users are not affected.
+async fn sessions_past_the_per_user_limit_are_refused(io: IoMode) {
+    let mut cfg = config(io);
+    cfg.max_sessions_per_user = 2;
+    let s = start(cfg);
+    let h = s.handle();
+    let (first, _) = authed(&s.url(), "u").await;
+    let (_second, _) = authed(&s.url(), "u").await;
+    let mut third = Client::connect(&s.url()).await;
+    third
+        .send(json!({"event":"authenticate","data":{"userId":"u"}}))
+        .await;
+    assert_eq!(
+        third.recv().await,
+        json!({"event":"error","data":{"message":"Too many sessions"}})
+    );
+    assert_eq!(
+        third.expect_close().await,
+        (1008, "Too many sessions".into())
+    );
+    let (_other, _) = authed(&s.url(), "v").await;
+    assert_eq!(counter(&h, |m| &m.sessions_refused), 1);
+    first.close().await;
+    // The slot comes back once the server removed the session.
+    util::until(&h, "u's session removed", |h| {
+        gauge(h, |m| &m.conns_authenticated) == 2
+    })
+    .await;
+    let (_again, _) = authed(&s.url(), "u").await;
+}
+
 io_tests!(
+    sessions_past_the_per_user_limit_are_refused,
     message_flood_is_closed_1008,
     close_reason_names_the_rate_limit,
     pings_count_against_the_rate,

@@ -259,6 +259,18 @@ settings! {
             /// bounds a client's index entries.
             max_rooms_per_client: usize = 100,
         };
+        /// Sessions one user may hold at once, across all shards; the next
+        /// is refused (error, close 1008); 0 = no limit [default: 0].
+        #[arg(env = "IGNIS_WS_MAX_SESSIONS_PER_USER", value_name = "N")]
+        max_sessions_per_user: usize => same => {
+            /// Authenticated sessions with the same non-empty `userId` at
+            /// once, across the shards of this process. The next one gets
+            /// the error event `Too many sessions` and close 1008 (policy
+            /// violation: a client that reconnects at once gets the same
+            /// answer until a session ends; 4003 would tell it its
+            /// credentials are bad). 0 = no limit, as in the reference.
+            max_sessions_per_user: usize = 0,
+        };
         /// Past the budget: close (1008) or drop messages [default: close].
         #[arg(env = "IGNIS_WS_SLOW_CLIENT", value_enum)]
         slow_client: SlowClientPolicy => same => {
@@ -294,6 +306,28 @@ settings! {
             /// On SIGINT/SIGTERM: time to flush queues and exchange close
             /// frames before the remaining connections are dropped.
             shutdown_timeout: Duration = Duration::from_millis(5_000),
+        };
+        /// On SIGTERM: keep accepting this long after `/ready` turned 503,
+        /// so the load balancer notices, ms [default: 0].
+        #[arg(env = "IGNIS_WS_DRAIN_DELAY_MS", value_name = "MS")]
+        drain_delay_ms: u64 => ms => {
+            /// On SIGINT/SIGTERM (and [`crate::Server::shutdown`]): `/ready`
+            /// answers 503 at once; new connections are still accepted for
+            /// this long (a load balancer needs a few health checks to take
+            /// the node out), then refused. 0: refused at once.
+            drain_delay: Duration = Duration::ZERO,
+            invalid if |v| *v > DAY => "at most one day",
+        };
+        /// Close clients spread evenly over this window after the drain
+        /// delay, ms [default: 0].
+        #[arg(env = "IGNIS_WS_DRAIN_SPREAD_MS", value_name = "MS")]
+        drain_spread_ms: u64 => ms => {
+            /// After the drain delay, clients are closed with 1001 spread
+            /// evenly over this window (each after what was queued for it),
+            /// so they reconnect to other nodes gradually, not all at once.
+            /// 0: all at once.
+            drain_spread: Duration = Duration::ZERO,
+            invalid if |v| *v > DAY => "at most one day",
         };
         /// Wait for the client's close frame after ours, ms [default: 2000].
         #[arg(env = "IGNIS_WS_CLOSE_TIMEOUT_MS", value_name = "MS")]

@@ -46,6 +46,8 @@ pub enum CloseReason {
     RateLimited,
     /// Encryption is required (or was asked for) and the handshake failed.
     EncryptionRequired,
+    /// The user already holds `--max-sessions-per-user` sessions.
+    TooManySessions,
 }
 
 impl CloseReason {
@@ -61,6 +63,7 @@ impl CloseReason {
             CloseReason::Shutdown => (GOING_AWAY, "Server shutting down"),
             CloseReason::RateLimited => (POLICY_VIOLATION, "Message rate limit exceeded"),
             CloseReason::EncryptionRequired => (ENCRYPTION_REQUIRED, "Encryption required"),
+            CloseReason::TooManySessions => (POLICY_VIOLATION, "Too many sessions"),
         }
     }
 

@@ -41,6 +41,9 @@ pub mod error_text {
     pub const ENCRYPTION_HANDSHAKE_FAILED: &str = "Encryption handshake failed";
     /// An inbound `encrypted` message that did not decrypt.
     pub const DECRYPTION_FAILED: &str = "Decryption failed";
+    /// The user already holds `--max-sessions-per-user` sessions (sent
+    /// before close 1008).
+    pub const TOO_MANY_SESSIONS: &str = "Too many sessions";
 }
 
 /// The event name of encrypted messages, both directions (PROTOCOL.md §7).

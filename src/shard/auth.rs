@@ -120,6 +120,16 @@ impl<S> Shard<S> {
             metadata,
             room_patterns,
         } = identity;
+        let user = user_id.as_deref().filter(|u| !u.is_empty());
+        if let (Some(s), Some(u)) = (&self.ctx.sessions, user)
+            && !s.try_add(u)
+        {
+            tracing::debug!(client = %self.conns[key as usize].id, "--max-sessions-per-user reached");
+            ShardMetrics::add(&self.ctx.metrics.sessions_refused, 1);
+            self.send_error(key, message::error_text::TOO_MANY_SESSIONS, now);
+            self.close(key, CloseReason::TooManySessions, now);
+            return;
+        }
         let conn = &mut self.conns[key as usize];
         if metadata.is_some() || room_patterns.is_some() {
             let extra = conn.extra.get_or_insert_with(Default::default);
@@ -129,7 +139,7 @@ impl<S> Shard<S> {
         conn.in_own_room = true;
         let id = conn.id;
         // An empty userId is falsy in the reference: not indexed.
-        if let Some(u) = user_id.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(u) = user {
             let name = self.users.add(u, key);
             self.conns[key as usize].user = Some(name);
         }

@@ -5,6 +5,7 @@
 //! and *removes* the record ([`Shard::remove`]). Shutdown closes everyone
 //! with 1001.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -81,12 +82,63 @@ impl<S> Shard<S> {
         self.abort(key);
     }
 
-    /// Close every client with 1001 after what is queued for it.
+    /// Close every client with 1001 after what is queued for it: all at
+    /// once, or spread evenly over `--drain-spread-ms` (continued by
+    /// [`Shard::handle_timeout`]).
     pub(super) fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
         self.shutting_down = true;
-        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k as ConnKey).collect();
-        for k in keys {
-            self.close(k, CloseReason::Shutdown, now);
+        let keys: VecDeque<(ConnKey, u32)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (k as ConnKey, c.generation))
+            .collect();
+        let total = keys.len();
+        self.drain = Some(Drain {
+            start: now,
+            spread: self.ctx.config.drain_spread,
+            keys,
+            total,
+        });
+        self.drain_step(now);
+    }
+
+    /// Close the clients whose turn in the drain has come.
+    pub(super) fn drain_step(&mut self, now: Instant) {
+        let Some(d) = &mut self.drain else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(d.start);
+        let due = if elapsed >= d.spread {
+            d.total
+        } else {
+            // The first client goes at once, the last at the end.
+            (d.total as u128 * elapsed.as_nanos() / d.spread.as_nanos()) as usize + 1
+        };
+        let mut closed = d.total - d.keys.len();
+        let mut batch = Vec::new();
+        while closed < due {
+            let Some(k) = d.keys.pop_front() else { break };
+            batch.push(k);
+            closed += 1;
+        }
+        if d.keys.is_empty() {
+            self.drain = None;
+        }
+        for (k, generation) in batch {
+            if self.live(k, generation).is_some() {
+                self.close(k, CloseReason::Shutdown, now);
+            }
         }
     }
+}
+
+/// A drain in progress: the clients still to close, in order.
+pub(super) struct Drain {
+    start: Instant,
+    spread: std::time::Duration,
+    keys: VecDeque<(ConnKey, u32)>,
+    total: usize,
 }

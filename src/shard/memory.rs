@@ -154,6 +154,11 @@ impl MemoryDriver {
                     config.room_allow.clone(),
                 )) as Arc<dyn RoomValidator>
             });
+        let sessions = (config.max_sessions_per_user > 0).then(|| {
+            Arc::new(super::sessions::UserSessions::new(
+                config.max_sessions_per_user,
+            ))
+        });
         let ctx = ShardCtx {
             index: 0,
             config: Arc::new(config),
@@ -161,6 +166,7 @@ impl MemoryDriver {
             max_conns,
             has_room_validator: room_validator.is_some(),
             wants_messages: false,
+            sessions,
         };
         MemoryDriver::new(
             ctx,

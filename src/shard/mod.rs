@@ -43,6 +43,7 @@ pub mod memory;
 mod outbound;
 mod read;
 mod rooms;
+pub mod sessions;
 mod timers;
 
 #[cfg(test)]
@@ -110,6 +111,9 @@ pub struct ShardCtx {
     /// The message hook does something: without it custom events are
     /// dropped without an [`Event::Hook`].
     pub wants_messages: bool,
+    /// `--max-sessions-per-user`, shared by the shards of the process
+    /// (`None`: no limit).
+    pub sessions: Option<Arc<sessions::UserSessions>>,
 }
 
 /// An output of the shard for its driver (see [`Shard::poll_event`]).
@@ -211,6 +215,8 @@ pub struct Shard<S> {
     ping_frame: Bytes,
     /// Set once `Shutdown` arrived.
     shutting_down: bool,
+    /// The clients still to close in a spread-out drain.
+    drain: Option<close::Drain>,
 }
 
 impl<S> Shard<S> {
@@ -248,6 +254,7 @@ impl<S> Shard<S> {
             encrypt_scratch: Vec::new(),
             ping_frame: frame::server_frame(OpCode::Ping, b""),
             shutting_down: false,
+            drain: None,
             ctx,
         }
     }
@@ -392,7 +399,11 @@ impl<S> Shard<S> {
             .push_back(Event::Hook(HookCall::Open(hooks::Opened {
                 client_id: id.to_string(),
             })));
-        if !rest.is_empty() {
+        if self.shutting_down {
+            // Upgraded while the shard drains (it was accepted before):
+            // told to go elsewhere at once.
+            self.close(key, crate::proto::close::CloseReason::Shutdown, now);
+        } else if !rest.is_empty() {
             self.handle_bytes(key, rest, now);
         }
         (key, id)
@@ -414,6 +425,9 @@ impl<S> Shard<S> {
         }
         if let Some(u) = &conn.user {
             self.users.remove(u, key);
+            if let Some(s) = &self.ctx.sessions {
+                s.remove(u);
+            }
         }
         for rid in &conn.rooms {
             self.rooms.leave(*rid, key);

@@ -271,6 +271,7 @@ fn waiting_driver() -> (MemoryDriver, Arc<Waiting>) {
         max_conns: 4,
         has_room_validator: false,
         wants_messages: false,
+        sessions: None,
     };
     let d = MemoryDriver::new(
         ctx,
@@ -370,4 +371,63 @@ fn a_slow_authenticator_gets_three_times_the_auth_timeout() {
     assert!(d.messages(k).is_empty(), "still authenticating");
     d.advance(Duration::from_millis(1_300));
     assert_eq!(close_code(&d.messages(k)), Some(4001));
+}
+
+#[test]
+fn a_drain_closes_clients_spread_over_its_window_and_newcomers_at_once() {
+    let mut d = driver(Config {
+        drain_spread: Duration::from_secs(10),
+        ..config()
+    });
+    let keys: Vec<u32> = (0..100).map(|_| authed(&mut d)).collect();
+    let closed = |d: &mut MemoryDriver, keys: &[u32]| {
+        keys.iter()
+            .filter(|&&k| close_code(&d.messages(k)) == Some(1001))
+            .count()
+    };
+    d.command(ShardCommand::Shutdown);
+    let mut seen = closed(&mut d, &keys);
+    assert_eq!(seen, 1, "the first client goes at once");
+    for second in 1..=10u32 {
+        d.advance(Duration::from_secs(1));
+        seen += closed(&mut d, &keys);
+        let expected = (second * 10) as usize;
+        assert!(
+            seen.abs_diff(expected) <= 2,
+            "{seen} closed after {second} s, about {expected} expected"
+        );
+    }
+    assert_eq!(seen, 100);
+    // Upgraded while draining (accepted just before): closed at once.
+    let late = d.connect(&frame(AUTH));
+    assert_eq!(close_code(&d.messages(late)), Some(1001));
+}
+
+#[test]
+fn a_session_past_max_sessions_per_user_is_refused_1008_until_one_ends() {
+    let mut d = driver(Config {
+        max_sessions_per_user: 2,
+        ..config()
+    });
+    let a = authed(&mut d);
+    let _b = authed(&mut d);
+    let c = d.connect(&frame(AUTH));
+    let msgs = d.messages(c);
+    let texts: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events(&texts), ["error"]);
+    assert!(texts[0].contains("Too many sessions"));
+    assert_eq!(close_code(&msgs), Some(1008));
+    // Another user is not limited; after one of u1's sessions ends, u1
+    // gets in again.
+    let other = d.connect(&frame(r#"{"event":"authenticate","data":{"userId":"u2"}}"#));
+    assert_eq!(events(&d.texts(other)), ["connected"]);
+    d.eof(a);
+    let again = d.connect(&frame(AUTH));
+    assert_eq!(events(&d.texts(again)), ["connected"]);
 }

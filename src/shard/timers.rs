@@ -21,11 +21,16 @@ impl<S> Shard<S> {
         if let Some(i) = c.idle_timeout {
             t = t.min(i);
         }
+        if !c.drain_spread.is_zero() {
+            // A drain closes its clients in steps of at most 1% of it.
+            t = t.min(c.drain_spread / 25);
+        }
         (t / 4).clamp(Duration::from_millis(5), Duration::from_millis(250))
     }
 
     /// Run every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.drain_step(now);
         let stamp = Stamp::at(now);
         for q in 0..2 {
             loop {
