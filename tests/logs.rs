@@ -2,7 +2,8 @@
 //! `--log-format json` every line the binary writes is one JSON object with
 //! timestamp, level, target and fields, and none shows a secret; a bad
 //! format exits 2 naming the flag; SIGHUP (systemd's `ExecReload`) is
-//! logged and does not stop the server.
+//! logged and does not stop the server; the example configuration in
+//! contrib/systemd starts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
 
@@ -286,4 +287,23 @@ async fn sighup_is_logged_and_keeps_serving() {
         c.expect_close().await,
         (1001, "Server shutting down".into())
     );
+}
+
+/// contrib/systemd/ignis-ws.toml is a configuration the server starts with
+/// (the secret, which the unit hands over, and free ports given here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_service_config_starts() {
+    let toml = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/systemd/ignis-ws.toml");
+    let (child, lines) = spawn(&[
+        "--config",
+        toml,
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        "example-config-secret-of-32-bytes-0123456789",
+    ]);
+    let addr = wait_for(&lines, "JSON listening", json_addr);
+    let (head, _) = http_get(addr, "/health").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stop(child).await;
 }
