@@ -1,12 +1,13 @@
 //! The `ignis-ws` binary: parse the configuration, start the shards, wait
 //! for SIGINT/SIGTERM, shut down cleanly (1001 to every client after
-//! flushing).
+//! flushing). SIGHUP is logged and otherwise ignored (nothing to reload
+//! yet).
 
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Subcommand};
-use ignis_ws::config::ServeArgs;
+use ignis_ws::config::{LogFormat, ServeArgs};
 use ignis_ws::{Error, ServerBuilder};
 
 #[cfg(feature = "mimalloc")]
@@ -146,17 +147,28 @@ fn emit(args: EmitArgs) -> ExitCode {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+/// The global subscriber: `filter` (else RUST_LOG, else `info`), lines in
+/// `format` on stdout. JSON is one object per line (timestamp, level,
+/// target, `fields` with `message`, and the spans' fields), for journald
+/// plus `jq` or a log shipper.
+fn init_logging(filter: Option<&str>, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 /// Secret-valued `serve` flags, with their environment variable and file
@@ -212,7 +224,7 @@ fn serve(args: ServeArgs, on_command_line: &[usize]) -> ExitCode {
         Ok(a) => a,
         Err(e) => return config_error(&e.to_string()),
     };
-    init_logging(args.log.as_deref());
+    init_logging(args.log.as_deref(), args.log_format.unwrap_or_default());
     for &i in on_command_line {
         let Some(&(_, flag, env, file)) = SECRET_FLAGS.get(i) else {
             continue;
@@ -232,9 +244,12 @@ fn serve(args: ServeArgs, on_command_line: &[usize]) -> ExitCode {
     };
     // Before the server starts (and logs that it listens): a signal that
     // arrives early must still mean a clean shutdown, not the default kill.
+    // SIGHUP (systemd's ExecReload) is caught too: its default action
+    // would terminate the server.
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -250,11 +265,18 @@ fn serve(args: ServeArgs, on_command_line: &[usize]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            // Reloading TLS certificates goes here once TLS lands (issue 14,
+            // item 1).
+            tracing::info!(signal = sig, "SIGHUP: nothing to reload yet");
+            continue;
+        }
         tracing::info!(
             signal = sig,
             "shutting down: /ready answers 503, then clients are closed with 1001"
         );
+        break;
     }
     server.shutdown();
     tracing::info!("stopped");

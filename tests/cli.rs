@@ -186,6 +186,8 @@ fn help_documents_every_flag() {
         "--max-connections",
         "--config",
         "--log",
+        "--log-format",
+        "IGNIS_WS_LOG_FORMAT",
         "IGNIS_WS_LISTEN",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");

@@ -181,6 +181,7 @@ impl fmt::Debug for ServeArgs {
             .field("shard_queue_limit", &a.shard_queue_limit)
             .field("control_max_tasks", &a.control_max_tasks)
             .field("log", &a.log)
+            .field("log_format", &a.log_format)
             .finish_non_exhaustive()
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use settings::is_http_url;
-pub use settings::{Config, ServeArgs};
+pub use settings::{Config, LogFormat, ServeArgs};
 use table::DAY;
 
 /// Which I/O back end the shards use.

@@ -23,8 +23,9 @@
 //! by accident; a test fails until it is there).
 //!
 //! Hand-written, because one flag does not make one field: the `--config`
-//! path and `--log` (no `Config` field); `--auth` with its JWT and webhook
-//! settings (one [`AuthMode`] field); `--idle-timeout-s` (0 means off);
+//! path, `--log` and `--log-format` (no `Config` field: the binary's
+//! logging); `--auth` with its JWT and webhook settings (one [`AuthMode`]
+//! field); `--idle-timeout-s` (0 means off);
 //! `--redis` / `--redis-cluster` (two flags, one list and a bool);
 //! `--api-key` and `--jwt-secret` (secrets with a `*-file` variant). Their
 //! flags are entries without a `=> ...` part (converted in
@@ -503,10 +504,27 @@ settings! {
         /// `ignis_ws=debug`); RUST_LOG is used when absent [default: info].
         #[arg(env = "IGNIS_WS_LOG", value_name = "FILTER")]
         log: String;
+        /// Log line format: text (human-readable) or json (one object per
+        /// line: timestamp, level, target, fields, spans) [default: text].
+        #[arg(env = "IGNIS_WS_LOG_FORMAT", value_enum)]
+        log_format: LogFormat;
     }
 }
 
 /// An `http://` or `https://` URL (the webhook settings).
 pub(super) fn is_http_url(u: &str) -> bool {
     u.starts_with("http://") || u.starts_with("https://")
+}
+
+/// How the binary writes its log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (`2026-01-01T00:00:00Z  INFO listening addr=…`).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`
+    /// (`message` and the event's fields), `span` and `spans` (the fields
+    /// of the spans the event is in).
+    Json,
 }
