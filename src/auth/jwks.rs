@@ -9,7 +9,7 @@
 //! - The first fetch happens when the authenticator is built; start waits
 //!   for it (at most the timeout). If it fails the server starts anyway:
 //!   an ERROR is logged and tokens that need a JWKS key are refused until
-//!   a set is fetched (the thread retries every `refresh_min`). A JWKS
+//!   a set is fetched (the thread retries every `refresh_min` until one is). A JWKS
 //!   server that is down for a moment must not keep the WebSocket server
 //!   from starting (or restarting) — and refusing is the safe default.
 //! - Verification with a cached key never waits. A token whose `kid` is
@@ -17,7 +17,8 @@
 //!   [`JwksConfig::refresh_min`] since the previous fetch of any kind; within
 //!   that window such a token is refused at once. Only that refresh makes
 //!   an authentication wait (on the control thread, at most the timeout).
-//! - Optional periodic refresh ([`JwksConfig::refresh`]).
+//! - Optional periodic refresh ([`JwksConfig::refresh`]); with it on, a
+//!   failed fetch is retried after `refresh_min`.
 //! - A failed fetch (transport error, timeout, non-200, body over
 //!   [`MAX_JWKS_BYTES`], not a JWKS, no usable key) keeps the previous set.
 //!   Redirects are not followed.
@@ -349,8 +350,10 @@ impl Fetcher {
             let mut ok = result.is_ok();
             let _ = first.send(result);
             loop {
-                // After a failure, retry sooner than the periodic refresh.
-                let next = if ok {
+                // After a failure, retry after `refresh_min` while there is
+                // no set at all, or when periodic refreshes are on (sooner
+                // than the next one); otherwise the next unknown kid will.
+                let next = if ok || !(self.refresh.is_some() || self.has_no_set()) {
                     self.refresh
                 } else {
                     Some(self.refresh_min)
@@ -394,6 +397,15 @@ impl Fetcher {
                 }
             }
         });
+    }
+
+    fn has_no_set(&self) -> bool {
+        self.shared
+            .upgrade()
+            .is_some_and(|shared| match shared.set.read() {
+                Ok(set) => set.keys.is_empty(),
+                Err(p) => p.into_inner().keys.is_empty(),
+            })
     }
 
     /// One fetch; installs the set on success. Always clears `in_flight`
