@@ -399,3 +399,66 @@ async fn two_static_public_keys() {
     .unwrap();
     assert_eq!(login(&url, &forged).await, None);
 }
+
+/// RSA (no `alg`: RS256/384/512) and Ed25519 keys from a JWKS; an `oct`
+/// key in the set is never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_rsa_ed25519_and_oct_keys() {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
+    use aws_lc_rs::signature::{Ed25519KeyPair, RsaKeyPair};
+
+    let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+    let rsa_pkcs8 = rsa.as_der().unwrap();
+    let rsa_pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        STANDARD.encode(rsa_pkcs8.as_ref())
+    );
+    let rsa_enc = EncodingKey::from_rsa_pem(rsa_pem.as_bytes()).unwrap();
+    let parts = PublicKeyComponents::<Vec<u8>>::from(rsa.public_key());
+    let ed_pkcs8 = Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new()).unwrap();
+    let ed = Ed25519KeyPair::from_pkcs8_maybe_unchecked(ed_pkcs8.as_ref()).unwrap();
+    let ed_enc = EncodingKey::from_ed_der(ed_pkcs8.as_ref());
+    let secret = b"a shared secret that is long enough!";
+    let idp = JwksServer::start(Mode::Serve(jwks(&[
+        json!({"kty": "RSA", "kid": "r", "n": URL_SAFE_NO_PAD.encode(&parts.n),
+               "e": URL_SAFE_NO_PAD.encode(&parts.e)}),
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed",
+               "x": URL_SAFE_NO_PAD.encode(ed.public_key().as_ref())}),
+        json!({"kty": "oct", "kid": "h", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(secret)}),
+    ])));
+    let s = jwks_server(IoMode::Auto, idp.config());
+    let url = s.url();
+    let sign = |alg: Algorithm, kid: &str, key: &EncodingKey| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.to_owned());
+        encode(
+            &h,
+            &json!({"sub": format!("{alg:?}"), "exp": now() + 60}),
+            key,
+        )
+        .unwrap()
+    };
+    for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512] {
+        let t = sign(alg, "r", &rsa_enc);
+        assert_eq!(login(&url, &t).await, Some(format!("{alg:?}")));
+    }
+    assert_eq!(
+        login(&url, &sign(Algorithm::EdDSA, "ed", &ed_enc))
+            .await
+            .as_deref(),
+        Some("EdDSA")
+    );
+    // PS256 is not implied by an RSA key without alg; an RSA token under
+    // the Ed25519 kid; the oct key's kid with its secret: all refused.
+    assert_eq!(
+        login(&url, &sign(Algorithm::PS256, "r", &rsa_enc)).await,
+        None
+    );
+    assert_eq!(
+        login(&url, &sign(Algorithm::RS256, "ed", &rsa_enc)).await,
+        None
+    );
+    let hs = sign(Algorithm::HS256, "h", &EncodingKey::from_secret(secret));
+    assert_eq!(login(&url, &hs).await, None);
+}
