@@ -462,3 +462,25 @@ async fn jwks_rsa_ed25519_and_oct_keys() {
     let hs = sign(Algorithm::HS256, "h", &EncodingKey::from_secret(secret));
     assert_eq!(login(&url, &hs).await, None);
 }
+
+/// `--jwt-jwks-refresh-s`: the set is refreshed on its own, so a new key
+/// is known before its first token (whose unknown-kid refresh the long
+/// refresh limit would refuse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_periodic_refresh() {
+    let (k1, k2) = (EcKey::generate(), EcKey::generate());
+    let idp = JwksServer::start(Mode::Serve(jwks(&[k1.jwk("k1")])));
+    let mut c = idp.config();
+    c.refresh = Some(Duration::from_millis(300));
+    c.refresh_min = Duration::from_secs(600);
+    let s = jwks_server(IoMode::Auto, c);
+    let url = s.url();
+    idp.set(Mode::Serve(jwks(&[k2.jwk("k2")])));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(idp.hits() >= 3, "{}", idp.hits());
+    assert_eq!(
+        login(&url, &k2.token(Some("k2"), "two")).await.as_deref(),
+        Some("two")
+    );
+    assert_eq!(login(&url, &k1.token(Some("k1"), "one")).await, None);
+}

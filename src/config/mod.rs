@@ -401,7 +401,7 @@ impl<'de> Deserialize<'de> for StringList {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthKind {
-    /// JWT in `data.token` (HS256 / RS256 / ES256).
+    /// JWT in `data.token` (HS256 secret, RS256/ES256 public keys, JWKS).
     Jwt,
     /// POST `data` to `--auth-url`.
     Webhook,
