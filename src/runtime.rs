@@ -108,31 +108,32 @@ impl ServerBuilder {
             }
             AuthMode::Jwt {
                 secret,
-                public_key_file,
+                public_key_files,
+                jwks,
                 leeway_s,
                 audience,
                 issuer,
                 require_exp,
                 max_age_s,
             } => {
-                let key = match (secret, public_key_file) {
-                    (Some(s), _) => JwtKey::Hs256(s.as_bytes().to_vec()),
-                    (None, Some(path)) => {
-                        let pem = std::fs::read(path).map_err(|e| {
-                            key_err(
-                                "--jwt-public-key",
-                                format!("cannot read {}: {e}", path.display()),
-                            )
-                        })?;
-                        JwtKey::from_public_key_pem(pem)
-                            .map_err(|e| key_err("--jwt-public-key", e.to_string()))?
-                    }
-                    (None, None) => {
-                        return Err(key_err("--jwt-secret", "missing".into()));
-                    }
-                };
+                let mut keys = Vec::new();
+                if let Some(s) = secret {
+                    keys.push(JwtKey::Hs256(s.as_bytes().to_vec()));
+                }
+                for path in public_key_files {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        key_err(
+                            "--jwt-public-key",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    keys.push(JwtKey::from_public_key_pem(pem).map_err(|e| {
+                        key_err("--jwt-public-key", format!("{}: {e}", path.display()))
+                    })?);
+                }
                 let cfg = JwtConfig {
-                    key,
+                    keys,
+                    jwks: jwks.clone(),
                     leeway_s: *leeway_s,
                     audience: audience.clone(),
                     issuer: issuer.clone(),
@@ -147,9 +148,10 @@ impl ServerBuilder {
                 Arc::new(JwtAuthenticator::new(cfg).map_err(|e| {
                     use crate::auth::JwtConfigError as E;
                     let key = match e {
-                        E::EmptySecret | E::ShortSecret(_) => "--jwt-secret",
+                        E::EmptySecret | E::ShortSecret(_) | E::NoKey => "--jwt-secret",
                         E::LeewayTooLarge(_) => "--jwt-leeway-s",
                         E::ZeroMaxAge => "--jwt-max-age-s",
+                        E::Jwks(_) => "--jwt-jwks-url",
                         _ => "--jwt-public-key",
                     };
                     key_err(key, e.to_string())

@@ -119,13 +119,15 @@ async fn jwt_claims_are_enforced(io: IoMode) {
     cfg.auth = match AuthMode::jwt_secret(SECRET) {
         AuthMode::Jwt {
             secret,
-            public_key_file,
+            public_key_files,
+            jwks,
             leeway_s,
             require_exp,
             ..
         } => AuthMode::Jwt {
             secret,
-            public_key_file,
+            public_key_files,
+            jwks,
             leeway_s,
             audience: vec!["ignis".into(), "ws".into()],
             issuer: vec!["https://issuer.example".into()],

@@ -1,12 +1,23 @@
-//! JWT authentication: verifies the `token` of an `authenticate` event against
-//! one configured key and algorithm (HS256, RS256 or ES256) and turns its claims
-//! into an [`Identity`]. Owns key loading (including telling RSA from EC P-256
-//! public keys apart in PEM files) and the claim-to-identity mapping.
+//! JWT authentication: verifies the `token` of an `authenticate` event
+//! against the configured keys — an HMAC secret (HS256), one or more static
+//! public keys (RS256 or ES256, for rotation), and/or a JWKS fetched from a
+//! URL ([`super::jwks`]) — and turns its claims into an [`Identity`]. Owns
+//! key loading (including telling RSA from EC P-256 public keys apart in
+//! PEM files), key selection and the claim-to-identity mapping.
 //!
 //! Decisions:
-//! - Exactly one algorithm is accepted, the one implied by the key; a token
-//!   whose header names any other (another HMAC size, RS256 against an HMAC
-//!   secret, `none`) is refused. This closes the classic key-confusion attack.
+//! - Every key fixes the algorithms it verifies (a static key exactly one,
+//!   the one implied by the key; a JWKS key the one its `alg` names or its
+//!   type and curve imply). A token is only tried against keys that accept
+//!   its header's `alg`; a token whose `alg` no key accepts (another HMAC
+//!   size, RS256 against an HMAC secret, `none`) is refused. This closes the
+//!   classic key-confusion attack.
+//! - Key selection: a token whose `kid` names a JWKS key is verified with
+//!   that key only. Otherwise the static keys (which have no `kid`) of its
+//!   `alg` are tried in order, then — for a token without `kid` — the JWKS
+//!   keys of its `alg`. A `kid` that is in neither may trigger a JWKS
+//!   refresh (rate-limited, see [`super::jwks`]); that is the only case
+//!   where verification waits.
 //! - `exp` is required unless [`JwtConfig::require_exp`] is off (a token
 //!   without one would be valid forever); `exp` and `nbf` are checked when
 //!   present, with [`DEFAULT_LEEWAY_S`] (0) seconds of leeway unless
@@ -25,16 +36,19 @@
 //! - Claims are only looked at after the signature verified.
 //! - Every verification failure is a refusal (`Ok(None)`), never an error: the
 //!   token came from the client, so a bad one is the client's fault.
-//! - Verification is pure CPU work, so the returned future is always ready and
-//!   runs inline on the shard.
+//! - Verification is pure CPU work, so the returned future is ready and runs
+//!   inline on the shard — except for the unknown-`kid` JWKS refresh, which
+//!   finishes on the control thread.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::jwks::{Jwks, JwksConfig, VerifyKey};
 use super::{AuthRequest, AuthResult, Authenticator, BoxFuture, Identity, ready};
 
 /// Default clock-skew allowance for `exp` / `nbf`. Zero: a token is valid
@@ -97,8 +111,11 @@ impl JwtKey {
 /// Configuration of a [`JwtAuthenticator`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtConfig {
-    /// Verification key (fixes the algorithm).
-    pub key: JwtKey,
+    /// Static verification keys, each fixing its algorithm; several for
+    /// rotation (a token verifies if any key of its `alg` verifies it).
+    pub keys: Vec<JwtKey>,
+    /// A key set fetched from a URL, besides or instead of `keys`.
+    pub jwks: Option<JwksConfig>,
     /// Clock-skew allowance in seconds applied to both `exp` and `nbf`; at most
     /// [`MAX_LEEWAY_S`].
     pub leeway_s: u64,
@@ -119,8 +136,14 @@ impl JwtConfig {
     /// A config with [`DEFAULT_LEEWAY_S`], `exp` required, no accepted
     /// audience (tokens with `aud` are refused), no issuer check, no max age.
     pub fn new(key: JwtKey) -> Self {
+        Self::with_keys(vec![key])
+    }
+
+    /// [`JwtConfig::new`] with several static keys (rotation).
+    pub fn with_keys(keys: Vec<JwtKey>) -> Self {
         Self {
-            key,
+            keys,
+            jwks: None,
             leeway_s: DEFAULT_LEEWAY_S,
             audience: Vec::new(),
             issuer: Vec::new(),
@@ -178,31 +201,62 @@ pub enum JwtConfigError {
     /// The JWT library rejected the key.
     #[error("invalid JWT key: {0}")]
     Key(#[source] jsonwebtoken::errors::Error),
+    /// Neither a key nor a JWKS URL.
+    #[error("no JWT key: configure a secret, a public key or a JWKS URL")]
+    NoKey,
+    /// The JWKS URL or its settings are unusable.
+    #[error("{0}")]
+    Jwks(String),
 }
 
 /// Verifies `data.token` as a JWT; see the module docs for the rules.
+/// Cloning is cheap (clones share keys and the JWKS cache).
+#[derive(Clone)]
 pub struct JwtAuthenticator {
-    key: DecodingKey,
-    validation: Validation,
-    algorithm: Algorithm,
+    inner: Arc<Verifier>,
+}
+
+struct Verifier {
+    /// Static keys, in configuration order.
+    keys: Vec<VerifyKey>,
+    jwks: Option<Jwks>,
+    /// One validation per supported algorithm (`algorithms` pinned to it).
+    validations: Vec<(Algorithm, Validation)>,
     audience: Vec<String>,
     issuer: Vec<String>,
     max_age_s: Option<u64>,
+    leeway_s: u64,
+    require_exp: bool,
 }
+
+/// Every algorithm a key may verify.
+const ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::EdDSA,
+];
 
 // Manual so the key material never reaches a log.
 impl fmt::Debug for JwtAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = &self.inner;
         f.debug_struct("JwtAuthenticator")
-            .field("algorithm", &self.algorithm)
-            .field("leeway_s", &self.validation.leeway)
-            .field("audience", &self.audience)
-            .field("issuer", &self.issuer)
-            .field(
-                "require_exp",
-                &self.validation.required_spec_claims.contains("exp"),
-            )
-            .field("max_age_s", &self.max_age_s)
+            .field("algorithms", &self.algorithms())
+            .field("jwks", &v.jwks)
+            .field("leeway_s", &v.leeway_s)
+            .field("audience", &v.audience)
+            .field("issuer", &v.issuer)
+            .field("require_exp", &v.require_exp)
+            .field("max_age_s", &v.max_age_s)
             .finish_non_exhaustive()
     }
 }
@@ -228,7 +282,9 @@ impl fmt::Display for Refusal {
 }
 
 impl JwtAuthenticator {
-    /// Loads the key and fixes the validation rules.
+    /// Loads the keys, fixes the validation rules and, with a JWKS URL,
+    /// starts its fetcher and waits for the first fetch (see
+    /// [`super::jwks`]).
     pub fn new(config: JwtConfig) -> Result<Self, JwtConfigError> {
         if config.leeway_s > MAX_LEEWAY_S {
             return Err(JwtConfigError::LeewayTooLarge(config.leeway_s));
@@ -236,76 +292,241 @@ impl JwtAuthenticator {
         if config.max_age_s == Some(0) {
             return Err(JwtConfigError::ZeroMaxAge);
         }
-        let algorithm = config.key.algorithm();
-        let key = match &config.key {
-            JwtKey::Hs256(secret) => {
-                if secret.is_empty() {
-                    return Err(JwtConfigError::EmptySecret);
-                }
-                if secret.len() < MIN_HS256_SECRET_LEN {
-                    return Err(JwtConfigError::ShortSecret(secret.len()));
-                }
-                DecodingKey::from_secret(secret)
-            }
-            JwtKey::Rs256Pem(pem) => {
-                expect_kind(pem, PemKeyKind::Rsa)?;
-                DecodingKey::from_rsa_pem(pem).map_err(JwtConfigError::Key)?
-            }
-            JwtKey::Es256Pem(pem) => {
-                expect_kind(pem, PemKeyKind::EcP256)?;
-                DecodingKey::from_ec_pem(pem).map_err(JwtConfigError::Key)?
-            }
-        };
-
-        // `Validation::new` pins `algorithms` to exactly this one.
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = config.leeway_s;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.required_spec_claims.clear();
-        if config.require_exp {
-            validation.required_spec_claims.insert("exp".to_owned());
+        if config.keys.is_empty() && config.jwks.is_none() {
+            return Err(JwtConfigError::NoKey);
         }
-        // `aud` and `iss` are checked by `check_claims`, which also refuses
-        // malformed values the library would skip.
-        validation.validate_aud = false;
+        let mut keys = Vec::with_capacity(config.keys.len());
+        for key in &config.keys {
+            let decoding = match key {
+                JwtKey::Hs256(secret) => {
+                    if secret.is_empty() {
+                        return Err(JwtConfigError::EmptySecret);
+                    }
+                    if secret.len() < MIN_HS256_SECRET_LEN {
+                        return Err(JwtConfigError::ShortSecret(secret.len()));
+                    }
+                    DecodingKey::from_secret(secret)
+                }
+                JwtKey::Rs256Pem(pem) => {
+                    expect_kind(pem, PemKeyKind::Rsa)?;
+                    DecodingKey::from_rsa_pem(pem).map_err(JwtConfigError::Key)?
+                }
+                JwtKey::Es256Pem(pem) => {
+                    expect_kind(pem, PemKeyKind::EcP256)?;
+                    DecodingKey::from_ec_pem(pem).map_err(JwtConfigError::Key)?
+                }
+            };
+            keys.push(VerifyKey {
+                kid: None,
+                algs: vec![key.algorithm()],
+                key: decoding,
+            });
+        }
+
+        let validations = ALGORITHMS
+            .iter()
+            .map(|&alg| {
+                // `Validation::new` pins `algorithms` to exactly this one.
+                let mut validation = Validation::new(alg);
+                validation.leeway = config.leeway_s;
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.required_spec_claims.clear();
+                if config.require_exp {
+                    validation.required_spec_claims.insert("exp".to_owned());
+                }
+                // `aud` and `iss` are checked by `check_claims`, which also
+                // refuses malformed values the library would skip.
+                validation.validate_aud = false;
+                (alg, validation)
+            })
+            .collect();
+        // Last: it may wait for the first fetch.
+        let jwks = config.jwks.as_ref().map(Jwks::start).transpose()?;
 
         Ok(Self {
-            key,
-            validation,
-            algorithm,
-            audience: config.audience,
-            issuer: config.issuer,
-            max_age_s: config.max_age_s,
+            inner: Arc::new(Verifier {
+                keys,
+                jwks,
+                validations,
+                audience: config.audience,
+                issuer: config.issuer,
+                max_age_s: config.max_age_s,
+                leeway_s: config.leeway_s,
+                require_exp: config.require_exp,
+            }),
         })
     }
 
-    /// The only algorithm this verifier accepts.
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+    /// The algorithms the static keys accept, in key order without repeats
+    /// (JWKS keys come and go).
+    pub fn algorithms(&self) -> Vec<Algorithm> {
+        let mut out = Vec::new();
+        for k in &self.inner.keys {
+            for a in &k.algs {
+                if !out.contains(a) {
+                    out.push(*a);
+                }
+            }
+        }
+        out
+    }
+
+    /// JWKS fetch attempts so far (0 without a JWKS URL).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.inner.jwks.as_ref().map_or(0, Jwks::fetches)
     }
 
     /// Synchronous core of [`Authenticator::authenticate`]: `Some` for a valid
-    /// token, `None` (logged at debug with the reason) otherwise.
+    /// token, `None` (logged at debug with the reason) otherwise. A token
+    /// whose `kid` would need a JWKS refresh is refused here.
     pub fn verify(&self, client_id: &str, data: &Value) -> Option<Identity> {
-        match self.check(data) {
-            Ok(identity) => Some(identity),
-            Err(reason) => {
-                tracing::debug!(client_id, %reason, "JWT authentication refused");
-                None
-            }
-        }
+        log_verdict(client_id, self.check(data))
     }
 
     fn check(&self, data: &Value) -> Result<Identity, Refusal> {
-        let token = match data.get("token") {
-            None | Some(Value::Null) => return Err(Refusal::MissingToken),
-            Some(Value::String(t)) => t,
-            Some(_) => return Err(Refusal::TokenNotString),
+        match self.inner.check_inline(token_of(data)?) {
+            Step::Done(result) => result,
+            Step::Refresh => Err(Refusal::Invalid(Cow::Borrowed(
+                "unknown kid (not in the cached JWKS)",
+            ))),
+        }
+    }
+}
+
+fn token_of(data: &Value) -> Result<&str, Refusal> {
+    match data.get("token") {
+        None | Some(Value::Null) => Err(Refusal::MissingToken),
+        Some(Value::String(t)) => Ok(t),
+        Some(_) => Err(Refusal::TokenNotString),
+    }
+}
+
+fn log_verdict(client_id: &str, result: Result<Identity, Refusal>) -> Option<Identity> {
+    match result {
+        Ok(identity) => Some(identity),
+        Err(reason) => {
+            tracing::debug!(client_id, %reason, "JWT authentication refused");
+            None
+        }
+    }
+}
+
+/// What inline verification came to.
+enum Step {
+    Done(Result<Identity, Refusal>),
+    /// The token's `kid` is in no cached key: a JWKS refresh may help.
+    Refresh,
+}
+
+/// What trying a list of keys came to.
+enum Tried {
+    /// No key accepts the token's `alg`.
+    NoKey,
+    /// Some did, none verified the signature.
+    BadSignature,
+    Done(Result<Identity, Refusal>),
+}
+
+impl Verifier {
+    fn validation(&self, alg: Algorithm) -> Option<&Validation> {
+        self.validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+    }
+
+    fn check_inline(&self, token: &str) -> Step {
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(h) => h,
+            // Also `alg: none` and algorithms the library does not know.
+            Err(e) => return Step::Done(Err(Refusal::Invalid(describe(e.kind())))),
         };
-        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| Refusal::Invalid(describe(e.kind())))?
-            .claims;
+        let alg = header.alg;
+        let set = self.jwks.as_ref().map(Jwks::current);
+        if let (Some(set), Some(kid)) = (&set, &header.kid)
+            && let Some(key) = set.by_kid(kid)
+        {
+            return Step::Done(self.finish(self.try_keys(token, alg, std::iter::once(key))));
+        }
+        let mut tried = self.try_keys(token, alg, self.keys.iter());
+        if matches!(tried, Tried::Done(_)) {
+            return Step::Done(self.finish(tried));
+        }
+        if let Some(set) = &set {
+            if header.kid.is_some() {
+                return Step::Refresh;
+            }
+            let from_set = self.try_keys(token, alg, set.keys.iter());
+            if !matches!(from_set, Tried::NoKey) {
+                tried = from_set;
+            }
+        }
+        Step::Done(self.finish(tried))
+    }
+
+    /// After a JWKS refresh: the key named by `kid`, if the set now has it.
+    fn check_after_refresh(&self, token: &str) -> Result<Identity, Refusal> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| Refusal::Invalid(describe(e.kind())))?;
+        let set = self.jwks.as_ref().map(Jwks::current);
+        match (&set, &header.kid) {
+            (Some(set), Some(kid)) => match set.by_kid(kid) {
+                Some(key) => self.finish(self.try_keys(token, header.alg, std::iter::once(key))),
+                None => Err(Refusal::Invalid(Cow::Borrowed(
+                    "unknown kid (not in the JWKS after a refresh)",
+                ))),
+            },
+            _ => Err(Refusal::Invalid(Cow::Borrowed("unknown kid"))),
+        }
+    }
+
+    fn finish(&self, tried: Tried) -> Result<Identity, Refusal> {
+        match tried {
+            Tried::NoKey => Err(Refusal::Invalid(Cow::Borrowed("algorithm not accepted"))),
+            Tried::BadSignature => Err(Refusal::Invalid(Cow::Borrowed("bad signature"))),
+            Tried::Done(result) => result,
+        }
+    }
+
+    /// Tries every key of `keys` that accepts `alg`, in order, until one
+    /// verifies the signature; the claims are then checked with that key's
+    /// verdict.
+    fn try_keys<'a>(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        keys: impl Iterator<Item = &'a VerifyKey>,
+    ) -> Tried {
+        let Some(validation) = self.validation(alg) else {
+            return Tried::NoKey;
+        };
+        let mut tried = Tried::NoKey;
+        for key in keys.filter(|k| k.algs.contains(&alg)) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+                Ok(data) => return Tried::Done(self.accept(data.claims)),
+                // This key did not sign it (or cannot verify it): next one.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::InvalidSignature
+                            | ErrorKind::InvalidAlgorithm
+                            | ErrorKind::InvalidKeyFormat
+                            | ErrorKind::InvalidRsaKey(_)
+                            | ErrorKind::InvalidEcdsaKey
+                    ) =>
+                {
+                    tried = Tried::BadSignature;
+                }
+                // Malformed, or signed by this key but expired, not yet
+                // valid, ...: the same for every key.
+                Err(e) => return Tried::Done(Err(Refusal::Invalid(describe(e.kind())))),
+            }
+        }
+        tried
+    }
+
+    fn accept(&self, claims: Map<String, Value>) -> Result<Identity, Refusal> {
         self.check_claims(&claims, jsonwebtoken::get_current_timestamp())
             .map_err(|r| Refusal::Invalid(Cow::Borrowed(r)))?;
         identity_from_claims(claims)
@@ -353,7 +574,7 @@ impl JwtAuthenticator {
             }
         }
         if let Some(max_age) = self.max_age_s {
-            let leeway = self.validation.leeway;
+            let leeway = self.leeway_s;
             let iat = match claims.get("iat") {
                 None | Some(Value::Null) => {
                     return Err("missing required claim iat (--jwt-max-age-s is set)");
@@ -381,7 +602,34 @@ impl JwtAuthenticator {
 
 impl Authenticator for JwtAuthenticator {
     fn authenticate(&self, req: AuthRequest) -> BoxFuture<AuthResult> {
-        ready(Ok(self.verify(&req.client_id, &req.data)))
+        let token = match token_of(&req.data) {
+            Ok(t) => t,
+            Err(r) => return ready(Ok(log_verdict(&req.client_id, Err(r)))),
+        };
+        let refresh = match self.inner.check_inline(token) {
+            Step::Done(result) => return ready(Ok(log_verdict(&req.client_id, result))),
+            Step::Refresh => self.inner.jwks.as_ref().and_then(Jwks::refresh),
+        };
+        let Some(wait) = refresh else {
+            return ready(Ok(log_verdict(
+                &req.client_id,
+                Err(Refusal::Invalid(Cow::Borrowed(
+                    "unknown kid; the JWKS was fetched less than --jwt-jwks-refresh-min-s ago",
+                ))),
+            )));
+        };
+        let token = token.to_owned();
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let result = if wait.wait().await {
+                inner.check_after_refresh(&token)
+            } else {
+                Err(Refusal::Invalid(Cow::Borrowed(
+                    "unknown kid; the JWKS refresh did not finish in time",
+                )))
+            };
+            Ok(log_verdict(&req.client_id, result))
+        })
     }
 }
 
@@ -1030,14 +1278,14 @@ mod tests {
         let pkcs1 = JwtKey::from_public_key_pem(keys::RSA_PUBLIC_PKCS1).unwrap();
         assert!(matches!(pkcs1, JwtKey::Rs256Pem(_)));
         let auth = JwtAuthenticator::new(JwtConfig::new(pkcs1)).unwrap();
-        assert_eq!(auth.algorithm(), Algorithm::RS256);
+        assert_eq!(auth.algorithms(), vec![Algorithm::RS256]);
         assert!(token(&auth, t).is_some());
     }
 
     #[test]
     fn es256_good_token() {
         let auth = es_auth();
-        assert_eq!(auth.algorithm(), Algorithm::ES256);
+        assert_eq!(auth.algorithms(), vec![Algorithm::ES256]);
         let t = es(&json!({ "sub": "carol", "exp": now() + 60, "rooms": ["x"] }));
         let id = token(&auth, t).unwrap();
         assert_eq!(id.user_id.as_deref(), Some("carol"));
@@ -1135,6 +1383,79 @@ mod tests {
             Err(JwtConfigError::PrivateKey(_))
         ));
     }
+
+    #[test]
+    fn several_static_keys_each_verify_their_own_tokens() {
+        let rsa_a = JwtKey::from_public_key_pem(keys::RSA_PUBLIC).unwrap();
+        let ec = JwtKey::from_public_key_pem(keys::EC_PUBLIC).unwrap();
+        // A second RSA key: the PKCS#1 form of the same key would verify the
+        // same tokens, so use a second EC-signed and an RSA-signed token
+        // against [RSA, EC] and check order does not matter.
+        for keys in [vec![rsa_a.clone(), ec.clone()], vec![ec.clone(), rsa_a]] {
+            let auth = JwtAuthenticator::new(JwtConfig::with_keys(keys)).unwrap();
+            assert_eq!(auth.algorithms().len(), 2);
+            assert!(token(&auth, rs(&json!({ "sub": "r" }))).is_some());
+            assert!(token(&auth, es(&json!({ "sub": "e" }))).is_some());
+            // Still no HS256 (key confusion with either public key) or none.
+            let forged = sign(
+                Algorithm::HS256,
+                &with_exp(&json!({ "sub": "mallory" })),
+                &EncodingKey::from_secret(keys::RSA_PUBLIC.as_bytes()),
+            );
+            assert_eq!(token(&auth, forged.clone()), None);
+            assert!(reason(&auth, forged).contains("algorithm not accepted"));
+            // A token of a known alg signed by another key: bad signature.
+            let other = sign(
+                Algorithm::ES256,
+                &with_exp(&json!({ "sub": "x" })),
+                &EncodingKey::from_ec_pem(OTHER_EC_PRIVATE.as_bytes()).unwrap(),
+            );
+            assert_eq!(reason(&auth, other), "bad signature");
+        }
+        // Two keys of one algorithm (rotation): tokens of both verify; an
+        // expired token of the second key is refused as expired, not as a
+        // bad signature.
+        let two_ec = JwtAuthenticator::new(JwtConfig::with_keys(vec![
+            JwtKey::from_public_key_pem(OTHER_EC_PUBLIC).unwrap(),
+            ec,
+        ]))
+        .unwrap();
+        assert_eq!(two_ec.algorithms(), vec![Algorithm::ES256]);
+        assert!(token(&two_ec, es(&json!({ "sub": "new" }))).is_some());
+        let old_key = EncodingKey::from_ec_pem(OTHER_EC_PRIVATE.as_bytes()).unwrap();
+        let old = sign(
+            Algorithm::ES256,
+            &with_exp(&json!({ "sub": "old" })),
+            &old_key,
+        );
+        assert!(token(&two_ec, old).is_some());
+        let expired = es(&json!({ "sub": "new", "exp": now() - 60 }));
+        assert!(reason(&two_ec, expired).contains("expired"));
+        // A kid in the header is ignored by static keys.
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("whatever".into());
+        let with_kid = encode(&h, &with_exp(&json!({ "sub": "k" })), &old_key).unwrap();
+        assert!(token(&two_ec, with_kid).is_some());
+        assert!(matches!(
+            JwtAuthenticator::new(JwtConfig::with_keys(Vec::new())),
+            Err(JwtConfigError::NoKey)
+        ));
+    }
+
+    // A second P-256 pair (`openssl ecparam -name prime256v1 -genkey`).
+    const OTHER_EC_PRIVATE: &str = "\
+        -----BEGIN PRIVATE KEY-----\n\
+        MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQghv7i+kyWeldX08f1\n\
+        vGSEPJ5CtjIaCu2Lg/ugiYq2d/6hRANCAAROXNco/XxWgEpQKTD/zkyghAB3U8ZD\n\
+        kM85jHtKkLNIhCyNr7of1vqw1Bt3B4U5rJmFzdOv8l//utuNXAra7qSh\n\
+        -----END PRIVATE KEY-----\n\
+        ";
+    const OTHER_EC_PUBLIC: &str = "\
+        -----BEGIN PUBLIC KEY-----\n\
+        MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAETlzXKP18VoBKUCkw/85MoIQAd1PG\n\
+        Q5DPOYx7SpCzSIQsja+6H9b6sNQbdweFOayZhc3Tr/Jf/7rbjVwK2u6koQ==\n\
+        -----END PUBLIC KEY-----\n\
+        ";
 
     #[test]
     fn debug_output_never_shows_the_secret() {

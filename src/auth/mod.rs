@@ -1,7 +1,7 @@
 //! Client authentication and room authorization: the `Authenticator` and
 //! `RoomValidator` contracts the shards call, helpers to build them from
-//! closures, and the built-in implementations (JWT, webhook, insecure, glob
-//! room allow-lists).
+//! closures, and the built-in implementations (JWT with static keys or a
+//! JWKS, webhook, insecure, glob room allow-lists).
 //!
 //! Wire mapping (Ignis protocol): `Ok(Some(identity))` authenticates the client,
 //! `Ok(None)` is sent as `Authentication failed` and `Err(_)` as
@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 pub mod insecure;
+pub mod jwks;
 pub mod jwt;
 pub mod rooms;
 pub mod webhook;
 
 pub use insecure::InsecureAuthenticator;
+pub use jwks::JwksConfig;
 pub use jwt::{JwtAuthenticator, JwtConfig, JwtConfigError, JwtKey};
 pub use rooms::{GlobRoomValidator, RoomPattern, parse_patterns};
 pub use webhook::{WebhookAuthenticator, WebhookConfigError};

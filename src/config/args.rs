@@ -1,6 +1,6 @@
 //! The hand-written part of [`ServeArgs`]: reading the `--config` file, and
 //! turning the flags that are not one table setting each (`--auth` and its
-//! JWT/webhook settings, `--idle-timeout-s`, `--redis`/`--redis-cluster`,
+//! JWT (keys, JWKS) / webhook settings, `--idle-timeout-s`, `--redis`/`--redis-cluster`,
 //! the secrets with a `*-file` variant) into a [`Config`].
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use super::table::ms;
 use super::{
     AuthKind, AuthMode, Config, ConfigError, ServeArgs, bad, comma_list, from_value_or_file,
 };
+use crate::auth::JwksConfig;
 
 impl ServeArgs {
     /// Read the `--config` file, if any, and merge it under these values.
@@ -52,7 +53,16 @@ impl ServeArgs {
             }
             Some(AuthKind::Jwt) => AuthMode::Jwt {
                 secret: self.jwt_secret,
-                public_key_file: self.jwt_public_key,
+                public_key_files: self.jwt_public_key.unwrap_or_default(),
+                jwks: self.jwt_jwks_url.map(|url| JwksConfig {
+                    url,
+                    refresh: match self.jwt_jwks_refresh_s.unwrap_or(3_600) {
+                        0 => None,
+                        s => Some(Duration::from_secs(s)),
+                    },
+                    refresh_min: Duration::from_secs(self.jwt_jwks_refresh_min_s.unwrap_or(60)),
+                    timeout: ms(self.jwt_jwks_timeout_ms.unwrap_or(5_000)),
+                }),
                 leeway_s: self.jwt_leeway_s.unwrap_or(0),
                 audience: self.jwt_audience.map(|l| l.0).unwrap_or_default(),
                 issuer: self.jwt_issuer.map(|l| l.0).unwrap_or_default(),

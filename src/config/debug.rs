@@ -37,7 +37,8 @@ impl fmt::Debug for AuthMode {
         match self {
             AuthMode::Jwt {
                 secret: s,
-                public_key_file,
+                public_key_files,
+                jwks,
                 leeway_s,
                 audience,
                 issuer,
@@ -46,7 +47,8 @@ impl fmt::Debug for AuthMode {
             } => f
                 .debug_struct("Jwt")
                 .field("secret", &secret(s))
-                .field("public_key_file", public_key_file)
+                .field("public_key_files", public_key_files)
+                .field("jwks", jwks)
                 .field("leeway_s", leeway_s)
                 .field("audience", audience)
                 .field("issuer", issuer)
@@ -134,6 +136,10 @@ impl fmt::Debug for ServeArgs {
             .field("jwt_secret", &secret(&a.jwt_secret))
             .field("jwt_secret_file", &a.jwt_secret_file)
             .field("jwt_public_key", &a.jwt_public_key)
+            .field("jwt_jwks_url", &a.jwt_jwks_url.as_deref().map(url))
+            .field("jwt_jwks_refresh_s", &a.jwt_jwks_refresh_s)
+            .field("jwt_jwks_refresh_min_s", &a.jwt_jwks_refresh_min_s)
+            .field("jwt_jwks_timeout_ms", &a.jwt_jwks_timeout_ms)
             .field("jwt_leeway_s", &a.jwt_leeway_s)
             .field("jwt_audience", &a.jwt_audience)
             .field("jwt_issuer", &a.jwt_issuer)

@@ -71,12 +71,16 @@ pub enum EncryptionMode {
 /// secret and URL credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub enum AuthMode {
-    /// `data.token` is a JWT checked with a secret or public key.
+    /// `data.token` is a JWT checked with a secret, public keys and/or a
+    /// JWKS fetched from a URL.
     Jwt {
         /// HS256 secret.
         secret: Option<String>,
-        /// PEM file with an RSA (RS256) or P-256 (ES256) public key.
-        public_key_file: Option<PathBuf>,
+        /// PEM files, each with an RSA (RS256) or P-256 (ES256) public key;
+        /// several for key rotation.
+        public_key_files: Vec<PathBuf>,
+        /// A JWKS URL and its refresh settings (`--jwt-jwks-*`).
+        jwks: Option<crate::auth::JwksConfig>,
         /// Clock skew allowed on `exp`/`nbf` (and `iat` with `max_age_s`),
         /// seconds.
         leeway_s: u64,
@@ -111,7 +115,8 @@ impl AuthMode {
     pub fn jwt_secret(secret: impl Into<String>) -> Self {
         Self::Jwt {
             secret: Some(secret.into()),
-            public_key_file: None,
+            public_key_files: Vec::new(),
+            jwks: None,
             leeway_s: 0,
             audience: Vec::new(),
             issuer: Vec::new(),
@@ -125,7 +130,8 @@ impl AuthMode {
     pub fn jwt_public_key(file: impl Into<PathBuf>) -> Self {
         Self::Jwt {
             secret: None,
-            public_key_file: Some(file.into()),
+            public_key_files: vec![file.into()],
+            jwks: None,
             leeway_s: 0,
             audience: Vec::new(),
             issuer: Vec::new(),
@@ -198,37 +204,63 @@ impl Config {
         match &self.auth {
             AuthMode::Jwt {
                 secret,
-                public_key_file,
+                public_key_files,
+                jwks,
                 ..
-            } => match (secret, public_key_file) {
-                (None, None) => {
-                    return Err(bad(
-                        "--jwt-secret",
-                        "--auth jwt needs --jwt-secret (HS256) or --jwt-public-key FILE (RS256/ES256)",
-                    ));
+            } => {
+                if let Some(j) = jwks {
+                    if !is_http_url(&j.url) {
+                        return Err(bad("--jwt-jwks-url", "must be an http:// or https:// URL"));
+                    }
+                    if j.timeout.is_zero() {
+                        return Err(bad("--jwt-jwks-timeout-ms", "must be > 0"));
+                    }
+                    if j.timeout > Duration::from_secs(60) {
+                        return Err(bad("--jwt-jwks-timeout-ms", "at most 60000"));
+                    }
+                    if j.refresh_min.is_zero() {
+                        return Err(bad("--jwt-jwks-refresh-min-s", "must be > 0"));
+                    }
+                    if j.refresh.is_some_and(|r| r.is_zero()) {
+                        return Err(bad("--jwt-jwks-refresh-s", "must be > 0 (0 turns it off)"));
+                    }
                 }
-                (Some(_), Some(_)) => {
-                    return Err(bad(
-                        "--jwt-public-key",
-                        "give either --jwt-secret or --jwt-public-key, not both",
-                    ));
+                match (secret, public_key_files.is_empty() && jwks.is_none()) {
+                    (None, true) => {
+                        return Err(bad(
+                            "--jwt-secret",
+                            "--auth jwt needs --jwt-secret (HS256), --jwt-public-key FILE \
+                             (RS256/ES256) or --jwt-jwks-url URL",
+                        ));
+                    }
+                    (Some(_), false) => {
+                        return Err(bad(
+                            if public_key_files.is_empty() {
+                                "--jwt-jwks-url"
+                            } else {
+                                "--jwt-public-key"
+                            },
+                            "give either --jwt-secret or --jwt-public-key / --jwt-jwks-url, \
+                             not both",
+                        ));
+                    }
+                    (Some(s), true) if s.is_empty() => {
+                        return Err(bad("--jwt-secret", "must not be empty"));
+                    }
+                    (Some(s), true) if s.len() < crate::auth::jwt::MIN_HS256_SECRET_LEN => {
+                        return Err(bad(
+                            "--jwt-secret",
+                            format!(
+                                "is {} bytes; HS256 needs at least {} (RFC 7518 §3.2), e.g. \
+                                 `openssl rand -base64 48`",
+                                s.len(),
+                                crate::auth::jwt::MIN_HS256_SECRET_LEN
+                            ),
+                        ));
+                    }
+                    _ => {}
                 }
-                (Some(s), None) if s.is_empty() => {
-                    return Err(bad("--jwt-secret", "must not be empty"));
-                }
-                (Some(s), None) if s.len() < crate::auth::jwt::MIN_HS256_SECRET_LEN => {
-                    return Err(bad(
-                        "--jwt-secret",
-                        format!(
-                            "is {} bytes; HS256 needs at least {} (RFC 7518 §3.2), e.g. \
-                             `openssl rand -base64 48`",
-                            s.len(),
-                            crate::auth::jwt::MIN_HS256_SECRET_LEN
-                        ),
-                    ));
-                }
-                _ => {}
-            },
+            }
             AuthMode::Webhook { url, timeout, .. } => {
                 if !is_http_url(url) {
                     return Err(bad("--auth-url", "must be an http:// or https:// URL"));
@@ -369,12 +401,21 @@ impl<'de> Deserialize<'de> for StringList {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthKind {
-    /// JWT in `data.token` (HS256 / RS256 / ES256).
+    /// JWT in `data.token` (HS256 secret, RS256/ES256 public keys, JWKS).
     Jwt,
     /// POST `data` to `--auth-url`.
     Webhook,
     /// Accept everyone (development and benchmarks only).
     Insecure,
+}
+
+/// A TOML path list: one string (comma separated, like the environment
+/// variable) or an array of strings.
+fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<PathBuf>>, D::Error> {
+    let list = StringList::deserialize(d)?;
+    Ok(Some(list.0.into_iter().map(PathBuf::from).collect()))
 }
 
 /// Split a comma list, trimming items and dropping empty ones.
@@ -685,10 +726,126 @@ mod tests {
         // Public keys have no length rule here.
         let a = ServeArgs {
             auth: Some(AuthKind::Jwt),
-            jwt_public_key: Some("/some.pem".into()),
+            jwt_public_key: Some(vec!["/some.pem".into()]),
             ..Default::default()
         };
         assert!(a.into_config().is_ok());
+    }
+
+    /// `--jwt-public-key` repeats (flag), is a comma list (environment) or
+    /// a string or array (TOML); the `--jwt-jwks-*` settings and their
+    /// checks.
+    #[test]
+    fn jwt_key_lists_and_jwks_settings() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let keys = |a: ServeArgs| match a.into_config().unwrap().auth {
+            AuthMode::Jwt {
+                public_key_files,
+                jwks,
+                ..
+            } => (public_key_files, jwks),
+            other => panic!("{other:?}"),
+        };
+        let cli = Serve::try_parse_from([
+            "serve",
+            "--auth",
+            "jwt",
+            "--jwt-public-key",
+            "/a.pem",
+            "--jwt-public-key",
+            "/b.pem,/c.pem",
+        ])
+        .unwrap();
+        let (files, jwks) = keys(cli.args);
+        assert_eq!(
+            files,
+            [
+                Path::new("/a.pem"),
+                Path::new("/b.pem"),
+                Path::new("/c.pem")
+            ]
+        );
+        assert_eq!(jwks, None);
+        for toml_value in ["\"/a.pem, /b.pem\"", "[\"/a.pem\", \"/b.pem\"]"] {
+            let file: ServeArgs =
+                toml::from_str(&format!("auth = \"jwt\"\njwt-public-key = {toml_value}\n"))
+                    .unwrap();
+            assert_eq!(keys(file).0, [Path::new("/a.pem"), Path::new("/b.pem")]);
+        }
+
+        let jwks_args = |extra: &[&str]| {
+            let mut argv = vec![
+                "serve",
+                "--auth",
+                "jwt",
+                "--jwt-jwks-url",
+                "https://idp.example/jwks",
+            ];
+            argv.extend_from_slice(extra);
+            Serve::try_parse_from(argv).unwrap().args
+        };
+        let (files, jwks) = keys(jwks_args(&[]));
+        assert!(files.is_empty());
+        assert_eq!(
+            jwks,
+            Some(crate::auth::JwksConfig::new("https://idp.example/jwks"))
+        );
+        let (_, jwks) = keys(jwks_args(&[
+            "--jwt-jwks-refresh-s",
+            "0",
+            "--jwt-jwks-refresh-min-s",
+            "5",
+            "--jwt-jwks-timeout-ms",
+            "250",
+        ]));
+        let jwks = jwks.unwrap();
+        assert_eq!(jwks.refresh, None);
+        assert_eq!(jwks.refresh_min, Duration::from_secs(5));
+        assert_eq!(jwks.timeout, Duration::from_millis(250));
+        // Static keys and a JWKS together are fine.
+        assert!(
+            jwks_args(&["--jwt-public-key", "/a.pem"])
+                .into_config()
+                .is_ok()
+        );
+        for (extra, key) in [
+            (
+                &["--jwt-jwks-refresh-min-s", "0"][..],
+                "--jwt-jwks-refresh-min-s",
+            ),
+            (&["--jwt-jwks-timeout-ms", "0"][..], "--jwt-jwks-timeout-ms"),
+            (
+                &["--jwt-jwks-timeout-ms", "60001"][..],
+                "--jwt-jwks-timeout-ms",
+            ),
+            (
+                &["--jwt-secret", "0123456789abcdef0123456789abcdef"][..],
+                "--jwt-jwks-url",
+            ),
+        ] {
+            assert_eq!(
+                jwks_args(extra).into_config().unwrap_err().key,
+                key,
+                "{extra:?}"
+            );
+        }
+        let a = ServeArgs {
+            auth: Some(AuthKind::Jwt),
+            jwt_jwks_url: Some("ftp://idp.example/jwks".into()),
+            ..Default::default()
+        };
+        assert_eq!(a.into_config().unwrap_err().key, "--jwt-jwks-url");
+        let a = ServeArgs {
+            auth: Some(AuthKind::Jwt),
+            ..Default::default()
+        };
+        let e = a.into_config().unwrap_err();
+        assert!(e.message.contains("--jwt-jwks-url"), "{e}");
     }
 
     #[test]

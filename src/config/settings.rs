@@ -124,9 +124,29 @@ settings! {
         /// instead of --jwt-secret, out of the process list.
         #[arg(env = "IGNIS_WS_JWT_SECRET_FILE", value_name = "FILE")]
         jwt_secret_file: PathBuf;
-        /// PEM public key (RSA for RS256, P-256 for ES256) for --auth jwt.
-        #[arg(env = "IGNIS_WS_JWT_PUBLIC_KEY", value_name = "FILE")]
-        jwt_public_key: PathBuf;
+        /// PEM public key (RSA for RS256, P-256 for ES256) for --auth jwt;
+        /// repeat the flag (environment: comma separated; TOML: string or
+        /// array) for several keys during a rotation: a token verifies if any
+        /// key of its alg verifies it.
+        #[arg(env = "IGNIS_WS_JWT_PUBLIC_KEY", value_name = "FILE", value_delimiter = ',')]
+        #[serde(default, deserialize_with = "super::one_or_many_paths")]
+        jwt_public_key: Vec<PathBuf>;
+        /// JWKS URL (RFC 7517) for --auth jwt: fetched at start (a failure
+        /// is logged; such tokens are refused until a fetch succeeds), keys
+        /// picked by the token's kid; an unknown kid refreshes the set.
+        #[arg(env = "IGNIS_WS_JWT_JWKS_URL", value_name = "URL")]
+        jwt_jwks_url: String;
+        /// Periodic JWKS refresh, seconds; 0 = only on unknown kids
+        /// [default: 3600].
+        #[arg(env = "IGNIS_WS_JWT_JWKS_REFRESH_S", value_name = "S")]
+        jwt_jwks_refresh_s: u64;
+        /// Shortest gap between JWKS fetches caused by unknown kids (and
+        /// between retries after a failed fetch), seconds [default: 60].
+        #[arg(env = "IGNIS_WS_JWT_JWKS_REFRESH_MIN_S", value_name = "S")]
+        jwt_jwks_refresh_min_s: u64;
+        /// Timeout of one JWKS fetch, ms [default: 5000].
+        #[arg(env = "IGNIS_WS_JWT_JWKS_TIMEOUT_MS", value_name = "MS")]
+        jwt_jwks_timeout_ms: u64;
         /// Clock skew allowed on exp/nbf (and iat with --jwt-max-age-s),
         /// seconds [default: 0].
         #[arg(env = "IGNIS_WS_JWT_LEEWAY_S", value_name = "S")]
