@@ -156,3 +156,32 @@ fn a_malformed_pattern_is_a_config_error_naming_the_flag() {
     c.trusted_proxies = vec!["10.0.0.0/33".into()];
     assert_eq!(c.validate().unwrap_err().key, "--trusted-proxies");
 }
+
+/// The binary exits 2 naming the flag of a malformed entry.
+#[test]
+fn the_binary_exits_2_on_a_malformed_pattern_or_cidr() {
+    for (flag, value) in [
+        (
+            "--allowed-origins",
+            "https://ok.example.com,https://*bad.example.com",
+        ),
+        ("--trusted-proxies", "10.0.0.0/8,not-a-cidr"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ignis-ws"))
+            .args([
+                "serve",
+                "--auth",
+                "insecure",
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                value,
+            ])
+            .env_remove("IGNIS_WS_CONFIG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+}

@@ -300,12 +300,13 @@ settings! {
             /// send none).
             require_origin: bool = false,
         };
-        /// Connections (upgraded or upgrading) per client address, per
+        /// WebSocket connections per client address (IPv6: its /64), per
         /// process; one more gets 503 with Retry-After; 0 = off [default: 0].
         #[arg(env = "IGNIS_WS_MAX_CONNS_PER_IP", value_name = "N")]
         max_conns_per_ip: u32 => same => {
-            /// WebSocket connections per client IP (see `trusted_proxies`),
-            /// per process, counted from the upgrade; 0 = no limit.
+            /// WebSocket connections per client IP (see `trusted_proxies`;
+            /// an IPv6 address counts as its /64), per process, counted
+            /// from the upgrade to the connection's end; 0 = no limit.
             max_conns_per_ip: u32 = 0,
         };
         /// Proxies (CIDRs, comma separated) whose X-Forwarded-For names the

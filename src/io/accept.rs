@@ -5,7 +5,7 @@
 //! logged at most once per second.
 //!
 //! Also what the shards of one server share to admit WebSocket upgrades
-//! ([`Admission`]): the `Origin` policy, the connections per client
+//! (`Admission`): the `Origin` policy, the connections per client
 //! address (`--max-conns-per-ip`) and the upgrade rate
 //! (`--connect-rate-limit`). Both limits are checked when the upgrade is
 //! about to be answered (after the head: `X-Forwarded-For` names the
@@ -116,7 +116,7 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
 
 /// What the shards of one server share to admit an upgrade.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     pub(super) origins: crate::proto::handshake::OriginPolicy,
     pub(super) trusted_proxies: Vec<crate::proto::handshake::Cidr>,
     pub(super) per_ip: Option<Arc<ConnsPerIp>>,
@@ -131,7 +131,7 @@ static SHARED: Mutex<Shared> = Mutex::new(Vec::new());
 impl Admission {
     /// From the settings (validated at start: a pattern or CIDR that does
     /// not parse here is skipped).
-    pub fn new(c: &crate::config::Config) -> Admission {
+    pub(crate) fn new(c: &crate::config::Config) -> Admission {
         use crate::proto::handshake::{Cidr, OriginPattern, OriginPolicy};
         let origins: Vec<String> = c
             .allowed_origins
@@ -153,7 +153,7 @@ impl Admission {
     }
 
     /// The admission shared by every shard of the server of `config`.
-    pub fn for_config(config: &Arc<crate::config::Config>) -> Arc<Admission> {
+    pub(crate) fn for_config(config: &Arc<crate::config::Config>) -> Arc<Admission> {
         let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
         shared.retain(|(c, _)| c.strong_count() > 0);
         if let Some((_, a)) = shared
@@ -175,22 +175,31 @@ const IP_TABLES: usize = 16;
 /// process: a lock per sixteenth of the addresses, taken once when a
 /// connection is admitted and once when it ends.
 #[derive(Debug)]
-pub struct ConnsPerIp {
+pub(crate) struct ConnsPerIp {
     max: u32,
     hasher: std::collections::hash_map::RandomState,
     tables: [Mutex<HashMap<IpAddr, u32>>; IP_TABLES],
 }
 
+/// The key an address is counted under: an IPv4 address itself, an IPv6
+/// address its /64 (one host usually has a whole /64 to pick from).
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
+        v4 => v4,
+    }
+}
+
 /// One connection counted against its address; dropping it (whichever
 /// way the connection ends) gives the place back.
 #[derive(Debug)]
-pub struct IpSlot {
+pub(crate) struct IpSlot {
     table: Arc<ConnsPerIp>,
     ip: IpAddr,
 }
 
 impl ConnsPerIp {
-    pub fn new(max: u32) -> ConnsPerIp {
+    pub(crate) fn new(max: u32) -> ConnsPerIp {
         ConnsPerIp {
             max,
             hasher: Default::default(),
@@ -206,7 +215,8 @@ impl ConnsPerIp {
     }
 
     /// Count one more connection of `ip`; `None` when it has `max`.
-    pub fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+    pub(crate) fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let ip = counted_as(ip);
         let mut t = self.table(&ip);
         let n = t.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -220,7 +230,9 @@ impl ConnsPerIp {
     }
 
     /// Connections of `ip` now.
-    pub fn count(&self, ip: IpAddr) -> u32 {
+    #[cfg(test)]
+    fn count(&self, ip: IpAddr) -> u32 {
+        let ip = counted_as(ip);
         self.table(&ip).get(&ip).copied().unwrap_or(0)
     }
 }
@@ -242,7 +254,7 @@ impl Drop for IpSlot {
 /// will be full again), shared by the shards without a lock. The time is
 /// passed in, so tests run it in virtual time.
 #[derive(Debug)]
-pub struct ConnectRate {
+pub(crate) struct ConnectRate {
     epoch: Instant,
     /// Nanoseconds one token takes to come back.
     interval: u64,
@@ -253,7 +265,7 @@ pub struct ConnectRate {
 }
 
 impl ConnectRate {
-    pub fn new(per_sec: u32, epoch: Instant) -> ConnectRate {
+    pub(crate) fn new(per_sec: u32, epoch: Instant) -> ConnectRate {
         let per_sec = u64::from(per_sec.max(1));
         let interval = (1_000_000_000 / per_sec).max(1);
         ConnectRate {
@@ -265,13 +277,13 @@ impl ConnectRate {
     }
 
     /// Take a token at `now`; false when the bucket is empty.
-    pub fn try_take(&self, now: Instant) -> bool {
+    pub(crate) fn try_take(&self, now: Instant) -> bool {
         let ns = now.saturating_duration_since(self.epoch).as_nanos();
         self.try_take_at(u64::try_from(ns).unwrap_or(u64::MAX / 2))
     }
 
     /// Take a token at `now` nanoseconds after the epoch.
-    pub fn try_take_at(&self, now: u64) -> bool {
+    pub(crate) fn try_take_at(&self, now: u64) -> bool {
         let mut tat = self.tat.load(Relaxed);
         loop {
             let next = tat.max(now).saturating_add(self.interval);
@@ -337,6 +349,14 @@ mod tests {
         let s4 = t.try_take(a).unwrap();
         drop((s2, s3, s4));
         assert_eq!((t.count(a), t.count(b)), (0, 0));
+        // IPv6: one /64 is one client.
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let x = t.try_take(v6("2001:db8:0:1::1")).unwrap();
+        let y = t.try_take(v6("2001:db8:0:1:ffff::2")).unwrap();
+        assert!(t.try_take(v6("2001:db8:0:1::3")).is_none());
+        let z = t.try_take(v6("2001:db8:0:2::1")).unwrap();
+        assert_eq!(t.count(v6("2001:db8:0:1::9")), 2);
+        drop((x, y, z));
         assert!(t.tables.iter().all(|m| m.lock().unwrap().is_empty()));
     }
 
