@@ -1,5 +1,5 @@
 //! Issue 14, item 3: `--max-conns-per-ip` (with `--trusted-proxies` and
-//! `X-Forwarded-For`) and `--connect-rate-limit`. Real upgrades over raw
+//! `X-Forwarded-For`, or `--proxy-protocol`) and `--connect-rate-limit`. Real upgrades over raw
 //! sockets from 127.0.0.1: past the limit 503 with `Retry-After: 1`,
 //! counted; a connection that ends gives its place back.
 
@@ -168,4 +168,73 @@ async fn upgrades_past_the_connect_rate_get_503() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let _again = upgraded(srv.addr, "").await;
     srv.shutdown().await;
+}
+
+/// A PROXY protocol v2 header: PROXY from `src` (IPv4, TCP), or LOCAL.
+fn proxy_v2(src: Option<[u8; 4]>) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match src {
+        Some(ip) => {
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            h.extend_from_slice(&ip);
+            h.extend_from_slice(&[127, 0, 0, 1, 0x9c, 0x40, 0x1f, 0x90]);
+        }
+        None => h.extend_from_slice(&[0x20, 0x00, 0, 0]),
+    }
+    h
+}
+
+/// An upgrade after a PROXY v2 header (written apart when `split`).
+async fn proxied_upgrade(addr: SocketAddr, src: Option<[u8; 4]>, split: bool) -> (Raw, String) {
+    let mut r = Raw::connect(addr).await;
+    let mut bytes = proxy_v2(src);
+    if split {
+        r.write(&bytes).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bytes.clear();
+    }
+    bytes.extend_from_slice(upgrade_with(addr, "").as_bytes());
+    r.write(&bytes).await;
+    let head = r.read_http_head().await;
+    (r, head)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_proxy_protocol_the_header_names_the_client() {
+    let mut c = config(ignis_ws::config::IoMode::Auto);
+    c.max_conns_per_ip = 1;
+    c.proxy_protocol = true;
+    let srv = util::start(c);
+    let (_a, head) = proxied_upgrade(srv.addr, Some([192, 0, 2, 1]), false).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_b, head) = proxied_upgrade(srv.addr, Some([192, 0, 2, 2]), true).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, head) = proxied_upgrade(srv.addr, Some([192, 0, 2, 1]), true).await;
+    assert_busy(&head);
+    // LOCAL (a balancer's own connection): the TCP peer is the client.
+    let (_c, head) = proxied_upgrade(srv.addr, None, false).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, head) = proxied_upgrade(srv.addr, None, false).await;
+    assert_busy(&head);
+    // A health check behind LOCAL is answered.
+    let mut r = Raw::connect(srv.addr).await;
+    let mut req = proxy_v2(None);
+    req.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.write(&req).await;
+    assert!(r.read_http_head().await.starts_with("HTTP/1.1 200"));
+    // Without the header: 400, nothing read as a request.
+    let (_, head) = try_upgrade(srv.addr, "").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let m = metrics_proxied(srv.addr).await;
+    assert_eq!(refused(&m, "conns_per_ip"), 2, "{m}");
+    srv.shutdown().await;
+}
+
+/// `/metrics` through a LOCAL PROXY header.
+async fn metrics_proxied(addr: SocketAddr) -> String {
+    let mut r = Raw::connect(addr).await;
+    let mut req = proxy_v2(None);
+    req.extend_from_slice(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.write(&req).await;
+    String::from_utf8_lossy(&r.read_to_end().await).into_owned()
 }

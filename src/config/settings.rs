@@ -319,6 +319,17 @@ settings! {
             // Each CIDR is checked in `Config::validate`.
             trusted_proxies: Vec<String> = Vec::new(),
         };
+        /// Every connection starts with a PROXY protocol v2 header (from a
+        /// load balancer); its source address is the client's [default:
+        /// false].
+        #[arg(env = "IGNIS_WS_PROXY_PROTOCOL", value_name = "BOOL")]
+        proxy_protocol: bool => same => {
+            /// Expect a PROXY protocol v2 header before every request
+            /// (`LOCAL` and address-less ones keep the TCP peer); a
+            /// connection without one gets 400. Only behind a balancer that
+            /// sends it: anyone reaching the port can claim any address.
+            proxy_protocol: bool = false,
+        };
         /// WebSocket upgrades per second per process (a token bucket of as
         /// many); one more gets 503 with Retry-After; 0 = off [default: 0].
         #[arg(env = "IGNIS_WS_CONNECT_RATE_LIMIT", value_name = "N")]

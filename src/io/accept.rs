@@ -121,6 +121,8 @@ pub(crate) struct Admission {
     pub(super) trusted_proxies: Vec<crate::proto::handshake::Cidr>,
     pub(super) per_ip: Option<Arc<ConnsPerIp>>,
     pub(super) rate: Option<ConnectRate>,
+    /// `--proxy-protocol`: a PROXY v2 header before every request.
+    pub(super) proxy_protocol: bool,
 }
 
 /// One [`Admission`] per server (its shards hold the same `Arc<Config>`);
@@ -147,6 +149,7 @@ impl Admission {
                 .filter_map(|s| Cidr::parse(s))
                 .collect(),
             per_ip: (c.max_conns_per_ip > 0).then(|| Arc::new(ConnsPerIp::new(c.max_conns_per_ip))),
+            proxy_protocol: c.proxy_protocol,
             rate: (c.connect_rate_limit > 0)
                 .then(|| ConnectRate::new(c.connect_rate_limit, Instant::now())),
         }

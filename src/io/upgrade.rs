@@ -137,9 +137,32 @@ async fn handshake_from(
     src: &mut impl Source,
 ) -> io::Result<Option<Upgraded>> {
     let mut buf: Vec<u8> = Vec::new();
+    // `--proxy-protocol`: the header still to come, then the client's
+    // address it gave (none: the TCP peer).
+    let mut proxy_pending = io.admission.proxy_protocol;
+    let mut proxied: Option<std::net::IpAddr> = None;
     loop {
         if !src.more(io, &mut buf, io.limits.max_head_bytes).await? {
             return Ok(None);
+        }
+        if proxy_pending {
+            match handshake::parse_proxy_v2(&buf) {
+                Ok(None) => continue,
+                Ok(Some((len, source))) => {
+                    buf.drain(..len);
+                    (proxied, proxy_pending) = (source, false);
+                    if buf.is_empty() {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
+                    tracing::debug!(error = %e, "bad PROXY protocol header");
+                    write_all(pfd, &handshake::error_response(&e)).await?;
+                    let _ = rustix::net::shutdown(pfd_fd(pfd), Shutdown::Write);
+                    return Ok(None);
+                }
+            }
         }
         let reply: Vec<u8> = match handshake::parse_request(&buf, &io.limits) {
             Ok(None) => continue,
@@ -155,7 +178,7 @@ async fn handshake_from(
                     ShardMetrics::add(&io.metrics().http_requests_total, 1);
                     handshake::http_response(404, "text/plain", b"Not Found\n", &[])
                 } else {
-                    match admit_upgrade(io, pfd, origin, forwarded_for) {
+                    match admit_upgrade(io, pfd, proxied, origin, forwarded_for) {
                         Err(refusal) => refusal,
                         Ok(ip_slot) => {
                             let resp = handshake::accept_response(key);
@@ -235,7 +258,8 @@ async fn handshake_from(
     }
 }
 
-/// The checks of a WebSocket upgrade before its 101, in this order:
+/// The checks of a WebSocket upgrade before its 101 (the peer is the
+/// PROXY header's source, if one was given), in this order:
 /// `Origin` (403), the client address's connections (`--max-conns-per-ip`,
 /// 503) and the process's upgrade rate (`--connect-rate-limit`, 503; last,
 /// so that refused upgrades take no token). `Err` is the answer.
@@ -248,6 +272,7 @@ async fn handshake_from(
 fn admit_upgrade(
     io: &ShardIo,
     pfd: &PollFd<Socket>,
+    proxied: Option<std::net::IpAddr>,
     origin: Option<&str>,
     forwarded_for: Option<&str>,
 ) -> Result<Option<IpSlot>, Vec<u8>> {
@@ -274,8 +299,9 @@ fn admit_upgrade(
             &[("Retry-After", "1")],
         )
     };
-    let slot = match (&a.per_ip, peer_ip(pfd)) {
-        (Some(table), Some(peer)) => {
+    let peer = || proxied.or_else(|| peer_ip(pfd));
+    let slot = match a.per_ip.as_ref().and_then(|t| Some((t, peer()?))) {
+        Some((table, peer)) => {
             let ip = handshake::client_ip(peer, forwarded_for, &a.trusted_proxies);
             match table.try_take(ip) {
                 Some(slot) => Some(slot),
@@ -285,7 +311,7 @@ fn admit_upgrade(
                 }
             }
         }
-        _ => None,
+        None => None,
     };
     if let Some(rate) = &a.rate
         && !rate.try_take(std::time::Instant::now())

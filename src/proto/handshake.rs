@@ -589,6 +589,57 @@ impl Cidr {
     }
 }
 
+/// The signature that starts a PROXY protocol v2 header.
+pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Largest PROXY v2 header taken (addresses and a few TLVs).
+pub const MAX_PROXY_HEADER: usize = 16 + 512;
+
+/// A PROXY protocol v2 header at the start of `buf` (`--proxy-protocol`):
+/// `Ok(None)` while incomplete, then its length and the client's address
+/// (`None` for `LOCAL`, e.g. a balancer's health check, and for address
+/// families without one: the TCP peer stands). Anything else (v1 text, a
+/// plain request, another version or command, a header over
+/// [`MAX_PROXY_HEADER`]) is [`HandshakeError::Malformed`].
+pub fn parse_proxy_v2(
+    buf: &[u8],
+) -> Result<Option<(usize, Option<std::net::IpAddr>)>, HandshakeError> {
+    let n = buf.len().min(PROXY_V2_SIGNATURE.len());
+    if buf[..n] != PROXY_V2_SIGNATURE[..n] {
+        return Err(HandshakeError::Malformed);
+    }
+    let Some(&[ver_cmd, family, hi, lo]) = buf.get(12..16) else {
+        return Ok(None);
+    };
+    let total = 16 + usize::from(u16::from_be_bytes([hi, lo]));
+    if ver_cmd >> 4 != 2 || total > MAX_PROXY_HEADER {
+        return Err(HandshakeError::Malformed);
+    }
+    let Some(body) = buf.get(16..total) else {
+        return Ok(None);
+    };
+    let source = match (ver_cmd & 0x0f, family >> 4) {
+        (0, _) => None,
+        (1, 1) => {
+            let a: [u8; 4] = body
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(HandshakeError::Malformed)?;
+            Some(std::net::IpAddr::from(a))
+        }
+        (1, 2) => {
+            let a: [u8; 16] = body
+                .get(..16)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(HandshakeError::Malformed)?;
+            Some(std::net::IpAddr::from(a))
+        }
+        (1, 0 | 3) => None,
+        _ => return Err(HandshakeError::Malformed),
+    };
+    Ok(Some((total, source)))
+}
+
 /// Entries of `X-Forwarded-For` looked at, from the right.
 const MAX_FORWARDED_HOPS: usize = 32;
 
@@ -1214,5 +1265,63 @@ mod admission_tests {
         );
         assert_eq!(client_ip(proxy, None, &trusted), proxy);
         assert_eq!(client_ip(proxy, Some("10.0.0.8"), &trusted), ip("10.0.0.8"));
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    /// A PROXY v2 header: `cmd` 0 LOCAL / 1 PROXY, `family` 1 INET / 2
+    /// INET6, then `addrs` (and nothing else).
+    pub(crate) fn proxy_v2(cmd: u8, family: u8, addrs: &[u8]) -> Vec<u8> {
+        let mut h = PROXY_V2_SIGNATURE.to_vec();
+        h.push(0x20 | cmd);
+        h.push((family << 4) | 1);
+        h.extend_from_slice(&(addrs.len() as u16).to_be_bytes());
+        h.extend_from_slice(addrs);
+        h
+    }
+
+    #[test]
+    fn proxy_v2_headers() {
+        let v4 = proxy_v2(1, 1, &[192, 0, 2, 7, 10, 0, 0, 1, 0x1f, 0x90, 0, 80]);
+        let mut buf = v4.clone();
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        for cut in 0..v4.len() {
+            assert_eq!(parse_proxy_v2(&buf[..cut]), Ok(None), "{cut}");
+        }
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(parse_proxy_v2(&buf), Ok(Some((28, Some(ip)))));
+        let mut a6 = vec![0u8; 36];
+        a6[..16].copy_from_slice(
+            &"2001:db8::5"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        let ip6: std::net::IpAddr = "2001:db8::5".parse().unwrap();
+        assert_eq!(
+            parse_proxy_v2(&proxy_v2(1, 2, &a6)),
+            Ok(Some((52, Some(ip6))))
+        );
+        assert_eq!(parse_proxy_v2(&proxy_v2(0, 0, &[])), Ok(Some((16, None))));
+        for bad in [
+            b"GET / HTTP/1.1\r\n".to_vec(),
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(),
+            proxy_v2(2, 1, &[0; 12]),
+            proxy_v2(1, 1, &[0; 3]),
+            proxy_v2(1, 2, &[0; 12]),
+            proxy_v2(1, 1, &[0; 600]),
+        ] {
+            assert_eq!(
+                parse_proxy_v2(&bad),
+                Err(HandshakeError::Malformed),
+                "{bad:?}"
+            );
+        }
+        let mut v1 = proxy_v2(1, 1, &[0; 12]);
+        v1[12] = 0x11;
+        assert_eq!(parse_proxy_v2(&v1), Err(HandshakeError::Malformed));
     }
 }
