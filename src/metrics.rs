@@ -22,6 +22,12 @@ pub struct ShardMetrics {
     pub upgrades_total: AtomicU64,
     /// Connections refused because `max_connections` was reached.
     pub refused_total: AtomicU64,
+    /// WebSocket upgrades refused: `Origin` not allowed (403), the
+    /// client address at `--max-conns-per-ip` (503), over
+    /// `--connect-rate-limit` (503).
+    pub upgrades_refused_origin: AtomicU64,
+    pub upgrades_refused_per_ip: AtomicU64,
+    pub upgrades_refused_rate: AtomicU64,
     /// HTTP requests answered (health, metrics, errors).
     pub http_requests_total: AtomicU64,
     /// Handshakes that failed (bad request, timeout, too large).
@@ -368,6 +374,18 @@ impl Registry {
         )?;
         family(
             o,
+            "upgrades_refused_total",
+            "WebSocket upgrades refused: Origin not allowed (403), --max-conns-per-ip or --connect-rate-limit (503).",
+            "counter",
+            [
+                ("origin", (|s| &s.upgrades_refused_origin) as Getter),
+                ("conns_per_ip", |s| &s.upgrades_refused_per_ip),
+                ("connect_rate", |s| &s.upgrades_refused_rate),
+            ]
+            .map(|(reason, f)| (label("reason", reason), self.sum(f))),
+        )?;
+        family(
+            o,
             "deliveries_dropped_total",
             "Deliveries refused before reaching a shard, by reason.",
             "counter",
@@ -639,6 +657,7 @@ mod tests {
         shards[0].auth_refused.store(4, Relaxed);
         shards[1].auth_refused.store(5, Relaxed);
         shards[1].rooms.store(6, Relaxed);
+        shards[0].upgrades_refused_per_ip.store(13, Relaxed);
         shards[0].closes_by_code[METRIC_CODES.len()].store(7, Relaxed);
         let b = BridgeMetrics::default();
         b.publisher_up.store(true, Relaxed);
@@ -691,6 +710,8 @@ mod tests {
             "ignis_ws_redis_outbox_depth 11",
             "ignis_ws_events_forwarded_total{to=\"webhook\",result=\"failed\"} 12",
             "ignis_ws_control_tasks 0",
+            "ignis_ws_upgrades_refused_total{reason=\"origin\"} 0",
+            "ignis_ws_upgrades_refused_total{reason=\"conns_per_ip\"} 13",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }

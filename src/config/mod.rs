@@ -169,6 +169,24 @@ impl Config {
         if self.idle_timeout.is_some_and(|d| d > DAY) {
             return Err(bad("--idle-timeout-s", "at most one day"));
         }
+        if let Err(p) =
+            crate::proto::handshake::OriginPolicy::new(&self.allowed_origins, self.require_origin)
+        {
+            return Err(bad(
+                "--allowed-origins",
+                format!("{p:?} is not scheme://host[:port] (a host may start with `*.`)"),
+            ));
+        }
+        if let Some(c) = self
+            .trusted_proxies
+            .iter()
+            .find(|c| crate::proto::handshake::Cidr::parse(c).is_none())
+        {
+            return Err(bad(
+                "--trusted-proxies",
+                format!("{c:?} is not an address or CIDR (e.g. 10.0.0.0/8)"),
+            ));
+        }
         for r in &self.default_rooms {
             if r.is_empty() || r.starts_with("ws:") {
                 return Err(bad(

@@ -313,6 +313,64 @@ settings! {
             handshake_timeout: Duration = Duration::from_millis(5_000),
             invalid if |v| v.is_zero() => "must be > 0",
         };
+        /// Origins that may open a WebSocket, comma separated:
+        /// `scheme://host[:port]`, `*.` before a domain for one or more
+        /// labels (e.g. `https://app.example.com,https://*.example.com`);
+        /// another Origin gets 403 [default: any].
+        #[arg(env = "IGNIS_WS_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+        allowed_origins: String => list => {
+            /// Origins allowed to upgrade (see
+            /// [`crate::proto::handshake::OriginPolicy`]); empty: any.
+            // Each pattern is checked in `Config::validate` (the message
+            // names it).
+            allowed_origins: Vec<String> = Vec::new(),
+        };
+        /// Refuse (403) a WebSocket upgrade without an Origin header
+        /// [default: false].
+        #[arg(env = "IGNIS_WS_REQUIRE_ORIGIN", value_name = "BOOL")]
+        require_origin: bool => same => {
+            /// An upgrade without `Origin` gets 403 (non-browser clients
+            /// send none).
+            require_origin: bool = false,
+        };
+        /// WebSocket connections per client address (IPv6: its /64), per
+        /// process; one more gets 503 with Retry-After; 0 = off [default: 0].
+        #[arg(env = "IGNIS_WS_MAX_CONNS_PER_IP", value_name = "N")]
+        max_conns_per_ip: u32 => same => {
+            /// WebSocket connections per client IP (see `trusted_proxies`;
+            /// an IPv6 address counts as its /64), per process, counted
+            /// from the upgrade to the connection's end; 0 = no limit.
+            max_conns_per_ip: u32 = 0,
+        };
+        /// Proxies (CIDRs, comma separated) whose X-Forwarded-For names the
+        /// client for --max-conns-per-ip [default: none: the TCP peer].
+        #[arg(env = "IGNIS_WS_TRUSTED_PROXIES", value_name = "CIDR,CIDR…")]
+        trusted_proxies: String => list => {
+            /// When the TCP peer is in one of these, the client is the
+            /// rightmost untrusted `X-Forwarded-For` entry; otherwise the
+            /// header is ignored.
+            // Each CIDR is checked in `Config::validate`.
+            trusted_proxies: Vec<String> = Vec::new(),
+        };
+        /// Every connection starts with a PROXY protocol v2 header (from a
+        /// load balancer); its source address is the client's [default:
+        /// false].
+        #[arg(env = "IGNIS_WS_PROXY_PROTOCOL", value_name = "BOOL")]
+        proxy_protocol: bool => same => {
+            /// Expect a PROXY protocol v2 header before every request
+            /// (`LOCAL` and address-less ones keep the TCP peer); a
+            /// connection without one gets 400. Only behind a balancer that
+            /// sends it: anyone reaching the port can claim any address.
+            proxy_protocol: bool = false,
+        };
+        /// WebSocket upgrades per second per process (a token bucket of as
+        /// many); one more gets 503 with Retry-After; 0 = off [default: 0].
+        #[arg(env = "IGNIS_WS_CONNECT_RATE_LIMIT", value_name = "N")]
+        connect_rate_limit: u32 => same => {
+            /// Upgrades answered per second per process, in bursts of at
+            /// most as many; 0 = no limit.
+            connect_rate_limit: u32 = 0,
+        };
         /// Largest HTTP request head, bytes [default: 8KiB].
         #[arg(env = "IGNIS_WS_MAX_HANDSHAKE_BYTES", value_name = "SIZE")]
         max_handshake_bytes: ByteSize => bytes => {

@@ -63,7 +63,9 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
-    let Some(rest) = upgrade(&io, &pfd, &mut Readiness(&pfd)).await else {
+    let Some(super::upgrade::Upgraded { rest, ip_slot }) =
+        upgrade(&io, &pfd, &mut Readiness(&pfd)).await
+    else {
         return;
     };
     let shared = compio::buf::IntoInner::into_inner(pfd);
@@ -78,6 +80,7 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
     let sock = ConnSock {
         sock,
         write_blocked: false,
+        ip_slot,
     };
     let (key, _) = io.with(|sh| sh.handle_upgraded(sock, &rest, Instant::now()));
     drop(rest);

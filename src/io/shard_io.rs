@@ -29,6 +29,10 @@ pub struct ConnSock {
     pub sock: Socket,
     /// The socket did not take everything: waiting for writability.
     pub write_blocked: bool,
+    /// Its place under `--max-conns-per-ip`, given back when the record
+    /// (and so this) is dropped.
+    #[expect(dead_code, reason = "held for its Drop")]
+    pub(super) ip_slot: Option<super::accept::IpSlot>,
 }
 
 impl AsFd for ConnSock {
@@ -61,6 +65,9 @@ pub struct ShardIo {
     pub(super) limits: HandshakeLimits,
     pub(super) path: String,
     pub(super) handshake_timeout: Duration,
+    /// Origin policy and the per-process upgrade limits, shared by the
+    /// server's shards.
+    pub(super) admission: Arc<super::accept::Admission>,
     /// The shard's own epoll instance for parked connections (see
     /// [`super::parked`]).
     pub(super) ep: PollFd<OwnedFd>,
@@ -99,6 +106,7 @@ impl ShardIo {
             },
             path: c.path.clone(),
             handshake_timeout: c.handshake_timeout,
+            admission: super::accept::Admission::for_config(&c),
             shard: RefCell::new(shard),
             scratch: RefCell::new(vec![0; SCRATCH]),
             handshaking: Cell::new(0),

@@ -11,18 +11,27 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use socket2::Socket;
 
+use super::accept::IpSlot;
 use super::shard_io::ShardIo;
 use crate::metrics::ShardMetrics;
 use crate::proto::handshake::{self, Request};
 
-/// Upgrade a new connection: `Some(rest)` with the bytes that followed the
-/// request head, `None` when it was answered (or failed, or timed out)
-/// and is done. Counted in `handshaking` meanwhile.
+/// An upgraded connection, to become a shard connection.
+pub(super) struct Upgraded {
+    /// The bytes that followed the request head.
+    pub(super) rest: Vec<u8>,
+    /// Its place under `--max-conns-per-ip`, if that is on.
+    pub(super) ip_slot: Option<IpSlot>,
+}
+
+/// Upgrade a new connection: `Some` when upgraded, `None` when it was
+/// answered (or failed, or timed out) and is done. Counted in
+/// `handshaking` meanwhile.
 pub(super) async fn upgrade(
     io: &ShardIo,
     pfd: &PollFd<Socket>,
     src: &mut impl Source,
-) -> Option<Vec<u8>> {
+) -> Option<Upgraded> {
     handshaking(io, 1);
     // Boxed: the upgrade's state lives only while it runs, not for the
     // whole life of an idle connection's task.
@@ -120,17 +129,40 @@ async fn read_more(
     }
 }
 
-/// Read the HTTP request head and answer it. `Some(rest)`: upgraded, with
-/// the bytes that followed the head; `None`: answered and done.
+/// Read the HTTP request head and answer it. `Some`: upgraded; `None`:
+/// answered and done.
 async fn handshake_from(
     io: &ShardIo,
     pfd: &PollFd<Socket>,
     src: &mut impl Source,
-) -> io::Result<Option<Vec<u8>>> {
+) -> io::Result<Option<Upgraded>> {
     let mut buf: Vec<u8> = Vec::new();
+    // `--proxy-protocol`: the header still to come, then the client's
+    // address it gave (none: the TCP peer).
+    let mut proxy_pending = io.admission.proxy_protocol;
+    let mut proxied: Option<std::net::IpAddr> = None;
     loop {
         if !src.more(io, &mut buf, io.limits.max_head_bytes).await? {
             return Ok(None);
+        }
+        if proxy_pending {
+            match handshake::parse_proxy_v2(&buf) {
+                Ok(None) => continue,
+                Ok(Some((len, source))) => {
+                    buf.drain(..len);
+                    (proxied, proxy_pending) = (source, false);
+                    if buf.is_empty() {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
+                    tracing::debug!(error = %e, "bad PROXY protocol header");
+                    write_all(pfd, &handshake::error_response(&e)).await?;
+                    let _ = rustix::net::shutdown(pfd_fd(pfd), Shutdown::Write);
+                    return Ok(None);
+                }
+            }
         }
         let reply: Vec<u8> = match handshake::parse_request(&buf, &io.limits) {
             Ok(None) => continue,
@@ -138,16 +170,23 @@ async fn handshake_from(
                 path,
                 key,
                 head_len,
+                origin,
+                forwarded_for,
             })) => {
                 let path = path.split('?').next().unwrap_or(path);
                 if path != io.path {
                     ShardMetrics::add(&io.metrics().http_requests_total, 1);
                     handshake::http_response(404, "text/plain", b"Not Found\n", &[])
                 } else {
-                    let resp = handshake::accept_response(key);
-                    let rest = buf[head_len..].to_vec();
-                    write_all(pfd, &resp).await?;
-                    return Ok(Some(rest));
+                    match admit_upgrade(io, pfd, proxied, origin, forwarded_for) {
+                        Err(refusal) => refusal,
+                        Ok(ip_slot) => {
+                            let resp = handshake::accept_response(key);
+                            let rest = buf[head_len..].to_vec();
+                            write_all(pfd, &resp).await?;
+                            return Ok(Some(Upgraded { rest, ip_slot }));
+                        }
+                    }
                 }
             }
             Ok(Some(Request::Http {
@@ -217,6 +256,77 @@ async fn handshake_from(
         let _ = rustix::net::shutdown(pfd_fd(pfd), Shutdown::Write);
         return Ok(None);
     }
+}
+
+/// The checks of a WebSocket upgrade before its 101 (the peer is the
+/// PROXY header's source, if one was given), in this order:
+/// `Origin` (403), the client address's connections (`--max-conns-per-ip`,
+/// 503) and the process's upgrade rate (`--connect-rate-limit`, 503; last,
+/// so that refused upgrades take no token). `Err` is the answer.
+///
+/// 503 with `Retry-After: 1` for both limits, as for `--max-connections`:
+/// the server is full for this client now, retrying later is right, and
+/// clients, proxies and load balancers already treat 503 as retryable
+/// (429 would say this one client sent too many requests, which is wrong
+/// for the many clients behind one NAT address).
+fn admit_upgrade(
+    io: &ShardIo,
+    pfd: &PollFd<Socket>,
+    proxied: Option<std::net::IpAddr>,
+    origin: Option<&str>,
+    forwarded_for: Option<&str>,
+) -> Result<Option<IpSlot>, Vec<u8>> {
+    let a = &io.admission;
+    let m = io.metrics();
+    if !a.origins.allows(origin) {
+        ShardMetrics::add(&m.upgrades_refused_origin, 1);
+        tracing::debug!(
+            origin = origin.map(|o| o.chars().take(256).collect::<String>()),
+            "origin refused"
+        );
+        return Err(handshake::http_response(
+            403,
+            "text/plain",
+            b"Origin not allowed\n",
+            &[],
+        ));
+    }
+    let busy = || {
+        handshake::http_response(
+            503,
+            "text/plain",
+            b"Too many connections, retry later\n",
+            &[("Retry-After", "1")],
+        )
+    };
+    let peer = || proxied.or_else(|| peer_ip(pfd));
+    let slot = match a.per_ip.as_ref().and_then(|t| Some((t, peer()?))) {
+        Some((table, peer)) => {
+            let ip = handshake::client_ip(peer, forwarded_for, &a.trusted_proxies);
+            match table.try_take(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    ShardMetrics::add(&m.upgrades_refused_per_ip, 1);
+                    return Err(busy());
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(rate) = &a.rate
+        && !rate.try_take(std::time::Instant::now())
+    {
+        ShardMetrics::add(&m.upgrades_refused_rate, 1);
+        return Err(busy());
+    }
+    Ok(slot)
+}
+
+/// The TCP peer's address (`None` if the socket cannot tell, e.g. a
+/// peer already gone: then no per-address limit applies to it).
+fn peer_ip(pfd: &PollFd<Socket>) -> Option<std::net::IpAddr> {
+    let addr = socket2::SockRef::from(pfd).peer_addr().ok()?;
+    Some(addr.as_socket()?.ip())
 }
 
 /// One publish body being read: counted in [`ShardIo::bodies`] until

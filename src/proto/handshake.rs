@@ -39,6 +39,11 @@ pub enum Request<'a> {
         /// `Sec-WebSocket-Key`, syntactically checked (24 base64 chars).
         key: &'a str,
         head_len: usize,
+        /// `Origin` (at most one field; checked by [`OriginPolicy`]).
+        origin: Option<&'a str>,
+        /// The last `X-Forwarded-For` field (the nearest proxy's; see
+        /// [`client_ip`]), when it is UTF-8.
+        forwarded_for: Option<&'a str>,
     },
     Http {
         method: &'a str,
@@ -181,10 +186,18 @@ pub fn parse_request<'a>(
         if version != Some("13") {
             return Err(HandshakeError::BadVersion);
         }
+        // RFC 6454 §7.3: at most one Origin; two are refused like two Hosts.
+        let origin = headers.unique("origin", "Origin")?;
+        let forwarded_for = headers
+            .values("x-forwarded-for")
+            .last()
+            .and_then(|v| std::str::from_utf8(v).ok());
         return Ok(Some(Request::Upgrade {
             path,
             key,
             head_len,
+            origin,
+            forwarded_for,
         }));
     }
 
@@ -365,6 +378,305 @@ pub const fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// Longest `Origin` value compared against `--allowed-origins`; a longer
+/// one is refused whenever the origin is checked.
+pub const MAX_ORIGIN_LEN: usize = 1024;
+
+/// Which `Origin`s may open a WebSocket (`--allowed-origins`,
+/// `--require-origin`). No patterns and not `require`: every request,
+/// with or without `Origin` (the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginPolicy {
+    patterns: Vec<OriginPattern>,
+    require: bool,
+}
+
+/// One entry of `--allowed-origins`: `scheme://host[:port]`, the host
+/// possibly `*.` followed by a domain (`*` = one or more DNS labels).
+/// Scheme and host are kept in lower case; a default port (80 for
+/// `http`/`ws`, 443 for `https`/`wss`) is dropped, as RFC 6454
+/// serializes origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPattern {
+    scheme: String,
+    /// `*.host` (one or more labels, then `host`), else `host` exactly.
+    wildcard: bool,
+    host: String,
+    port: Option<u16>,
+}
+
+/// A parsed origin (or pattern): scheme, host, explicit non-default port.
+fn split_origin(s: &str, allow_wildcard: bool) -> Option<(String, bool, String, Option<u16>)> {
+    let s = s.to_ascii_lowercase();
+    let (scheme, rest) = s.split_once("://")?;
+    let mut chars = scheme.chars();
+    if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
+        return None;
+    }
+    // Host and optional port; an IPv6 literal is bracketed.
+    let (host, port) = if rest.starts_with('[') {
+        let end = rest.find(']')?;
+        let (h, after) = rest.split_at(end + 1);
+        let inner = &h[1..h.len() - 1];
+        if inner.is_empty()
+            || !inner
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return None;
+        }
+        (h, after)
+    } else {
+        match rest.find(':') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        }
+    };
+    let port = match port {
+        "" => None,
+        p => {
+            let digits = p.strip_prefix(':')?;
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            Some(digits.parse::<u16>().ok()?)
+        }
+    };
+    let (wildcard, host) = match host.strip_prefix("*.") {
+        Some(suffix) if allow_wildcard => (true, suffix),
+        _ => (false, host),
+    };
+    let literal = host.starts_with('[');
+    if (literal && wildcard) || (!literal && !is_dns_name(host)) {
+        return None;
+    }
+    let default = match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    };
+    let port = port.filter(|p| Some(*p) != default);
+    Some((scheme.to_owned(), wildcard, host.to_owned(), port))
+}
+
+/// Non-empty labels of letters, digits, `-` and `_`, separated by dots.
+fn is_dns_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+impl OriginPattern {
+    /// Parse one `--allowed-origins` entry; `None` when malformed.
+    pub fn parse(s: &str) -> Option<OriginPattern> {
+        let (scheme, wildcard, host, port) = split_origin(s.trim(), true)?;
+        Some(OriginPattern {
+            scheme,
+            wildcard,
+            host,
+            port,
+        })
+    }
+
+    fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        if self.scheme != scheme || self.port != port {
+            return false;
+        }
+        if !self.wildcard {
+            return self.host == host;
+        }
+        // `*` is one or more whole labels: a non-empty prefix ending in
+        // `.` (the host's labels were checked when it was parsed).
+        host.len() > self.host.len() + 1
+            && host.ends_with(self.host.as_str())
+            && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
+    }
+}
+
+impl OriginPolicy {
+    /// From `--allowed-origins` and `--require-origin`; `Err(entry)`
+    /// names the first malformed pattern.
+    pub fn new(patterns: &[String], require: bool) -> Result<OriginPolicy, String> {
+        let patterns = patterns
+            .iter()
+            .map(|p| OriginPattern::parse(p).ok_or_else(|| p.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(OriginPolicy { patterns, require })
+    }
+
+    /// Whether a request with this `Origin` (none: `None`) may upgrade.
+    /// `null` (an opaque origin) matches no pattern.
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return !self.require;
+        };
+        if self.patterns.is_empty() && !self.require {
+            return true;
+        }
+        if origin.len() > MAX_ORIGIN_LEN {
+            return false;
+        }
+        if self.patterns.is_empty() {
+            return true;
+        }
+        let Some((scheme, false, host, port)) = split_origin(origin, false) else {
+            return false;
+        };
+        self.patterns
+            .iter()
+            .any(|p| p.matches(&scheme, &host, port))
+    }
+}
+
+/// One `--trusted-proxies` entry: an address and a prefix length (a bare
+/// address is the whole length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `10.0.0.0/8`, `fd00::/8`, `192.0.2.1`; `None` when malformed.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = addr.parse().ok()?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.len() <= 3 => {
+                p.parse::<u8>().ok().filter(|p| *p <= max)?
+            }
+            Some(_) => return None,
+        };
+        Some(Cidr { net, prefix })
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address
+    /// counts as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let mask = |bits: u32, width: u32| -> u128 {
+            if bits == 0 {
+                0
+            } else {
+                (!0u128 << (width - bits)) & (!0u128 >> (128 - width))
+            }
+        };
+        match (self.net.to_canonical(), ip.to_canonical()) {
+            (V4(n), V4(a)) => {
+                let m = mask(u32::from(self.prefix), 32);
+                (u128::from(u32::from(n)) & m) == (u128::from(u32::from(a)) & m)
+            }
+            (V6(n), V6(a)) => {
+                let m = mask(u32::from(self.prefix), 128);
+                (u128::from(n) & m) == (u128::from(a) & m)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The signature that starts a PROXY protocol v2 header.
+pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Largest PROXY v2 header taken (addresses and a few TLVs).
+pub const MAX_PROXY_HEADER: usize = 16 + 512;
+
+/// A PROXY protocol v2 header at the start of `buf` (`--proxy-protocol`):
+/// `Ok(None)` while incomplete, then its length and the client's address
+/// (`None` for `LOCAL`, e.g. a balancer's health check, and for address
+/// families without one: the TCP peer stands). Anything else (v1 text, a
+/// plain request, another version or command, a header over
+/// [`MAX_PROXY_HEADER`]) is [`HandshakeError::Malformed`].
+pub fn parse_proxy_v2(
+    buf: &[u8],
+) -> Result<Option<(usize, Option<std::net::IpAddr>)>, HandshakeError> {
+    let n = buf.len().min(PROXY_V2_SIGNATURE.len());
+    if buf[..n] != PROXY_V2_SIGNATURE[..n] {
+        return Err(HandshakeError::Malformed);
+    }
+    let Some(&[ver_cmd, family, hi, lo]) = buf.get(12..16) else {
+        return Ok(None);
+    };
+    let total = 16 + usize::from(u16::from_be_bytes([hi, lo]));
+    if ver_cmd >> 4 != 2 || total > MAX_PROXY_HEADER {
+        return Err(HandshakeError::Malformed);
+    }
+    let Some(body) = buf.get(16..total) else {
+        return Ok(None);
+    };
+    let source = match (ver_cmd & 0x0f, family >> 4) {
+        (0, _) => None,
+        (1, 1) => {
+            let a: [u8; 4] = body
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(HandshakeError::Malformed)?;
+            Some(std::net::IpAddr::from(a))
+        }
+        (1, 2) => {
+            let a: [u8; 16] = body
+                .get(..16)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(HandshakeError::Malformed)?;
+            Some(std::net::IpAddr::from(a))
+        }
+        (1, 0 | 3) => None,
+        _ => return Err(HandshakeError::Malformed),
+    };
+    Ok(Some((total, source)))
+}
+
+/// Entries of `X-Forwarded-For` looked at, from the right.
+const MAX_FORWARDED_HOPS: usize = 32;
+
+/// The client's address: the TCP peer, unless the peer is one of
+/// `trusted` (a proxy): then the rightmost `X-Forwarded-For` entry that
+/// is not trusted (walking from the right past trusted ones). An entry
+/// that is not an address stops the walk at the last trusted hop (which
+/// cannot be spoofed); so does running out of entries. Without trusted
+/// proxies `X-Forwarded-For` is ignored.
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    forwarded_for: Option<&str>,
+    trusted: &[Cidr],
+) -> std::net::IpAddr {
+    let peer = peer.to_canonical();
+    let trusted_ip = |ip: std::net::IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let (Some(xff), true) = (forwarded_for, trusted_ip(peer)) else {
+        return peer;
+    };
+    let mut last = peer;
+    for entry in xff.rsplit(',').take(MAX_FORWARDED_HOPS) {
+        let entry = entry.trim_matches([' ', '\t']);
+        let ip = entry
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+        let Some(ip) = ip.map(|ip| ip.to_canonical()) else {
+            return last;
+        };
+        if !trusted_ip(ip) {
+            return ip;
+        }
+        last = ip;
+    }
+    last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,7 +711,9 @@ mod tests {
             Ok(Some(Request::Upgrade {
                 path: "/ws",
                 key: KEY,
-                head_len: head.len()
+                head_len: head.len(),
+                origin: None,
+                forwarded_for: None,
             }))
         );
     }
@@ -762,5 +1076,252 @@ mod tests {
                 "{:?}", parsed
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn policy(patterns: &[&str], require: bool) -> OriginPolicy {
+        let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        OriginPolicy::new(&p, require).unwrap()
+    }
+
+    #[test]
+    fn exact_origins_compare_scheme_and_host_case_insensitively() {
+        let p = policy(&["https://App.Example.com"], false);
+        assert!(p.allows(Some("https://app.example.com")));
+        assert!(p.allows(Some("HTTPS://APP.EXAMPLE.COM")));
+        assert!(!p.allows(Some("https://app.example.com.evil.net")));
+        assert!(!p.allows(Some("https://evil.net")));
+        assert!(!p.allows(Some("https://xapp.example.com")));
+    }
+
+    #[test]
+    fn scheme_and_port_must_match() {
+        let p = policy(&["https://app.example.com", "http://localhost:3000"], false);
+        assert!(!p.allows(Some("http://app.example.com")));
+        assert!(!p.allows(Some("https://app.example.com:8443")));
+        // The default port is the same origin (RFC 6454 drops it).
+        assert!(p.allows(Some("https://app.example.com:443")));
+        assert!(p.allows(Some("http://localhost:3000")));
+        assert!(!p.allows(Some("http://localhost:3001")));
+        assert!(!p.allows(Some("http://localhost")));
+        let p = policy(&["https://app.example.com:443"], false);
+        assert!(p.allows(Some("https://app.example.com")));
+    }
+
+    #[test]
+    fn a_wildcard_is_one_or_more_labels() {
+        let p = policy(&["https://*.example.com"], false);
+        assert!(p.allows(Some("https://a.example.com")));
+        assert!(p.allows(Some("https://a.b.example.com")));
+        assert!(p.allows(Some("https://A.Example.COM")));
+        assert!(!p.allows(Some("https://example.com")));
+        assert!(!p.allows(Some("https://.example.com")));
+        assert!(!p.allows(Some("https://evilexample.com")));
+        assert!(!p.allows(Some("https://a.example.com.evil.net")));
+        assert!(!p.allows(Some("http://a.example.com")));
+        assert!(!p.allows(Some("https://a.example.com:8443")));
+        assert!(!p.allows(Some("https://*.example.com")));
+    }
+
+    #[test]
+    fn null_absent_and_overlong_origins() {
+        let p = policy(&["https://app.example.com"], false);
+        assert!(!p.allows(Some("null")));
+        assert!(!p.allows(Some("")));
+        assert!(p.allows(None));
+        let long = format!("https://{}.example.com", "a".repeat(MAX_ORIGIN_LEN));
+        assert!(!policy(&["https://*.example.com"], false).allows(Some(&long)));
+        let p = policy(&["https://app.example.com"], true);
+        assert!(!p.allows(None));
+        assert!(p.allows(Some("https://app.example.com")));
+        // Only --require-origin: any origin of a sane length.
+        let p = policy(&[], true);
+        assert!(!p.allows(None));
+        assert!(p.allows(Some("null")));
+        assert!(!p.allows(Some(&long)));
+        // Nothing set: everything, as before.
+        let p = OriginPolicy::default();
+        assert!(p.allows(None) && p.allows(Some("null")) && p.allows(Some(&long)));
+    }
+
+    #[test]
+    fn malformed_patterns_are_refused() {
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://*example.com",
+            "https://a.*.example.com",
+            "https://*",
+            "https://*.",
+            "https://app..example.com",
+            "https://app.example.com:",
+            "https://app.example.com:99999",
+            "https://user@app.example.com",
+            "*://app.example.com",
+            "https://*.[::1]",
+            "null",
+        ] {
+            assert_eq!(
+                OriginPolicy::new(&[bad.to_string()], false),
+                Err(bad.to_string()),
+                "{bad}"
+            );
+        }
+        for good in ["https://[::1]:8443", "http://127.0.0.1:3000", "app+x://h"] {
+            assert!(OriginPattern::parse(good).is_some(), "{good}");
+        }
+        assert!(policy(&["https://[::1]:8443"], false).allows(Some("https://[::1]:8443")));
+    }
+
+    #[test]
+    fn upgrade_carries_origin_and_forwarded_for() {
+        let head = "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Origin: https://a.example.com\r\nX-Forwarded-For: 1.1.1.1\r\n\
+             X-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\r\n";
+        let Ok(Some(Request::Upgrade {
+            origin,
+            forwarded_for,
+            ..
+        })) = parse_request(head.as_bytes(), &HandshakeLimits::default())
+        else {
+            panic!()
+        };
+        assert_eq!(origin, Some("https://a.example.com"));
+        assert_eq!(forwarded_for, Some("2.2.2.2, 3.3.3.3"));
+        let two = head.replace("X-Forwarded-For: 1.1.1.1", "Origin: https://b.example.com");
+        assert_eq!(
+            parse_request(two.as_bytes(), &HandshakeLimits::default()),
+            Err(HandshakeError::DuplicateHeader("Origin"))
+        );
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains(ip("10.1.2.3")) && !c.contains(ip("11.0.0.1")));
+        assert!(c.contains(ip("::ffff:10.9.9.9")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains(ip("::1")));
+        assert!(Cidr::parse("192.0.2.1").unwrap().contains(ip("192.0.2.1")));
+        assert!(!Cidr::parse("192.0.2.1").unwrap().contains(ip("192.0.2.2")));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "x",
+            "1.2.3.4/+8",
+        ] {
+            assert_eq!(Cidr::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_ip_walks_forwarded_for_from_the_right_past_trusted_proxies() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let proxy = ip("10.0.0.1");
+        // Not from a trusted proxy: the header is ignored.
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client_ip(proxy, Some("1.2.3.4"), &[]), proxy);
+        // From one: the last untrusted entry; a spoofed left part is not it.
+        assert_eq!(
+            client_ip(proxy, Some("6.6.6.6, 1.2.3.4"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(proxy, Some("6.6.6.6, 1.2.3.4, 10.0.0.7"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(proxy, Some("1.2.3.4:5678"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(proxy, Some("[2001:db8::1]:443"), &trusted),
+            ip("2001:db8::1")
+        );
+        // Garbage stops at the last trusted hop; none at all: the proxy.
+        assert_eq!(
+            client_ip(proxy, Some("1.2.3.4, junk, 10.0.0.7"), &trusted),
+            ip("10.0.0.7")
+        );
+        assert_eq!(client_ip(proxy, None, &trusted), proxy);
+        assert_eq!(client_ip(proxy, Some("10.0.0.8"), &trusted), ip("10.0.0.8"));
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    /// A PROXY v2 header: `cmd` 0 LOCAL / 1 PROXY, `family` 1 INET / 2
+    /// INET6, then `addrs` (and nothing else).
+    pub(crate) fn proxy_v2(cmd: u8, family: u8, addrs: &[u8]) -> Vec<u8> {
+        let mut h = PROXY_V2_SIGNATURE.to_vec();
+        h.push(0x20 | cmd);
+        h.push((family << 4) | 1);
+        h.extend_from_slice(&(addrs.len() as u16).to_be_bytes());
+        h.extend_from_slice(addrs);
+        h
+    }
+
+    #[test]
+    fn proxy_v2_headers() {
+        let v4 = proxy_v2(1, 1, &[192, 0, 2, 7, 10, 0, 0, 1, 0x1f, 0x90, 0, 80]);
+        let mut buf = v4.clone();
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        for cut in 0..v4.len() {
+            assert_eq!(parse_proxy_v2(&buf[..cut]), Ok(None), "{cut}");
+        }
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(parse_proxy_v2(&buf), Ok(Some((28, Some(ip)))));
+        let mut a6 = vec![0u8; 36];
+        a6[..16].copy_from_slice(
+            &"2001:db8::5"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        let ip6: std::net::IpAddr = "2001:db8::5".parse().unwrap();
+        assert_eq!(
+            parse_proxy_v2(&proxy_v2(1, 2, &a6)),
+            Ok(Some((52, Some(ip6))))
+        );
+        assert_eq!(parse_proxy_v2(&proxy_v2(0, 0, &[])), Ok(Some((16, None))));
+        for bad in [
+            b"GET / HTTP/1.1\r\n".to_vec(),
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(),
+            proxy_v2(2, 1, &[0; 12]),
+            proxy_v2(1, 1, &[0; 3]),
+            proxy_v2(1, 2, &[0; 12]),
+            proxy_v2(1, 1, &[0; 600]),
+        ] {
+            assert_eq!(
+                parse_proxy_v2(&bad),
+                Err(HandshakeError::Malformed),
+                "{bad:?}"
+            );
+        }
+        let mut v1 = proxy_v2(1, 1, &[0; 12]);
+        v1[12] = 0x11;
+        assert_eq!(parse_proxy_v2(&v1), Err(HandshakeError::Malformed));
     }
 }
