@@ -304,6 +304,7 @@ impl ServerBuilder {
             None => self.hooks.clone(),
         };
         let per_shard = config.max_connections.div_ceil(n).max(1);
+        let admission = Arc::new(crate::io::accept::Admission::new(&config));
         let sessions = (config.max_sessions_per_user > 0).then(|| {
             Arc::new(crate::shard::sessions::UserSessions::new(
                 config.max_sessions_per_user,
@@ -328,6 +329,7 @@ impl ServerBuilder {
                 control: control.handle(),
                 self_tx: tx,
             };
+            let admission = admission.clone();
             let core = config.pin_cores.then_some(i % cores);
             let registry = registry.clone();
             let ready = ready_tx.clone();
@@ -335,7 +337,9 @@ impl ServerBuilder {
             let t = std::thread::Builder::new()
                 .name(format!("ignis-shard-{i}"))
                 .spawn(move || {
-                    run_shard(ctx, calls, backend, core, listener, rx, registry, h, ready)
+                    run_shard(
+                        ctx, calls, admission, backend, core, listener, rx, registry, h, ready,
+                    )
                 })?;
             threads.push(t);
         }
@@ -512,6 +516,7 @@ fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<Socket>, Error> {
 fn run_shard(
     ctx: ShardCtx,
     calls: Calls,
+    admission: Arc<crate::io::accept::Admission>,
     backend: Backend,
     core: Option<usize>,
     listener: Socket,
@@ -535,7 +540,7 @@ fn run_shard(
     let run = std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
             let shard = Shard::new(ctx, Instant::now());
-            let io = match ShardIo::new(shard, calls, registry, handle) {
+            let io = match ShardIo::new(shard, calls, admission, registry, handle) {
                 Ok(io) => io,
                 Err(e) => {
                     let _ = ready.send(Err(format!("shard {index}: epoll_create: {e}")));

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use compio::runtime::fd::PollFd;
@@ -114,9 +114,10 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
     }
 }
 
-/// What the shards of one server share to admit an upgrade.
+/// What the shards of one server share to admit an upgrade (built once
+/// by the runtime).
 #[derive(Debug)]
-pub(crate) struct Admission {
+pub struct Admission {
     pub(super) origins: crate::proto::handshake::OriginPolicy,
     pub(super) trusted_proxies: Vec<crate::proto::handshake::Cidr>,
     pub(super) per_ip: Option<Arc<ConnsPerIp>>,
@@ -125,15 +126,10 @@ pub(crate) struct Admission {
     pub(super) proxy_protocol: bool,
 }
 
-/// One [`Admission`] per server (its shards hold the same `Arc<Config>`);
-/// a server's entry goes once its config is dropped.
-type Shared = Vec<(Weak<crate::config::Config>, Arc<Admission>)>;
-static SHARED: Mutex<Shared> = Mutex::new(Vec::new());
-
 impl Admission {
     /// From the settings (validated at start: a pattern or CIDR that does
     /// not parse here is skipped).
-    pub(crate) fn new(c: &crate::config::Config) -> Admission {
+    pub fn new(c: &crate::config::Config) -> Admission {
         use crate::proto::handshake::{Cidr, OriginPattern, OriginPolicy};
         let origins: Vec<String> = c
             .allowed_origins
@@ -153,21 +149,6 @@ impl Admission {
             rate: (c.connect_rate_limit > 0)
                 .then(|| ConnectRate::new(c.connect_rate_limit, Instant::now())),
         }
-    }
-
-    /// The admission shared by every shard of the server of `config`.
-    pub(crate) fn for_config(config: &Arc<crate::config::Config>) -> Arc<Admission> {
-        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-        shared.retain(|(c, _)| c.strong_count() > 0);
-        if let Some((_, a)) = shared
-            .iter()
-            .find(|(c, _)| std::ptr::eq(c.as_ptr(), Arc::as_ptr(config)))
-        {
-            return a.clone();
-        }
-        let a = Arc::new(Admission::new(config));
-        shared.push((Arc::downgrade(config), a.clone()));
-        a
     }
 }
 
@@ -364,16 +345,13 @@ mod tests {
     }
 
     #[test]
-    fn one_admission_per_server() {
-        let c1 = Arc::new(crate::config::Config {
+    fn admission_follows_the_settings() {
+        let a = Admission::new(&crate::config::Config {
             max_conns_per_ip: 3,
             ..Default::default()
         });
-        let c2 = Arc::new(crate::config::Config::default());
-        let a = Admission::for_config(&c1);
-        assert!(Arc::ptr_eq(&a, &Admission::for_config(&c1)));
         assert!(a.per_ip.is_some());
-        let b = Admission::for_config(&c2);
-        assert!(!Arc::ptr_eq(&a, &b) && b.per_ip.is_none() && b.rate.is_none());
+        let b = Admission::new(&crate::config::Config::default());
+        assert!(b.per_ip.is_none() && b.rate.is_none());
     }
 }

@@ -85,6 +85,7 @@ impl ShardIo {
     pub fn new(
         shard: Shard<ConnSock>,
         calls: Calls,
+        admission: Arc<super::accept::Admission>,
         registry: Arc<Registry>,
         handle: crate::handle::Handle,
     ) -> io::Result<Rc<ShardIo>> {
@@ -106,7 +107,7 @@ impl ShardIo {
             },
             path: c.path.clone(),
             handshake_timeout: c.handshake_timeout,
-            admission: super::accept::Admission::for_config(&c),
+            admission,
             shard: RefCell::new(shard),
             scratch: RefCell::new(vec![0; SCRATCH]),
             handshaking: Cell::new(0),
