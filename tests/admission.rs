@@ -238,3 +238,31 @@ async fn metrics_proxied(addr: SocketAddr) -> String {
     r.write(&req).await;
     String::from_utf8_lossy(&r.read_to_end().await).into_owned()
 }
+
+/// A burst of connections that reach one shard in the same turn: each
+/// accepted one counts against `--max-connections` at once, before its
+/// upgrade task runs, so the burst cannot overshoot the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_burst_does_not_overshoot_max_connections() {
+    let mut c = config(ignis_ws::config::IoMode::Auto);
+    c.shards = 1;
+    c.max_connections = 5;
+    let srv = util::start(c);
+    let addr = srv.addr;
+    let heads = futures_util::future::join_all((0..40).map(|_| try_upgrade(addr, ""))).await;
+    let upgraded = heads
+        .iter()
+        .filter(|(_, h)| h.starts_with("HTTP/1.1 101"))
+        .count();
+    assert!(
+        upgraded <= 5,
+        "{upgraded} upgraded past --max-connections 5"
+    );
+    assert!(upgraded >= 1);
+    for (_, h) in &heads {
+        assert!(
+            h.starts_with("HTTP/1.1 101") || h.starts_with("HTTP/1.1 503"),
+            "{h}"
+        );
+    }
+}

@@ -67,6 +67,9 @@ fn admit(io: &ShardIo, m: &ShardMetrics, fd: impl AsFd) -> bool {
         .borrow()
         .has_room_for_connection(io.handshaking.get())
     {
+        // Counted from now (the upgrade task has not run yet): the next
+        // accept of this burst sees it.
+        super::upgrade::handshaking(io, 1);
         return true;
     }
     ShardMetrics::add(&m.refused_total, 1);

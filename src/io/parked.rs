@@ -56,6 +56,7 @@ pub(super) fn update_interest(io: &ShardIo, key: ConnKey) {
 
 /// One connection from its first byte: the upgrade, then parked.
 pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
+    let upgrading = super::upgrade::Upgrading(&io);
     let pfd = match PollFd::new(sock) {
         Ok(p) => p,
         Err(e) => {
@@ -63,9 +64,9 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
-    let Some(super::upgrade::Upgraded { rest, ip_slot }) =
-        upgrade(&io, &pfd, &mut Readiness(&pfd)).await
-    else {
+    let upgraded = upgrade(&io, &pfd, &mut Readiness(&pfd)).await;
+    drop(upgrading);
+    let Some(super::upgrade::Upgraded { rest, ip_slot }) = upgraded else {
         return;
     };
     let shared = compio::buf::IntoInner::into_inner(pfd);

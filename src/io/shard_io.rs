@@ -166,7 +166,13 @@ impl ShardIo {
     /// A finished connection: out of the shard and the epoll, its socket
     /// closed.
     fn drop_conn(&self, key: ConnKey) {
-        if let Some(c) = self.shard.borrow_mut().remove(key) {
+        let mut sh = self.shard.borrow_mut();
+        // Only the finished connection the event named (events are handled
+        // in the turn they are made, so its slot cannot have been reused).
+        if !sh.conn(key).is_some_and(|c| c.is_dead()) {
+            return;
+        }
+        if let Some(c) = sh.remove(key) {
             let _ = epoll::delete(&self.ep, &c.sock);
         }
     }

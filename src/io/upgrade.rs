@@ -32,7 +32,6 @@ pub(super) async fn upgrade(
     pfd: &PollFd<Socket>,
     src: &mut impl Source,
 ) -> Option<Upgraded> {
-    handshaking(io, 1);
     // Boxed: the upgrade's state lives only while it runs, not for the
     // whole life of an idle connection's task.
     let upgraded = Box::pin(compio::time::timeout(
@@ -40,7 +39,6 @@ pub(super) async fn upgrade(
         handshake_from(io, pfd, src),
     ))
     .await;
-    handshaking(io, -1);
     match upgraded {
         Ok(Ok(rest)) => rest,
         Ok(Err(e)) => {
@@ -354,7 +352,7 @@ impl Drop for BodySlot<'_> {
 }
 
 /// One more (`1`) or one fewer (`-1`) connection in its HTTP upgrade.
-fn handshaking(io: &ShardIo, delta: isize) {
+pub(super) fn handshaking(io: &ShardIo, delta: isize) {
     io.handshaking
         .set(io.handshaking.get().saturating_add_signed(delta));
     io.metrics()
@@ -365,4 +363,15 @@ fn handshaking(io: &ShardIo, delta: isize) {
 fn pfd_fd(pfd: &PollFd<Socket>) -> std::os::fd::BorrowedFd<'_> {
     use std::os::fd::AsFd;
     pfd.as_fd()
+}
+
+/// A connection counted in `handshaking` from its accept (see
+/// `accept::admit`, which counts it so that a burst of accepts in one turn
+/// sees the connections before it) until its upgrade ended.
+pub(super) struct Upgrading<'a>(pub(super) &'a ShardIo);
+
+impl Drop for Upgrading<'_> {
+    fn drop(&mut self) {
+        handshaking(self.0, -1);
+    }
 }

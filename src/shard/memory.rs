@@ -274,6 +274,7 @@ impl MemoryDriver {
 
     fn on_event(&mut self, ev: Event) {
         if let Some(key) = self.shard.answer(ev, &mut self.user, self.now)
+            && self.shard.conn(key).is_some_and(|c| c.is_dead())
             && let Some(sock) = self.shard.remove(key)
         {
             self.closed.push((key, sock));

@@ -55,8 +55,13 @@ impl<S> Shard<S> {
         st.rbuf.extend_from_slice(data);
         loop {
             match self.conns.get(key as usize) {
-                Some(c) if !c.dead && !c.awaiting => {}
-                _ => break,
+                Some(c)
+                    if !c.dead && !c.awaiting && !c.closing.is_some_and(|c| c.discard_input) => {}
+                _ => {
+                    // Nothing more is decoded; what stays buffered is
+                    // dropped below unless an answer is awaited.
+                    break;
+                }
             }
             match st.decoder.decode(&mut st.rbuf) {
                 Ok(Some(msg)) => self.on_message(key, msg, now),
@@ -71,7 +76,11 @@ impl<S> Shard<S> {
             }
         }
         match self.conns.get_mut(key as usize) {
-            Some(conn) if !conn.dead && (!st.rbuf.is_empty() || !st.decoder.is_idle()) => {
+            Some(conn)
+                if !conn.dead
+                    && !conn.closing.is_some_and(|c| c.discard_input)
+                    && (!st.rbuf.is_empty() || !st.decoder.is_idle()) =>
+            {
                 conn.read = Some(st);
             }
             _ => {
