@@ -535,6 +535,9 @@ fn run_shard(
             return;
         }
     };
+    // Every line logged on this thread names its shard (a `shard` span:
+    // `shard{shard=N}:` in text, `span`/`spans` in JSON).
+    let _span = tracing::info_span!("shard", shard = index).entered();
     // A panic here is a bug in ignis-ws; a shard that silently stopped
     // would strand its clients, so the process stops loudly instead.
     let run = std::panic::AssertUnwindSafe(|| {

@@ -168,6 +168,8 @@ async fn json_lines_parse_and_show_no_secret() {
         (v["fields"]["message"] == "authenticated").then_some(v)
     });
     assert!(authed["fields"]["client"].is_string(), "{authed}");
+    // Logged on a shard thread: the line names the shard.
+    assert!(authed["span"]["shard"].is_u64(), "{authed}");
     assert!(
         authed["fields"]["user"]
             .as_str()
