@@ -12,23 +12,8 @@ use std::time::{Duration, Instant};
 
 use util::{Raw, WAIT, config, metric_where, metrics};
 
-fn upgrade_with(addr: SocketAddr, extra: &str) -> String {
-    format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
-}
-
-/// An upgrade with `extra` header lines: the connection and the head.
-async fn try_upgrade(addr: SocketAddr, extra: &str) -> (Raw, String) {
-    let mut r = Raw::connect(addr).await;
-    r.write(upgrade_with(addr, extra).as_bytes()).await;
-    let head = r.read_http_head().await;
-    (r, head)
-}
-
 async fn upgraded(addr: SocketAddr, extra: &str) -> Raw {
-    let (r, head) = try_upgrade(addr, extra).await;
+    let (r, head) = Raw::try_upgrade(addr, extra).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     r
 }
@@ -55,7 +40,7 @@ fn refused(m: &str, reason: &str) -> i64 {
 async fn upgraded_eventually(addr: SocketAddr, extra: &str) -> Raw {
     let deadline = Instant::now() + WAIT;
     loop {
-        let (r, head) = try_upgrade(addr, extra).await;
+        let (r, head) = Raw::try_upgrade(addr, extra).await;
         if head.starts_with("HTTP/1.1 101") {
             return r;
         }
@@ -76,7 +61,7 @@ async fn connections_past_the_per_ip_limit_get_503_until_one_ends() {
         open.push(upgraded(srv.addr, &format!("X-Forwarded-For: 10.0.0.{i}\r\n")).await);
     }
     for _ in 0..2 {
-        let (mut r, head) = try_upgrade(srv.addr, "X-Forwarded-For: 10.9.9.9\r\n").await;
+        let (mut r, head) = Raw::try_upgrade(srv.addr, "X-Forwarded-For: 10.9.9.9\r\n").await;
         assert_busy(&head);
         assert_eq!(
             r.read_to_end().await,
@@ -91,7 +76,7 @@ async fn connections_past_the_per_ip_limit_get_503_until_one_ends() {
     // One ends (the client goes away): its place comes back, once.
     drop(open.pop());
     open.push(upgraded_eventually(srv.addr, "").await);
-    let (_, head) = try_upgrade(srv.addr, "").await;
+    let (_, head) = Raw::try_upgrade(srv.addr, "").await;
     assert_busy(&head);
     // Requests answered without upgrading (a wrong path) and connections
     // refused by the limit take no place: all 3 come back.
@@ -99,7 +84,7 @@ async fn connections_past_the_per_ip_limit_get_503_until_one_ends() {
     for _ in 0..3 {
         let mut r = Raw::connect(srv.addr).await;
         r.write(
-            upgrade_with(srv.addr, "")
+            util::upgrade_request_with(srv.addr, "")
                 .replace("/ws", "/nope")
                 .as_bytes(),
         )
@@ -123,14 +108,15 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_counted() {
     let _b = upgraded(srv.addr, "X-Forwarded-For: 203.0.113.2\r\n").await;
     // A spoofed left part does not make a new client: the proxy's hop is
     // the rightmost untrusted one.
-    let (_, head) = try_upgrade(srv.addr, "X-Forwarded-For: 198.51.100.7, 203.0.113.1\r\n").await;
+    let (_, head) =
+        Raw::try_upgrade(srv.addr, "X-Forwarded-For: 198.51.100.7, 203.0.113.1\r\n").await;
     assert_busy(&head);
     // Trusted hops are skipped from the right.
-    let (_, head) = try_upgrade(srv.addr, "X-Forwarded-For: 203.0.113.2, 127.0.0.9\r\n").await;
+    let (_, head) = Raw::try_upgrade(srv.addr, "X-Forwarded-For: 203.0.113.2, 127.0.0.9\r\n").await;
     assert_busy(&head);
     // Without the header: the proxy itself is the client.
     let _c = upgraded(srv.addr, "").await;
-    let (_, head) = try_upgrade(srv.addr, "").await;
+    let (_, head) = Raw::try_upgrade(srv.addr, "").await;
     assert_busy(&head);
     let m = metrics(srv.addr).await;
     assert_eq!(refused(&m, "conns_per_ip"), 3, "{m}");
@@ -145,7 +131,7 @@ async fn upgrades_past_the_connect_rate_get_503() {
     let started = Instant::now();
     let (mut ok, mut busy, mut keep) = (0, 0, Vec::new());
     for _ in 0..20 {
-        let (r, head) = try_upgrade(srv.addr, "").await;
+        let (r, head) = Raw::try_upgrade(srv.addr, "").await;
         if head.starts_with("HTTP/1.1 101") {
             ok += 1;
             keep.push(r);
@@ -193,7 +179,7 @@ async fn proxied_upgrade(addr: SocketAddr, src: Option<[u8; 4]>, split: bool) ->
         tokio::time::sleep(Duration::from_millis(20)).await;
         bytes.clear();
     }
-    bytes.extend_from_slice(upgrade_with(addr, "").as_bytes());
+    bytes.extend_from_slice(util::upgrade_request_with(addr, "").as_bytes());
     r.write(&bytes).await;
     let head = r.read_http_head().await;
     (r, head)
@@ -223,7 +209,7 @@ async fn with_proxy_protocol_the_header_names_the_client() {
     r.write(&req).await;
     assert!(r.read_http_head().await.starts_with("HTTP/1.1 200"));
     // Without the header: 400, nothing read as a request.
-    let (_, head) = try_upgrade(srv.addr, "").await;
+    let (_, head) = Raw::try_upgrade(srv.addr, "").await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     let m = metrics_proxied(srv.addr).await;
     assert_eq!(refused(&m, "conns_per_ip"), 2, "{m}");
@@ -249,7 +235,7 @@ async fn a_connect_burst_does_not_overshoot_max_connections() {
     c.max_connections = 5;
     let srv = util::start(c);
     let addr = srv.addr;
-    let heads = futures_util::future::join_all((0..40).map(|_| try_upgrade(addr, ""))).await;
+    let heads = futures_util::future::join_all((0..40).map(|_| Raw::try_upgrade(addr, ""))).await;
     let upgraded = heads
         .iter()
         .filter(|(_, h)| h.starts_with("HTTP/1.1 101"))

@@ -437,7 +437,6 @@ fn bad_secret_files_exit_2_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_secret_file_is_accepted() {
-    use jsonwebtoken::{EncodingKey, Header, encode};
     let secret = "a-jwt-secret-of-at-least-32-bytes-0123456789";
     let (_dir, p) = temp_file("jwt-secret", &format!("{secret}\r\n"));
     let (child, addr, log) = spawn_logged(
@@ -452,17 +451,7 @@ async fn jwt_secret_file_is_accepted() {
         &[],
     );
     assert!(!log.contains("process list"), "{log}");
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = encode(
-        &Header::default(),
-        &serde_json::json!({"sub": "file-user", "exp": exp}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap();
+    let token = hs256_token(secret, "file-user");
     let mut c = Client::connect(&format!("ws://{addr}/ws")).await;
     c.send(serde_json::json!({"event":"authenticate","data":{"type":"Bearer","token":token}}))
         .await;

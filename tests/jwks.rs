@@ -161,6 +161,19 @@ impl JwksServer {
         self.hits.load(Ordering::SeqCst)
     }
 
+    /// Until the server has had at least `n` requests.
+    async fn until_hits(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.hits() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} requests, not {n}",
+                self.hits()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn config(&self) -> JwksConfig {
         JwksConfig {
             url: format!("http://{}/.well-known/jwks.json", self.addr),
@@ -179,26 +192,15 @@ fn jwks(keys: &[Value]) -> Value {
 
 fn jwks_server(io: IoMode, jwks: JwksConfig) -> TestServer {
     let mut cfg = config(io);
-    cfg.auth = match AuthMode::jwt_secret("unused-unused-unused-unused-unused") {
-        AuthMode::Jwt {
-            leeway_s,
-            audience,
-            issuer,
-            require_exp,
-            max_age_s,
-            ..
-        } => AuthMode::Jwt {
-            secret: None,
-            public_key_files: Vec::new(),
-            jwks: Some(jwks),
-            leeway_s,
-            audience,
-            issuer,
-            require_exp,
-            max_age_s,
-        },
-        other => other,
-    };
+    // The defaults of a JWT mode, with the key set as the only key.
+    cfg.auth = AuthMode::jwt_secret("unused-unused-unused-unused-unused");
+    if let AuthMode::Jwt {
+        secret, jwks: j, ..
+    } = &mut cfg.auth
+    {
+        *secret = None;
+        *j = Some(jwks);
+    }
     start(cfg)
 }
 
@@ -289,7 +291,8 @@ async fn jwks_rotation_refresh_limit_failure_and_hang() {
     let (u1, u2) = (url.clone(), url.clone());
     let (t4, t4b) = (k4.token(Some("k4"), "four"), k4.token(Some("k4b"), "four"));
     let waiting = tokio::spawn(async move { login(&u1, &t4).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Its fetch is in flight before the second unknown kid arrives.
+    idp.until_hits(hits_before + 1).await;
     let joined = tokio::spawn(async move { login(&u2, &t4b).await });
     let cached = Instant::now();
     assert_eq!(
@@ -355,31 +358,13 @@ async fn two_static_public_keys() {
     std::fs::write(&pa, a.public_pem()).unwrap();
     std::fs::write(&pb, b.public_pem()).unwrap();
     let mut cfg = config(IoMode::Auto);
-    cfg.auth = match AuthMode::jwt_public_key(&pa) {
-        AuthMode::Jwt {
-            secret,
-            mut public_key_files,
-            jwks,
-            leeway_s,
-            audience,
-            issuer,
-            require_exp,
-            max_age_s,
-        } => {
-            public_key_files.push(pb);
-            AuthMode::Jwt {
-                secret,
-                public_key_files,
-                jwks,
-                leeway_s,
-                audience,
-                issuer,
-                require_exp,
-                max_age_s,
-            }
-        }
-        other => other,
-    };
+    cfg.auth = AuthMode::jwt_public_key(&pa);
+    if let AuthMode::Jwt {
+        public_key_files, ..
+    } = &mut cfg.auth
+    {
+        public_key_files.push(pb);
+    }
     let s = start(cfg);
     let url = s.url();
     assert_eq!(login(&url, &a.token(None, "a")).await.as_deref(), Some("a"));
@@ -476,8 +461,9 @@ async fn jwks_periodic_refresh() {
     let s = jwks_server(IoMode::Auto, c);
     let url = s.url();
     idp.set(Mode::Serve(jwks(&[k2.jwk("k2")])));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(idp.hits() >= 3, "{}", idp.hits());
+    // A third request comes only after the second (the first periodic
+    // one, serving k2) was installed: fetches run one after another.
+    idp.until_hits(3).await;
     assert_eq!(
         login(&url, &k2.token(Some("k2"), "two")).await.as_deref(),
         Some("two")

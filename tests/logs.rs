@@ -111,7 +111,6 @@ async fn stop(child: Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_parse_and_show_no_secret() {
-    use jsonwebtoken::{EncodingKey, Header, encode};
     let secret = "json-log-jwt-secret-of-32-bytes-0123456789";
     let key = "json-log-api-key-0123456789abcdef";
     let dir = tempfile::tempdir().unwrap();
@@ -138,17 +137,7 @@ async fn json_lines_parse_and_show_no_secret() {
     let addr = wait_for(&lines, "JSON listening", json_addr);
     // One client authenticates (logs its client and user ids), one sends
     // a bad token, one publish goes through the API with the key.
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = encode(
-        &Header::default(),
-        &serde_json::json!({"sub": "json-log-user", "exp": exp}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap();
+    let token = hs256_token(secret, "json-log-user");
     let url = format!("ws://{addr}/ws");
     let mut c = Client::connect(&url).await;
     c.send(serde_json::json!({"event":"authenticate","data":{"type":"Bearer","token":token}}))

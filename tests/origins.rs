@@ -8,27 +8,9 @@
 
 mod util;
 
-use std::net::SocketAddr;
-
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use util::{Raw, WAIT, config, metric_where, metrics};
-
-/// The upgrade request on `/ws` with `extra` header lines.
-pub fn upgrade_with(addr: SocketAddr, extra: &str) -> String {
-    format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
-}
-
-/// Send an upgrade with `extra` header lines; the response head.
-async fn raw_upgrade(addr: SocketAddr, extra: &str) -> (Raw, String) {
-    let mut r = Raw::connect(addr).await;
-    r.write(upgrade_with(addr, extra).as_bytes()).await;
-    let head = r.read_http_head().await;
-    (r, head)
-}
 
 /// A tokio-tungstenite upgrade with `origin` (if any): the status code.
 async fn ws_upgrade(url: &str, origin: Option<&str>) -> u16 {
@@ -83,18 +65,18 @@ async fn origins_outside_the_list_get_403_and_are_counted() {
         assert_eq!(ws_upgrade(&url, Some(origin)).await, 403, "{origin}");
     }
     // What the refused client sees: 403, a short text, the connection closed.
-    let (mut r, head) = raw_upgrade(srv.addr, "Origin: https://evil.example.net\r\n").await;
+    let (mut r, head) = Raw::try_upgrade(srv.addr, "Origin: https://evil.example.net\r\n").await;
     assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
     assert!(head.contains("Connection: close\r\n"), "{head}");
     assert!(head.contains("Content-Type: text/plain\r\n"), "{head}");
     assert_eq!(r.read_to_end().await, b"Origin not allowed\n");
     // Over 1 KiB: refused even when it would match.
     let long = format!("Origin: https://{}.example.org\r\n", "a".repeat(1100));
-    let (_, head) = raw_upgrade(srv.addr, &long).await;
+    let (_, head) = Raw::try_upgrade(srv.addr, &long).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     // Two Origin fields: a bad request.
     let two = "Origin: https://app.example.com\r\nOrigin: https://evil.example.net\r\n";
-    let (_, head) = raw_upgrade(srv.addr, two).await;
+    let (_, head) = Raw::try_upgrade(srv.addr, two).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 
     let m = metrics(srv.addr).await;
@@ -125,7 +107,7 @@ async fn require_origin_refuses_an_upgrade_without_one() {
         ws_upgrade(&url, Some("https://evil.example.net")).await,
         403
     );
-    let (_, head) = raw_upgrade(srv.addr, "").await;
+    let (_, head) = Raw::try_upgrade(srv.addr, "").await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     let m = metrics(srv.addr).await;
     assert_eq!(

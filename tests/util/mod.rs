@@ -237,9 +237,14 @@ pub async fn authed_in(url: &str, user: &str, rooms: &[&str]) -> (Client, Value)
 /// The request of a WebSocket upgrade on `/ws` with `Host: {host}` (the
 /// key of RFC 6455's example).
 pub fn upgrade_request(host: impl std::fmt::Display) -> String {
+    upgrade_request_with(host, "")
+}
+
+/// [`upgrade_request`] with `extra` header lines (each ending in CRLF).
+pub fn upgrade_request_with(host: impl std::fmt::Display, extra: &str) -> String {
     format!(
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     )
 }
 
@@ -254,6 +259,15 @@ impl Raw {
         let s = TcpStream::connect(addr).await.expect("tcp connect");
         s.set_nodelay(true).unwrap();
         Raw { s, buf: Vec::new() }
+    }
+
+    /// Connect and send an upgrade with `extra` header lines: the
+    /// connection and the response head, whatever it is.
+    pub async fn try_upgrade(addr: SocketAddr, extra: &str) -> (Raw, String) {
+        let mut r = Raw::connect(addr).await;
+        r.write(upgrade_request_with(addr, extra).as_bytes()).await;
+        let head = r.read_http_head().await;
+        (r, head)
     }
 
     /// Connect and complete the upgrade on `/ws`.
@@ -766,4 +780,20 @@ pub async fn until(h: &ignis_ws::Handle, what: &str, f: impl Fn(&ignis_ws::Handl
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// An HS256 token for `sub`, signed with `secret`, valid for ten minutes.
+pub fn hs256_token(secret: &str, sub: &str) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    encode(
+        &Header::default(),
+        &json!({"sub": sub, "exp": exp}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
