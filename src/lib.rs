@@ -119,6 +119,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod shard;
 pub mod throttle;
+pub mod tls;
 
 pub use config::Config;
 pub use error::Error;

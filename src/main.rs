@@ -1,7 +1,6 @@
 //! The `ignis-ws` binary: parse the configuration, start the shards, wait
 //! for SIGINT/SIGTERM, shut down cleanly (1001 to every client after
-//! flushing). SIGHUP is logged and otherwise ignored (nothing to reload
-//! yet).
+//! flushing). SIGHUP reloads the TLS certificate and key.
 
 use std::process::ExitCode;
 
@@ -267,9 +266,16 @@ fn serve(args: ServeArgs, on_command_line: &[usize]) -> ExitCode {
     };
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
-            // Reloading TLS certificates goes here once TLS lands (issue 14,
-            // item 1).
-            tracing::info!(signal = sig, "SIGHUP: nothing to reload yet");
+            match server.reload_tls() {
+                Ok(true) => tracing::info!(
+                    "SIGHUP: TLS certificate and key reloaded; new handshakes use them"
+                ),
+                Ok(false) => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: TLS reload failed; the current certificate stays in use"
+                ),
+            }
             continue;
         }
         tracing::info!(

@@ -28,6 +28,15 @@ pub struct ShardMetrics {
     pub upgrades_refused_origin: AtomicU64,
     pub upgrades_refused_per_ip: AtomicU64,
     pub upgrades_refused_rate: AtomicU64,
+    /// TLS handshakes completed, failed (bad ClientHello, no common
+    /// version or suite, timeout, peer gone) and refused at
+    /// `--tls-max-handshakes`.
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_errors: AtomicU64,
+    pub tls_handshakes_refused: AtomicU64,
+    /// TLS connections that ended on a record-layer error (bad record,
+    /// failed decryption, fatal alert).
+    pub tls_record_errors: AtomicU64,
     /// HTTP requests answered (health, metrics, errors).
     pub http_requests_total: AtomicU64,
     /// Handshakes that failed (bad request, timeout, too large).
@@ -518,7 +527,7 @@ const SHARD_GAUGES: [(&str, &str, GaugeGetter); 6] = [
 ];
 
 /// Counters summed over the shards, each a family with one sample.
-const COUNTERS: [(&str, &str, Getter); 27] = [
+const COUNTERS: [(&str, &str, Getter); 31] = [
     (
         "rooms_client_id_refused_total",
         "Joins refused because the room is named by another client's id (any UUID form).",
@@ -554,6 +563,24 @@ const COUNTERS: [(&str, &str, Getter); 27] = [
         "handshake_errors_total",
         "Failed or timed-out upgrade requests.",
         |s| &s.handshake_errors_total,
+    ),
+    ("tls_handshakes_total", "TLS handshakes completed.", |s| {
+        &s.tls_handshakes
+    }),
+    (
+        "tls_handshake_errors_total",
+        "TLS handshakes that failed or timed out.",
+        |s| &s.tls_handshake_errors,
+    ),
+    (
+        "tls_handshakes_refused_total",
+        "Connections closed at once because --tls-max-handshakes handshakes were in progress.",
+        |s| &s.tls_handshakes_refused,
+    ),
+    (
+        "tls_record_errors_total",
+        "TLS connections ended by a bad record, a failed decryption or a fatal alert.",
+        |s| &s.tls_record_errors,
     ),
     (
         "messages_in_total",

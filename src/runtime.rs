@@ -49,6 +49,8 @@ pub struct Server {
     control: Option<Control>,
     /// `--drain-delay-ms`.
     drain_delay: Duration,
+    /// `--tls-cert`: what [`Server::reload_tls`] reloads.
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -225,6 +227,17 @@ impl ServerBuilder {
             );
         }
         let n = config.shards;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(Arc::new(crate::tls::Tls::load(cert, key).map_err(|e| {
+                    Error::Config(ConfigError {
+                        key: e.key,
+                        message: e.message,
+                    })
+                })?))
+            }
+            _ => None,
+        };
         let listeners = bind_all(config.listen, n)?;
         let local_addr = listeners[0]
             .local_addr()
@@ -304,7 +317,9 @@ impl ServerBuilder {
             None => self.hooks.clone(),
         };
         let per_shard = config.max_connections.div_ceil(n).max(1);
-        let admission = Arc::new(crate::io::accept::Admission::new(&config));
+        let mut admission = crate::io::accept::Admission::new(&config);
+        admission.tls = tls.clone();
+        let admission = Arc::new(admission);
         let sessions = (config.max_sessions_per_user > 0).then(|| {
             Arc::new(crate::shard::sessions::UserSessions::new(
                 config.max_sessions_per_user,
@@ -383,6 +398,7 @@ impl ServerBuilder {
             shards = n,
             io = backend.name(),
             encryption = ?config.encryption,
+            tls = config.tls_cert.is_some(),
             metrics = %metrics_addr.map_or_else(|| "on addr".to_owned(), |a| a.to_string()),
             "ignis-ws listening"
         );
@@ -394,6 +410,7 @@ impl ServerBuilder {
             threads,
             control: Some(control),
             drain_delay: config.drain_delay,
+            tls,
         })
     }
 }
@@ -402,6 +419,17 @@ impl Server {
     /// Start a server with the authenticator named by `config.auth`.
     pub fn start(config: Config) -> Result<Server, Error> {
         ServerBuilder::new(config).start()
+    }
+
+    /// Read `--tls-cert` and `--tls-key` again (what SIGHUP does): new
+    /// handshakes present the new certificate, established connections are
+    /// untouched. On error the current pair stays in use. `Ok(false)`: the
+    /// server has no TLS.
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::CertError> {
+        match &self.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// The delivery API.

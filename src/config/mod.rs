@@ -166,6 +166,11 @@ impl Config {
         self.validate_table()?;
         // The hand-written settings, and the checks that involve several
         // settings or whose message carries more than a fixed text.
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(bad("--tls-key", "required with --tls-cert")),
+            (None, Some(_)) => return Err(bad("--tls-cert", "required with --tls-key")),
+            _ => {}
+        }
         if self.idle_timeout.is_some_and(|d| d > DAY) {
             return Err(bad("--idle-timeout-s", "at most one day"));
         }

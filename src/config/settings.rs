@@ -371,6 +371,33 @@ settings! {
             /// most as many; 0 = no limit.
             connect_rate_limit: u32 = 0,
         };
+        /// Serve wss:// and https:// with this certificate chain (PEM, leaf
+        /// first); with --tls-key. Reloaded on SIGHUP [default: none: ws://].
+        #[arg(env = "IGNIS_WS_TLS_CERT", value_name = "FILE")]
+        tls_cert: PathBuf => Some => {
+            /// TLS on the listening port (TLS 1.2 and 1.3, ALPN
+            /// `http/1.1`): the certificate chain, PEM, leaf first. Read at
+            /// start and on [`crate::Server::reload_tls`] (SIGHUP).
+            // Loaded, and checked with `tls_key`, in `Config::validate`.
+            tls_cert: Option<PathBuf> = None,
+        };
+        /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(env = "IGNIS_WS_TLS_KEY", value_name = "FILE")]
+        tls_key: PathBuf => Some => {
+            /// The private key of `tls_cert`, PEM.
+            tls_key: Option<PathBuf> = None,
+        };
+        /// TLS handshakes in progress at once per process; one more
+        /// connection is closed at once [default: 1024].
+        #[arg(env = "IGNIS_WS_TLS_MAX_HANDSHAKES", value_name = "N")]
+        tls_max_handshakes: u32 => same => {
+            /// TLS handshakes in progress at once, per process (each shard
+            /// its share): a connection past it is closed before its
+            /// ClientHello is read, so a flood of handshakes cannot take
+            /// every core from established clients.
+            tls_max_handshakes: u32 = 1024,
+            invalid if |v| *v == 0 => "must be > 0",
+        };
         /// Largest HTTP request head, bytes [default: 8KiB].
         #[arg(env = "IGNIS_WS_MAX_HANDSHAKE_BYTES", value_name = "SIZE")]
         max_handshake_bytes: ByteSize => bytes => {

@@ -127,6 +127,9 @@ pub struct Admission {
     pub(super) rate: Option<ConnectRate>,
     /// `--proxy-protocol`: a PROXY v2 header before every request.
     pub(super) proxy_protocol: bool,
+    /// `--tls-cert`: every connection starts with a TLS handshake (loaded
+    /// and set by the runtime).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Admission {
@@ -151,6 +154,7 @@ impl Admission {
             proxy_protocol: c.proxy_protocol,
             rate: (c.connect_rate_limit > 0)
                 .then(|| ConnectRate::new(c.connect_rate_limit, Instant::now())),
+            tls: None,
         }
     }
 }

@@ -22,6 +22,11 @@
 //!   after the other ready tasks of the loop turn and writes each dirty
 //!   connection's whole queue with one `sendmsg` (one syscall per client
 //!   per turn, however many messages queued).
+//! * TLS (`--tls-cert`, [`tls`]): the handshake runs before the upgrade,
+//!   which then reads and writes through the record layer; afterwards the
+//!   record layer sits between the shard's queue and the socket: the
+//!   shared frames are sealed at flush, many per record, and bytes read
+//!   are opened before the shard sees them.
 //! * Ownership: the shard's record holds the socket. A finished connection
 //!   ([`crate::shard::Event::Closed`]) is removed from the shard at once:
 //!   it leaves the epoll and its socket closes.
@@ -33,6 +38,7 @@ pub mod mem;
 pub mod parked;
 pub mod shard_io;
 pub mod tasks;
+pub mod tls;
 pub mod upgrade;
 
 pub use backend::Backend;

@@ -64,7 +64,16 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
-    let upgraded = upgrade(&io, &pfd, &mut Readiness(&pfd)).await;
+    let (upgraded, tls) = match io.admission.tls.clone() {
+        None => (upgrade(&io, &pfd, &mut Readiness(&pfd)).await, None),
+        Some(tls) => match super::tls::accept(&io, &pfd, &tls).await {
+            None => (None, None),
+            Some(mut src) => {
+                let u = upgrade(&io, &pfd, &mut src).await;
+                (u, Some(src.session))
+            }
+        },
+    };
     drop(upgrading);
     let Some(super::upgrade::Upgraded { rest, ip_slot }) = upgraded else {
         return;
@@ -82,6 +91,7 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
         sock,
         write_blocked: false,
         ip_slot,
+        tls,
     };
     let (key, _) = io.with(|sh| sh.handle_upgraded(sock, &rest, Instant::now()));
     drop(rest);
@@ -205,7 +215,39 @@ fn read_some(io: &ShardIo, key: ConnKey) {
                 return;
             }
             Ok((n, _)) => {
-                sh.handle_bytes(key, &scratch[..n], now);
+                if let Some(mut session) = sh.conn_mut(key).and_then(|c| c.sock_mut().tls.take()) {
+                    let mut plain = io.tls_plain.borrow_mut();
+                    let read = super::tls::open(io, &mut session, &scratch[..n], &mut plain);
+                    let answer = !session.pending.is_empty();
+                    if let Some(c) = sh.conn_mut(key) {
+                        c.sock_mut().tls = Some(session);
+                    }
+                    match read {
+                        super::tls::Read::Failed => {
+                            sh.handle_io_error(key);
+                            return;
+                        }
+                        super::tls::Read::Data { peer_closed } => {
+                            if !plain.is_empty() {
+                                sh.handle_bytes(key, &plain, now);
+                            }
+                            if peer_closed {
+                                sh.handle_eof(key, now);
+                                drop((sh, plain));
+                                update_interest(io, key);
+                                return;
+                            }
+                        }
+                    }
+                    if answer {
+                        // A key update to answer: out before anything else.
+                        drop((sh, plain));
+                        super::tasks::flush_one(io, key);
+                        sh = io.shard.borrow_mut();
+                    }
+                } else {
+                    sh.handle_bytes(key, &scratch[..n], now);
+                }
                 total += n;
                 if n < scratch.len() || total >= READ_BUDGET {
                     return;

@@ -33,6 +33,9 @@ pub struct ConnSock {
     /// (and so this) is dropped.
     #[expect(dead_code, reason = "held for its Drop")]
     pub(super) ip_slot: Option<super::accept::IpSlot>,
+    /// The TLS record layer (`--tls-cert`), between the shard and the
+    /// socket.
+    pub tls: Option<Box<crate::tls::Session>>,
 }
 
 impl AsFd for ConnSock {
@@ -68,6 +71,14 @@ pub struct ShardIo {
     /// Origin policy and the per-process upgrade limits, shared by the
     /// server's shards.
     pub(super) admission: Arc<super::accept::Admission>,
+    /// TLS handshakes in progress on this shard, and how many may be
+    /// (its share of `--tls-max-handshakes`).
+    pub(super) tls_handshaking: Cell<usize>,
+    pub(super) tls_max_handshakes: usize,
+    /// Records sealed at flush, before the `send` (shard-wide).
+    pub(super) tls_out: RefCell<Vec<u8>>,
+    /// Plaintext opened from what a TLS connection sent (shard-wide).
+    pub(super) tls_plain: RefCell<Vec<u8>>,
     /// The shard's own epoll instance for parked connections (see
     /// [`super::parked`]).
     pub(super) ep: PollFd<OwnedFd>,
@@ -111,6 +122,12 @@ impl ShardIo {
             shard: RefCell::new(shard),
             scratch: RefCell::new(vec![0; SCRATCH]),
             handshaking: Cell::new(0),
+            tls_handshaking: Cell::new(0),
+            tls_max_handshakes: (c.tls_max_handshakes as usize)
+                .div_ceil(c.shards.max(1))
+                .max(1),
+            tls_out: RefCell::new(Vec::new()),
+            tls_plain: RefCell::new(Vec::new()),
             registry,
             ep,
             flush_waker: Cell::new(None),

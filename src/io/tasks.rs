@@ -28,6 +28,9 @@ pub fn flush_one(io: &ShardIo, key: ConnKey) {
     if conn.is_dead() || conn.sock().write_blocked {
         return;
     }
+    if conn.sock().tls.is_some() {
+        return flush_tls(io, sh, key);
+    }
     let mut blocked = false;
     loop {
         let mut iov = IoVec::new();
@@ -79,6 +82,33 @@ pub fn flush_one(io: &ShardIo, key: ConnKey) {
     {
         // Our close frame is out: FIN tells the client nothing follows.
         let _ = rustix::net::shutdown(conn.sock(), Shutdown::Write);
+    }
+}
+
+/// [`flush_one`] through the TLS record layer.
+fn flush_tls(
+    io: &ShardIo,
+    mut sh: std::cell::RefMut<'_, crate::shard::Shard<super::shard_io::ConnSock>>,
+    key: ConnKey,
+) {
+    let Some(mut session) = sh.conn_mut(key).and_then(|c| c.sock_mut().tls.take()) else {
+        return;
+    };
+    let flushed = super::tls::flush(io, &mut sh, key, &mut session);
+    let shut = matches!(flushed, super::tls::Flushed::All) && sh.handle_flushed(key);
+    let Some(conn) = sh.conn_mut(key) else {
+        return;
+    };
+    if shut {
+        // Our close frame is out: close_notify, then FIN.
+        super::tls::close_notify(io, &conn.sock().sock, &mut session);
+        let _ = rustix::net::shutdown(&conn.sock().sock, Shutdown::Write);
+    }
+    conn.sock_mut().tls = Some(session);
+    if matches!(flushed, super::tls::Flushed::Blocked) {
+        conn.sock_mut().write_blocked = true;
+        drop(sh);
+        super::parked::update_interest(io, key);
     }
 }
 
@@ -150,6 +180,10 @@ pub async fn ticker(io: Rc<ShardIo>) {
         io.with(|sh| sh.handle_timeout(now));
         if now >= next_release {
             next_release = now + RELEASE_EVERY;
+            // TLS connections idle for a whole period drop their keys.
+            if io.admission.tls.is_some() {
+                super::tls::release_idle(&io);
+            }
             // After connections came or went, once no upgrade is running.
             let c = churn(&io);
             if c != churn_seen && io.handshaking.get() == 0 {

@@ -47,21 +47,33 @@ pub(super) async fn upgrade(
         }
         Err(_) => {
             ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
-            let _ = Box::pin(write_all(
-                pfd,
-                &handshake::http_response(408, "text/plain", b"Request Timeout\n", &[]),
-            ))
+            let _ = Box::pin(src.send(&handshake::http_response(
+                408,
+                "text/plain",
+                b"Request Timeout\n",
+                &[],
+            )))
             .await;
             None
         }
     }
 }
 
-/// Where the bytes of a connection come from before it is a shard
-/// connection.
+/// The byte stream of a connection before it is a shard connection: the
+/// socket itself ([`Readiness`]) or TLS over it
+/// ([`super::tls::TlsSource`]).
 pub(super) trait Source {
     /// Append what arrived to `buf` (stopping past `limit`); false at EOF.
     async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool>;
+    /// Send all of `data`.
+    async fn send(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Nothing more will be sent (after a plain HTTP answer).
+    async fn finish(&mut self);
+    /// `--proxy-protocol`: the client address a PROXY header already gave
+    /// (read before TLS); `None`: not read yet (or not expected).
+    fn proxied(&self) -> Option<Option<std::net::IpAddr>> {
+        None
+    }
 }
 
 /// Readiness + `recv` into the shard's scratch buffer.
@@ -70,6 +82,12 @@ pub(super) struct Readiness<'a>(pub(super) &'a PollFd<Socket>);
 impl Source for Readiness<'_> {
     async fn more(&mut self, io: &ShardIo, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
         read_more(io, self.0, buf, limit).await
+    }
+    async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        write_all(self.0, data).await
+    }
+    async fn finish(&mut self) {
+        let _ = rustix::net::shutdown(pfd_fd(self.0), Shutdown::Write);
     }
 }
 
@@ -88,7 +106,7 @@ pub(super) async fn write_all(pfd: &PollFd<Socket>, mut data: &[u8]) -> io::Resu
 
 /// Read what the socket has into `buf` (stopping past `limit` bytes).
 /// Returns false at end of stream.
-async fn read_more(
+pub(super) async fn read_more(
     io: &ShardIo,
     pfd: &PollFd<Socket>,
     buf: &mut Vec<u8>,
@@ -137,8 +155,10 @@ async fn handshake_from(
     let mut buf: Vec<u8> = Vec::new();
     // `--proxy-protocol`: the header still to come, then the client's
     // address it gave (none: the TCP peer).
-    let mut proxy_pending = io.admission.proxy_protocol;
-    let mut proxied: Option<std::net::IpAddr> = None;
+    let (mut proxy_pending, mut proxied) = match src.proxied() {
+        Some(given) => (false, given),
+        None => (io.admission.proxy_protocol, None),
+    };
     loop {
         if !src.more(io, &mut buf, io.limits.max_head_bytes).await? {
             return Ok(None);
@@ -156,8 +176,8 @@ async fn handshake_from(
                 Err(e) => {
                     ShardMetrics::add(&io.metrics().handshake_errors_total, 1);
                     tracing::debug!(error = %e, "bad PROXY protocol header");
-                    write_all(pfd, &handshake::error_response(&e)).await?;
-                    let _ = rustix::net::shutdown(pfd_fd(pfd), Shutdown::Write);
+                    src.send(&handshake::error_response(&e)).await?;
+                    src.finish().await;
                     return Ok(None);
                 }
             }
@@ -181,7 +201,7 @@ async fn handshake_from(
                         Ok(ip_slot) => {
                             let resp = handshake::accept_response(key);
                             let rest = buf[head_len..].to_vec();
-                            write_all(pfd, &resp).await?;
+                            src.send(&resp).await?;
                             return Ok(Some(Upgraded { rest, ip_slot }));
                         }
                     }
@@ -250,8 +270,8 @@ async fn handshake_from(
                 handshake::error_response(&e)
             }
         };
-        write_all(pfd, &reply).await?;
-        let _ = rustix::net::shutdown(pfd_fd(pfd), Shutdown::Write);
+        src.send(&reply).await?;
+        src.finish().await;
         return Ok(None);
     }
 }
@@ -360,7 +380,7 @@ pub(super) fn handshaking(io: &ShardIo, delta: isize) {
         .fetch_add(delta as i64, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn pfd_fd(pfd: &PollFd<Socket>) -> std::os::fd::BorrowedFd<'_> {
+pub(super) fn pfd_fd(pfd: &PollFd<Socket>) -> std::os::fd::BorrowedFd<'_> {
     use std::os::fd::AsFd;
     pfd.as_fd()
 }

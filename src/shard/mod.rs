@@ -305,6 +305,13 @@ impl<S> Shard<S> {
         self.conns.iter().map(|(k, c)| (k as ConnKey, c))
     }
 
+    /// The driver's state of every connection.
+    pub fn for_each_sock(&mut self, mut f: impl FnMut(&mut S)) {
+        for (_, c) in self.conns.iter_mut() {
+            f(c.sock_mut());
+        }
+    }
+
     /// Look up a local client by id.
     pub fn key_of(&self, id: &ClientId) -> Option<ConnKey> {
         self.by_id.get(id).copied()
