@@ -26,6 +26,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("redis_envelope", redis_envelope),
     ("publish_head", publish_head),
     ("room_pattern", room_pattern),
+    ("tls_records", tls_records),
 ];
 
 type Outcome = (Vec<Message>, Option<FrameError>);
@@ -669,6 +670,122 @@ pub fn room_pattern_reference(pattern: &str, room: &str, user_id: Option<&str>) 
     };
     let text: Vec<char> = room.chars().collect();
     go(pattern, &text, &user, &mut HashMap::new())
+}
+
+/// A self-signed certificate for `localhost` and its key, for the
+/// `tls_records` target only (a test key: it protects nothing).
+const FUZZ_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBpjCCAU2gAwIBAgIUbjxur+crQ0hJhs+r3uWJPi4MevswCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTIwNzAxNTczM1oYDzIxMjYxMTEz
+MDE1NzMzWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAAThk4NC8LqXAyemPb6SK2MQ6SZP8liDDNlMg/eLJSavNJ2ktSUMBMLf
+28W6dzqLaWHomhBwlfV0V32B7lRdk5t8o3sweTAdBgNVHQ4EFgQUYKcYntn6DUCw
+9hXSe216seSW9uMwHwYDVR0jBBgwFoAUYKcYntn6DUCw9hXSe216seSW9uMwFAYD
+VR0RBA0wC4IJbG9jYWxob3N0MAwGA1UdEwEB/wQCMAAwEwYDVR0lBAwwCgYIKwYB
+BQUHAwEwCgYIKoZIzj0EAwIDRwAwRAIgITKLD9nNDaT5nGcgdeRJHQ9ZWyBkpeJ/
+ATk9CyALoY0CIADo/sRix/OfWxHrFa2QYSJd1frKbXW9fASABJL+btH6
+-----END CERTIFICATE-----
+";
+const FUZZ_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgH7BwGNf0ElEYZx+X
+ctS/GiLCC01Pxj+k2iXIuXJNPRGhRANCAAThk4NC8LqXAyemPb6SK2MQ6SZP8liD
+DNlMg/eLJSavNJ2ktSUMBMLf28W6dzqLaWHomhBwlfV0V32B7lRdk5t8
+-----END PRIVATE KEY-----
+";
+
+/// An established TLS connection in memory: our record layer and a rustls
+/// client, TLS 1.3 or 1.2.
+#[allow(clippy::unwrap_used)] // reason: fixed inputs (the built-in certificate); a failure is a harness bug
+fn tls_pair(tls13: bool) -> (crate::tls::Session, rustls::ClientConnection) {
+    use std::sync::{Arc, OnceLock};
+    static SERVER: OnceLock<crate::tls::Tls> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        crate::tls::Tls::from_pem(FUZZ_CERT.as_bytes(), FUZZ_KEY.as_bytes()).unwrap()
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(FUZZ_CERT.as_bytes()).unwrap();
+    roots.add(der).unwrap();
+    let version = if tls13 {
+        &rustls::version::TLS13
+    } else {
+        &rustls::version::TLS12
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hs = crate::tls::Handshake::new(server.server_config()).unwrap();
+    loop {
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        hs.feed(&wire).unwrap();
+        let mut out = Vec::new();
+        let step = hs.step(&mut out).unwrap();
+        let mut rd = &out[..];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        if step == crate::tls::handshake::Step::Done {
+            let (session, _) = hs.finish().unwrap();
+            return (session, client);
+        }
+    }
+}
+
+use rustls_pki_types::pem::PemObject as _;
+
+/// `tls_records`: the record layer of an established TLS connection never
+/// panics on what the peer sends, in any split, and gives out no more
+/// plaintext than arrived. The first byte picks TLS 1.3 or 1.2, whether
+/// the rest starts with real records (the client seals the input's first
+/// half as application data: it must come out unchanged), and the read
+/// size; the rest is sent as is.
+#[allow(clippy::unwrap_used)] // reason: the in-memory client's writes cannot fail
+pub fn tls_records(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (mut session, mut client) = tls_pair(mode & 1 == 0);
+    let mut wire = Vec::new();
+    let mut sealed = &[][..];
+    let mut raw = rest;
+    if mode & 2 != 0 {
+        let half = rest.len() / 2;
+        (sealed, raw) = rest.split_at(half);
+        client.writer().write_all(sealed).unwrap();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+    }
+    wire.extend_from_slice(raw);
+    let step = usize::from(mode >> 2).max(1) * 37;
+    let mut plain = Vec::new();
+    for chunk in wire.chunks(step) {
+        match session.open(chunk, &mut plain) {
+            Ok(o) if o.peer_closed => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        plain.len() <= wire.len(),
+        "more plaintext than bytes received"
+    );
+    assert!(
+        plain.starts_with(sealed) || plain.len() < sealed.len(),
+        "the client's records came out changed"
+    );
+    if plain.len() >= sealed.len() {
+        assert_eq!(&plain[..sealed.len()], sealed);
+    }
 }
 
 #[cfg(test)]

@@ -486,3 +486,43 @@ async fn secrets_given_as_flags_are_warned_about() {
     assert!(!log.contains("process list"), "{log}");
     stop(child).await;
 }
+
+#[test]
+fn bad_tls_settings_exit_2_naming_the_key() {
+    let pki = util::tls::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = file_in(&dir, "garbage.pem", "not pem at all\n");
+    let other = util::tls::Pki::new();
+    let (cert, key) = (pki.cert(), pki.key());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let other_key = other.key();
+    let other_key = other_key.to_str().unwrap();
+    let missing = dir.path().join("absent.pem");
+    let missing = missing.to_str().unwrap();
+    // CERT, KEY, OTHERKEY, GARBAGE and MISSING stand for those files.
+    for case in [
+        "serve --auth insecure --tls-cert CERT => --tls-key required with --tls-cert",
+        "serve --auth insecure --tls-key KEY => --tls-cert required with --tls-key",
+        "serve --auth insecure --tls-cert MISSING --tls-key KEY => --tls-cert No such file",
+        "serve --auth insecure --tls-cert GARBAGE --tls-key KEY => --tls-cert no CERTIFICATE block",
+        "serve --auth insecure --tls-cert CERT --tls-key GARBAGE => --tls-key no PEM block",
+        "serve --auth insecure --tls-cert CERT --tls-key OTHERKEY => --tls-key does not belong",
+        "IGNIS_WS_TLS_MAX_HANDSHAKES=0 serve --auth insecure => --tls-max-handshakes must be > 0",
+    ] {
+        let (out, all, why) = run_case(
+            case,
+            &[
+                ("OTHERKEY", other_key),
+                ("CERT", cert),
+                ("KEY", key),
+                ("GARBAGE", &garbage),
+                ("MISSING", missing),
+            ],
+        );
+        assert!(out.contains(why), "{all}: {out}");
+        assert!(
+            !out.contains("PRIVATE KEY"),
+            "{all}: key material shown: {out}"
+        );
+    }
+}

@@ -299,3 +299,51 @@ async fn the_example_service_config_starts() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     stop(child).await;
 }
+
+/// SIGHUP with `--tls-cert`: the new pair is loaded (logged), new
+/// handshakes present it, the established wss client stays; a broken file
+/// is logged as an error and the current pair stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_certificate() {
+    use util::tls::{Pki, Version, tls_connect, wss};
+    let mut pki = Pki::new();
+    let (cert, key) = (pki.cert(), pki.key());
+    let (child, lines) = spawn(&[
+        "--auth",
+        "insecure",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = wait_for(&lines, "text listening", text_addr);
+    let old_ca = pki.ca_der.clone();
+    let mut c = wss(addr, &old_ca, Version::V13).await;
+    c.auth("hup-tls").await;
+    pki.renew();
+    signal(&child, rustix::process::Signal::HUP);
+    wait_for(&lines, "reloaded", |l| {
+        l.contains("SIGHUP: TLS certificate and key reloaded")
+            .then_some(())
+    });
+    assert!(tls_connect(addr, &old_ca, Version::V13).await.is_err());
+    wss(addr, &pki.ca_der, Version::V12)
+        .await
+        .auth("new-cert")
+        .await;
+    std::fs::write(pki.key(), "broken").unwrap();
+    signal(&child, rustix::process::Signal::HUP);
+    wait_for(&lines, "reload failed", |l| {
+        (l.contains("TLS reload failed") && l.contains("--tls-key")).then_some(())
+    });
+    wss(addr, &pki.ca_der, Version::V13)
+        .await
+        .auth("still")
+        .await;
+    c.expect_silence().await;
+    stop(child).await;
+    assert_eq!(
+        c.expect_close().await,
+        (1001, "Server shutting down".into())
+    );
+}

@@ -80,6 +80,30 @@ impl Tls {
     pub fn load(cert: &Path, key: &Path) -> Result<Tls, CertError> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         let certified = load_pair(cert, key, &provider)?;
+        Tls::with(certified, provider, cert, key)
+    }
+
+    /// From PEM in memory (what [`Tls::reload`] reads then are the empty
+    /// paths: it fails). For the fuzz target and tests.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Tls, CertError> {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let here = Path::new("");
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CertError::cert(here, pem_message(&e)))?;
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| CertError::key(here, pem_message(&e)))?;
+        let certified =
+            CertifiedKey::from_der(chain, key, &provider).map_err(|e| CertError::key(here, e))?;
+        Tls::with(certified, provider, here, here)
+    }
+
+    fn with(
+        certified: CertifiedKey,
+        provider: rustls::crypto::CryptoProvider,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Tls, CertError> {
         let current = Arc::new(Current(RwLock::new(Arc::new(certified))));
         let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod raw;
+pub mod tls;
 
 #[allow(unused_imports)] // reason: each test file uses a different subset
 pub use raw::*;
@@ -641,11 +642,23 @@ impl NodeClient {
         args: &[&str],
         stderr: std::process::Stdio,
     ) -> NodeClient {
+        Self::spawn_env(flags, script, args, &[], stderr)
+    }
+
+    /// [`NodeClient::spawn`] with environment variables.
+    pub fn spawn_env(
+        flags: &[String],
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: std::process::Stdio,
+    ) -> NodeClient {
         let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = tokio::process::Command::new("node")
             .args(flags)
             .arg(&script)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)
             .kill_on_drop(true)
