@@ -194,15 +194,16 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 sleep 0.5
+nginx_log() { [ -z "$nginx_dir" ] || cat "$nginx_dir/error.log" "$nginx_dir/stdout.log" >&2 2>/dev/null || true; }
 for p in "${pids[@]}"; do
-  kill -0 "$p" 2>/dev/null || { echo "server process $p ($kind) is not running" >&2; exit 1; }
+  kill -0 "$p" 2>/dev/null || { echo "server process $p ($kind) is not running" >&2; nginx_log; exit 1; }
 done
 measured=("${pids[@]}")
 if [ "$kind" = nginx ]; then
   # nginx's workers are the master's children; the figures are the sum of
   # every process named here.
   workers=$(pgrep -P "${pids[-1]}" || true)
-  [ -n "$workers" ] || { echo "nginx started no worker (see $nginx_dir/error.log)" >&2; exit 1; }
+  [ -n "$workers" ] || { echo "nginx started no worker" >&2; nginx_log; exit 1; }
   for w in $workers; do measured+=("$w"); done
 fi
 pidlist=$(IFS=,; echo "${measured[*]}")

@@ -275,7 +275,11 @@ impl TlsConn {
         let mut got = 0usize;
         while !input.is_empty() {
             // Takes at most what fits rustls's buffers; loop for the rest.
-            tls.read_tls(&mut input)?;
+            if tls.read_tls(&mut input)? == 0 {
+                // Nothing taken (cannot happen with drained plaintext);
+                // never spin on it.
+                break;
+            }
             let st = tls.process_new_packets().map_err(tls_error)?;
             got += drain_plaintext(&mut tls, &st, rbuf)?;
         }
