@@ -8,13 +8,25 @@
 #          | floor (examples/floor.rs, a do-nothing server: the kernel's
 #            share of the same work; build it with
 #            `cargo build --release --example floor`)
+#          TLS (the generator connects to wss:// with --ca-file):
+#          | uring-tls | epoll-tls (ignis-ws serving TLS itself:
+#            --tls-cert/--tls-key)
+#          | bun-tls (Bun's own TLS: TLS_CERT/TLS_KEY)
+#          | nginx (nginx terminating TLS on PORT, one worker, proxying the
+#            WebSocket to a plain ignis-ws --io uring on PORT+1; both on
+#            core 0, and the server's CPU and RSS are those of nginx's
+#            master and worker plus ignis-ws's)
 # SERVERS: processes sharing the port through SO_REUSEPORT (default 1;
-#          a process holds at most ~19,900 connections here). Not for bun.
+#          a process holds at most ~19,900 connections here). Not for bun,
+#          bun-tls or nginx.
 # Env:     BIN (default target/release/ignis-ws), GEN_BIN (the load
 #          generator's binary, default BIN), PORT (9000),
 #          REDIS_PORT (6391, started if not running), BUN_DIR (the
-#          installed shared/anchors/ignis-bun-perf, for SERVER=bun),
-#          SERVER_ARGS (extra ignis-ws serve flags).
+#          installed shared/anchors/ignis-bun-perf, for SERVER=bun/bun-tls),
+#          SERVER_ARGS (extra ignis-ws serve flags), TLS_DIR (TLS modes:
+#          ca.pem, cert.pem = leaf + CA, key.pem; default /tmp/tls-perf,
+#          made by scripts/tls-test-ca.sh when missing), NGINX (nginx
+#          binary, default nginx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/ignis-ws}
@@ -25,6 +37,25 @@ servers=1
 if [ "${1:-}" != "--" ]; then servers=$1; shift; fi
 [ "${1:-}" = "--" ] && shift
 
+TLS_DIR=${TLS_DIR:-/tmp/tls-perf}
+scheme=ws
+gen_tls=()
+curl_tls=()
+case "$kind" in
+  *-tls|nginx)
+    if [ ! -f "$TLS_DIR/ca.pem" ] || [ ! -f "$TLS_DIR/cert.pem" ] || [ ! -f "$TLS_DIR/key.pem" ]; then
+      scripts/tls-test-ca.sh "$TLS_DIR" >&2
+    fi
+    scheme=wss
+    gen_tls=(--ca-file "$TLS_DIR/ca.pem")
+    curl_tls=(--cacert "$TLS_DIR/ca.pem")
+    ;;
+esac
+case "$kind" in
+  bun|bun-tls|nginx|floor) [ "$servers" = 1 ] || { echo "$kind: one process only" >&2; exit 2; } ;;
+esac
+http=http; [ "$scheme" = wss ] && http=https
+
 if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   taskset -c 1 redis-server --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
     --logfile "/tmp/ignis-perf-redis-$REDIS_PORT.log"
@@ -33,15 +64,72 @@ fi
 
 # ignis-ws listens with SO_REUSEPORT: a server left over on this port would
 # silently take a share of the connections and spoil every figure.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/${1:-$PORT}") 2>/dev/null; }
 if port_open; then
   echo "port $PORT is already in use (a server left over?): stop it or set PORT" >&2
   exit 2
 fi
+if [ "$kind" = nginx ] && port_open $((PORT + 1)); then
+  echo "port $((PORT + 1)) (nginx's backend) is already in use: stop it or set PORT" >&2
+  exit 2
+fi
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+nginx_dir=
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -z "$nginx_dir" ] || rm -rf "$nginx_dir"
+}
 trap cleanup EXIT
+
+# nginx's configuration: TLS on PORT, the WebSocket proxied unbuffered to
+# ignis-ws on PORT+1. Each client holds two connections in the worker (one
+# from the client, one to ignis-ws), hence worker_connections of 4 × 10,000
+# and the fd limit above it.
+nginx_conf() {
+  cat <<CONF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 100000;
+pid $nginx_dir/nginx.pid;
+error_log $nginx_dir/error.log warn;
+events {
+  worker_connections 40000;
+  multi_accept on;
+}
+http {
+  access_log off;
+  client_body_temp_path $nginx_dir/client_body;
+  proxy_temp_path $nginx_dir/proxy;
+  fastcgi_temp_path $nginx_dir/fastcgi;
+  uwsgi_temp_path $nginx_dir/uwsgi;
+  scgi_temp_path $nginx_dir/scgi;
+  map \$http_upgrade \$connection_upgrade {
+    default upgrade;
+    ''      close;
+  }
+  server {
+    listen 127.0.0.1:$PORT ssl;
+    ssl_certificate $TLS_DIR/cert.pem;
+    ssl_certificate_key $TLS_DIR/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://127.0.0.1:$((PORT + 1));
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+CONF
+}
 
 for _ in $(seq "$servers"); do
   case "$kind" in
@@ -52,15 +140,42 @@ for _ in $(seq "$servers"); do
         --listen "127.0.0.1:$PORT" --log warn ${SERVER_ARGS:-} >/dev/null 2>&1 &
       pids+=($!)
       ;;
+    uring-tls|epoll-tls)
+      # shellcheck disable=SC2086
+      taskset -c 0 "$BIN" serve --auth insecure --room-allow '**' --shards 1 --io "${kind%-tls}" \
+        --redis "redis://127.0.0.1:$REDIS_PORT" \
+        --tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem" \
+        --listen "127.0.0.1:$PORT" --log warn ${SERVER_ARGS:-} >/dev/null 2>&1 &
+      pids+=($!)
+      ;;
+    nginx)
+      # ignis-ws behind nginx: plain, on PORT+1, same core.
+      # shellcheck disable=SC2086
+      taskset -c 0 "$BIN" serve --auth insecure --room-allow '**' --shards 1 --io uring \
+        --redis "redis://127.0.0.1:$REDIS_PORT" \
+        --listen "127.0.0.1:$((PORT + 1))" --log warn ${SERVER_ARGS:-} >/dev/null 2>&1 &
+      pids+=($!)
+      nginx_dir=$(mktemp -d /tmp/ignis-perf-nginx.XXXXXX)
+      chmod 755 "$nginx_dir"
+      nginx_conf >"$nginx_dir/nginx.conf"
+      # taskset execs nginx: $! is nginx's master (its worker inherits core 0).
+      taskset -c 0 "${NGINX:-nginx}" -p "$nginx_dir" -c "$nginx_dir/nginx.conf" \
+        >"$nginx_dir/stdout.log" 2>&1 &
+      pids+=($!)
+      ;;
     floor)
-      [ "$servers" = 1 ] || { echo "floor: one process only" >&2; exit 2; }
       taskset -c 0 "${FLOOR_BIN:-target/release/examples/floor}" "127.0.0.1:$PORT" \
         "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 &
       pids+=($!)
       ;;
     bun)
-      [ "$servers" = 1 ] || { echo "bun: one process only" >&2; exit 2; }
       (cd "${BUN_DIR:?set BUN_DIR}" && exec taskset -c 0 env PORT="$PORT" REDIS_PORT="$REDIS_PORT" \
+        APP_ENV_LOGGER_FOLDER_PATH=/tmp/ignis-bun-logs node_modules/.bin/bun run server.ts) >/dev/null 2>&1 &
+      pids+=($!)
+      ;;
+    bun-tls)
+      (cd "${BUN_DIR:?set BUN_DIR}" && exec taskset -c 0 env PORT="$PORT" REDIS_PORT="$REDIS_PORT" \
+        TLS_CERT="$TLS_DIR/cert.pem" TLS_KEY="$TLS_DIR/key.pem" \
         APP_ENV_LOGGER_FOLDER_PATH=/tmp/ignis-bun-logs node_modules/.bin/bun run server.ts) >/dev/null 2>&1 &
       pids+=($!)
       ;;
@@ -71,12 +186,27 @@ done
 # anything for the floor).
 for _ in $(seq 100); do
   if [ "$kind" = floor ]; then port_open && break; sleep 0.1; continue; fi
-  curl -s -o /dev/null "http://127.0.0.1:$PORT/health" && curl -s -o /dev/null "http://127.0.0.1:$PORT/stats" && break
-  curl -sf -o /dev/null "http://127.0.0.1:$PORT/health" && break
-  curl -sf -o /dev/null "http://127.0.0.1:$PORT/stats" && break
+  # Through nginx, /health answers once nginx and ignis-ws both do.
+  curl -s "${curl_tls[@]}" -o /dev/null "$http://127.0.0.1:$PORT/health" \
+    && curl -s "${curl_tls[@]}" -o /dev/null "$http://127.0.0.1:$PORT/stats" && break
+  curl -sf "${curl_tls[@]}" -o /dev/null "$http://127.0.0.1:$PORT/health" && break
+  curl -sf "${curl_tls[@]}" -o /dev/null "$http://127.0.0.1:$PORT/stats" && break
   sleep 0.1
 done
 sleep 0.5
-pidlist=$(IFS=,; echo "${pids[*]}")
-taskset -c 1 "${GEN_BIN:-$BIN}" bench --url "ws://127.0.0.1:$PORT/ws" --redis "redis://127.0.0.1:$REDIS_PORT" \
-  --server-pid "$pidlist" -q "$@"
+nginx_log() { [ -z "$nginx_dir" ] || cat "$nginx_dir/error.log" "$nginx_dir/stdout.log" >&2 2>/dev/null || true; }
+for p in "${pids[@]}"; do
+  kill -0 "$p" 2>/dev/null || { echo "server process $p ($kind) is not running" >&2; nginx_log; exit 1; }
+done
+measured=("${pids[@]}")
+if [ "$kind" = nginx ]; then
+  # nginx's workers are the master's children; the figures are the sum of
+  # every process named here.
+  workers=$(pgrep -P "${pids[-1]}" || true)
+  [ -n "$workers" ] || { echo "nginx started no worker" >&2; nginx_log; exit 1; }
+  for w in $workers; do measured+=("$w"); done
+fi
+pidlist=$(IFS=,; echo "${measured[*]}")
+echo "perf-run: $kind, server processes measured (summed): $(ps -o pid=,comm= -p "$pidlist" | tr -s ' \n' ' ')" >&2
+taskset -c 1 "${GEN_BIN:-$BIN}" bench --url "$scheme://127.0.0.1:$PORT/ws" "${gen_tls[@]}" \
+  --redis "redis://127.0.0.1:$REDIS_PORT" --server-pid "$pidlist" -q "$@"

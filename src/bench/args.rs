@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::config::ByteSize;
 
 use super::payload::MIN_PAYLOAD_SIZE;
+use super::tls::{TlsClient, TlsOptions};
 
 /// Connections one worker process may hold: the machine allows 20,000 fds
 /// per process and a worker needs a few for its runtime and pipes.
@@ -64,9 +65,21 @@ pub enum TargetArg {
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("mode").args(["rate", "flood"])))]
 pub struct BenchArgs {
-    /// WebSocket URL of the server (ws:// only).
+    /// WebSocket URL of the server: ws://HOST:PORT/PATH, or wss:// (every
+    /// connection does a TLS handshake; needs --ca-file).
     #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+    /// For wss://: PEM file with the CA certificate that signed the
+    /// server's (the only trust anchor; the system roots are not used).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For wss://: the name the server certificate must carry (DNS name or
+    /// IP address) [default: the host of --url].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// For wss://: offer TLS 1.2 only (default: TLS 1.3 and 1.2).
+    #[arg(long)]
+    pub tls12: bool,
     /// Connections to open.
     #[arg(short = 'c', long, value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -190,6 +203,15 @@ pub struct WorkerArgs {
     /// WebSocket path.
     #[arg(long, default_value = "/ws")]
     pub path: String,
+    /// wss://: CA file (TLS on when given).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// wss://: server name to verify.
+    #[arg(long, requires = "ca_file")]
+    pub tls_server_name: Option<String>,
+    /// wss://: TLS 1.2 only.
+    #[arg(long, requires = "ca_file")]
+    pub tls12: bool,
     /// Connections this worker opens.
     #[arg(long)]
     pub connections: u64,
@@ -305,13 +327,27 @@ fn parse_payload_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Where to connect: parsed from `ws://HOST:PORT/PATH`.
+/// Where to connect: parsed from `ws://HOST:PORT/PATH` or `wss://…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsTarget {
     pub addr: SocketAddr,
     /// `HOST:PORT` as written, for the Host header.
     pub host: String,
     pub path: String,
+    /// wss://.
+    pub tls: bool,
+}
+
+impl WsTarget {
+    /// The host of the URL without port or IPv6 brackets (the default TLS
+    /// server name).
+    pub fn hostname(&self) -> &str {
+        let h = &self.host;
+        if let Some(rest) = h.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        h.rsplit_once(':').map_or(h.as_str(), |(name, _)| name)
+    }
 }
 
 /// Splits `scheme://host[:port][/path]`, resolving the host.
@@ -346,12 +382,19 @@ fn split_url(
 
 /// Parses the `--url` of the server.
 pub fn parse_ws_url(url: &str) -> Result<WsTarget, String> {
-    if url.starts_with("wss://") {
-        return Err("wss:// is not supported: benchmark the server without TLS".into());
-    }
-    let (addr, host, path) = split_url(url, "ws", 80)?;
+    let tls = url.starts_with("wss://");
+    let (addr, host, path) = if tls {
+        split_url(url, "wss", 443)?
+    } else {
+        split_url(url, "ws", 80)?
+    };
     let path = if path.is_empty() { "/".into() } else { path };
-    Ok(WsTarget { addr, host, path })
+    Ok(WsTarget {
+        addr,
+        host,
+        path,
+        tls,
+    })
 }
 
 /// Where `--publish http` POSTs.
@@ -404,6 +447,8 @@ pub enum Pace {
 pub struct Plan {
     pub url: String,
     pub target: WsTarget,
+    /// wss://: checked (the CA file loads, the name parses).
+    pub tls: Option<TlsOptions>,
     pub connections: u64,
     pub workers: u64,
     pub source_ips: Vec<IpAddr>,
@@ -449,6 +494,7 @@ impl BenchArgs {
     pub fn plan(&self) -> Result<Plan, ArgError> {
         let bad = |m: String| ArgError(m);
         let target = parse_ws_url(&self.url).map_err(|e| bad(format!("--url: {e}")))?;
+        let tls = self.tls_options(&target)?;
         let n = self.connections;
         let workers = self.workers.unwrap_or_else(|| default_workers(n));
         if workers > n {
@@ -533,6 +579,7 @@ impl BenchArgs {
         Ok(Plan {
             url: self.url.clone(),
             target,
+            tls,
             connections: n,
             workers,
             source_ips,
@@ -555,6 +602,36 @@ impl BenchArgs {
             json: self.json,
             quiet: self.quiet,
         })
+    }
+
+    /// The TLS settings of a wss:// URL, checked by building the client
+    /// configuration once; the TLS flags without wss:// are an error.
+    fn tls_options(&self, target: &WsTarget) -> Result<Option<TlsOptions>, ArgError> {
+        if !target.tls {
+            if self.ca_file.is_some() || self.tls_server_name.is_some() || self.tls12 {
+                return Err(ArgError(
+                    "--ca-file, --tls-server-name and --tls12 only apply to a wss:// --url".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(ca_file) = self.ca_file.clone() else {
+            return Err(ArgError(format!(
+                "--url {}: wss:// needs --ca-file FILE (the PEM of the CA that signed the \
+                 server's certificate; the system roots are not used)",
+                self.url
+            )));
+        };
+        let opts = TlsOptions {
+            ca_file,
+            server_name: self
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| target.hostname().to_owned()),
+            tls12_only: self.tls12,
+        };
+        TlsClient::new(&opts).map_err(ArgError)?;
+        Ok(Some(opts))
     }
 
     fn server_pids_checked(&self) -> Result<Vec<u32>, ArgError> {
@@ -811,8 +888,14 @@ mod tests {
         let t = parse_ws_url("ws://[::1]:9000/x/y").unwrap();
         assert_eq!(t.addr, "[::1]:9000".parse().unwrap());
         assert_eq!(t.path, "/x/y");
+        let t = parse_ws_url("wss://127.0.0.1:9443/ws").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.hostname(), "127.0.0.1");
+        assert_eq!(parse_ws_url("wss://localhost/ws").unwrap().addr.port(), 443);
+        assert_eq!(parse_ws_url("wss://[::1]:9/").unwrap().hostname(), "::1");
+        assert!(!parse_ws_url("ws://127.0.0.1:9000/ws").unwrap().tls);
         for bad in [
-            "wss://127.0.0.1/ws",
+            "wss://",
             "http://127.0.0.1/ws",
             "ws://",
             "ws://u@h/ws",
@@ -830,6 +913,43 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn wss_needs_a_ca_file() {
+        let wss = ["--url", "wss://127.0.0.1:9443/ws"];
+        let e = plan(&[&REDIS[..], &wss].concat()).unwrap_err();
+        assert!(e.contains("--ca-file"), "{e}");
+        let e =
+            plan(&[&REDIS[..], &wss, &["--ca-file", "/nonexistent/ca.pem"]].concat()).unwrap_err();
+        assert!(e.contains("--ca-file /nonexistent/ca.pem"), "{e}");
+        let dir = std::env::temp_dir().join(format!("ignis-bench-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, super::super::tls::TEST_CA_PEM).unwrap();
+        let ca = ca.to_str().unwrap();
+        let p = plan(&[&REDIS[..], &wss, &["--ca-file", ca]].concat()).unwrap();
+        let tls = p.tls.unwrap();
+        assert_eq!(tls.server_name, "127.0.0.1");
+        assert!(!tls.tls12_only);
+        assert!(p.target.tls);
+        let p = plan(
+            &[
+                &REDIS[..],
+                &wss,
+                &["--ca-file", ca, "--tls-server-name", "localhost", "--tls12"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let tls = p.tls.unwrap();
+        assert_eq!(tls.server_name, "localhost");
+        assert!(tls.tls12_only);
+        // The TLS flags make no sense for ws://.
+        let e = plan(&[&REDIS[..], &["--ca-file", ca]].concat()).unwrap_err();
+        assert!(e.contains("wss://"), "{e}");
+        assert!(plan(&REDIS).unwrap().tls.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Owns the setup of one benchmark connection: bind to a source address,
-//! TCP connect, HTTP upgrade, `authenticate` → `connected`, `join`. This is
+//! TCP connect, TLS handshake (wss://), HTTP upgrade, `authenticate` → `connected`, `join`. This is
 //! the cold path (once per connection), so it favours clear errors over
 //! speed: JSON replies are parsed with serde_json here and nowhere else.
 //!
@@ -11,10 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
 
 use crate::proto::frame::{FrameError, OpCode, Role, decode_frame, encode_frame, parse_close};
+
+use super::tls::{Stream, TlsClient};
 
 /// RFC 6455 §1.3's sample key; every connection may use the same one (the
 /// key only proves the server speaks WebSocket) and its accept value is
@@ -33,6 +35,8 @@ pub enum ConnectError {
     Bind(IpAddr, #[source] std::io::Error),
     #[error("connect: {0}")]
     Connect(#[source] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("i/o during handshake: {0}")]
     Io(#[source] std::io::Error),
     #[error("connection closed during the upgrade")]
@@ -89,6 +93,8 @@ pub struct Setup {
     pub path: String,
     pub auth: Auth,
     pub room: String,
+    /// wss://: the TLS client (None: plain ws://).
+    pub tls: Option<TlsClient>,
 }
 
 /// A masked client frame (cheap xorshift mask: masking exists against cache
@@ -158,7 +164,7 @@ pub async fn open(
     source: Option<IpAddr>,
     user: &str,
     rng: &mut u64,
-) -> Result<(TcpStream, BytesMut), ConnectError> {
+) -> Result<(Stream, BytesMut), ConnectError> {
     let socket = if setup.server.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -183,22 +189,51 @@ pub async fn open(
             .bind(SocketAddr::new(ip, 0))
             .map_err(|e| ConnectError::Bind(ip, e))?;
     }
-    let mut stream = socket
+    let stream = socket
         .connect(setup.server)
         .await
         .map_err(ConnectError::Connect)?;
     // Heartbeats and pongs are tiny; do not let Nagle hold them.
     stream.set_nodelay(true).map_err(ConnectError::Io)?;
+    match &setup.tls {
+        None => {
+            let mut stream = stream;
+            let buf = upgrade_and_join(&mut stream, setup, user, rng).await?;
+            Ok((Stream::Plain(stream), buf))
+        }
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
+            let mut stream = connector
+                .connect(tls.name.clone(), stream)
+                .await
+                .map_err(ConnectError::Tls)?;
+            let mut buf = upgrade_and_join(&mut stream, setup, user, rng).await?;
+            let stream = Stream::from_tls(stream, &mut buf).map_err(ConnectError::Io)?;
+            Ok((stream, buf))
+        }
+    }
+}
 
+/// Writes all of `bytes` and flushes (a TLS stream may hold them otherwise).
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), ConnectError> {
+    stream.write_all(bytes).await.map_err(ConnectError::Io)?;
+    stream.flush().await.map_err(ConnectError::Io)
+}
+
+/// Upgrade, `authenticate` → `connected`, `join` on an open stream.
+/// Returns any bytes read past the `connected` reply.
+async fn upgrade_and_join<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    setup: &Setup,
+    user: &str,
+    rng: &mut u64,
+) -> Result<BytesMut, ConnectError> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
         setup.path, setup.host
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(ConnectError::Io)?;
+    send(stream, request.as_bytes()).await?;
     let mut buf = BytesMut::with_capacity(1024);
     let head_len = loop {
         if stream.read_buf(&mut buf).await.map_err(ConnectError::Io)? == 0 {
@@ -231,7 +266,7 @@ pub async fn open(
     let mut out = BytesMut::with_capacity(256);
     let auth = authenticate_message(&setup.auth, user)?;
     client_frame(&mut out, OpCode::Text, &auth, rng);
-    stream.write_all(&out).await.map_err(ConnectError::Io)?;
+    send(stream, &out).await?;
     out.clear();
 
     // Wait for `connected`; answer pings meanwhile.
@@ -241,15 +276,15 @@ pub async fn open(
                 OpCode::Text | OpCode::Binary => match auth_reply(&frame.payload) {
                     AuthReply::Connected => {
                         client_frame(&mut out, OpCode::Text, &join_message(&setup.room), rng);
-                        stream.write_all(&out).await.map_err(ConnectError::Io)?;
-                        return Ok((stream, buf));
+                        send(stream, &out).await?;
+                        return Ok(buf);
                     }
                     AuthReply::Refused(why) => return Err(ConnectError::AuthRefused(why)),
                     AuthReply::Other => {}
                 },
                 OpCode::Ping => {
                     client_frame(&mut out, OpCode::Pong, &frame.payload, rng);
-                    stream.write_all(&out).await.map_err(ConnectError::Io)?;
+                    send(stream, &out).await?;
                     out.clear();
                 }
                 OpCode::Close => {

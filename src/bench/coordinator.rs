@@ -178,7 +178,8 @@ impl Coordinator {
         tx: &mpsc::UnboundedSender<(usize, Incoming)>,
     ) -> Result<(), BenchError> {
         let secret = self.plan.jwt_secret.as_deref();
-        for (id, cfg) in launch::worker_configs(&self.plan).into_iter().enumerate() {
+        let configs = launch::worker_configs(&self.plan).map_err(ArgError)?;
+        for (id, cfg) in configs.into_iter().enumerate() {
             self.workers
                 .push(launch::spawn(launch, id, cfg, secret, tx)?);
         }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::args::{AuthArg, JWT_SECRET_ENV, Pace, Plan};
 use super::conn::{Auth, Setup};
 use super::coordinator::BenchError;
+use super::tls::TlsClient;
 use super::wire::{Command, Event, Progress, Ready, WorkerReport};
 use super::worker::{self, WorkerConfig};
 
@@ -72,7 +73,10 @@ impl Worker {
 }
 
 /// Each worker's settings: the plan's connections spread evenly.
-pub(super) fn worker_configs(p: &Plan) -> Vec<WorkerConfig> {
+pub(super) fn worker_configs(p: &Plan) -> Result<Vec<WorkerConfig>, String> {
+    // Checked by the plan already; built once here for in-process workers
+    // (a worker process builds its own from the flags).
+    let tls = p.tls.as_ref().map(TlsClient::new).transpose()?;
     let auth = match (p.auth, &p.jwt_secret) {
         (AuthArg::Jwt, Some(s)) => Auth::Jwt {
             secret: s.as_bytes().to_vec(),
@@ -85,10 +89,11 @@ pub(super) fn worker_configs(p: &Plan) -> Vec<WorkerConfig> {
         path: p.target.path.clone(),
         auth,
         room: p.room.clone(),
+        tls,
     };
     let k = p.workers.max(1);
     let mut first = 0;
-    (0..k)
+    Ok((0..k)
         .map(|i| {
             // Spread evenly: the first N mod K workers take one more.
             let n = p.connections / k + u64::from(i < p.connections % k);
@@ -106,7 +111,7 @@ pub(super) fn worker_configs(p: &Plan) -> Vec<WorkerConfig> {
             first += n;
             cfg
         })
-        .collect()
+        .collect())
 }
 
 /// Starts worker `id` with `cfg` as `launch` says; its events go to `tx`.
@@ -145,6 +150,13 @@ fn worker_args(cfg: &WorkerConfig) -> Vec<String> {
             }
         ),
     ];
+    if let Some(tls) = &cfg.setup.tls {
+        a.push(format!("--ca-file={}", tls.opts.ca_file.display()));
+        a.push(format!("--tls-server-name={}", tls.opts.server_name));
+        if tls.opts.tls12_only {
+            a.push("--tls12".into());
+        }
+    }
     if !cfg.source_ips.is_empty() {
         let ips: Vec<String> = cfg.source_ips.iter().map(ToString::to_string).collect();
         a.push(format!("--source-ips={}", ips.join(",")));
@@ -274,6 +286,7 @@ mod tests {
                 path: "/ws".into(),
                 auth: Auth::Insecure,
                 room: "r,oom with space".into(),
+                tls: None,
             },
             connections: 12_500,
             first_index: 12_500,
@@ -295,5 +308,25 @@ mod tests {
         assert_eq!(back.connect_timeout, cfg.connect_timeout);
         assert_eq!(back.users, 7);
         assert!(back.flood);
+        assert!(back.setup.tls.is_none());
+
+        // wss://: the TLS settings travel as flags.
+        let dir = std::env::temp_dir().join(format!("ignis-bench-launch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, crate::bench::tls::TEST_CA_PEM).unwrap();
+        let opts = crate::bench::tls::TlsOptions {
+            ca_file: ca,
+            server_name: "localhost".into(),
+            tls12_only: true,
+        };
+        let mut cfg = cfg;
+        cfg.setup.tls = Some(TlsClient::new(&opts).unwrap());
+        let mut argv = vec!["ignis-ws".to_owned()];
+        argv.extend(worker_args(&cfg));
+        let Sub::BenchWorker(a) = Cli::try_parse_from(argv).unwrap().cmd;
+        let back = super::super::worker_config(&a).unwrap();
+        assert_eq!(back.setup.tls.unwrap().opts, opts);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

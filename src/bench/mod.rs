@@ -25,7 +25,8 @@
 //! * [`launch`] — spawning workers (processes or threads) and their pipes.
 //! * [`worker`] — connections and the per-delivery hot path.
 //! * [`order`] — sequence numbers: duplicates, late arrivals, flood frontier.
-//! * [`conn`] — one connection's setup: bind, connect, upgrade, auth, join.
+//! * [`conn`] — one connection's setup: bind, connect, TLS, upgrade, auth, join.
+//! * [`tls`] — wss://: the rustls client and the plain-or-TLS stream.
 //! * [`publish`] — Redis and HTTP publishing.
 //! * [`payload`] — the fixed-offset message format and the clock.
 //! * [`wire`] — the coordinator ↔ worker JSON-lines protocol.
@@ -48,6 +49,7 @@ pub mod progress;
 pub mod publish;
 pub mod report;
 pub mod sysstat;
+pub mod tls;
 pub mod wire;
 pub mod worker;
 
@@ -117,6 +119,20 @@ fn worker_config(a: &WorkerArgs) -> Result<WorkerConfig, ArgError> {
                 .into_bytes(),
         },
     };
+    let tls = match &a.ca_file {
+        None => None,
+        Some(ca_file) => Some(
+            tls::TlsClient::new(&tls::TlsOptions {
+                ca_file: ca_file.clone(),
+                server_name: a
+                    .tls_server_name
+                    .clone()
+                    .ok_or_else(|| ArgError("--ca-file needs --tls-server-name".into()))?,
+                tls12_only: a.tls12,
+            })
+            .map_err(ArgError)?,
+        ),
+    };
     Ok(WorkerConfig {
         id: a.id,
         setup: Setup {
@@ -125,6 +141,7 @@ fn worker_config(a: &WorkerArgs) -> Result<WorkerConfig, ArgError> {
             path: a.path.clone(),
             auth,
             room: a.room.clone(),
+            tls,
         },
         connections: a.connections,
         first_index: a.first_index,

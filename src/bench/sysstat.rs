@@ -113,4 +113,42 @@ mod tests {
         assert!(ticks_per_second() >= 1);
         assert!(sample(u32::MAX).is_err());
     }
+
+    #[test]
+    fn several_processes_are_summed() {
+        // Two idle children (nginx's master and worker, say): their CPU
+        // stays put and so does their RSS, so the sum is exact.
+        let mut kids: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let pids: Vec<u32> = kids.iter().map(std::process::Child::id).collect();
+        // Wait until both have exec'd sleep (RSS settled).
+        for &p in &pids {
+            for _ in 0..100 {
+                if std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let each: Vec<ProcSample> = pids.iter().map(|&p| sample(p).unwrap()).collect();
+        let all = sample_all(&pids).unwrap();
+        assert_eq!(all.rss_bytes, each[0].rss_bytes + each[1].rss_bytes);
+        assert_eq!(all.cpu_ticks, each[0].cpu_ticks + each[1].cpu_ticks);
+        assert!(all.rss_bytes > each[0].rss_bytes);
+        assert_eq!(sample_all(&[]).unwrap(), ProcSample::default());
+        // One vanished process fails the reading rather than under-count.
+        assert!(sample_all(&[pids[0], u32::MAX]).is_err());
+        for k in &mut kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+    }
 }

@@ -95,6 +95,7 @@ pub struct WorkerReport {
     /// Connections that ended during the run.
     pub disconnected: u64,
     /// Close codes received from the server, by code.
+    #[serde(with = "code_keys")]
     pub close_codes: BTreeMap<u16, u64>,
     /// Connection ends without a close frame, by reason.
     pub errors: BTreeMap<String, u64>,
@@ -114,6 +115,32 @@ pub struct WorkerReport {
     pub warmup_timeline: Vec<u64>,
     /// Latency histogram (ns), V2-serialized, hex.
     pub latency_hist_hex: String,
+}
+
+/// A map keyed by close code as a JSON object with string keys, read back
+/// by parsing them: serde's internally tagged enums ([`Event`]) buffer their
+/// content, and a buffered string key no longer turns into a `u16` by
+/// itself ("invalid type: string \"1008\", expected u16" ended a run as soon
+/// as a server closed a connection).
+mod code_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u16, u64>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, u64>, D::Error> {
+        BTreeMap::<String, u64>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                k.parse::<u16>()
+                    .map(|k| (k, v))
+                    .map_err(|_| serde::de::Error::custom(format!("close code {k:?}")))
+            })
+            .collect()
+    }
 }
 
 /// A histogram that could not travel.
@@ -202,6 +229,13 @@ mod tests {
         let c: Command = serde_json::from_str(r#"{"cmd":"start","t0_ns":5}"#).unwrap();
         assert_eq!(c, Command::Start { t0_ns: 5 });
         let r = Event::Final(Box::default());
+        let back: Event = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        // Close codes as map keys survive the tagged enum.
+        let mut report = WorkerReport::default();
+        report.close_codes.insert(1008, 3);
+        report.close_codes.insert(1001, 1);
+        let r = Event::Final(Box::new(report));
         let back: Event = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
     }

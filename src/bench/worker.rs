@@ -29,7 +29,9 @@
 //! and only the tail of an incomplete frame is copied into that connection's
 //! own `partial` vector (empty, and unallocated, for almost every
 //! connection). A connection costs its task (a few hundred bytes), its
-//! `TcpStream` and its kernel socket.
+//! `TcpStream` and its kernel socket; a wss:// one also its rustls session
+//! (buffers and keys, [`super::tls`]), whose one `recv` of ciphertext goes
+//! into a second worker-wide 64 KiB buffer.
 //!
 //! ## Per delivery
 //!
@@ -47,8 +49,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::MissedTickBehavior;
 
@@ -57,6 +57,7 @@ use crate::proto::frame::{Frame, OpCode, Role, decode_frame, parse_close};
 use super::conn::{self, ConnectError, Setup};
 use super::order::{Arrival, Frontier, Order};
 use super::payload::{self, Delivery, Phase};
+use super::tls::{ReadOutcome, Stream};
 use super::wire::{Command, Event, Progress, Ready, WireError, WorkerReport, histogram_to_hex};
 
 /// The shared read buffer's size: one `recv` takes at most this much.
@@ -294,11 +295,13 @@ struct State {
     events: mpsc::UnboundedSender<Event>,
     flood: bool,
     rbuf: BytesMut,
+    /// Ciphertext of one `recv` on a wss:// connection (unallocated for ws://).
+    cbuf: BytesMut,
     wbuf: BytesMut,
     rng: u64,
     hist: Histogram<u64>,
     /// For heartbeats: each open connection's stream, by slot.
-    streams: Vec<Option<Rc<TcpStream>>>,
+    streams: Vec<Option<Rc<Stream>>>,
     connected: u64,
     failed: u64,
     first_connect_ns: u64,
@@ -348,6 +351,7 @@ impl State {
             events,
             flood,
             rbuf: BytesMut::with_capacity(READ_BUF),
+            cbuf: BytesMut::new(),
             wbuf: BytesMut::with_capacity(256),
             rng: 0x2545_F491_4F6C_DD1D ^ id.wrapping_add(1),
             hist,
@@ -384,7 +388,7 @@ impl State {
         *self.failures.entry(e.class()).or_default() += 1;
     }
 
-    fn connected(&mut self, slot: usize, stream: Rc<TcpStream>, now: u64) {
+    fn connected(&mut self, slot: usize, stream: Rc<Stream>, now: u64) {
         self.connected += 1;
         self.live += 1;
         self.last_connected_ns = self.last_connected_ns.max(now);
@@ -394,36 +398,26 @@ impl State {
     }
 
     /// Reads what one connection has and handles every complete frame.
-    fn on_readable(&mut self, stream: &TcpStream, conn: &mut Conn) -> Step {
+    fn on_readable(&mut self, stream: &Stream, conn: &mut Conn) -> Step {
         self.rbuf.clear();
         // Reclaims the whole buffer: the frames split off it last time are
         // already dropped, so this never allocates in the steady state.
         self.rbuf.reserve(READ_BUF + conn.partial.len());
         self.rbuf.extend_from_slice(&conn.partial);
         conn.partial.clear();
-        let spare = self.rbuf.capacity() - self.rbuf.len();
-        let mut got = 0usize;
-        let rbuf = &mut self.rbuf;
-        let read = stream.try_io(Interest::READABLE, || {
-            let n = stream.try_read_buf(rbuf)?;
-            got = n;
-            if n > 0 && n < spare {
-                // Drained: clear readiness now instead of paying for a
-                // second recv that only says EAGAIN.
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
+        // One recv (a short one clears the readiness: no second recv that
+        // only says EAGAIN); for wss:// decrypted into rbuf.
+        match stream.read_available(&mut self.rbuf, &mut self.cbuf) {
+            Ok(ReadOutcome::Eof) => return Step::End(End::Eof),
+            Ok(ReadOutcome::Data(_)) => {}
+            Ok(ReadOutcome::Nothing) => {
+                // Spurious wakeup (or a TLS record with no data): keep the
+                // carried bytes.
+                conn.partial.extend_from_slice(&self.rbuf);
+                return Step::Continue;
             }
-        });
-        match read {
-            Ok(0) => return Step::End(End::Eof),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if got == 0 {
-                    // Spurious wakeup: keep the carried bytes.
-                    conn.partial.extend_from_slice(&self.rbuf);
-                    return Step::Continue;
-                }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Step::End(End::Protocol(e.to_string()));
             }
             Err(e) => return Step::End(End::Error(e.kind().to_string())),
         }
@@ -451,7 +445,7 @@ impl State {
 
     fn on_frame(
         &mut self,
-        stream: &TcpStream,
+        stream: &Stream,
         conn: &mut Conn,
         frame: Frame,
         now: u64,
@@ -550,7 +544,7 @@ impl State {
     /// Writes one small control frame. Client→server traffic is a few bytes
     /// a second, so the socket buffer always has room; a short write would
     /// corrupt the stream, so it ends the connection.
-    fn send_control(&mut self, stream: &TcpStream, op: OpCode, payload: &[u8]) -> Option<End> {
+    fn send_control(&mut self, stream: &Stream, op: OpCode, payload: &[u8]) -> Option<End> {
         self.wbuf.clear();
         conn::client_frame(&mut self.wbuf, op, payload, &mut self.rng);
         match stream.try_write(&self.wbuf) {

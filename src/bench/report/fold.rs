@@ -473,6 +473,7 @@ pub fn run_config(p: &Plan) -> RunConfig {
     };
     RunConfig {
         url: p.url.clone(),
+        tls: p.tls.as_ref().map(|t| t.versions_label().to_owned()),
         connections: p.connections,
         workers: p.workers,
         source_ips: p.source_ips.len(),

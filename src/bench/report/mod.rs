@@ -39,6 +39,9 @@ pub struct Report {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunConfig {
     pub url: String,
+    /// wss://: the TLS versions offered (`TLS 1.3 or 1.2`, `TLS 1.2`);
+    /// `null` for ws://.
+    pub tls: Option<String>,
     pub connections: u64,
     pub workers: u64,
     pub source_ips: usize,

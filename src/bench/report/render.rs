@@ -89,8 +89,12 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "ignis-ws bench: {} · {} connections ({} worker{}, {} source IP{}) · {what}",
+            "ignis-ws bench: {}{} · {} connections ({} worker{}, {} source IP{}) · {what}",
             c.url,
+            c.tls
+                .as_ref()
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default(),
             c.connections,
             c.workers,
             if c.workers == 1 { "" } else { "s" },
