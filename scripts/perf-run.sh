@@ -12,10 +12,10 @@
 #          | uring-tls | epoll-tls (ignis-ws serving TLS itself:
 #            --tls-cert/--tls-key)
 #          | bun-tls (Bun's own TLS: TLS_CERT/TLS_KEY)
-#          | nginx (nginx terminating TLS on PORT, one worker, proxying the
+#          | nginx (nginx terminating TLS on PORT, NGINX_WORKERS workers (2), proxying the
 #            WebSocket to a plain ignis-ws --io uring on PORT+1; both on
 #            core 0, and the server's CPU and RSS are those of nginx's
-#            master and worker plus ignis-ws's)
+#            master and workers plus ignis-ws's)
 # SERVERS: processes sharing the port through SO_REUSEPORT (default 1;
 #          a process holds at most ~19,900 connections here). Not for bun,
 #          bun-tls or nginx.
@@ -84,19 +84,21 @@ cleanup() {
 trap cleanup EXIT
 
 # nginx's configuration: TLS on PORT, the WebSocket proxied unbuffered to
-# ignis-ws on PORT+1. Each client holds two connections in the worker (one
-# from the client, one to ignis-ws), hence worker_connections of 4 × 10,000
-# and the fd limit above it.
+# ignis-ws on PORT+1. Each client holds two connections in a worker (one
+# from the client, one to ignis-ws). A process may hold 20,000 fds here, so
+# 10,000 clients need two workers (NGINX_WORKERS, default 2, both on core 0
+# like everything on the server side; `reuseport` splits the clients
+# between them).
 nginx_conf() {
   cat <<CONF
 daemon off;
 master_process on;
-worker_processes 1;
-worker_rlimit_nofile 100000;
+worker_processes ${NGINX_WORKERS:-2};
+worker_rlimit_nofile 19500;
 pid $nginx_dir/nginx.pid;
 error_log $nginx_dir/error.log warn;
 events {
-  worker_connections 40000;
+  worker_connections 19000;
   multi_accept on;
 }
 http {
@@ -111,7 +113,7 @@ http {
     ''      close;
   }
   server {
-    listen 127.0.0.1:$PORT ssl;
+    listen 127.0.0.1:$PORT ssl reuseport;
     ssl_certificate $TLS_DIR/cert.pem;
     ssl_certificate_key $TLS_DIR/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;

@@ -7,6 +7,10 @@
 /// resident; each shard calls this from its timer after connections came or
 /// went. Without the `mimalloc` feature it does nothing (the system
 /// allocator trims on its own).
+///
+/// Also trims the C allocator: aws-lc (TLS handshakes and record keys)
+/// allocates through `malloc`, and glibc keeps freed chunks between live
+/// ones resident until asked.
 #[allow(unsafe_code)]
 pub fn release_free_memory() {
     #[cfg(feature = "mimalloc")]
@@ -15,6 +19,12 @@ pub fn release_free_memory() {
     // `release_tests::release_free_memory_keeps_live_allocations`).
     unsafe {
         libmimalloc_sys::mi_collect(true)
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` is thread-safe and only returns free memory
+    // (exercised by the same test).
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

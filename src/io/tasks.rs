@@ -181,12 +181,11 @@ pub async fn ticker(io: Rc<ShardIo>) {
         if now >= next_release {
             next_release = now + RELEASE_EVERY;
             // TLS connections idle for a whole period drop their keys.
-            if io.admission.tls.is_some() {
-                super::tls::release_idle(&io);
-            }
-            // After connections came or went, once no upgrade is running.
+            let keys_freed = io.admission.tls.is_some() && super::tls::release_idle(&io);
+            // After connections came or went (or idle keys were dropped),
+            // once no upgrade is running.
             let c = churn(&io);
-            if c != churn_seen && io.handshaking.get() == 0 {
+            if (c != churn_seen || keys_freed) && io.handshaking.get() == 0 {
                 churn_seen = c;
                 crate::io::mem::release_free_memory();
             }

@@ -312,11 +312,13 @@ fn send_some(fd: impl std::os::fd::AsFd, data: &[u8]) -> Result<usize, Errno> {
 }
 
 /// Drop the expanded keys and buffers of TLS connections idle since the
-/// last sweep.
-pub(super) fn release_idle(io: &ShardIo) {
+/// last sweep; whether any were.
+pub(super) fn release_idle(io: &ShardIo) -> bool {
+    let mut freed = false;
     io.shard.borrow_mut().for_each_sock(|s| {
         if let Some(t) = s.tls.as_mut() {
-            t.release_idle();
+            freed |= t.release_idle();
         }
     });
+    freed
 }
