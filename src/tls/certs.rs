@@ -113,6 +113,9 @@ impl Tls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // Our record layer takes over after the handshake (kTLS-style).
         config.enable_secret_extraction = true;
+        // TLS 1.3 traffic secrets, for key updates in our record layer
+        // (kept in memory with the connection, never written).
+        config.key_log = Arc::new(super::handshake::CaptureTrafficSecrets);
         // No session tickets: a ticket is a secret the server must rotate
         // and share between nodes to be of use; a full handshake is what
         // every reconnect after a drain costs anyway (measured in

@@ -3,10 +3,11 @@
 //! plaintext chunks into records appended to a buffer, [`Session::open`]
 //! turns bytes from the peer into plaintext.
 //!
-//! rustls stays in charge of the key schedule through its kernel
-//! connection: a TLS 1.3 key update (asked for by the peer, or ours before
-//! the AES-GCM confidentiality limit) takes the next secret from it. The
-//! expanded AEAD keys are built from the raw secrets when a record needs
+//! The keys come from rustls's handshake (its kTLS interface); a TLS 1.3
+//! key update (asked for by the peer, or ours before the AES-GCM
+//! confidentiality limit) derives the next ones here from the traffic
+//! secret (RFC 8446 §7.2), which the handshake captured. The expanded
+//! AEAD keys are built from the raw secrets when a record needs
 //! them and dropped by [`Session::release_idle`] when the connection has
 //! not used them since the last call: an idle connection keeps only
 //! secrets and sequence numbers.
@@ -14,8 +15,7 @@
 use std::io::IoSlice;
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use rustls::kernel::KernelConnection;
-use rustls::server::ServerConnectionData;
+use aws_lc_rs::hkdf;
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
 
 /// Most plaintext in one record (RFC 8446 §5.1).
@@ -72,53 +72,131 @@ pub struct Opened {
     pub peer_closed: bool,
 }
 
+/// Secret bytes, up to `N`, zeroed when dropped; never printed.
+pub(super) struct Secret<const N: usize> {
+    bytes: [u8; N],
+    len: u8,
+}
+
+impl<const N: usize> Secret<N> {
+    pub(super) fn new(b: &[u8]) -> Result<Secret<N>, TlsError> {
+        let mut bytes = [0u8; N];
+        bytes
+            .get_mut(..b.len())
+            .ok_or_else(|| TlsError::Internal("secret too long".into()))?
+            .copy_from_slice(b);
+        Ok(Secret {
+            bytes,
+            len: b.len() as u8,
+        })
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl<const N: usize> Drop for Secret<N> {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.bytes);
+    }
+}
+
+/// A TLS 1.3 traffic secret and its hash: what the next key comes from.
+pub(super) struct Traffic {
+    pub(super) secret: Secret<48>,
+    pub(super) hash: hkdf::Algorithm,
+}
+
 /// One direction's keys.
 pub(super) struct Direction {
-    secrets: ConnectionTrafficSecrets,
+    alg: &'static aead::Algorithm,
+    key: Secret<32>,
+    iv: [u8; aead::NONCE_LEN],
+    /// TLS 1.3: the traffic secret, for a key update.
+    traffic: Option<Traffic>,
     pub(super) seq: u64,
-    /// Built from `secrets` on first use; dropped while idle.
-    key: Option<LessSafeKey>,
+    /// Built from `key` on first use; dropped while idle.
+    built: Option<LessSafeKey>,
     used: bool,
 }
 
 impl Direction {
-    fn new((seq, secrets): (u64, ConnectionTrafficSecrets)) -> Result<Direction, TlsError> {
-        // Refuse a suite we cannot seal now rather than at the first record.
-        key_of(&secrets)?;
-        Ok(Direction {
-            secrets,
+    fn new(
+        (seq, secrets): (u64, ConnectionTrafficSecrets),
+        traffic: Option<Traffic>,
+    ) -> Result<Direction, TlsError> {
+        let (alg, key, iv) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, key, iv)
+            }
+            _ => return Err(TlsError::Unexpected("cipher suite")),
+        };
+        let d = Direction {
+            alg,
+            key: Secret::new(key.as_ref())?,
+            iv: iv
+                .as_ref()
+                .try_into()
+                .map_err(|_| TlsError::Internal("bad IV length".into()))?,
+            traffic,
             seq,
-            key: None,
+            built: None,
             used: false,
-        })
+        };
+        // Refuse a key we cannot use now rather than at the first record.
+        d.build()?;
+        Ok(d)
+    }
+
+    fn build(&self) -> Result<LessSafeKey, TlsError> {
+        UnboundKey::new(self.alg, self.key.get())
+            .map(LessSafeKey::new)
+            .map_err(|_| TlsError::Internal("bad traffic key".into()))
     }
 
     fn key(&mut self) -> Result<&LessSafeKey, TlsError> {
         self.used = true;
-        if self.key.is_none() {
-            self.key = Some(key_of(&self.secrets)?);
+        if self.built.is_none() {
+            self.built = Some(self.build()?);
         }
-        self.key
+        self.built
             .as_ref()
             .ok_or_else(|| TlsError::Internal("no key".into()))
     }
 
-    fn iv(&self) -> &[u8] {
-        match &self.secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { iv, .. }
-            | ConnectionTrafficSecrets::Aes256Gcm { iv, .. }
-            | ConnectionTrafficSecrets::Chacha20Poly1305 { iv, .. } => iv.as_ref(),
-            _ => &[],
-        }
+    /// TLS 1.3 key update (RFC 8446 §7.2): the next traffic secret, and
+    /// the key and IV from it; the sequence starts again at 0.
+    fn update(&mut self) -> Result<(), TlsError> {
+        let Some(t) = &self.traffic else {
+            return Err(TlsError::Unexpected("key update without TLS 1.3"));
+        };
+        let hash = t.hash;
+        let mut buf = [0u8; 48];
+        let hash_len = t.secret.get().len();
+        expand_label(t.secret.get(), hash, b"traffic upd", &mut buf[..hash_len])?;
+        let next = Secret::<48>::new(&buf[..hash_len]);
+        zeroize::Zeroize::zeroize(&mut buf);
+        let next = next?;
+        let key_len = self.alg.key_len();
+        expand_label(next.get(), hash, b"key", &mut buf[..key_len])?;
+        let key = Secret::new(&buf[..key_len]);
+        zeroize::Zeroize::zeroize(&mut buf);
+        let mut iv = [0u8; aead::NONCE_LEN];
+        expand_label(next.get(), hash, b"iv", &mut iv)?;
+        self.key = key?;
+        self.iv = iv;
+        self.traffic = Some(Traffic { secret: next, hash });
+        self.seq = 0;
+        self.built = None;
+        Ok(())
     }
 
     /// `iv XOR seq` (RFC 8446 §5.3; rustls's TLS 1.2 construction too).
     fn nonce(&self) -> [u8; aead::NONCE_LEN] {
-        let mut n = [0u8; aead::NONCE_LEN];
-        let iv = self.iv();
-        if iv.len() == aead::NONCE_LEN {
-            n.copy_from_slice(iv);
-        }
+        let mut n = self.iv;
         for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *b ^= s;
         }
@@ -126,23 +204,30 @@ impl Direction {
     }
 
     fn is_gcm(&self) -> bool {
-        !matches!(
-            self.secrets,
-            ConnectionTrafficSecrets::Chacha20Poly1305 { .. }
-        )
+        !std::ptr::eq(self.alg, &aead::CHACHA20_POLY1305)
     }
 }
 
-fn key_of(secrets: &ConnectionTrafficSecrets) -> Result<LessSafeKey, TlsError> {
-    let (alg, key) = match secrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key, .. } => (&aead::AES_128_GCM, key),
-        ConnectionTrafficSecrets::Aes256Gcm { key, .. } => (&aead::AES_256_GCM, key),
-        ConnectionTrafficSecrets::Chacha20Poly1305 { key, .. } => (&aead::CHACHA20_POLY1305, key),
-        _ => return Err(TlsError::Unexpected("cipher suite")),
-    };
-    UnboundKey::new(alg, key.as_ref())
-        .map(LessSafeKey::new)
-        .map_err(|_| TlsError::Internal("bad traffic key".into()))
+/// HKDF-Expand-Label with an empty context (RFC 8446 §7.1).
+fn expand_label(
+    secret: &[u8],
+    hash: hkdf::Algorithm,
+    label: &[u8],
+    out: &mut [u8],
+) -> Result<(), TlsError> {
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let length = (out.len() as u16).to_be_bytes();
+    let label_len = [(6 + label.len()) as u8];
+    let info: [&[u8]; 5] = [&length, &label_len, b"tls13 ", label, &[0]];
+    hkdf::Prk::new_less_safe(hash, secret)
+        .expand(&info, Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .map_err(|_| TlsError::Internal("HKDF-Expand-Label failed".into()))
 }
 
 /// An established TLS connection's record layer.
@@ -150,8 +235,7 @@ pub struct Session {
     tls13: bool,
     pub(super) tx: Direction,
     rx: Direction,
-    /// rustls's key schedule, for TLS 1.3 key updates.
-    kernel: Box<KernelConnection<ServerConnectionData>>,
+    suite: rustls::CipherSuite,
     /// The start of a record whose end has not arrived (empty, with no
     /// allocation, between records).
     partial: Vec<u8>,
@@ -174,20 +258,29 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// From the handshake's secrets; for TLS 1.3 with the traffic secrets
+    /// (client's, server's) that key updates start from.
     pub(super) fn new(
         secrets: ExtractedSecrets,
-        kernel: KernelConnection<ServerConnectionData>,
+        version: ProtocolVersion,
+        suite: rustls::CipherSuite,
+        traffic: Option<(Traffic, Traffic)>,
     ) -> Result<Session, TlsError> {
-        let tls13 = match kernel.protocol_version() {
+        let tls13 = match version {
             ProtocolVersion::TLSv1_3 => true,
             ProtocolVersion::TLSv1_2 => false,
             _ => return Err(TlsError::Unexpected("protocol version")),
         };
+        let (client, server) = match traffic {
+            Some((c, s)) => (Some(c), Some(s)),
+            None if tls13 => return Err(TlsError::Internal("no TLS 1.3 traffic secrets".into())),
+            None => (None, None),
+        };
         Ok(Session {
             tls13,
-            tx: Direction::new(secrets.tx)?,
-            rx: Direction::new(secrets.rx)?,
-            kernel: Box::new(kernel),
+            tx: Direction::new(secrets.tx, server)?,
+            rx: Direction::new(secrets.rx, client)?,
+            suite,
             partial: Vec::new(),
             pending: Vec::new(),
             peer_closed: false,
@@ -203,7 +296,7 @@ impl Session {
 
     /// The cipher suite's name, e.g. `TLS13_AES_256_GCM_SHA384`.
     pub fn suite(&self) -> rustls::CipherSuite {
-        self.kernel.negotiated_cipher_suite().suite()
+        self.suite
     }
 
     /// Drop the expanded keys a direction has not used since the last
@@ -211,8 +304,8 @@ impl Session {
     pub fn release_idle(&mut self) -> bool {
         let mut freed = false;
         for d in [&mut self.tx, &mut self.rx] {
-            if !d.used && d.key.is_some() {
-                d.key = None;
+            if !d.used && d.built.is_some() {
+                d.built = None;
                 freed = true;
             }
             d.used = false;
@@ -230,7 +323,7 @@ impl Session {
 
     /// Whether expanded keys are held now (for tests and metrics).
     pub fn holds_keys(&self) -> bool {
-        self.tx.key.is_some() || self.rx.key.is_some()
+        self.tx.built.is_some() || self.rx.built.is_some()
     }
 
     /// Seal up to `max` bytes of `chunks` (in order, from `skip` bytes
@@ -428,7 +521,7 @@ impl Session {
             }
             if explicit {
                 let mut n = [0u8; aead::NONCE_LEN];
-                n[..4].copy_from_slice(&self.rx.iv()[..4]);
+                n[..4].copy_from_slice(&self.rx.iv[..4]);
                 n[4..].copy_from_slice(&body[..EXPLICIT]);
                 nonce = n;
                 ct = &body[EXPLICIT..];
@@ -517,11 +610,7 @@ impl Session {
         if request > 1 {
             return Err(TlsError::BadRecord("malformed key update"));
         }
-        let next = self
-            .kernel
-            .update_rx_secret()
-            .map_err(TlsError::Handshake)?;
-        self.rx = Direction::new(next)?;
+        self.rx.update()?;
         if request == 1 {
             let mut out = std::mem::take(&mut self.pending);
             let r = self.key_update_tx(&mut out);
@@ -538,11 +627,7 @@ impl Session {
             out.extend_from_slice(&[HS_KEY_UPDATE, 0, 0, 1, 0]);
             5
         })?;
-        let next = self
-            .kernel
-            .update_tx_secret()
-            .map_err(TlsError::Handshake)?;
-        self.tx = Direction::new(next)?;
+        self.tx.update()?;
         Ok(())
     }
 }
