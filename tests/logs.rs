@@ -165,6 +165,23 @@ async fn json_lines_parse_and_show_no_secret() {
             .is_some_and(|u| u.contains("json-log-user")),
         "{authed}"
     );
+    // After authentication, a line about this connection carries the
+    // connection's span: shard, client id and user id.
+    c.join(&["00000000-0000-4000-8000-000000000000"]).await;
+    let closing = wait_for(&lines, "a join line with the conn span", |l| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["fields"]["message"] == "joins of other clients' id rooms refused"
+            && v["span"]["user"]
+                .as_str()
+                .is_some_and(|u| u.contains("json-log-user")))
+        .then_some(v)
+    });
+    assert_eq!(closing["span"]["name"], "conn", "{closing}");
+    assert!(closing["span"]["shard"].is_u64(), "{closing}");
+    assert_eq!(
+        closing["span"]["client"], authed["fields"]["client"],
+        "{closing}"
+    );
     // The warnings about secrets on the command line, as JSON.
     wait_for(&lines, "--api-key warning", |l| {
         (l.contains("--api-key is given on the command line")).then_some(())

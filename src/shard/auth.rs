@@ -66,6 +66,7 @@ impl<S> Shard<S> {
         result: AuthResult,
         now: Instant,
     ) {
+        let _span = self.conn_span(key).entered();
         let m = self.ctx.metrics.clone();
         let Some(conn) = self.live(key, generation) else {
             tracing::debug!("client disconnected during authentication; result dropped");

@@ -22,6 +22,7 @@ impl<S> Shard<S> {
     /// after what is already queued (for a slow client: instead of it), stop
     /// queuing anything else, abort the connection after `close_timeout`.
     pub fn close(&mut self, key: ConnKey, reason: CloseReason, now: Instant) {
+        let _span = self.conn_span(key).entered();
         let deadline = Stamp::at(now).after(self.ctx.config.close_timeout);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;

@@ -305,6 +305,22 @@ impl<S> Shard<S> {
         self.conns.iter().map(|(k, c)| (k as ConnKey, c))
     }
 
+    /// The log span of connection `key` (debug level, so free unless debug
+    /// logs are on): the shard, its client id and, once authenticated, its
+    /// user id. Entered where the shard handles one connection's input, so
+    /// every line logged there names it.
+    pub(crate) fn conn_span(&self, key: ConnKey) -> tracing::Span {
+        match self.conns.get(key as usize) {
+            Some(c) if tracing::enabled!(tracing::Level::DEBUG) => tracing::debug_span!(
+                "conn",
+                shard = self.ctx.index,
+                client = %c.id,
+                user = c.user.as_deref()
+            ),
+            _ => tracing::Span::none(),
+        }
+    }
+
     /// The driver's state of every connection.
     pub fn for_each_sock(&mut self, mut f: impl FnMut(&mut S)) {
         for (_, c) in self.conns.iter_mut() {

@@ -22,6 +22,7 @@ const SPARE_READ_CAPACITY: usize = 64 * 1024;
 impl<S> Shard<S> {
     /// Bytes read from a connection.
     pub fn handle_bytes(&mut self, key: ConnKey, data: &[u8], now: Instant) {
+        let _span = self.conn_span(key).entered();
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -147,6 +148,7 @@ impl<S> Shard<S> {
     /// `close_timeout`; then the connection is dropped. Nothing new is
     /// queued for it.
     pub fn handle_eof(&mut self, key: ConnKey, now: Instant) {
+        let _span = self.conn_span(key).entered();
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };

@@ -94,6 +94,7 @@ impl<S> Shard<S> {
         requested: &[String],
         allowed: Vec<String>,
     ) {
+        let _span = self.conn_span(key).entered();
         if self.live(key, generation).is_none() {
             return;
         }
