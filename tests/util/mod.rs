@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
 
 pub mod binary;
+pub mod pki;
 pub mod raw;
 pub mod tls;
 
