@@ -1,9 +1,9 @@
 //! TLS in the driver (`--tls-cert`): the handshake of a new connection,
-//! the [`Source`] its HTTP upgrade reads through, and, once it is a shard
+//! the `Source` its HTTP upgrade reads through, and, once it is a shard
 //! connection, the record layer between the shard's queue and the socket
-//! ([`flush`]: the shared frames are sealed at flush, many per record,
-//! into the shard's one output buffer; [`open`]: bytes read are opened
-//! into the shard's one plaintext buffer). The record layer itself is
+//! (`flush`: the shared frames are sealed at flush, many per record, into
+//! the shard's one output buffer; `open`: bytes read are opened into the
+//! shard's one plaintext buffer). The record layer itself is
 //! sans-io, in [`crate::tls`].
 
 use std::io;
