@@ -79,6 +79,12 @@ async fn https_endpoints_share_the_port(io: IoMode) {
         c.expect_silence().await;
         (c, ())
     };
+    // ALPN: the server picks http/1.1 (what browsers offer for wss://).
+    let probe = tls_connect(s.addr, &pki.ca_der, Version::V13)
+        .await
+        .unwrap();
+    assert_eq!(probe.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    drop(probe);
     for path in ["/health", "/ready", "/metrics"] {
         let (head, _) = https_get(s.addr, &pki.ca_der, path).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
