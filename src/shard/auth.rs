@@ -141,8 +141,12 @@ impl<S> Shard<S> {
         let id = conn.id;
         // An empty userId is falsy in the reference: not indexed.
         if let Some(u) = user {
+            let first = self.users.get(u).is_empty();
             let name = self.users.add(u, key);
             self.conns[key as usize].user = Some(name);
+            if first {
+                self.note_interest(super::Topic::User(u.into()), true);
+            }
         }
         let defaults = self.ctx.config.default_rooms.clone();
         for r in &defaults {

@@ -98,16 +98,17 @@ impl Rooms {
         (id, new)
     }
 
-    /// Remove `key` from room `id`; the room disappears with its last member.
-    pub fn leave(&mut self, id: RoomId, key: ConnKey) {
-        let Some(room) = self.rooms.get_mut(id as usize) else {
-            return;
-        };
+    /// Remove `key` from room `id`; the room disappears with its last
+    /// member: then its name is returned.
+    pub fn leave(&mut self, id: RoomId, key: ConnKey) -> Option<Box<str>> {
+        let room = self.rooms.get_mut(id as usize)?;
         room.members.swap_remove(&key);
         if room.members.is_empty() {
             let room = self.rooms.remove(id as usize);
             self.by_name.remove(&room.name);
+            return Some(room.name);
         }
+        None
     }
 
     /// Number of rooms with members.
@@ -148,14 +149,17 @@ impl Users {
         name
     }
 
-    /// Remove `key` from `user`; the user disappears with its last session.
-    pub fn remove(&mut self, user: &str, key: ConnKey) {
+    /// Remove `key` from `user`; the user disappears with its last
+    /// session: then true.
+    pub fn remove(&mut self, user: &str, key: ConnKey) -> bool {
         if let Some(v) = self.map.get_mut(user) {
             v.retain(|k| *k != key);
             if v.is_empty() {
                 self.map.remove(user);
+                return true;
             }
         }
+        false
     }
 
     /// Sessions of `user`.

@@ -27,7 +27,11 @@
 //! * [`Shard::poll_dirty`]: the connections with queued output; for each,
 //!   [`Shard::transmit`] lends the queue as slices for one vectored write;
 //! * [`Shard::run_encryption`] when [`Shard::has_encryption_work`]: the
-//!   per-client encryption, in batches the driver schedules.
+//!   per-client encryption, in batches the driver schedules;
+//! * [`Shard::poll_interest`], once [`Shard::track_interest`] was called:
+//!   the rooms, users and clients this shard started or stopped needing to
+//!   hear about from other nodes ([`Interest`]; for the Redis bridge's
+//!   subscriptions of issue 15, not wired to it yet).
 //!
 //! The work is split by concern: [`conn`] (the record), `read` (decode,
 //! dispatch), `auth` (authentication and the encryption handshake),
@@ -184,6 +188,25 @@ pub trait UserCode {
 }
 
 /// One shard.
+/// A change of what a shard needs to hear from the rest of a cluster
+/// (issue 15): `on` when a room gets its first member on this shard, a
+/// user its first session, a client connects; off with the last member,
+/// the last session, the client's end. Per shard: the process needs a
+/// channel while any of its shards does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Interest {
+    pub topic: Topic,
+    pub on: bool,
+}
+
+/// What an [`Interest`] is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Room(Box<str>),
+    User(Box<str>),
+    Client(ClientId),
+}
+
 pub struct Shard<S> {
     pub ctx: ShardCtx,
     timeouts: Timeouts,
@@ -215,6 +238,9 @@ pub struct Shard<S> {
     ping_frame: Bytes,
     /// Set once `Shutdown` arrived.
     shutting_down: bool,
+    /// What this shard needs to hear changed (see [`Interest`]); `None`:
+    /// not tracked.
+    interest: Option<Vec<Interest>>,
     /// The clients still to close in a spread-out drain.
     drain: Option<close::Drain>,
 }
@@ -254,6 +280,7 @@ impl<S> Shard<S> {
             encrypt_scratch: Vec::new(),
             ping_frame: frame::server_frame(OpCode::Ping, b""),
             shutting_down: false,
+            interest: None,
             drain: None,
             ctx,
         }
@@ -318,6 +345,26 @@ impl<S> Shard<S> {
                 user = c.user.as_deref()
             ),
             _ => tracing::Span::none(),
+        }
+    }
+
+    /// Record what this shard needs to hear from other nodes from now on
+    /// ([`Shard::poll_interest`]); off by default.
+    pub fn track_interest(&mut self) {
+        self.interest.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes of what this shard needs to hear since the last call,
+    /// in the order they happened, appended to `out`.
+    pub fn poll_interest(&mut self, out: &mut Vec<Interest>) {
+        if let Some(v) = &mut self.interest {
+            out.append(v);
+        }
+    }
+
+    pub(super) fn note_interest(&mut self, topic: Topic, on: bool) {
+        if let Some(v) = &mut self.interest {
+            v.push(Interest { topic, on });
         }
     }
 
@@ -411,6 +458,7 @@ impl<S> Shard<S> {
             sock,
         }) as ConnKey;
         self.by_id.insert(id, key);
+        self.note_interest(Topic::Client(id), true);
         if let Some(d) = self.conns[key as usize].session.deadline() {
             self.connect_deadlines.push_back((d, key, generation));
         }
@@ -447,14 +495,19 @@ impl<S> Shard<S> {
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(u) = &conn.user {
-            self.users.remove(u, key);
+            if self.users.remove(u, key) {
+                self.note_interest(Topic::User(u.as_ref().into()), false);
+            }
             if let Some(s) = &self.ctx.sessions {
                 s.remove(u);
             }
         }
         for rid in &conn.rooms {
-            self.rooms.leave(*rid, key);
+            if let Some(name) = self.rooms.leave(*rid, key) {
+                self.note_interest(Topic::Room(name), false);
+            }
         }
+        self.note_interest(Topic::Client(conn.id), false);
         let st = conn.session.state();
         let m = &self.ctx.metrics;
         use std::sync::atomic::Ordering::Relaxed;

@@ -21,9 +21,13 @@ impl<S> Shard<S> {
             conn.in_own_room = true;
             return;
         }
+        let first = self.rooms.id(name).is_none();
         let (rid, new) = self.rooms.join(name, key);
         if new {
             self.conns[key as usize].rooms.push(rid);
+        }
+        if first {
+            self.note_interest(super::Topic::Room(name.into()), true);
         }
     }
 
@@ -140,7 +144,9 @@ impl<S> Shard<S> {
             let conn = &mut self.conns[key as usize];
             if let Some(pos) = conn.rooms.iter().position(|r| *r == rid) {
                 conn.rooms.swap_remove(pos);
-                self.rooms.leave(rid, key);
+                if let Some(name) = self.rooms.leave(rid, key) {
+                    self.note_interest(super::Topic::Room(name), false);
+                }
             }
         }
         self.update_index_gauges();

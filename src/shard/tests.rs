@@ -431,3 +431,151 @@ fn a_session_past_max_sessions_per_user_is_refused_1008_until_one_ends() {
     let again = d.connect(&frame(AUTH));
     assert_eq!(events(&d.texts(again)), ["connected"]);
 }
+
+/// The interest stream as (topic, on), clients by id.
+fn interest(d: &mut MemoryDriver) -> Vec<(String, bool)> {
+    let mut v = Vec::new();
+    d.shard.poll_interest(&mut v);
+    v.into_iter()
+        .map(|i| {
+            let t = match i.topic {
+                super::Topic::Room(r) => format!("room:{r}"),
+                super::Topic::User(u) => format!("user:{u}"),
+                super::Topic::Client(c) => format!("client:{c}"),
+            };
+            (t, i.on)
+        })
+        .collect()
+}
+
+#[test]
+fn interest_is_off_unless_tracked() {
+    let mut d = driver(config());
+    let k = authed(&mut d);
+    d.send_text(k, r#"{"event":"join","data":{"rooms":["r"]}}"#);
+    assert!(interest(&mut d).is_empty());
+}
+
+#[test]
+fn interest_follows_first_and_last_members() {
+    let mut d = driver(config());
+    d.shard.track_interest();
+    let a = authed(&mut d);
+    let a_id = format!("client:{}", d.shard.conn(a).unwrap().id());
+    let on = |t: &str| (t.to_string(), true);
+    let off = |t: &str| (t.to_string(), false);
+    assert_eq!(
+        interest(&mut d),
+        [
+            on(&a_id),
+            on("user:u1"),
+            on("room:ws-default"),
+            on("room:ws-notification")
+        ]
+    );
+    // A second session of the same user, the same default rooms: nothing.
+    let b = authed(&mut d);
+    let b_id = format!("client:{}", d.shard.conn(b).unwrap().id());
+    assert_eq!(interest(&mut d), [on(&b_id)]);
+    d.send_text(a, r#"{"event":"join","data":{"rooms":["r"]}}"#);
+    d.send_text(b, r#"{"event":"join","data":{"rooms":["r"]}}"#);
+    assert_eq!(interest(&mut d), [on("room:r")]);
+    d.send_text(a, r#"{"event":"leave","data":{"rooms":["r"]}}"#);
+    assert!(interest(&mut d).is_empty(), "b is still in r");
+    // b leaves r and joins it again: off then on, in that order.
+    d.send_text(b, r#"{"event":"leave","data":{"rooms":["r"]}}"#);
+    d.send_text(b, r#"{"event":"join","data":{"rooms":["r"]}}"#);
+    assert_eq!(interest(&mut d), [off("room:r"), on("room:r")]);
+    d.eof(a);
+    d.run();
+    assert_eq!(interest(&mut d), [off(&a_id)]);
+    d.eof(b);
+    d.run();
+    let mut last = interest(&mut d);
+    last.sort();
+    let mut want = vec![
+        off(&b_id),
+        off("user:u1"),
+        off("room:ws-default"),
+        off("room:ws-notification"),
+        off("room:r"),
+    ];
+    want.sort();
+    assert_eq!(last, want);
+}
+
+/// Join, leave, connect and disconnect storms: the channels the interest
+/// stream leaves on are exactly the shard's rooms, users and clients, and
+/// each topic's changes alternate on, off, on….
+#[test]
+fn interest_matches_the_indexes_after_churn() {
+    let mut d = driver(config());
+    d.shard.track_interest();
+    let mut held: std::collections::HashMap<String, bool> = Default::default();
+    let mut keys: Vec<u32> = Vec::new();
+    let mut changes = 0;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for step in 0..3000 {
+        match rand(5) {
+            0 if keys.len() < 14 => {
+                let user = format!("u{}", rand(4));
+                let auth = format!(r#"{{"event":"authenticate","data":{{"userId":"{user}"}}}}"#);
+                keys.push(d.connect(&frame(&auth)));
+            }
+            1 if !keys.is_empty() => {
+                let k = keys.swap_remove(rand(keys.len() as u64) as usize);
+                d.eof(k);
+            }
+            2 | 3 if !keys.is_empty() => {
+                let k = keys[rand(keys.len() as u64) as usize];
+                let verb = if rand(2) == 0 { "join" } else { "leave" };
+                let room = format!("r{}", rand(5));
+                d.send_text(
+                    k,
+                    &format!(r#"{{"event":"{verb}","data":{{"rooms":["{room}"]}}}}"#),
+                );
+            }
+            _ => {}
+        }
+        d.run();
+        for (topic, on) in interest(&mut d) {
+            changes += 1;
+            let was = held.insert(topic.clone(), on).unwrap_or(false);
+            assert_ne!(was, on, "step {step}: {topic} turned {on} twice");
+        }
+    }
+    let held: std::collections::BTreeSet<String> = held
+        .into_iter()
+        .filter_map(|(t, on)| on.then_some(t))
+        .collect();
+    let mut want = std::collections::BTreeSet::new();
+    for (_, c) in d.shard.conns() {
+        want.insert(format!("client:{}", c.id()));
+    }
+    for u in 0..4 {
+        if !d.shard.users.get(&format!("u{u}")).is_empty() {
+            want.insert(format!("user:u{u}"));
+        }
+    }
+    for r in [
+        "r0",
+        "r1",
+        "r2",
+        "r3",
+        "r4",
+        "ws-default",
+        "ws-notification",
+    ] {
+        if d.shard.rooms.id(r).is_some() {
+            want.insert(format!("room:{r}"));
+        }
+    }
+    assert_eq!(held, want);
+    assert!(changes > 500, "a storm, not a breeze: {changes} changes");
+}
