@@ -34,6 +34,8 @@ pub struct ShardMetrics {
     pub tls_handshakes: AtomicU64,
     pub tls_handshake_errors: AtomicU64,
     pub tls_handshakes_refused: AtomicU64,
+    /// TLS handshakes under way (gauge).
+    pub tls_handshaking: AtomicI64,
     /// TLS connections that ended on a record-layer error (bad record,
     /// failed decryption, fatal alert).
     pub tls_record_errors: AtomicU64,
@@ -497,7 +499,7 @@ type Getter = fn(&ShardMetrics) -> &AtomicU64;
 type GaugeGetter = fn(&ShardMetrics) -> &AtomicI64;
 
 /// Per-shard gauges, each a family with a sample per shard.
-const SHARD_GAUGES: [(&str, &str, GaugeGetter); 6] = [
+const SHARD_GAUGES: [(&str, &str, GaugeGetter); 7] = [
     ("rooms", "Rooms with at least one member, by shard.", |s| {
         &s.rooms
     }),
@@ -513,6 +515,11 @@ const SHARD_GAUGES: [(&str, &str, GaugeGetter); 6] = [
         "handshakes_in_progress",
         "Accepted connections still in their HTTP upgrade (they count against --max-connections), by shard.",
         |s| &s.handshaking,
+    ),
+    (
+        "tls_handshakes_in_progress",
+        "TLS handshakes under way (their ClientHello began to arrive; at most --tls-max-handshakes per process), by shard.",
+        |s| &s.tls_handshaking,
     ),
     (
         "publish_bodies_pending",

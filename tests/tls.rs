@@ -122,9 +122,10 @@ async fn https_endpoints_share_the_port(io: IoMode) {
     assert_eq!(c.recv().await, json!({"event":"still","data":true}));
 }
 
-/// `--tls-max-handshakes`: past it a connection is closed at once; a
-/// silent one holds its slot until `--handshake-timeout-ms`, then frees
-/// it; a client that does not trust the certificate fails alone.
+/// `--tls-max-handshakes`: a handshake holds a slot from its first byte;
+/// past the cap a connection is closed once its ClientHello begins; a
+/// stalled handshake frees its slot at `--handshake-timeout-ms`; a client
+/// that does not trust the certificate fails alone.
 async fn handshake_cap_and_timeout(io: IoMode) {
     let pki = Pki::new();
     let mut cfg = pki.serve(config(io));
@@ -133,32 +134,41 @@ async fn handshake_cap_and_timeout(io: IoMode) {
     cfg.handshake_timeout = Duration::from_millis(500);
     let s = start(cfg);
     let h = s.handle();
-    // Holds the one slot: TCP, no ClientHello.
-    let mut silent = Raw::connect(s.addr).await;
-    until(&h, "the silent connection accepted", |h| {
-        gauge(h, |m| &m.handshaking) == 1
+    // A connection that sends nothing holds no slot.
+    let _silent = Raw::connect(s.addr).await;
+    // Holds the one slot: a record header promising a ClientHello that
+    // never comes.
+    let mut stalled = Raw::connect(s.addr).await;
+    stalled.write(&[22, 3, 1, 0, 200]).await;
+    until(&h, "the stalled handshake holds the slot", |h| {
+        gauge(h, |m| &m.tls_handshaking) == 1
     })
     .await;
     let mut refused = Raw::connect(s.addr).await;
+    refused.write(&[22, 3, 1, 0, 200]).await;
     assert!(refused.read_to_end().await.is_empty(), "closed at once");
     assert_eq!(counter(&h, |m| &m.tls_handshakes_refused), 1);
     assert_eq!(
         counter(&h, |m| &m.tls_handshake_errors),
         0,
-        "the silent one is still waiting"
+        "the stalled one is still waiting"
     );
-    // The timeout ends the silent one.
-    assert!(silent.read_to_end().await.is_empty());
-    assert_eq!(counter(&h, |m| &m.tls_handshake_errors), 1);
+    // The timeout ends the stalled one and frees the slot.
+    assert!(stalled.read_to_end().await.is_empty());
+    until(&h, "the slot is free", |h| {
+        gauge(h, |m| &m.tls_handshaking) == 0
+    })
+    .await;
     // A client trusting another CA fails its handshake; the next one works.
     let other = Pki::new();
+    let before = counter(&h, |m| &m.tls_handshake_errors);
     assert!(
         tls_connect(s.addr, &other.ca_der, Version::V13)
             .await
             .is_err()
     );
     until(&h, "the untrusting client counted", |h| {
-        counter(h, |m| &m.tls_handshake_errors) == 2
+        counter(h, |m| &m.tls_handshake_errors) == before + 1
     })
     .await;
     let mut c = wss(s.addr, &pki.ca_der, Version::V12).await;

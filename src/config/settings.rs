@@ -387,14 +387,14 @@ settings! {
             /// The private key of `tls_cert`, PEM.
             tls_key: Option<PathBuf> = None,
         };
-        /// TLS handshakes in progress at once per process; one more
-        /// connection is closed at once [default: 1024].
+        /// TLS handshakes under way at once per process (from the first
+        /// ClientHello byte); one more is closed at once [default: 1024].
         #[arg(env = "IGNIS_WS_TLS_MAX_HANDSHAKES", value_name = "N")]
         tls_max_handshakes: u32 => same => {
-            /// TLS handshakes in progress at once, per process (each shard
-            /// its share): a connection past it is closed before its
-            /// ClientHello is read, so a flood of handshakes cannot take
-            /// every core from established clients.
+            /// TLS handshakes under way at once, per process (each shard
+            /// its share), counted from the first byte of the ClientHello: a
+            /// connection past it is closed then, so a flood of handshakes
+            /// cannot take every core from established clients.
             tls_max_handshakes: u32 = 1024,
             invalid if |v| *v == 0 => "must be > 0",
         };

@@ -218,7 +218,6 @@ fn read_some(io: &ShardIo, key: ConnKey) {
                 if let Some(mut session) = sh.conn_mut(key).and_then(|c| c.sock_mut().tls.take()) {
                     let mut plain = io.tls_plain.borrow_mut();
                     let read = super::tls::open(io, &mut session, &scratch[..n], &mut plain);
-                    let answer = !session.pending.is_empty();
                     if let Some(c) = sh.conn_mut(key) {
                         c.sock_mut().tls = Some(session);
                     }
@@ -238,12 +237,6 @@ fn read_some(io: &ShardIo, key: ConnKey) {
                                 return;
                             }
                         }
-                    }
-                    if answer {
-                        // A key update to answer: out before anything else.
-                        drop((sh, plain));
-                        super::tasks::flush_one(io, key);
-                        sh = io.shard.borrow_mut();
                     }
                 } else {
                     sh.handle_bytes(key, &scratch[..n], now);

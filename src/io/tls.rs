@@ -27,10 +27,41 @@ const SEAL_BUDGET: usize = 64 * 1024;
 /// One TLS handshake in progress on this shard (given back on drop).
 struct HandshakeSlot<'a>(&'a ShardIo);
 
+impl<'a> HandshakeSlot<'a> {
+    /// A slot under `--tls-max-handshakes`, if one is free.
+    fn take(io: &'a ShardIo) -> Option<HandshakeSlot<'a>> {
+        if io.tls_handshaking.get() >= io.tls_max_handshakes {
+            return None;
+        }
+        io.tls_handshaking.set(io.tls_handshaking.get() + 1);
+        io.metrics()
+            .tls_handshaking
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(HandshakeSlot(io))
+    }
+}
+
 impl Drop for HandshakeSlot<'_> {
     fn drop(&mut self) {
         let n = &self.0.tls_handshaking;
         n.set(n.get().saturating_sub(1));
+        self.0
+            .metrics()
+            .tls_handshaking
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Why a handshake did not complete.
+enum Failed {
+    /// `--tls-max-handshakes` were under way.
+    Refused,
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failed {
+    fn from(e: io::Error) -> Failed {
+        Failed::Io(e)
     }
 }
 
@@ -43,12 +74,6 @@ pub(super) async fn accept<'a>(
     tls: &crate::tls::Tls,
 ) -> Option<TlsSource<'a>> {
     let m = io.metrics();
-    if io.tls_handshaking.get() >= io.tls_max_handshakes {
-        ShardMetrics::add(&m.tls_handshakes_refused, 1);
-        return None;
-    }
-    io.tls_handshaking.set(io.tls_handshaking.get() + 1);
-    let _slot = HandshakeSlot(io);
     let r = Box::pin(compio::time::timeout(
         io.handshake_timeout,
         handshake(io, pfd, tls.server_config()),
@@ -59,7 +84,11 @@ pub(super) async fn accept<'a>(
             ShardMetrics::add(&m.tls_handshakes, 1);
             Some(src)
         }
-        Ok(Err(e)) => {
+        Ok(Err(Failed::Refused)) => {
+            ShardMetrics::add(&m.tls_handshakes_refused, 1);
+            None
+        }
+        Ok(Err(Failed::Io(e))) => {
             ShardMetrics::add(&m.tls_handshake_errors, 1);
             tracing::debug!(error = %e, "TLS handshake failed");
             None
@@ -72,17 +101,21 @@ pub(super) async fn accept<'a>(
     }
 }
 
+/// The handshake. Its slot under `--tls-max-handshakes` is taken when the
+/// ClientHello begins to arrive (the work starts then): a connection that
+/// sends nothing holds no slot, only its place under `--max-connections`
+/// until `--handshake-timeout-ms`.
 async fn handshake<'a>(
     io: &ShardIo,
     pfd: &'a PollFd<Socket>,
     config: std::sync::Arc<rustls::ServerConfig>,
-) -> io::Result<TlsSource<'a>> {
+) -> Result<TlsSource<'a>, Failed> {
     let mut raw = Vec::new();
     let mut proxied = None;
     if io.admission.proxy_protocol {
         loop {
             if !read_more(io, pfd, &mut raw, io.limits.max_head_bytes).await? {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
             match crate::proto::handshake::parse_proxy_v2(&raw) {
                 Ok(None) => continue,
@@ -91,10 +124,24 @@ async fn handshake<'a>(
                     proxied = Some(source);
                     break;
                 }
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+                Err(e) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()).into());
+                }
             }
         }
     }
+    if raw.is_empty()
+        && !read_more(
+            io,
+            pfd,
+            &mut raw,
+            crate::tls::handshake::MAX_HANDSHAKE_INPUT,
+        )
+        .await?
+    {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    let _slot = HandshakeSlot::take(io).ok_or(Failed::Refused)?;
     let mut hs = Handshake::new(config).map_err(tls_err)?;
     let mut out = Vec::new();
     loop {
@@ -118,7 +165,7 @@ async fn handshake<'a>(
         )
         .await?
         {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
     }
     let (session, plain) = hs.finish().map_err(tls_err)?;
@@ -167,8 +214,7 @@ impl Source for TlsSource<'_> {
     }
 
     async fn send(&mut self, data: &[u8]) -> io::Result<()> {
-        // A key update answer may be waiting: it goes first.
-        let mut out = std::mem::take(&mut self.session.pending);
+        let mut out = Vec::new();
         self.session.seal_all(data, &mut out).map_err(tls_err)?;
         write_all(self.pfd, &out).await
     }

@@ -41,6 +41,9 @@ pub const KEY_UPDATE_AFTER: u64 = 1 << 23;
 /// TLS 1.2 has no key update: past this many records the connection ends
 /// (the client reconnects with fresh keys).
 const TLS12_RECORD_LIMIT: u64 = 1 << 24;
+/// KeyUpdates accepted without application data in between (rustls's
+/// bound too).
+const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
 
 /// Why a TLS connection cannot go on. Never contains key material.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +151,21 @@ impl Direction {
         };
         // Refuse a key we cannot use now rather than at the first record.
         d.build()?;
+        // The traffic secret must be the one these keys come from: it is
+        // not if the peer sent a KeyUpdate together with its Finished
+        // (rustls then moved on to the next keys during the handshake).
+        if let Some(t) = &d.traffic {
+            let mut key = [0u8; 32];
+            let key_len = d.alg.key_len();
+            let mut iv = [0u8; aead::NONCE_LEN];
+            expand_label(t.secret.get(), t.hash, b"key", &mut key[..key_len])?;
+            expand_label(t.secret.get(), t.hash, b"iv", &mut iv)?;
+            let same = key[..key_len] == *d.key.get() && iv == d.iv;
+            zeroize::Zeroize::zeroize(&mut key);
+            if !same {
+                return Err(TlsError::Unexpected("key update during the handshake"));
+            }
+        }
         Ok(d)
     }
 
@@ -204,7 +222,7 @@ impl Direction {
     }
 
     fn is_gcm(&self) -> bool {
-        !std::ptr::eq(self.alg, &aead::CHACHA20_POLY1305)
+        *self.alg != aead::CHACHA20_POLY1305
     }
 }
 
@@ -245,6 +263,10 @@ pub struct Session {
     close_sent: bool,
     /// Records under one TLS 1.3 key before we update it.
     pub(super) tx_limit: u64,
+    /// The peer asked for our key update: sent before our next record.
+    key_update_owed: bool,
+    /// KeyUpdates received since the last application data.
+    key_updates_in_a_row: u8,
 }
 
 impl std::fmt::Debug for Session {
@@ -286,6 +308,8 @@ impl Session {
             peer_closed: false,
             close_sent: false,
             tx_limit: KEY_UPDATE_AFTER,
+            key_update_owed: false,
+            key_updates_in_a_row: 0,
         })
     }
 
@@ -370,13 +394,14 @@ impl Session {
         if self.close_sent {
             return Ok(());
         }
-        self.close_sent = true;
         // Warning level, close_notify (RFC 8446 §6.1).
-        self.seal_record(CT_ALERT, out, |out| {
+        let r = self.seal_record(CT_ALERT, out, |out| {
             out.extend_from_slice(&[1, 0]);
             2
-        })
-        .map(drop)
+        });
+        // Nothing is sealed after it.
+        self.close_sent = true;
+        r.map(drop)
     }
 
     /// One record of content type `typ`, its plaintext written by `fill`
@@ -389,7 +414,11 @@ impl Session {
         out: &mut Vec<u8>,
         fill: impl FnOnce(&mut Vec<u8>) -> usize,
     ) -> Result<usize, TlsError> {
-        if self.tls13 && self.tx.seq >= self.tx_limit {
+        if self.close_sent {
+            return Err(TlsError::Unexpected("record after close_notify"));
+        }
+        if self.tls13 && (self.key_update_owed || self.tx.seq >= self.tx_limit) {
+            self.key_update_owed = false;
             self.key_update_tx(out)?;
         } else if !self.tls13 && self.tx.seq >= TLS12_RECORD_LIMIT {
             return Err(TlsError::KeysExhausted);
@@ -445,9 +474,8 @@ impl Session {
     }
 
     /// Decrypt what arrived from the peer (any amount: records may be
-    /// split anywhere), appending the application data to `plain`.
-    /// Records to send in answer (a key update) are added to
-    /// [`Session::pending`].
+    /// split anywhere), appending the application data to `plain`. A key
+    /// update the peer asks for is answered before our next record.
     pub fn open(&mut self, input: &[u8], plain: &mut Vec<u8>) -> Result<Opened, TlsError> {
         if self.peer_closed {
             return Ok(Opened { peer_closed: true });
@@ -463,6 +491,10 @@ impl Session {
             let used = self.open_records(&buf, plain)?;
             buf.drain(..used);
             if !self.peer_closed && !buf.is_empty() {
+                // Keep what the partial record needs, not the whole read.
+                if buf.capacity() > 2 * buf.len() + 1024 {
+                    buf.shrink_to_fit();
+                }
                 self.partial = buf;
             }
         }
@@ -571,7 +603,10 @@ impl Session {
             return Err(TlsError::TooLarge);
         }
         match inner {
-            CT_APPDATA => Ok(()),
+            CT_APPDATA => {
+                self.key_updates_in_a_row = 0;
+                Ok(())
+            }
             CT_ALERT => {
                 let alert = plain[at..].to_vec();
                 plain.truncate(at);
@@ -610,12 +645,16 @@ impl Session {
         if request > 1 {
             return Err(TlsError::BadRecord("malformed key update"));
         }
+        // As rustls: a peer may not make us derive keys without end.
+        self.key_updates_in_a_row += 1;
+        if self.key_updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
+            return Err(TlsError::Unexpected("too many key updates"));
+        }
         self.rx.update()?;
+        // Answered once, before our next record (RFC 8446 §4.6.3), however
+        // many requests came: nothing is queued per request.
         if request == 1 {
-            let mut out = std::mem::take(&mut self.pending);
-            let r = self.key_update_tx(&mut out);
-            self.pending = out;
-            r?;
+            self.key_update_owed = true;
         }
         Ok(())
     }

@@ -231,11 +231,12 @@ fn key_update_round_trip(pki: &TestPki, suite: rustls::CipherSuite) {
     let mut plain = Vec::new();
     s.open(&client_out(&mut c), &mut plain).unwrap();
     assert_eq!(plain, b"after update");
-    // Our answer (KeyUpdate under the old key) is pending; then data
-    // under the new key.
-    let mut out = std::mem::take(&mut s.pending);
-    assert!(!out.is_empty(), "no KeyUpdate answer");
+    // Our answer (KeyUpdate under the old key) goes before our next
+    // record, then data under the new key.
+    assert!(s.pending.is_empty(), "nothing is queued per request");
+    let mut out = Vec::new();
     s.seal_all(b"new keys", &mut out).unwrap();
+    assert!(out.len() > 2 * 22, "a KeyUpdate record, then the data");
     assert_eq!(client_in(&mut c, &out), b"new keys", "{suite:?}");
     // And again: the second update starts from the first's secret.
     c.refresh_traffic_keys().unwrap();
@@ -243,7 +244,7 @@ fn key_update_round_trip(pki: &TestPki, suite: rustls::CipherSuite) {
     let mut plain = Vec::new();
     s.open(&client_out(&mut c), &mut plain).unwrap();
     assert_eq!(plain, b"twice", "{suite:?}");
-    let mut out = std::mem::take(&mut s.pending);
+    let mut out = Vec::new();
     s.seal_all(b"both ways", &mut out).unwrap();
     assert_eq!(client_in(&mut c, &out), b"both ways", "{suite:?}");
 }
@@ -371,4 +372,37 @@ fn idle_session_keeps_only_itself() {
     assert!(!s.holds_keys());
     println!("Session {} B", std::mem::size_of::<Session>());
     assert!(std::mem::size_of::<Session>() <= 512);
+}
+
+/// A KeyUpdate flood: many requests get one answer, and more than 32 in a
+/// row without application data end the connection.
+#[test]
+fn key_update_requests_are_answered_once_and_bounded() {
+    let pki = TestPki::new();
+    let mut c = client(&pki, &rustls::version::TLS13, None);
+    let (mut s, _) = connect(&pki, &mut c, b"x");
+    let mut plain = Vec::new();
+    for _ in 0..5 {
+        c.refresh_traffic_keys().unwrap();
+        // rustls sends its KeyUpdate with the next data.
+        c.writer().write_all(b"d").unwrap();
+        s.open(&client_out(&mut c), &mut plain).unwrap();
+    }
+    assert_eq!(plain, b"ddddd");
+    let mut out = Vec::new();
+    s.seal_all(b"ok", &mut out).unwrap();
+    // One KeyUpdate record and one data record: 2 × (5 + 5 or 2 + 1 + 16).
+    assert_eq!(out.len(), (5 + 5 + 1 + 16) + (5 + 2 + 1 + 16));
+    assert_eq!(client_in(&mut c, &out), b"ok");
+    // 40 KeyUpdates with no data between them.
+    let mut c = client(&pki, &rustls::version::TLS13, None);
+    let (mut s, _) = connect(&pki, &mut c, b"x");
+    for _ in 0..40 {
+        c.refresh_traffic_keys().unwrap();
+    }
+    let r = s.open(&client_out(&mut c), &mut plain);
+    assert!(
+        matches!(r, Err(TlsError::Unexpected("too many key updates"))),
+        "{r:?}"
+    );
 }
