@@ -138,8 +138,20 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        let each: Vec<ProcSample> = pids.iter().map(|&p| sample(p).unwrap()).collect();
-        let all = sample_all(&pids).unwrap();
+        // A child that just exec'd may still be mapping pages: read until
+        // two readings in a row agree (they do within milliseconds).
+        let mut got = None;
+        for _ in 0..200 {
+            let each: Vec<ProcSample> = pids.iter().map(|&p| sample(p).unwrap()).collect();
+            let all = sample_all(&pids).unwrap();
+            let again: Vec<ProcSample> = pids.iter().map(|&p| sample(p).unwrap()).collect();
+            if each == again {
+                got = Some((each, all));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let (each, all) = got.expect("the children settle");
         assert_eq!(all.rss_bytes, each[0].rss_bytes + each[1].rss_bytes);
         assert_eq!(all.cpu_ticks, each[0].cpu_ticks + each[1].cpu_ticks);
         assert!(all.rss_bytes > each[0].rss_bytes);
