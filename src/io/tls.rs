@@ -17,7 +17,7 @@ use super::shard_io::ShardIo;
 use super::upgrade::{Source, pfd_fd, read_more, write_all};
 use crate::metrics::ShardMetrics;
 use crate::shard::{ConnKey, IoVec};
-use crate::tls::handshake::Step;
+use crate::tls::handshake::{MAX_HANDSHAKE_INPUT, Step};
 use crate::tls::{Handshake, Session, TlsError};
 
 /// Plaintext sealed per connection per write: the rest stays in the
@@ -114,9 +114,7 @@ async fn handshake<'a>(
     let mut proxied = None;
     if io.admission.proxy_protocol {
         loop {
-            if !read_more(io, pfd, &mut raw, io.limits.max_head_bytes).await? {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-            }
+            read_or_eof(io, pfd, &mut raw, io.limits.max_head_bytes).await?;
             match crate::proto::handshake::parse_proxy_v2(&raw) {
                 Ok(None) => continue,
                 Ok(Some((len, source))) => {
@@ -130,16 +128,8 @@ async fn handshake<'a>(
             }
         }
     }
-    if raw.is_empty()
-        && !read_more(
-            io,
-            pfd,
-            &mut raw,
-            crate::tls::handshake::MAX_HANDSHAKE_INPUT,
-        )
-        .await?
-    {
-        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    if raw.is_empty() {
+        read_or_eof(io, pfd, &mut raw, MAX_HANDSHAKE_INPUT).await?;
     }
     let _slot = HandshakeSlot::take(io).ok_or(Failed::Refused)?;
     let mut hs = Handshake::new(config).map_err(tls_err)?;
@@ -157,16 +147,7 @@ async fn handshake<'a>(
         if step == Step::Done {
             break;
         }
-        if !read_more(
-            io,
-            pfd,
-            &mut raw,
-            crate::tls::handshake::MAX_HANDSHAKE_INPUT,
-        )
-        .await?
-        {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-        }
+        read_or_eof(io, pfd, &mut raw, MAX_HANDSHAKE_INPUT).await?;
     }
     let (session, plain) = hs.finish().map_err(tls_err)?;
     Ok(TlsSource {
@@ -175,6 +156,21 @@ async fn handshake<'a>(
         plain,
         proxied,
     })
+}
+
+/// [`read_more`], with the peer's end of stream as an error: a handshake
+/// cannot end there.
+async fn read_or_eof(
+    io: &ShardIo,
+    pfd: &PollFd<Socket>,
+    raw: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<()> {
+    if read_more(io, pfd, raw, limit).await? {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::UnexpectedEof.into())
+    }
 }
 
 fn tls_err(e: TlsError) -> io::Error {

@@ -313,11 +313,6 @@ impl Session {
         })
     }
 
-    /// TLS 1.3 (else 1.2).
-    pub fn is_tls13(&self) -> bool {
-        self.tls13
-    }
-
     /// The cipher suite's name, e.g. `TLS13_AES_256_GCM_SHA384`.
     pub fn suite(&self) -> rustls::CipherSuite {
         self.suite
@@ -690,11 +685,14 @@ struct Cursor<'a, 'b> {
 }
 
 impl Cursor<'_, '_> {
-    fn is_empty(&self) -> bool {
-        self.chunks[self.index..]
-            .iter()
-            .enumerate()
-            .all(|(i, c)| c.len() <= if i == 0 { self.offset } else { 0 })
+    /// Whether nothing is left (skipping used-up and empty chunks, so each
+    /// is looked at once over the whole seal).
+    fn is_empty(&mut self) -> bool {
+        while self.index < self.chunks.len() && self.offset >= self.chunks[self.index].len() {
+            self.index += 1;
+            self.offset = 0;
+        }
+        self.index == self.chunks.len()
     }
 
     /// Append up to `max` bytes to `out`; returns how many.
