@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) registry: Arc<Registry>,
     pub(crate) control: ControlHandle,
     pub(crate) bridge: Option<Publisher>,
+    /// The Redis subscriber's input under `--redis-subscribe interest`.
+    pub(crate) interest: Option<flume::Sender<crate::bridge::interest::BridgeInput>>,
     /// `--shard-queue-limit`: bytes of deliveries one shard's channel may
     /// hold.
     pub(crate) queue_limit: usize,
@@ -263,6 +265,33 @@ impl Handle {
             if rx.recv_async().await.is_err() {
                 break;
             }
+        }
+    }
+
+    /// Wait until this process's Redis subscriptions cover what its
+    /// clients needed when this was called (`--redis-subscribe interest`):
+    /// every room joined, user authenticated and client connected before
+    /// it has its channel confirmed by Redis, so a message published to
+    /// them from any node now reaches them. Pending while Redis is
+    /// unreachable (wrap it in a timeout); at once without Redis or with
+    /// `--redis-subscribe pattern` (the patterns cover everything once
+    /// subscribed).
+    ///
+    /// Until then a message published elsewhere to a room a local client
+    /// just joined can be missed: Redis delivers only to subscribers, and
+    /// the subscription follows the join by a round trip to Redis.
+    pub async fn settle_subscriptions(&self) {
+        let Some(tx) = &self.inner.interest else {
+            return;
+        };
+        // Every shard has handled what came before, and has reported it.
+        self.settle().await;
+        let (done, rx) = flume::bounded(1);
+        if tx
+            .send(crate::bridge::interest::BridgeInput::Settle(done))
+            .is_ok()
+        {
+            let _ = rx.recv_async().await;
         }
     }
 

@@ -151,6 +151,18 @@ pub struct BridgeMetrics {
     pub outbox_depth: AtomicI64,
     /// Reconnections of either connection.
     pub reconnects: AtomicU64,
+    /// Channels the subscriber connection is subscribed to (exact
+    /// channels and patterns; `--redis-subscribe interest` changes it).
+    pub channels: AtomicI64,
+    /// Rooms, users and clients whose subscription change waits for a
+    /// command (`--redis-subscribe interest`).
+    pub subscription_backlog: AtomicI64,
+    /// Channels in SUBSCRIBE (0) and UNSUBSCRIBE (1) commands sent.
+    pub subscription_changes: [AtomicU64; 2],
+    /// SUBSCRIBE (0) and UNSUBSCRIBE (1) commands sent.
+    pub subscription_commands: [AtomicU64; 2],
+    /// Time the last (re)subscription of every wanted channel took, ms.
+    pub resubscribe_ms: AtomicI64,
 }
 
 /// Forwarding of custom client events (`--events-channel`,
@@ -247,7 +259,45 @@ impl Registry {
             "counter",
             by_kind(&b.published),
         )?;
+        family(
+            o,
+            "redis_subscription_changes_total",
+            "Channels subscribed and unsubscribed by the subscriber, by op.",
+            "counter",
+            ["subscribe", "unsubscribe"]
+                .iter()
+                .zip(&b.subscription_changes)
+                .map(|(op, v)| (label("op", op), v.load(Relaxed))),
+        )?;
+        family(
+            o,
+            "redis_subscription_commands_total",
+            "SUBSCRIBE and UNSUBSCRIBE commands sent, by op.",
+            "counter",
+            ["subscribe", "unsubscribe"]
+                .iter()
+                .zip(&b.subscription_commands)
+                .map(|(op, v)| (label("op", op), v.load(Relaxed))),
+        )?;
         for (name, help, kind, v) in [
+            (
+                "redis_subscribed_channels",
+                "Channels and patterns the subscriber connection listens to.",
+                "gauge",
+                b.channels.load(Relaxed),
+            ),
+            (
+                "redis_subscription_backlog",
+                "Rooms, users and clients whose subscription change waits for Redis.",
+                "gauge",
+                b.subscription_backlog.load(Relaxed),
+            ),
+            (
+                "redis_resubscribe_last_ms",
+                "Time the last subscription of every wanted channel took after a (re)connect, ms.",
+                "gauge",
+                b.resubscribe_ms.load(Relaxed),
+            ),
             (
                 "redis_events_forwarded_total",
                 "Custom client events forwarded to the events channel.",

@@ -286,6 +286,14 @@ impl ServerBuilder {
             control: control.handle().stats().clone(),
             draining: Default::default(),
         });
+        // Shards report what they need to hear to the Redis subscriber.
+        let (interest_tx, interest_rx) = match (&bridge_cfg, config.redis_subscribe) {
+            (Some(_), crate::config::RedisSubscribe::Interest) => {
+                let (tx, rx) = flume::unbounded();
+                (Some(tx), Some(rx))
+            }
+            _ => (None, None),
+        };
         let channels: Vec<(flume::Sender<ShardCommand>, flume::Receiver<ShardCommand>)> =
             (0..n).map(|_| flume::unbounded()).collect();
         let handle = Handle {
@@ -294,6 +302,7 @@ impl ServerBuilder {
                 registry: registry.clone(),
                 control: control.handle(),
                 bridge: bridge.as_ref().map(|(p, _)| p.clone()),
+                interest: interest_tx.clone(),
                 queue_limit: config.shard_queue_limit,
             }),
         };
@@ -349,11 +358,13 @@ impl ServerBuilder {
             let registry = registry.clone();
             let ready = ready_tx.clone();
             let h = handle.clone();
+            let interest = interest_tx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("ignis-shard-{i}"))
                 .spawn(move || {
                     run_shard(
-                        ctx, calls, admission, backend, core, listener, rx, registry, h, ready,
+                        ctx, calls, admission, backend, core, listener, rx, registry, h, interest,
+                        ready,
                     )
                 })?;
             threads.push(t);
@@ -390,6 +401,7 @@ impl ServerBuilder {
                 outbox,
                 Arc::new(handle.clone()),
                 &control.handle(),
+                interest_rx,
             );
         }
         tracing::info!(
@@ -551,6 +563,7 @@ fn run_shard(
     rx: flume::Receiver<ShardCommand>,
     registry: Arc<Registry>,
     handle: Handle,
+    interest: Option<flume::Sender<crate::bridge::interest::BridgeInput>>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let index = ctx.index;
@@ -570,8 +583,11 @@ fn run_shard(
     // would strand its clients, so the process stops loudly instead.
     let run = std::panic::AssertUnwindSafe(|| {
         rt.block_on(async move {
-            let shard = Shard::new(ctx, Instant::now());
-            let io = match ShardIo::new(shard, calls, admission, registry, handle) {
+            let mut shard = Shard::new(ctx, Instant::now());
+            if interest.is_some() {
+                shard.track_interest();
+            }
+            let io = match ShardIo::new(shard, calls, admission, registry, handle, interest) {
                 Ok(io) => io,
                 Err(e) => {
                     let _ = ready.send(Err(format!("shard {index}: epoll_create: {e}")));

@@ -80,6 +80,7 @@ async fn ignis_ws_and_ignis_on_bun_share_one_redis() {
     on_bun.join(&["lobby"]).await;
     on_ws.join(&["lobby"]).await;
     on_ws.expect_silence().await;
+    settle_subscriptions(&[&node]).await;
 
     // The emitter reaches both.
     let emitter = Emitter::connect(&redis.url()).await.unwrap();

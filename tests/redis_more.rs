@@ -46,6 +46,7 @@ async fn http_publish_api() {
     wait_subscribed(&b.handle()).await;
     let (mut ca, da) = authed_in(&a.url(), "alice", &["r"]).await;
     let (mut cb, _) = authed_in(&b.url(), "bob", &["r"]).await;
+    settle_subscriptions(&[&a, &b]).await;
     // Auth.
     let ok_body = r#"{"type":"room","target":"r","event":"e","data":1}"#;
     assert_eq!(post(a.addr, None, ok_body).await.0, 401);
@@ -266,6 +267,7 @@ async fn redis_cluster() {
     wait_subscribed(&b.handle()).await;
     let (mut ca, _) = authed(&a.url(), "x").await;
     let (mut cb, _) = authed(&b.url(), "y").await;
+    settle_subscriptions(&[&a, &b]).await;
     // Published on the third node: Redis Cluster propagates it.
     let mut r = cluster.nodes[2].client().await;
     let to_y = br#"{"serverId":"emitter","type":"user","target":"y","event":"c","data":1}"#;
@@ -447,6 +449,10 @@ async fn two_processes_and_the_emit_cli() {
     let (mut pb, addr_b) = spawn_node(&redis.url());
     let (mut ca, _) = authed_in(&format!("ws://{addr_a}/ws"), "u", &["lobby"]).await;
     let (mut cb, _) = authed_in(&format!("ws://{addr_b}/ws"), "u", &["lobby"]).await;
+    // Both processes subscribed the room and the user (what a node hears
+    // follows its clients).
+    redis.wait_subscribers("ws:room:lobby", 2).await;
+    redis.wait_subscribers("ws:user:u", 2).await;
     let (code, out) = emit_cli(
         &[
             "--redis",

@@ -1,8 +1,10 @@
 //! The one Redis bridge per process (PROTOCOL.md §6, cross-instance).
 //!
 //! Two connections, both on the control thread (tokio), never on a shard:
-//! * the **subscriber** ([`subscriber`]) SUBSCRIBEs `ws:broadcast` and
-//!   PSUBSCRIBEs `ws:room:*`, `ws:client:*`, `ws:user:*`; each envelope is
+//! * the **subscriber** ([`subscriber`]) SUBSCRIBEs `ws:broadcast` and the
+//!   channels of this process's rooms, users and clients as the shards
+//!   report them ([`interest`]; or, with `--redis-subscribe pattern`,
+//!   PSUBSCRIBEs `ws:room:*`, `ws:client:*`, `ws:user:*`); each envelope is
 //!   parsed once, its client frame encoded once, and the same `Bytes` goes
 //!   to every shard that may hold recipients ([`crate::Handle::deliver`]);
 //! * the **publisher** ([`publisher`]) drains the outbox, a bounded channel
@@ -18,6 +20,7 @@
 pub mod conn;
 pub mod emitter;
 pub mod envelope;
+pub mod interest;
 pub mod publisher;
 pub mod subscriber;
 #[cfg(test)]
@@ -49,12 +52,15 @@ impl Link {
 }
 
 /// Start the subscriber and the publisher on the control thread.
+/// `interest`: the shards' reports of what they need
+/// (`--redis-subscribe interest`); `None` subscribes the patterns.
 pub fn start(
     cfg: BridgeConfig,
     publisher: &Publisher,
     outbox: Outbox,
     handle: Arc<dyn LocalDelivery>,
     control: &ControlHandle,
+    interest: Option<flume::Receiver<interest::BridgeInput>>,
 ) {
     let metrics = publisher.metrics.clone();
     let server_id = publisher.server_id.clone();
@@ -64,6 +70,7 @@ pub fn start(
         handle,
         metrics.clone(),
         publisher.link.clone(),
+        interest,
     )));
     control.spawn(Box::pin(publisher::run(
         cfg,

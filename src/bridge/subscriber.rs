@@ -1,7 +1,9 @@
 //! The bridge's receiving half: one connection on the control thread
-//! SUBSCRIBEs `ws:broadcast` and PSUBSCRIBEs `ws:room:*`, `ws:client:*`,
-//! `ws:user:*`, pings itself to notice a silent partition, and
-//! re-subscribes with backoff whenever it is lost. Each envelope is parsed
+//! SUBSCRIBEs `ws:broadcast` and either the channels this process's
+//! clients need (`--redis-subscribe interest`, [`super::interest`]) or the
+//! patterns `ws:room:*`, `ws:client:*`, `ws:user:*` (`pattern`); it pings
+//! itself to notice a silent partition, and re-subscribes with backoff
+//! whenever it is lost. Each envelope is parsed
 //! once, its client frame encoded once, and the same `Bytes` goes to every
 //! shard that may hold recipients ([`LocalDelivery::deliver`]).
 
@@ -13,6 +15,7 @@ use futures_util::StreamExt;
 
 use super::conn::{Backoff, BridgeConfig, CONNECT_TIMEOUT, PUBLISH_TIMEOUT, client, redact};
 use super::envelope::{self, DropReason, Kind};
+use super::interest::{BATCH, Batch, BridgeInput, Subscriptions};
 use super::{Link, kind_index};
 use crate::delivery::{ClientId, Delivery, SendError, Target};
 use crate::metrics::BridgeMetrics;
@@ -31,34 +34,148 @@ pub trait LocalDelivery: Send + Sync + 'static {
     fn deliver(&self, d: Delivery) -> Result<(), SendError>;
 }
 
-async fn connect_pubsub(url: &str, ca: Option<&[u8]>) -> redis::RedisResult<redis::aio::PubSub> {
+async fn connect_pubsub(
+    url: &str,
+    ca: Option<&[u8]>,
+    patterns: bool,
+) -> redis::RedisResult<redis::aio::PubSub> {
     let client = client(url, ca)?;
     let mut ps = client.get_async_pubsub().await?;
     for c in envelope::SUBSCRIBE_CHANNELS {
         ps.subscribe(c).await?;
     }
-    for p in envelope::SUBSCRIBE_PATTERNS {
-        ps.psubscribe(p).await?;
+    if patterns {
+        for p in envelope::SUBSCRIBE_PATTERNS {
+            ps.psubscribe(p).await?;
+        }
     }
     Ok(ps)
 }
 
+/// What the subscriber keeps across connections under
+/// `--redis-subscribe interest`: the shards' reports come in on `input`,
+/// the wanted set is `subs`, and `waiters` wait for it to be confirmed.
+struct Interests {
+    input: Option<flume::Receiver<BridgeInput>>,
+    subs: Subscriptions,
+    waiters: Vec<flume::Sender<()>>,
+}
+
+impl Interests {
+    fn take(&mut self, m: BridgeInput) {
+        match m {
+            BridgeInput::Interest { changes, .. } => self.subs.apply(changes),
+            BridgeInput::Settle(tx) => self.waiters.push(tx),
+        }
+    }
+
+    /// The next report (after taking every one already waiting); pending
+    /// forever without reports to wait for.
+    async fn next(&mut self) {
+        let m = match &self.input {
+            Some(rx) => rx.recv_async().await,
+            None => return std::future::pending().await,
+        };
+        match m {
+            Ok(m) => {
+                self.take(m);
+                while let Some(m) = self.input.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                    self.take(m);
+                }
+            }
+            // Every shard is gone (shutting down): nothing more to hear.
+            Err(_) => self.input = None,
+        }
+    }
+
+    /// Run `f` while taking reports, so that they never pile up while
+    /// Redis is away.
+    async fn during<F: Future>(&mut self, f: F) -> F::Output {
+        tokio::pin!(f);
+        loop {
+            tokio::select! {
+                out = &mut f => return out,
+                _ = self.next() => {}
+            }
+        }
+    }
+
+    fn publish_gauges(&self, metrics: &BridgeMetrics, fixed: usize) {
+        metrics
+            .channels
+            .store((fixed + self.subs.channels()) as i64, Relaxed);
+        metrics
+            .subscription_backlog
+            .store(self.subs.backlog() as i64, Relaxed);
+    }
+}
+
+/// Send one batch: SUBSCRIBE, then UNSUBSCRIBE, each awaited (Redis
+/// confirms every channel), on the connection of `sink`.
+async fn send_batch(mut sink: redis::aio::PubSubSink, b: Batch) -> redis::RedisResult<()> {
+    let run = async {
+        if !b.subscribe.is_empty() {
+            sink.subscribe(&b.subscribe).await?;
+        }
+        if !b.unsubscribe.is_empty() {
+            sink.unsubscribe(&b.unsubscribe).await?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(PUBLISH_TIMEOUT, run).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "subscription command timed out",
+        ))),
+    }
+}
+
+type InFlight = std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
+
+/// Wait for the command in flight, if any (pending otherwise).
+async fn finish(f: &mut Option<InFlight>) -> redis::RedisResult<()> {
+    let r = match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    };
+    *f = None;
+    r
+}
+
 /// Subscribe, deliver, and come back whenever the connection is lost.
+/// `input`: the shards' interest reports (`--redis-subscribe interest`);
+/// `None` subscribes the patterns instead.
 pub(super) async fn run(
     cfg: BridgeConfig,
     server_id: Arc<str>,
     handle: Arc<dyn LocalDelivery>,
     metrics: Arc<BridgeMetrics>,
     link: Arc<tokio::sync::watch::Sender<Link>>,
+    input: Option<flume::Receiver<BridgeInput>>,
 ) {
+    let patterns = input.is_none();
+    let fixed = envelope::SUBSCRIBE_CHANNELS.len()
+        + if patterns {
+            envelope::SUBSCRIBE_PATTERNS.len()
+        } else {
+            0
+        };
+    let mut st = Interests {
+        input,
+        subs: Subscriptions::default(),
+        waiters: Vec::new(),
+    };
     let mut backoff = Backoff::new();
     let mut node = 0usize;
     let mut first = true;
     loop {
         let url = &cfg.urls[node % cfg.urls.len()];
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect_pubsub(url, cfg.tls_ca.as_deref()))
-            .await
-        {
+        let connect = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect_pubsub(url, cfg.tls_ca.as_deref(), patterns),
+        );
+        match st.during(connect).await {
             Ok(Ok(ps)) => {
                 if !first {
                     metrics.reconnects.fetch_add(1, Relaxed);
@@ -68,18 +185,63 @@ pub(super) async fn run(
                 link.send_modify(|l| l.subscribed = true);
                 tracing::info!(node = %redact(url), "redis bridge subscribed");
                 backoff.reset();
-                let (mut sink, mut stream) = ps.split();
+                // Nothing is subscribed on a new connection but the fixed
+                // channels: every wanted one again.
+                st.subs.reset();
+                let started = tokio::time::Instant::now();
+                let mut resubscribing = true;
+                let (sink, mut stream) = ps.split();
+                let mut in_flight: Option<InFlight> = None;
                 // A connection that dies without a FIN (a partition) never
                 // ends the stream: ping it to find out.
                 let mut ping = tokio::time::interval(SUBSCRIBER_PING);
                 ping.tick().await;
                 loop {
+                    if in_flight.is_none() {
+                        if let Some(b) = st.subs.next_batch(BATCH) {
+                            for (i, n) in [b.subscribe.len(), b.unsubscribe.len()]
+                                .into_iter()
+                                .enumerate()
+                            {
+                                if n > 0 {
+                                    metrics.subscription_commands[i].fetch_add(1, Relaxed);
+                                    metrics.subscription_changes[i].fetch_add(n as u64, Relaxed);
+                                }
+                            }
+                            in_flight = Some(Box::pin(send_batch(sink.clone(), b)));
+                        } else {
+                            if resubscribing {
+                                resubscribing = false;
+                                let ms = started.elapsed().as_millis() as i64;
+                                metrics.resubscribe_ms.store(ms, Relaxed);
+                                if st.subs.channels() > 0 {
+                                    tracing::info!(
+                                        channels = st.subs.channels(),
+                                        ms,
+                                        "redis bridge subscribed every wanted channel"
+                                    );
+                                }
+                            }
+                            for w in st.waiters.drain(..) {
+                                let _ = w.send(());
+                            }
+                        }
+                    }
+                    st.publish_gauges(&metrics, fixed);
                     tokio::select! {
                         msg = stream.next() => match msg {
                             Some(msg) => on_envelope(msg.get_payload_bytes(), &cfg, &server_id, &*handle, &metrics),
                             None => break,
                         },
+                        r = finish(&mut in_flight) => {
+                            if let Err(e) = r {
+                                tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e.to_string(), url), "redis subscription command failed");
+                                break;
+                            }
+                        }
+                        _ = st.next() => {}
                         _ = ping.tick() => {
+                            let mut sink = sink.clone();
                             let alive = tokio::time::timeout(PUBLISH_TIMEOUT, sink.ping::<redis::Value>()).await;
                             if !matches!(alive, Ok(Ok(_))) {
                                 break;
@@ -89,6 +251,8 @@ pub(super) async fn run(
                 }
                 metrics.subscribed.store(false, Relaxed);
                 link.send_modify(|l| l.subscribed = false);
+                st.subs.reset();
+                st.publish_gauges(&metrics, 0);
                 tracing::warn!(node = %redact(url), "redis subscriber connection lost; reconnecting");
             }
             Ok(Err(e)) => {
@@ -102,7 +266,7 @@ pub(super) async fn run(
                 node += 1;
             }
         }
-        tokio::time::sleep(backoff.next()).await;
+        st.during(tokio::time::sleep(backoff.next())).await;
     }
 }
 

@@ -51,6 +51,21 @@ pub enum SlowClientPolicy {
     Drop,
 }
 
+/// Which Redis channels the bridge subscribes (`--redis-subscribe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisSubscribe {
+    /// `ws:broadcast`, plus `ws:room:{room}` while a local client is in the
+    /// room, `ws:user:{userId}` while a local session has the user id, and
+    /// `ws:client:{id}` and `ws:room:{id}` while the client is connected:
+    /// a node hears only what its own clients need.
+    Interest,
+    /// `ws:broadcast` and the patterns `ws:room:*`, `ws:client:*`,
+    /// `ws:user:*`, as Ignis on Bun: every node hears every envelope of
+    /// the cluster.
+    Pattern,
+}
+
 /// Per-client encryption (PROTOCOL.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]

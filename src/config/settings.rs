@@ -43,8 +43,8 @@ use crate::auth::rooms::MAX_PATTERN_LEN;
 
 use super::table::{DAY, bytes, list, ms, same, us};
 use super::{
-    AuthKind, AuthMode, ByteSize, ConfigError, EncryptionMode, IoMode, SlowClientPolicy,
-    StringList, bad,
+    AuthKind, AuthMode, ByteSize, ConfigError, EncryptionMode, IoMode, RedisSubscribe,
+    SlowClientPolicy, StringList, bad,
 };
 
 settings! {
@@ -473,6 +473,14 @@ settings! {
             // Checked in `Config::validate` (the message carries the I/O
             // error).
             redis_tls_ca: Option<PathBuf> = None,
+        };
+        /// What the Redis subscriber listens to: interest (only the
+        /// channels of this node's rooms, users and clients) or pattern
+        /// (everything, as Ignis on Bun) [default: interest].
+        #[arg(env = "IGNIS_WS_REDIS_SUBSCRIBE", value_enum)]
+        redis_subscribe: RedisSubscribe => same => {
+            /// Which Redis channels the bridge subscribes.
+            redis_subscribe: RedisSubscribe = RedisSubscribe::Interest,
         };
         /// Messages queued for Redis during an outage before new ones are
         /// dropped (and counted) [default: 10000].

@@ -79,6 +79,9 @@ pub struct ShardIo {
     pub(super) tls_out: RefCell<Vec<u8>>,
     /// Plaintext opened from what a TLS connection sent (shard-wide).
     pub(super) tls_plain: RefCell<Vec<u8>>,
+    /// Where this shard reports what it needs to hear from Redis
+    /// (`--redis-subscribe interest`).
+    interest: Option<flume::Sender<crate::bridge::interest::BridgeInput>>,
     /// The shard's own epoll instance for parked connections (see
     /// [`super::parked`]).
     pub(super) ep: PollFd<OwnedFd>,
@@ -99,6 +102,7 @@ impl ShardIo {
         admission: Arc<super::accept::Admission>,
         registry: Arc<Registry>,
         handle: crate::handle::Handle,
+        interest: Option<flume::Sender<crate::bridge::interest::BridgeInput>>,
     ) -> io::Result<Rc<ShardIo>> {
         let c = shard.ctx.config.clone();
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
@@ -129,6 +133,7 @@ impl ShardIo {
             tls_out: RefCell::new(Vec::new()),
             tls_plain: RefCell::new(Vec::new()),
             registry,
+            interest,
             ep,
             flush_waker: Cell::new(None),
             encrypt_waker: Cell::new(None),
@@ -162,6 +167,7 @@ impl ShardIo {
                 self.drop_conn(key);
             }
         }
+        self.report_interest(&mut self.shard.borrow_mut());
         let sh = self.shard.borrow();
         if sh.has_dirty()
             && let Some(w) = self.flush_waker.take()
@@ -177,6 +183,22 @@ impl ShardIo {
             && let Some(w) = self.shutdown_waker.take()
         {
             w.wake();
+        }
+    }
+
+    /// Send what the shard started or stopped needing to hear to the
+    /// Redis subscriber (one message per turn, only when something
+    /// changed).
+    pub(super) fn report_interest(&self, sh: &mut Shard<ConnSock>) {
+        if let Some(tx) = &self.interest {
+            let mut changes = Vec::new();
+            sh.poll_interest(&mut changes);
+            if !changes.is_empty() {
+                let _ = tx.send(crate::bridge::interest::BridgeInput::Interest {
+                    shard: sh.ctx.index,
+                    changes,
+                });
+            }
         }
     }
 

@@ -217,12 +217,17 @@ pub async fn commands(io: Rc<ShardIo>, rx: flume::Receiver<ShardCommand>) {
     while let Ok(cmd) = rx.recv_async().await {
         let now = Instant::now();
         io.with(|sh| {
-            sh.handle_command(cmd, now);
+            let mut cmd = Some(cmd);
             for _ in 0..256 {
-                match rx.try_recv() {
-                    Ok(cmd) => sh.handle_command(cmd, now),
-                    Err(_) => break,
+                let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) else {
+                    break;
+                };
+                // What came before a barrier is reported before it is
+                // answered (`Handle::settle_subscriptions`).
+                if matches!(c, ShardCommand::Barrier(_)) {
+                    io.report_interest(sh);
                 }
+                sh.handle_command(c, now);
             }
         });
     }

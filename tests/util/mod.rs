@@ -178,6 +178,27 @@ impl Client {
             .await;
     }
 
+    /// Wait until the server has handled everything this client sent: a
+    /// ping's pong comes back after it (frames are read in order). Any
+    /// message arriving meanwhile fails the test.
+    pub async fn sync(&mut self) {
+        let tag: &[u8] = b"sync";
+        self.ws
+            .send(Message::Ping(tag.to_vec().into()))
+            .await
+            .expect("send ping");
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the pong in time")
+            {
+                Some(Ok(Message::Pong(p))) if &p[..] == tag => return,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected the pong, got {other:?}"),
+            }
+        }
+    }
+
     /// Wait for the server's close frame; returns its code and reason.
     pub async fn expect_close(&mut self) -> (u16, String) {
         loop {
@@ -572,6 +593,17 @@ pub async fn wait_subscribed(h: &ignis_ws::Handle) {
         .await
         .expect("redis up in time")
         .unwrap();
+}
+
+/// Wait until each server's Redis subscriptions cover what its clients
+/// need now (`Handle::settle_subscriptions`): a message published to
+/// their rooms, users or ids from anywhere then reaches them.
+pub async fn settle_subscriptions(servers: &[&TestServer]) {
+    for s in servers {
+        tokio::time::timeout(WAIT, s.handle().settle_subscriptions())
+            .await
+            .expect("subscriptions confirmed by Redis in time");
+    }
 }
 
 /// Wait until the server noticed that both Redis connections are lost.

@@ -272,6 +272,42 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Wait until `channel` has at least `n` subscribers (`PUBSUB
+    /// NUMSUB`): nodes subscribe on demand, a round trip after their
+    /// client joined.
+    pub async fn wait_subscribers(&self, channel: &str, n: i64) {
+        let mut r = self.client().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, count): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            if count >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{channel}: {count} subscribers, want {n}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Every channel with a subscriber (`PUBSUB CHANNELS`), sorted.
+    pub async fn channels(&self) -> Vec<String> {
+        let mut r = self.client().await;
+        let mut v: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        v.sort();
+        v
+    }
+
     /// A plain (test-side) connection.
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())

@@ -1,0 +1,274 @@
+//! A cluster in which each node hears only what its clients need (issue
+//! 15): interest-based Redis subscriptions against real `redis-server`
+//! processes. The churn test drives joins, leaves, graceful and abrupt
+//! disconnects (and a Redis restart) over two nodes of two shards each,
+//! then compares what Redis says each node is subscribed to with what
+//! the nodes' room, user and client indexes must hold.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // reason: test code panics on failure by design
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::Relaxed;
+
+use ignis_ws::config::{IoMode, RedisSubscribe};
+use serde_json::json;
+use util::redis_server::RedisServer;
+use util::*;
+
+/// One simulated client and what the server must know of it.
+struct Sim {
+    c: Client,
+    id: String,
+    user: String,
+    rooms: BTreeSet<String>,
+}
+
+/// What each node's Redis subscriptions must be, from the clients alive on
+/// it: `ws:broadcast`, each room with a member (the default rooms
+/// `ws-default` and `ws-notification` are joined at authentication), each
+/// user with a session, and each client's `ws:client:{id}` and
+/// `ws:room:{id}`.
+fn expected(clients: &[Sim]) -> BTreeSet<String> {
+    let mut want = BTreeSet::from(["ws:broadcast".to_string()]);
+    for s in clients {
+        want.insert(format!("ws:client:{}", s.id));
+        want.insert(format!("ws:room:{}", s.id));
+        want.insert(format!("ws:user:{}", s.user));
+        want.insert("ws:room:ws-default".into());
+        want.insert("ws:room:ws-notification".into());
+        for r in &s.rooms {
+            want.insert(format!("ws:room:{r}"));
+        }
+    }
+    want
+}
+
+/// Every client's frames handled, every abrupt drop noticed, every
+/// change confirmed by Redis; then Redis's view must equal the model's.
+async fn check(redis: &RedisServer, nodes: &[&TestServer], model: &mut [Vec<Sim>], when: &str) {
+    for (n, sims) in nodes.iter().zip(model.iter_mut()) {
+        for s in sims.iter_mut() {
+            s.c.sync().await;
+        }
+        let alive = sims.len() as i64;
+        until(&n.handle(), "dropped clients removed", |h| {
+            h.connections() == alive
+        })
+        .await;
+    }
+    settle_subscriptions(nodes).await;
+    let per_node: Vec<BTreeSet<String>> = model.iter().map(|m| expected(m)).collect();
+    let union: BTreeSet<String> = per_node.iter().flatten().cloned().collect();
+    let have: BTreeSet<String> = redis.channels().await.into_iter().collect();
+    let missing: Vec<_> = union.difference(&have).collect();
+    let leaked: Vec<_> = have.difference(&union).collect();
+    assert!(
+        missing.is_empty() && leaked.is_empty(),
+        "{when}: missing {missing:?}, leaked {leaked:?}"
+    );
+    // Per node: each channel has exactly as many subscribers as nodes
+    // whose clients need it, and each node's gauge counts its own set.
+    let mut r = redis.client().await;
+    let chans: Vec<&String> = union.iter().collect();
+    for chunk in chans.chunks(200) {
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg("NUMSUB");
+        for c in chunk {
+            cmd.arg(c.as_str());
+        }
+        let counts: Vec<(String, usize)> = cmd.query_async(&mut r).await.unwrap();
+        for (ch, n) in counts {
+            let want = per_node.iter().filter(|s| s.contains(&ch)).count();
+            assert_eq!(n, want, "{when}: subscribers of {ch}");
+        }
+    }
+    for (n, want) in nodes.iter().zip(&per_node) {
+        let m = n.handle().bridge().unwrap().metrics().clone();
+        assert_eq!(m.channels.load(Relaxed), want.len() as i64, "{when}");
+        assert_eq!(m.subscription_backlog.load(Relaxed), 0, "{when}");
+    }
+}
+
+/// A small xorshift: the storm is the same on every run.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+async fn churn_leaves_exactly_the_channels_the_indexes_need(io: IoMode) {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = start(redis_config(io, &redis.url()));
+    let b = start(redis_config(io, &redis.url()));
+    wait_subscribed(&a.handle()).await;
+    wait_subscribed(&b.handle()).await;
+    let nodes = [&a, &b];
+    let mut model: Vec<Vec<Sim>> = vec![Vec::new(), Vec::new()];
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let steps = 600;
+    for step in 0..steps {
+        let n = rng.below(2);
+        let op = rng.below(10);
+        match op {
+            // Connect (and authenticate) a new client.
+            0..=2 if model[n].len() < 24 => {
+                let user = format!("u{}", rng.below(6));
+                let (c, d) = authed(&nodes[n].url(), &user).await;
+                model[n].push(Sim {
+                    c,
+                    id: id_of(&d),
+                    user,
+                    rooms: BTreeSet::new(),
+                });
+            }
+            // Join rooms: shared names, and now and then another client's
+            // id (refused: never joinable) or the client's own id (a flag,
+            // no room). Neither adds a channel.
+            3..=5 if !model[n].is_empty() => {
+                let i = rng.below(model[n].len());
+                let mut names = vec![format!("r{}", rng.below(8))];
+                if rng.below(4) == 0 {
+                    let m = rng.below(2);
+                    if !model[m].is_empty() {
+                        let j = rng.below(model[m].len());
+                        names.push(model[m][j].id.clone());
+                    }
+                }
+                let s = &mut model[n][i];
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                s.c.join(&refs).await;
+                s.rooms.extend(names.into_iter().filter(|r| r.len() != 36));
+            }
+            // Leave one of its rooms.
+            6..=7 if !model[n].is_empty() => {
+                let i = rng.below(model[n].len());
+                let s = &mut model[n][i];
+                if let Some(r) = s.rooms.iter().nth(rng.below(s.rooms.len().max(1))).cloned() {
+                    s.c.send(json!({"event":"leave","data":{"rooms":[r]}}))
+                        .await;
+                    s.rooms.remove(&r);
+                }
+            }
+            // Close politely, or drop the TCP connection.
+            8 if !model[n].is_empty() => {
+                let i = rng.below(model[n].len());
+                let s = model[n].swap_remove(i);
+                s.c.close().await;
+            }
+            9 if !model[n].is_empty() => {
+                let i = rng.below(model[n].len());
+                drop(model[n].swap_remove(i));
+            }
+            _ => {}
+        }
+        if step == steps / 3 {
+            check(&redis, &nodes, &mut model, "a third in").await;
+        }
+        if step == steps / 2 {
+            // Redis goes away mid-storm; the churn goes on, and the new
+            // connections subscribe the set as it is by then.
+            redis.kill();
+            wait_unsubscribed(&a.handle()).await;
+        }
+        if step == steps / 2 + 40 {
+            redis.restart();
+        }
+    }
+    wait_subscribed(&a.handle()).await;
+    wait_subscribed(&b.handle()).await;
+    check(&redis, &nodes, &mut model, "after the storm").await;
+    // Everyone leaves: only ws:broadcast stays, once per node.
+    for sims in &mut model {
+        for s in sims.drain(..) {
+            s.c.close().await;
+        }
+    }
+    check(&redis, &nodes, &mut model, "all gone").await;
+    assert_eq!(redis.channels().await, ["ws:broadcast"]);
+    let m = a.handle().bridge().unwrap().metrics().clone();
+    assert!(m.subscription_commands[0].load(Relaxed) > 0);
+    assert!(m.subscription_commands[1].load(Relaxed) > 0);
+    assert!(m.reconnects.load(Relaxed) >= 1);
+}
+
+/// A room's messages reach a node only while one of its clients is in
+/// it: with `pattern` every node hears every envelope, with `interest`
+/// only the one whose client needs it.
+async fn a_node_hears_only_what_its_clients_need(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = start(redis_config(io, &redis.url()));
+    let mut pat = redis_config(io, &redis.url());
+    pat.redis_subscribe = RedisSubscribe::Pattern;
+    let p = start(pat);
+    let b = start(redis_config(io, &redis.url()));
+    for s in [&a, &p, &b] {
+        wait_subscribed(&s.handle()).await;
+    }
+    let (mut ca, da) = authed_in(&a.url(), "x", &["only-a"]).await;
+    let (mut cb, db) = authed(&b.url(), "y").await;
+    settle_subscriptions(&[&a, &b]).await;
+    let emitter = redis.emitter().await;
+    for i in 0..5 {
+        emitter.to_room("only-a", "e", &i, None).await.unwrap();
+    }
+    for i in 0..5 {
+        assert_eq!(ca.recv().await, json!({"event":"e","data":i}));
+    }
+    emitter.broadcast("fence", &0).await.unwrap();
+    assert_eq!(ca.recv().await["event"], "fence");
+    assert_eq!(cb.recv().await["event"], "fence");
+    let received = |s: &TestServer| -> u64 {
+        let m = s.handle().bridge().unwrap().metrics().clone();
+        m.envelopes_in.iter().map(|c| c.load(Relaxed)).sum()
+    };
+    // The fence arrives after the room's envelopes on every connection.
+    until(&p.handle(), "pattern node got all six", |_| {
+        received(&p) == 6
+    })
+    .await;
+    assert_eq!(received(&a), 6, "a: its room and the broadcast");
+    assert_eq!(received(&b), 1, "b: only the broadcast");
+    // Redis lists exactly what the clients need (the pattern node adds
+    // only ws:broadcast and its patterns).
+    let mut want = vec![
+        "ws:broadcast".to_string(),
+        "ws:room:only-a".into(),
+        "ws:room:ws-default".into(),
+        "ws:room:ws-notification".into(),
+    ];
+    for (user, id) in [("x", id_of(&da)), ("y", id_of(&db))] {
+        want.push(format!("ws:user:{user}"));
+        want.push(format!("ws:client:{id}"));
+        want.push(format!("ws:room:{id}"));
+    }
+    want.sort();
+    assert_eq!(redis.channels().await, want);
+    let (_, body) = http_get(a.addr, "/metrics").await;
+    assert!(
+        body.contains("ignis_ws_redis_subscribed_channels 7"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ignis_ws_redis_subscription_backlog 0"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"ignis_ws_redis_subscription_changes_total{op="subscribe"} 6"#),
+        "{body}"
+    );
+}
+
+io_tests!(
+    churn_leaves_exactly_the_channels_the_indexes_need,
+    a_node_hears_only_what_its_clients_need,
+);
