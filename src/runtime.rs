@@ -267,12 +267,24 @@ impl ServerBuilder {
             })?),
             None => None,
         };
-        let bridge_cfg = (!config.redis.is_empty()).then(|| crate::bridge::BridgeConfig {
-            urls: config.redis.clone(),
-            outbox: config.redis_outbox,
-            max_message: config.redis_max_message,
-            tls_ca,
+        let sentinel = config.redis_sentinel_master.as_ref().and_then(|master| {
+            (!config.redis_sentinel.is_empty()).then(|| crate::bridge::sentinel::SentinelConfig {
+                sentinels: config
+                    .redis_sentinel
+                    .iter()
+                    .map(|a| crate::bridge::sentinel::sentinel_url(a))
+                    .collect(),
+                master: master.clone(),
+            })
         });
+        let bridge_cfg =
+            (!config.redis.is_empty() || sentinel.is_some()).then(|| crate::bridge::BridgeConfig {
+                urls: config.redis.clone(),
+                outbox: config.redis_outbox,
+                max_message: config.redis_max_message,
+                tls_ca,
+                sentinel,
+            });
         let bridge = bridge_cfg.as_ref().map(crate::bridge::outbox);
         let events_metrics = (config.events_channel.is_some() || config.events_webhook.is_some())
             .then(|| Arc::new(crate::metrics::EventsMetrics::default()));

@@ -526,3 +526,19 @@ fn bad_tls_settings_exit_2_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn bad_cluster_settings_exit_2_naming_the_key() {
+    for case in [
+        "serve --auth insecure --redis-sentinel 127.0.0.1:26379 => --redis-sentinel-master needs the master's name",
+        "serve --auth insecure --redis-sentinel-master m => --redis-sentinel needs --redis-sentinel",
+        "serve --auth insecure --redis-sentinel , --redis-sentinel-master m => --redis-sentinel at least one",
+        "serve --auth insecure --redis-sentinel http://x:1 --redis-sentinel-master m => --redis-sentinel not a Sentinel address",
+        "serve --auth insecure --redis-sentinel a:1 --redis-sentinel-master m --redis redis://h => --redis",
+        "IGNIS_WS_REDIS_SENTINEL=a:1 IGNIS_WS_REDIS_SENTINEL_MASTER= serve --auth insecure => --redis-sentinel-master",
+        "serve --auth insecure --redis redis://h --redis-subscribe everything => --redis-subscribe",
+    ] {
+        let (out, all, why) = run_case(case, &[]);
+        assert!(out.contains(why), "{all}: {out}");
+    }
+}

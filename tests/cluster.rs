@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use ignis_ws::config::{IoMode, RedisSubscribe};
 use serde_json::json;
-use util::redis_server::RedisServer;
+use util::redis_server::{RedisSentinel, RedisServer};
 use util::*;
 
 /// One simulated client and what the server must know of it.
@@ -266,6 +266,93 @@ async fn a_node_hears_only_what_its_clients_need(io: IoMode) {
         body.contains(r#"ignis_ws_redis_subscription_changes_total{op="subscribe"} 6"#),
         "{body}"
     );
+}
+
+/// Two nodes on the master a Sentinel names, both in room `lobby`.
+async fn sentinel_nodes(s: &RedisSentinel) -> (TestServer, TestServer, Client, Client) {
+    s.wait_replica_known().await;
+    let mut cfg = config(IoMode::Auto);
+    cfg.redis_sentinel = vec![s.addr()];
+    cfg.redis_sentinel_master = Some("mymaster".into());
+    let a = start(cfg.clone());
+    let b = start(cfg);
+    wait_subscribed(&a.handle()).await;
+    wait_subscribed(&b.handle()).await;
+    let (ca, _) = authed_in(&a.url(), "x", &["lobby"]).await;
+    let (cb, _) = authed_in(&b.url(), "y", &["lobby"]).await;
+    settle_subscriptions(&[&a, &b]).await;
+    s.master.wait_subscribers("ws:room:lobby", 2).await;
+    (a, b, ca, cb)
+}
+
+/// Until both of a node's Redis connections reconnected `n` times in all
+/// (a failover moves the subscriber and the publisher).
+async fn reconnected(s: &TestServer, n: u64) {
+    let m = s.handle().bridge().unwrap().metrics().clone();
+    until(&s.handle(), "reconnected to the new master", |_| {
+        m.reconnects.load(Relaxed) >= n
+            && m.subscribed.load(Relaxed)
+            && m.publisher_up.load(Relaxed)
+    })
+    .await;
+}
+
+/// A failover that leaves the old master running (`SENTINEL FAILOVER`):
+/// it keeps its clients connected until Sentinel reconfigures it, so the
+/// nodes must move on Sentinel's word, not on a lost connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_is_followed() {
+    let Some(s) = RedisSentinel::start() else {
+        return;
+    };
+    let (a, b, mut ca, mut cb) = sentinel_nodes(&s).await;
+    a.handle().send(Some("lobby"), "before", &1).unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"before","data":1}));
+    assert_eq!(cb.recv().await, json!({"event":"before","data":1}));
+    s.failover_to(s.replica.port).await;
+    // Both nodes subscribed the room again on the new master, and their
+    // publishers reconnected to it.
+    s.replica.wait_subscribers("ws:room:lobby", 2).await;
+    reconnected(&a, 2).await;
+    reconnected(&b, 2).await;
+    a.handle().send(Some("lobby"), "after", &2).unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"after","data":2}));
+    assert_eq!(cb.recv().await, json!({"event":"after","data":2}));
+    // An emitter on the new master reaches both.
+    let mut r = s.replica.client().await;
+    redis_publish(
+        &mut r,
+        "ws:room:lobby",
+        br#"{"serverId":"emitter","type":"room","target":"lobby","event":"e"}"#,
+    )
+    .await;
+    assert_eq!(ca.recv_text().await, r#"{"event":"e"}"#);
+    assert_eq!(cb.recv_text().await, r#"{"event":"e"}"#);
+}
+
+/// The master dies: local delivery goes on and `/health` says degraded;
+/// Sentinel promotes the replica and the nodes follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_master_crash_is_followed() {
+    let Some(mut s) = RedisSentinel::start() else {
+        return;
+    };
+    let (a, b, mut ca, mut cb) = sentinel_nodes(&s).await;
+    s.master.kill();
+    wait_unsubscribed(&a.handle()).await;
+    a.handle().to_room("lobby", "local", &1, &[]).unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"local","data":1}));
+    let (_, health) = http_get(a.addr, "/health").await;
+    assert!(health.contains(r#""status":"degraded""#), "{health}");
+    s.wait_master(s.replica.port).await;
+    s.replica.wait_subscribers("ws:room:lobby", 2).await;
+    reconnected(&a, 2).await;
+    reconnected(&b, 2).await;
+    a.handle().send(Some("lobby"), "after", &2).unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"after","data":2}));
+    assert_eq!(cb.recv().await, json!({"event":"after","data":2}));
+    let (_, health) = http_get(a.addr, "/health").await;
+    assert!(health.contains(r#""status":"ok""#), "{health}");
 }
 
 io_tests!(

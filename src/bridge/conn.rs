@@ -30,6 +30,8 @@ pub struct BridgeConfig {
     pub max_message: usize,
     /// PEM CA for `rediss://` with a private CA.
     pub tls_ca: Option<Vec<u8>>,
+    /// Connect to the master Redis Sentinel names instead of `urls`.
+    pub sentinel: Option<super::sentinel::SentinelConfig>,
 }
 
 impl std::fmt::Debug for BridgeConfig {
@@ -40,6 +42,7 @@ impl std::fmt::Debug for BridgeConfig {
             .field("outbox", &self.outbox)
             .field("max_message", &self.max_message)
             .field("tls_ca", &self.tls_ca.as_ref().map(Vec::len))
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -71,6 +74,65 @@ pub async fn multiplexed(
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
+}
+
+/// Where one of the bridge's connections goes next: the configured nodes
+/// in turn (the next one after a failure), or the master Sentinel names
+/// now ([`super::sentinel::watch`] keeps it).
+pub(super) struct Endpoint {
+    urls: Vec<String>,
+    node: usize,
+    master: Option<tokio::sync::watch::Receiver<Option<String>>>,
+}
+
+impl Endpoint {
+    pub(super) fn new(
+        cfg: &BridgeConfig,
+        master: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    ) -> Endpoint {
+        Endpoint {
+            urls: cfg.urls.clone(),
+            node: 0,
+            master,
+        }
+    }
+
+    /// The URL to connect to (with Sentinel: once a master is known).
+    pub(super) async fn url(&mut self) -> String {
+        match &mut self.master {
+            Some(rx) => {
+                let url = rx.wait_for(Option::is_some).await.map(|m| m.clone());
+                match url {
+                    Ok(Some(u)) => u,
+                    // The watcher is gone: the process is stopping.
+                    _ => std::future::pending().await,
+                }
+            }
+            None => self.urls[self.node % self.urls.len().max(1)].clone(),
+        }
+    }
+
+    /// Connecting to `url` failed: try the next node.
+    pub(super) fn failed(&mut self) {
+        self.node += 1;
+    }
+
+    /// Resolves when the master moved away from `url` (never without
+    /// Sentinel).
+    pub(super) async fn moved(&mut self, url: &str) {
+        let Some(rx) = &mut self.master else {
+            return std::future::pending().await;
+        };
+        loop {
+            let same = rx.borrow_and_update().as_deref() == Some(url);
+            if !same {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
 }
 
 /// A Redis URL without its password, for logs ([`crate::secrets::redact_url`]).

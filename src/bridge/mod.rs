@@ -22,6 +22,7 @@ pub mod emitter;
 pub mod envelope;
 pub mod interest;
 pub mod publisher;
+pub mod sentinel;
 pub mod subscriber;
 #[cfg(test)]
 pub(crate) mod test_redis;
@@ -64,6 +65,11 @@ pub fn start(
 ) {
     let metrics = publisher.metrics.clone();
     let server_id = publisher.server_id.clone();
+    let master = cfg.sentinel.clone().map(|s| {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        control.spawn(Box::pin(sentinel::watch(s, cfg.tls_ca.clone(), tx)));
+        rx
+    });
     control.spawn(Box::pin(subscriber::run(
         cfg.clone(),
         server_id,
@@ -71,12 +77,14 @@ pub fn start(
         metrics.clone(),
         publisher.link.clone(),
         interest,
+        master.clone(),
     )));
     control.spawn(Box::pin(publisher::run(
         cfg,
         outbox.0,
         metrics,
         publisher.link.clone(),
+        master,
     )));
 }
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::conn::{Backoff, BridgeConfig, CONNECT_TIMEOUT, PUBLISH_TIMEOUT, client, redact};
+use super::conn::{
+    Backoff, BridgeConfig, CONNECT_TIMEOUT, Endpoint, PUBLISH_TIMEOUT, client, redact,
+};
 use super::envelope::Kind;
 use super::{Link, kind_index};
 use crate::metrics::BridgeMetrics;
@@ -102,17 +104,19 @@ pub(super) async fn run(
     rx: flume::Receiver<Outgoing>,
     metrics: Arc<BridgeMetrics>,
     link: Arc<tokio::sync::watch::Sender<Link>>,
+    master: Option<tokio::sync::watch::Receiver<Option<String>>>,
 ) {
     let down = |metrics: &BridgeMetrics| {
         metrics.publisher_up.store(false, Relaxed);
         link.send_modify(|l| l.publisher = false);
     };
     let mut backoff = Backoff::new();
-    let mut node = 0usize;
+    let mut target = Endpoint::new(&cfg, master);
     let mut pending: Option<Outgoing> = None;
     let mut first = true;
     loop {
-        let url = &cfg.urls[node % cfg.urls.len()];
+        let url = target.url().await;
+        let url = &url;
         let mut conn = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             connect_publisher(url, cfg.tls_ca.as_deref()),
@@ -123,13 +127,13 @@ pub(super) async fn run(
             Ok(Err(e)) => {
                 down(&metrics);
                 tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e.to_string(), url), "redis publisher cannot connect");
-                node += 1;
+                target.failed();
                 tokio::time::sleep(backoff.next()).await;
                 continue;
             }
             Err(_) => {
                 down(&metrics);
-                node += 1;
+                target.failed();
                 tokio::time::sleep(backoff.next()).await;
                 continue;
             }
@@ -146,8 +150,16 @@ pub(super) async fn run(
                 Some(i) => i,
                 None => {
                     let next = tokio::select! {
-                        r = rx.recv_async() => Some(r),
-                        _ = tokio::time::sleep(PUBLISHER_PING) => None,
+                        r = rx.recv_async() => Some(Some(r)),
+                        _ = tokio::time::sleep(PUBLISHER_PING) => Some(None),
+                        _ = target.moved(url) => None,
+                    };
+                    let Some(next) = next else {
+                        // A failover: publish to the new master at once
+                        // (the old one may still accept and lose them).
+                        down(&metrics);
+                        tracing::info!(node = %redact(url), "redis master moved; publishing to the new one");
+                        break;
                     };
                     match next {
                         Some(Ok(i)) => {

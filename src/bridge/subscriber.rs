@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::conn::{Backoff, BridgeConfig, CONNECT_TIMEOUT, PUBLISH_TIMEOUT, client, redact};
+use super::conn::{
+    Backoff, BridgeConfig, CONNECT_TIMEOUT, Endpoint, PUBLISH_TIMEOUT, client, redact,
+};
 use super::envelope::{self, DropReason, Kind};
 use super::interest::{BATCH, Batch, BridgeInput, Subscriptions};
 use super::{Link, kind_index};
@@ -153,6 +155,7 @@ pub(super) async fn run(
     metrics: Arc<BridgeMetrics>,
     link: Arc<tokio::sync::watch::Sender<Link>>,
     input: Option<flume::Receiver<BridgeInput>>,
+    master: Option<tokio::sync::watch::Receiver<Option<String>>>,
 ) {
     let patterns = input.is_none();
     let fixed = envelope::SUBSCRIBE_CHANNELS.len()
@@ -167,10 +170,11 @@ pub(super) async fn run(
         waiters: Vec::new(),
     };
     let mut backoff = Backoff::new();
-    let mut node = 0usize;
+    let mut target = Endpoint::new(&cfg, master);
     let mut first = true;
     loop {
-        let url = &cfg.urls[node % cfg.urls.len()];
+        let url = st.during(target.url()).await;
+        let url = &url;
         let connect = tokio::time::timeout(
             CONNECT_TIMEOUT,
             connect_pubsub(url, cfg.tls_ca.as_deref(), patterns),
@@ -240,6 +244,10 @@ pub(super) async fn run(
                             }
                         }
                         _ = st.next() => {}
+                        _ = target.moved(url) => {
+                            tracing::info!(node = %redact(url), "redis master moved; resubscribing on the new one");
+                            break;
+                        }
                         _ = ping.tick() => {
                             let mut sink = sink.clone();
                             let alive = tokio::time::timeout(PUBLISH_TIMEOUT, sink.ping::<redis::Value>()).await;
@@ -258,12 +266,12 @@ pub(super) async fn run(
             Ok(Err(e)) => {
                 metrics.subscribed.store(false, Relaxed);
                 tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e.to_string(), url), "redis subscriber cannot connect");
-                node += 1;
+                target.failed();
             }
             Err(_) => {
                 metrics.subscribed.store(false, Relaxed);
                 tracing::warn!(node = %redact(url), "redis subscriber connect timed out");
-                node += 1;
+                target.failed();
             }
         }
         st.during(tokio::time::sleep(backoff.next())).await;

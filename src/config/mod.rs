@@ -322,6 +322,26 @@ impl Config {
                 return Err(bad(redis_key, format!("{shown:?} is not a Redis URL: {e}")));
             }
         }
+        for addr in &self.redis_sentinel {
+            let url = crate::bridge::sentinel::sentinel_url(addr);
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                let shown = crate::secrets::redact_url(&url);
+                let e = crate::secrets::scrub(&e.to_string(), &url);
+                return Err(bad(
+                    "--redis-sentinel",
+                    format!("{shown:?} is not a Sentinel address: {e}"),
+                ));
+            }
+        }
+        if self.redis_sentinel_master.as_deref() == Some("") {
+            return Err(bad("--redis-sentinel-master", "must not be empty"));
+        }
+        if !self.redis_sentinel.is_empty() && !self.redis.is_empty() {
+            return Err(bad(
+                "--redis-sentinel",
+                "give one of --redis, --redis-cluster, --redis-sentinel",
+            ));
+        }
         if let Some(ca) = &self.redis_tls_ca
             && let Err(e) = std::fs::metadata(ca)
         {

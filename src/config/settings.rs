@@ -64,6 +64,12 @@ settings! {
         pub redis: Vec<String> = Vec::new(),
         /// Whether `redis` lists the nodes of a Redis Cluster.
         pub redis_cluster: bool = false,
+        /// Redis Sentinel addresses (`host:port` or `redis[s]://[user:password@]host:port`)
+        /// instead of `redis`: the bridge connects to the master they name
+        /// (`redis_sentinel_master`) and follows failovers.
+        pub redis_sentinel: Vec<String> = Vec::new(),
+        /// The master's name in Sentinel (`sentinel monitor NAME …`).
+        pub redis_sentinel_master: Option<String> = None,
         /// Bearer key for `POST /api/publish`; `None` disables the endpoint.
         pub api_key: Option<String> = None,
     }
@@ -464,6 +470,15 @@ settings! {
         /// Redis propagates PUBLISH to every node).
         #[arg(env = "IGNIS_WS_REDIS_CLUSTER", value_name = "URL,URL…")]
         redis_cluster: String;
+        /// Redis Sentinel addresses, comma separated (host:port, or
+        /// redis[s]://[user:password@]host:port; the credentials and TLS
+        /// apply to the master too): connect to the master they name
+        /// (--redis-sentinel-master) and follow its failovers.
+        #[arg(env = "IGNIS_WS_REDIS_SENTINEL", value_name = "ADDR,ADDR…", conflicts_with_all = ["redis", "redis_cluster"])]
+        redis_sentinel: String;
+        /// The master's name in Sentinel (with --redis-sentinel).
+        #[arg(env = "IGNIS_WS_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+        redis_sentinel_master: String;
         /// PEM CA certificate for rediss:// with a private CA.
         #[arg(env = "IGNIS_WS_REDIS_TLS_CA", value_name = "FILE")]
         redis_tls_ca: PathBuf => Some => {

@@ -66,6 +66,11 @@ pub fn free_port() -> u16 {
 const EPHEMERAL: [&str; 6] = ["--save", "", "--appendonly", "no", "--logfile", ""];
 
 fn spawn(args: &[String]) -> Child {
+    spawn_until(args, "Ready to accept connections")
+}
+
+/// Start redis-server and wait for a line containing `ready`.
+fn spawn_until(args: &[String], ready: &'static str) -> Child {
     let mut child = Command::new("redis-server")
         .args(args)
         .stdout(Stdio::piped())
@@ -79,7 +84,7 @@ fn spawn(args: &[String]) -> Child {
         let mut tx = Some(tx);
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            if line.contains("Ready to accept connections")
+            if line.contains(ready)
                 && let Some(tx) = tx.take()
             {
                 let _ = tx.send(());
@@ -396,6 +401,131 @@ impl RedisCluster {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// A master, its replica and one Sentinel watching them (`mymaster`,
+/// quorum 1, down after 1 s), each on a free port.
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    sentinel: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    pub fn start() -> Option<RedisSentinel> {
+        let master = RedisServer::start()?;
+        let mport = master.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &mport])?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\n\
+                 sentinel monitor mymaster 127.0.0.1 {mport} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 2000\n"
+            ),
+        )
+        .unwrap();
+        let args = vec![
+            conf.display().to_string(),
+            "--sentinel".into(),
+            "--logfile".into(),
+            String::new(),
+        ];
+        let sentinel = spawn_until(&args, "+monitor master");
+        Some(RedisSentinel {
+            master,
+            replica,
+            sentinel: Some(sentinel),
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// `host:port` of the Sentinel.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://{}", self.addr()))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// The port Sentinel names as the master now.
+    pub async fn master_port(&self) -> u16 {
+        let (_, port): (String, String) = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg("mymaster")
+            .query_async(&mut self.conn().await)
+            .await
+            .unwrap();
+        port.parse().unwrap()
+    }
+
+    /// Poll Sentinel (it has no event for this) until `f` holds.
+    async fn poll(&self, what: &str, f: impl AsyncFn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !f(self).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Until Sentinel knows the replica and sees it in sync (it learns
+    /// replicas from the master's INFO, every few seconds).
+    pub async fn wait_replica_known(&self) {
+        self.poll("sentinel knows the replica", async |s| {
+            let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg("mymaster")
+                .query_async(&mut s.conn().await)
+                .await
+                .unwrap();
+            replicas.iter().any(|r| {
+                r.get("port").map(String::as_str) == Some(&s.replica.port.to_string())
+                    && r.get("master-link-status").map(String::as_str) == Some("ok")
+            })
+        })
+        .await;
+    }
+
+    /// `SENTINEL FAILOVER mymaster`, then until Sentinel names `port`.
+    pub async fn failover_to(&self, port: u16) {
+        let _: () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg("mymaster")
+            .query_async(&mut self.conn().await)
+            .await
+            .unwrap();
+        self.wait_master(port).await;
+    }
+
+    /// Until Sentinel names `port` as the master.
+    pub async fn wait_master(&self, port: u16) {
+        self.poll("the new master", async |s| s.master_port().await == port)
+            .await;
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.sentinel.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
