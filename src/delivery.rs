@@ -74,6 +74,18 @@ impl fmt::Debug for ClientId {
     }
 }
 
+/// Whose sessions an operator action is about (`Handle::disconnect`,
+/// `Handle::count`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Who {
+    /// Every session of a user id.
+    User(Box<str>),
+    /// One client.
+    Client(ClientId),
+    /// The members of a room (counted; never disconnected as a whole).
+    Room(Box<str>),
+}
+
 /// Who a delivery is for.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -111,6 +123,10 @@ pub enum SendError {
     /// message was not delivered anywhere (retry later).
     #[error("server overloaded: a shard's delivery queue is full")]
     Overloaded,
+    /// The request names nothing that can be acted on (a disconnect of a
+    /// room, a close code other than 1008 or 4000–4999).
+    #[error("invalid request: disconnect a user or a client, with code 1008 or 4000-4999")]
+    Invalid,
 }
 
 /// Bytes a queued delivery is charged beyond its frame: the command, the

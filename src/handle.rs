@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::bridge::Publisher;
 use crate::bridge::envelope::{self, Kind};
 use crate::control::ControlHandle;
+pub use crate::delivery::Who;
 use crate::metrics::Registry;
 use crate::shard::ShardCommand;
 
@@ -40,6 +41,9 @@ pub(crate) struct Inner {
     pub(crate) registry: Arc<Registry>,
     pub(crate) control: ControlHandle,
     pub(crate) bridge: Option<Publisher>,
+    /// The Redis bridge's admin task (cluster-wide disconnects and
+    /// counts).
+    pub(crate) admin: Option<flume::Sender<crate::bridge::admin::AdminInput>>,
     /// The Redis subscriber's input under `--redis-subscribe interest`.
     pub(crate) interest: Option<flume::Sender<crate::bridge::interest::BridgeInput>>,
     /// `--shard-queue-limit`: bytes of deliveries one shard's channel may
@@ -295,6 +299,105 @@ impl Handle {
         }
     }
 
+    /// Ask the shards that may hold `who` (the owner only, for a client
+    /// id of this process) and sum their answers.
+    async fn ask_shards(
+        &self,
+        who: &Who,
+        cmd: impl Fn(flume::Sender<usize>) -> ShardCommand,
+    ) -> usize {
+        let shards: Vec<&flume::Sender<ShardCommand>> = match who {
+            Who::Client(id) => self.inner.shards.get(id.shard()).into_iter().collect(),
+            _ => self.inner.shards.iter().collect(),
+        };
+        let (tx, rx) = flume::bounded(shards.len().max(1));
+        let mut asked = 0;
+        for s in shards {
+            if s.send(cmd(tx.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let mut sum = 0;
+        for _ in 0..asked {
+            match rx.recv_async().await {
+                Ok(n) => sum += n,
+                Err(_) => break,
+            }
+        }
+        sum
+    }
+
+    /// Close this process's sessions of a user, or one client, with
+    /// `code` (see [`Handle::disconnect`]); how many were closed.
+    pub async fn disconnect_local(&self, who: Who, code: u16) -> usize {
+        let w = who.clone();
+        self.ask_shards(&who, move |reply| ShardCommand::Disconnect {
+            who: w.clone(),
+            code,
+            reply,
+        })
+        .await
+    }
+
+    /// How many of this process's sessions `who` names: a user's
+    /// authenticated sessions, a room's members, a client (0 or 1).
+    pub async fn count_local(&self, who: Who) -> usize {
+        let w = who.clone();
+        self.ask_shards(&who, move |reply| ShardCommand::Count {
+            who: w.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Disconnect a user's sessions (or one client) on every node of the
+    /// cluster: here at once, elsewhere through `ignis-ws:control` on Redis
+    /// (each node closes its share when the message reaches it; at most
+    /// once, like any pub/sub message). `code` is 1008 or 4000–4999, with
+    /// the reason `Disconnected by the server`. Returns how many sessions
+    /// were closed on this node. A [`Who::Room`] is refused.
+    pub async fn disconnect(&self, who: Who, code: u16) -> Result<usize, SendError> {
+        if matches!(who, Who::Room(_)) || !crate::proto::close::is_disconnect_code(code) {
+            return Err(SendError::Invalid);
+        }
+        let n = self.disconnect_local(who.clone(), code).await;
+        if let Some(admin) = &self.inner.admin {
+            let _ = admin.send(crate::bridge::admin::AdminInput::Request(
+                crate::bridge::admin::AdminRequest::Disconnect { who, code },
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Count a room's members, a user's sessions or a client across the
+    /// cluster: this node's share, plus the answers of every ignis-ws node
+    /// known to be alive that arrive within a second (see
+    /// [`crate::bridge::admin`]; Ignis on Bun nodes are not counted).
+    /// Without Redis, this node's share alone.
+    pub async fn count(&self, who: Who) -> crate::bridge::admin::ClusterCount {
+        let local = self.count_local(who.clone()).await as u64;
+        let alone = crate::bridge::admin::ClusterCount {
+            count: local,
+            local,
+            nodes: 1,
+            expected_nodes: 1,
+            complete: true,
+        };
+        let Some(admin) = &self.inner.admin else {
+            return alone;
+        };
+        let (reply, rx) = flume::bounded(1);
+        let req = crate::bridge::admin::AdminRequest::Count { who, local, reply };
+        if admin
+            .send(crate::bridge::admin::AdminInput::Request(req))
+            .is_err()
+        {
+            return alone;
+        }
+        rx.recv_async().await.unwrap_or(alone)
+    }
+
     /// Deliver a pre-encoded frame: to the owning shard for a client, to
     /// every shard otherwise. The frame is shared, never copied.
     ///
@@ -347,5 +450,18 @@ impl crate::bridge::LocalDelivery for Handle {
     }
     fn deliver(&self, d: Delivery) -> Result<(), SendError> {
         Handle::deliver(self, d)
+    }
+}
+
+impl crate::bridge::admin::LocalAdmin for Handle {
+    fn disconnect_local(
+        &self,
+        who: Who,
+        code: u16,
+    ) -> std::pin::Pin<Box<dyn Future<Output = usize> + Send + '_>> {
+        Box::pin(Handle::disconnect_local(self, who, code))
+    }
+    fn count_local(&self, who: Who) -> std::pin::Pin<Box<dyn Future<Output = usize> + Send + '_>> {
+        Box::pin(Handle::count_local(self, who))
     }
 }

@@ -1,7 +1,8 @@
 //! Plain HTTP beside the upgrade, on the same port: `GET /health` (JSON),
 //! `GET /metrics` (Prometheus text, unless `--metrics-listen` moves it to a
-//! private address) and `POST /api/publish` (for backends without Redis
-//! access). A GET of the WebSocket path without an upgrade gets 426;
+//! private address), `POST /api/publish` (for backends without Redis
+//! access), and the cluster-wide `POST /api/disconnect` and
+//! `POST /api/count`. A GET of the WebSocket path without an upgrade gets 426;
 //! anything else 404. `HEAD` gets the `GET` head without its body.
 //!
 //! The publish endpoint decides from the request head alone whether a body
@@ -18,6 +19,15 @@ use crate::proto::handshake::http_response;
 
 /// The publish endpoint's path.
 pub const PUBLISH_PATH: &str = "/api/publish";
+/// Disconnect a user's sessions or a client, cluster-wide.
+pub const DISCONNECT_PATH: &str = "/api/disconnect";
+/// Count a room's members, a user's sessions or a client, cluster-wide.
+pub const COUNT_PATH: &str = "/api/count";
+
+/// Whether `path` is one of the `POST` API endpoints (behind `--api-key`).
+pub fn is_api_path(path: &str) -> bool {
+    matches!(path, PUBLISH_PATH | DISCONNECT_PATH | COUNT_PATH)
+}
 
 /// Which plain HTTP endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +87,7 @@ fn respond_get(registry: &Registry, method: &str, path: &str, at: Endpoints<'_>)
             registry.prometheus().as_bytes(),
             &[("Cache-Control", "no-store")],
         ),
-        PUBLISH_PATH if api_enabled => http_response(
+        p if api_enabled && is_api_path(p) => http_response(
             405,
             "text/plain",
             b"Method Not Allowed\n",
@@ -128,6 +138,117 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 fn json_error(status: u16, message: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let body = serde_json::json!({ "error": message }).to_string();
     http_response(status, "application/json", body.as_bytes(), extra)
+}
+
+/// `POST /api/disconnect` and `POST /api/count` bodies: exactly one of
+/// `userId`, `clientId` (and, to count, `room`); `code` to disconnect.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AdminBody {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    code: Option<u16>,
+}
+
+impl AdminBody {
+    fn who(&self) -> Result<crate::delivery::Who, &'static str> {
+        use crate::delivery::{ClientId, Who};
+        match (&self.user_id, &self.client_id, &self.room) {
+            (Some(u), None, None) if !u.is_empty() => Ok(Who::User(u.as_str().into())),
+            (None, Some(c), None) => ClientId::parse(c)
+                .map(Who::Client)
+                .ok_or("`clientId` must be a client id"),
+            (None, None, Some(r)) if !r.is_empty() => Ok(Who::Room(r.as_str().into())),
+            _ => Err("give exactly one non-empty `userId`, `clientId` or `room`"),
+        }
+    }
+}
+
+fn admin_body(
+    api_key: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<AdminBody, Vec<u8>> {
+    if !key_matches(api_key, authorization) {
+        return Err(json_error(
+            401,
+            "missing or wrong API key",
+            &[("WWW-Authenticate", "Bearer")],
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| json_error(400, &format!("invalid body: {e}"), &[]))
+}
+
+/// Answer `POST /api/disconnect` (`{"userId"|"clientId", "code"?}`): close
+/// those sessions here and on every other node; `202 {"ok":true,"local":N}`.
+pub async fn disconnect(
+    handle: &Handle,
+    api_key: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    let req = match admin_body(api_key, authorization, body) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    let who = match req.who() {
+        Ok(crate::delivery::Who::Room(_)) => {
+            return json_error(
+                400,
+                "give `userId` or `clientId` (a room is not disconnected)",
+                &[],
+            );
+        }
+        Ok(w) => w,
+        Err(e) => return json_error(400, e, &[]),
+    };
+    let code = req.code.unwrap_or(crate::proto::close::POLICY_VIOLATION);
+    if !crate::proto::close::is_disconnect_code(code) {
+        return json_error(400, "`code` must be 1008 or 4000-4999", &[]);
+    }
+    match handle.disconnect(who, code).await {
+        Ok(n) => http_response(
+            202,
+            "application/json",
+            format!(r#"{{"ok":true,"local":{n}}}"#).as_bytes(),
+            &[],
+        ),
+        Err(e) => json_error(400, &e.to_string(), &[]),
+    }
+}
+
+/// Answer `POST /api/count` (`{"room"|"userId"|"clientId"}`):
+/// `200 {"count","local","nodes","expectedNodes","complete"}`.
+pub async fn count(
+    handle: &Handle,
+    api_key: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    let req = match admin_body(api_key, authorization, body) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    if req.code.is_some() {
+        return json_error(400, "`code` is for /api/disconnect", &[]);
+    }
+    let who = match req.who() {
+        Ok(w) => w,
+        Err(e) => return json_error(400, e, &[]),
+    };
+    let c = handle.count(who).await;
+    let body = serde_json::to_vec(&c).unwrap_or_default();
+    http_response(
+        200,
+        "application/json",
+        &body,
+        &[("Cache-Control", "no-store")],
+    )
 }
 
 /// Compare without an early exit, so the key cannot be guessed byte by

@@ -163,6 +163,16 @@ pub struct BridgeMetrics {
     pub subscription_commands: [AtomicU64; 2],
     /// Time the last (re)subscription of every wanted channel took, ms.
     pub resubscribe_ms: AtomicI64,
+    /// Control messages (`ignis-ws:control`, this node's channel) taken
+    /// from other nodes.
+    pub control_in: AtomicU64,
+    /// Control messages dropped: malformed, over the bounds, unknown op.
+    pub control_dropped: AtomicU64,
+    /// Control messages published.
+    pub control_out: AtomicU64,
+    /// ignis-ws nodes known to be alive (by their hellos), this one
+    /// included.
+    pub cluster_nodes: AtomicI64,
 }
 
 /// Forwarding of custom client events (`--events-channel`,
@@ -297,6 +307,30 @@ impl Registry {
                 "Time the last subscription of every wanted channel took after a (re)connect, ms.",
                 "gauge",
                 b.resubscribe_ms.load(Relaxed),
+            ),
+            (
+                "cluster_nodes",
+                "ignis-ws nodes on this Redis known to be alive, this one included.",
+                "gauge",
+                b.cluster_nodes.load(Relaxed),
+            ),
+            (
+                "redis_control_in_total",
+                "Control messages (cluster-wide admin actions) taken from other nodes.",
+                "counter",
+                b.control_in.load(Relaxed) as i64,
+            ),
+            (
+                "redis_control_dropped_total",
+                "Control messages dropped: malformed, over the bounds or unknown.",
+                "counter",
+                b.control_dropped.load(Relaxed) as i64,
+            ),
+            (
+                "redis_control_out_total",
+                "Control messages published.",
+                "counter",
+                b.control_out.load(Relaxed) as i64,
             ),
             (
                 "redis_events_forwarded_total",

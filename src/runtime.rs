@@ -306,6 +306,7 @@ impl ServerBuilder {
             }
             _ => (None, None),
         };
+        let admin = bridge_cfg.as_ref().map(|_| flume::unbounded());
         let channels: Vec<(flume::Sender<ShardCommand>, flume::Receiver<ShardCommand>)> =
             (0..n).map(|_| flume::unbounded()).collect();
         let handle = Handle {
@@ -315,6 +316,7 @@ impl ServerBuilder {
                 control: control.handle(),
                 bridge: bridge.as_ref().map(|(p, _)| p.clone()),
                 interest: interest_tx.clone(),
+                admin: admin.as_ref().map(|(tx, _)| tx.clone()),
                 queue_limit: config.shard_queue_limit,
             }),
         };
@@ -406,7 +408,7 @@ impl ServerBuilder {
                 config.handshake_timeout,
             )));
         }
-        if let (Some(cfg), Some((publisher, outbox))) = (bridge_cfg, bridge) {
+        if let (Some(cfg), Some((publisher, outbox)), Some(admin)) = (bridge_cfg, bridge, admin) {
             crate::bridge::start(
                 cfg,
                 &publisher,
@@ -414,6 +416,8 @@ impl ServerBuilder {
                 Arc::new(handle.clone()),
                 &control.handle(),
                 interest_rx,
+                admin,
+                Arc::new(handle.clone()),
             );
         }
         tracing::info!(

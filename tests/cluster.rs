@@ -26,12 +26,17 @@ struct Sim {
 }
 
 /// What each node's Redis subscriptions must be, from the clients alive on
-/// it: `ws:broadcast`, each room with a member (the default rooms
+/// it: `ws:broadcast` and the control channels (`ignis-ws:control`, its
+/// own `ignis-ws:node:{serverId}`), each room with a member (the default rooms
 /// `ws-default` and `ws-notification` are joined at authentication), each
 /// user with a session, and each client's `ws:client:{id}` and
 /// `ws:room:{id}`.
-fn expected(clients: &[Sim]) -> BTreeSet<String> {
-    let mut want = BTreeSet::from(["ws:broadcast".to_string()]);
+fn expected(server_id: &str, clients: &[Sim]) -> BTreeSet<String> {
+    let mut want = BTreeSet::from([
+        "ws:broadcast".to_string(),
+        "ignis-ws:control".into(),
+        format!("ignis-ws:node:{server_id}"),
+    ]);
     for s in clients {
         want.insert(format!("ws:client:{}", s.id));
         want.insert(format!("ws:room:{}", s.id));
@@ -59,7 +64,11 @@ async fn check(redis: &RedisServer, nodes: &[&TestServer], model: &mut [Vec<Sim>
         .await;
     }
     settle_subscriptions(nodes).await;
-    let per_node: Vec<BTreeSet<String>> = model.iter().map(|m| expected(m)).collect();
+    let per_node: Vec<BTreeSet<String>> = nodes
+        .iter()
+        .zip(model.iter())
+        .map(|(n, m)| expected(n.handle().bridge().unwrap().server_id(), m))
+        .collect();
     let union: BTreeSet<String> = per_node.iter().flatten().cloned().collect();
     let have: BTreeSet<String> = redis.channels().await.into_iter().collect();
     let missing: Vec<_> = union.difference(&have).collect();
@@ -185,14 +194,20 @@ async fn churn_leaves_exactly_the_channels_the_indexes_need(io: IoMode) {
     wait_subscribed(&a.handle()).await;
     wait_subscribed(&b.handle()).await;
     check(&redis, &nodes, &mut model, "after the storm").await;
-    // Everyone leaves: only ws:broadcast stays, once per node.
+    // Everyone leaves: only the fixed channels stay.
     for sims in &mut model {
         for s in sims.drain(..) {
             s.c.close().await;
         }
     }
     check(&redis, &nodes, &mut model, "all gone").await;
-    assert_eq!(redis.channels().await, ["ws:broadcast"]);
+    let fixed = redis.channels().await;
+    assert_eq!(fixed.len(), 4, "{fixed:?}");
+    assert!(
+        fixed
+            .iter()
+            .all(|c| c == "ws:broadcast" || c.starts_with("ignis-ws:"))
+    );
     let m = a.handle().bridge().unwrap().metrics().clone();
     assert!(m.subscription_commands[0].load(Relaxed) > 0);
     assert!(m.subscription_commands[1].load(Relaxed) > 0);
@@ -242,10 +257,17 @@ async fn a_node_hears_only_what_its_clients_need(io: IoMode) {
     // only ws:broadcast and its patterns).
     let mut want = vec![
         "ws:broadcast".to_string(),
+        "ignis-ws:control".into(),
         "ws:room:only-a".into(),
         "ws:room:ws-default".into(),
         "ws:room:ws-notification".into(),
     ];
+    for s in [&a, &p, &b] {
+        want.push(format!(
+            "ignis-ws:node:{}",
+            s.handle().bridge().unwrap().server_id()
+        ));
+    }
     for (user, id) in [("x", id_of(&da)), ("y", id_of(&db))] {
         want.push(format!("ws:user:{user}"));
         want.push(format!("ws:client:{id}"));
@@ -255,7 +277,7 @@ async fn a_node_hears_only_what_its_clients_need(io: IoMode) {
     assert_eq!(redis.channels().await, want);
     let (_, body) = http_get(a.addr, "/metrics").await;
     assert!(
-        body.contains("ignis_ws_redis_subscribed_channels 7"),
+        body.contains("ignis_ws_redis_subscribed_channels 9"),
         "{body}"
     );
     assert!(
@@ -265,6 +287,150 @@ async fn a_node_hears_only_what_its_clients_need(io: IoMode) {
     assert!(
         body.contains(r#"ignis_ws_redis_subscription_changes_total{op="subscribe"} 6"#),
         "{body}"
+    );
+}
+
+const KEY: &str = "cluster-api-key-0123456789";
+
+/// Cluster-wide admin actions through `POST /api/count` and
+/// `POST /api/disconnect` on one node, and through `Handle` on the other:
+/// each node answers for its own share over the control channel.
+async fn admin_actions_reach_every_node(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut cfg = redis_config(io, &redis.url());
+    cfg.api_key = Some(KEY.into());
+    let a = start(cfg);
+    let b = start(redis_config(io, &redis.url()));
+    for s in [&a, &b] {
+        wait_subscribed(&s.handle()).await;
+    }
+    // The nodes know each other (their hellos).
+    for s in [&a, &b] {
+        let m = s.handle().bridge().unwrap().metrics().clone();
+        until(&s.handle(), "two nodes known", |_| {
+            m.cluster_nodes.load(Relaxed) == 2
+        })
+        .await;
+    }
+    let (mut a1, _) = authed_in(&a.url(), "alice", &["lobby"]).await;
+    let (mut a2, _) = authed(&a.url(), "alice").await;
+    let (mut b1, _) = authed_in(&b.url(), "alice", &["lobby"]).await;
+    let (mut bob, dbob) = authed_in(&b.url(), "bob", &["lobby"]).await;
+    let count = async |body: &str| {
+        let (status, text) = api_post(a.addr, "/api/count", Some(KEY), body).await;
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    assert_eq!(
+        count(r#"{"userId":"alice"}"#).await,
+        json!({"count":3,"local":2,"nodes":2,"expectedNodes":2,"complete":true})
+    );
+    assert_eq!(count(r#"{"room":"lobby"}"#).await["count"], 3);
+    assert_eq!(count(r#"{"room":"nowhere"}"#).await["count"], 0);
+    let bob_id = id_of(&dbob);
+    assert_eq!(
+        count(&format!(r#"{{"clientId":"{bob_id}"}}"#)).await["count"],
+        1
+    );
+    // Every session of alice, on both nodes, with the code asked for.
+    let (status, text) = api_post(
+        a.addr,
+        "/api/disconnect",
+        Some(KEY),
+        r#"{"userId":"alice","code":4010}"#,
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (202, r#"{"ok":true,"local":2}"#));
+    for c in [&mut a1, &mut a2, &mut b1] {
+        assert_eq!(
+            c.expect_close().await,
+            (4010, "Disconnected by the server".to_string())
+        );
+    }
+    expect_nothing_before_marker(&b.handle(), &mut bob, &bob_id).await;
+    until(&b.handle(), "alice gone from b", |h| h.connections() == 1).await;
+    assert_eq!(count(r#"{"userId":"alice"}"#).await["count"], 0);
+    // From the library on the node without the client: 1008 by default.
+    let n = a
+        .handle()
+        .disconnect(
+            ignis_ws::handle::Who::Client(ignis_ws::ClientId::parse(&bob_id).unwrap()),
+            1008,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "bob is not on a");
+    assert_eq!(bob.expect_close().await.0, 1008);
+    // Refused requests, each with its reason.
+    for (path, key, body, want) in [
+        (
+            "/api/count",
+            Some("wrong-key-wrong-key-wrong"),
+            r#"{"room":"r"}"#,
+            401,
+        ),
+        ("/api/count", Some(KEY), r#"{"room":"r","userId":"u"}"#, 400),
+        ("/api/count", Some(KEY), r#"{"clientId":"not-an-id"}"#, 400),
+        ("/api/count", Some(KEY), r#"{"room":"r","extra":1}"#, 400),
+        ("/api/disconnect", Some(KEY), r#"{"room":"r"}"#, 400),
+        (
+            "/api/disconnect",
+            Some(KEY),
+            r#"{"userId":"u","code":1000}"#,
+            400,
+        ),
+        ("/api/disconnect", Some(KEY), "not json", 400),
+        ("/api/disconnect", None, r#"{"userId":"u"}"#, 401),
+    ] {
+        let (status, text) = api_post(a.addr, path, key, body).await;
+        assert_eq!(status, want, "{path} {body}: {text}");
+    }
+    // B has no --api-key: no API there.
+    let (status, _) = api_post(b.addr, "/api/count", Some(KEY), r#"{"room":"r"}"#).await;
+    assert_eq!(status, 404);
+    // Hostile control messages are dropped and counted; nothing happens.
+    let (mut c, _) = authed(&b.url(), "carol").await;
+    let mut r = redis.client().await;
+    let before = b
+        .handle()
+        .bridge()
+        .unwrap()
+        .metrics()
+        .control_dropped
+        .load(Relaxed);
+    let huge = format!(r#"{{"v":1,"op":"hello","from":"{}"}}"#, "x".repeat(10_000));
+    for p in [
+        "garbage",
+        r#"{"v":1,"op":"disconnect","from":"evil","userId":"carol","code":4000}"#,
+        r#"{"v":1,"op":"disconnect","from":"evil","user":"carol","code":1000}"#,
+        r#"{"v":1,"op":"disconnect","from":"evil","room":"lobby","code":4000}"#,
+        r#"{"v":1,"op":"explode","from":"evil"}"#,
+        huge.as_str(),
+    ] {
+        redis_publish(&mut r, "ignis-ws:control", p.as_bytes()).await;
+    }
+    // A reply to a count nobody asked for is ignored.
+    let node_b = format!("ignis-ws:node:{}", b.handle().bridge().unwrap().server_id());
+    redis_publish(
+        &mut r,
+        &node_b,
+        br#"{"v":1,"op":"count-reply","from":"evil","id":1,"count":99999999999}"#,
+    )
+    .await;
+    let m = b.handle().bridge().unwrap().metrics().clone();
+    until(&b.handle(), "hostile control messages dropped", |_| {
+        m.control_dropped.load(Relaxed) >= before + 5
+    })
+    .await;
+    c.sync().await;
+    assert_eq!(
+        b.handle()
+            .count_local(ignis_ws::handle::Who::User("carol".into()))
+            .await,
+        1,
+        "carol still connected"
     );
 }
 
@@ -356,6 +522,7 @@ async fn sentinel_master_crash_is_followed() {
 }
 
 io_tests!(
+    admin_actions_reach_every_node,
     churn_leaves_exactly_the_channels_the_indexes_need,
     a_node_hears_only_what_its_clients_need,
 );

@@ -17,6 +17,7 @@
 //! [`envelope`] is the wire format both speak, [`emitter`] a standalone
 //! publisher for other programs.
 
+pub mod admin;
 pub mod conn;
 pub mod emitter;
 pub mod envelope;
@@ -55,6 +56,7 @@ impl Link {
 /// Start the subscriber and the publisher on the control thread.
 /// `interest`: the shards' reports of what they need
 /// (`--redis-subscribe interest`); `None` subscribes the patterns.
+#[allow(clippy::too_many_arguments)] // reason: the bridge's wiring, each piece made by the runtime
 pub fn start(
     cfg: BridgeConfig,
     publisher: &Publisher,
@@ -62,9 +64,15 @@ pub fn start(
     handle: Arc<dyn LocalDelivery>,
     control: &ControlHandle,
     interest: Option<flume::Receiver<interest::BridgeInput>>,
+    admin: (
+        flume::Sender<admin::AdminInput>,
+        flume::Receiver<admin::AdminInput>,
+    ),
+    local: Arc<dyn admin::LocalAdmin>,
 ) {
     let metrics = publisher.metrics.clone();
     let server_id = publisher.server_id.clone();
+    let server_id_for_admin = server_id.clone();
     let master = cfg.sentinel.clone().map(|s| {
         let (tx, rx) = tokio::sync::watch::channel(None);
         control.spawn(Box::pin(sentinel::watch(s, cfg.tls_ca.clone(), tx)));
@@ -78,6 +86,13 @@ pub fn start(
         publisher.link.clone(),
         interest,
         master.clone(),
+        admin.0,
+    )));
+    control.spawn(Box::pin(admin::run(
+        server_id_for_admin,
+        publisher.clone(),
+        local,
+        admin.1,
     )));
     control.spawn(Box::pin(publisher::run(
         cfg,

@@ -196,6 +196,11 @@ pub(super) async fn run(
                     Some(k) => {
                         metrics.published[kind_index(k)].fetch_add(1, Relaxed);
                     }
+                    None if item.channel.starts_with(super::admin::NODE_PREFIX)
+                        || item.channel == super::admin::CONTROL =>
+                    {
+                        metrics.control_out.fetch_add(1, Relaxed);
+                    }
                     None => {
                         metrics.events_forwarded.fetch_add(1, Relaxed);
                     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use super::admin::{self, AdminInput};
 use super::conn::{
     Backoff, BridgeConfig, CONNECT_TIMEOUT, Endpoint, PUBLISH_TIMEOUT, client, redact,
 };
@@ -40,12 +41,11 @@ async fn connect_pubsub(
     url: &str,
     ca: Option<&[u8]>,
     patterns: bool,
+    fixed: &[String],
 ) -> redis::RedisResult<redis::aio::PubSub> {
     let client = client(url, ca)?;
     let mut ps = client.get_async_pubsub().await?;
-    for c in envelope::SUBSCRIBE_CHANNELS {
-        ps.subscribe(c).await?;
-    }
+    ps.subscribe(fixed).await?;
     if patterns {
         for p in envelope::SUBSCRIBE_PATTERNS {
             ps.psubscribe(p).await?;
@@ -148,6 +148,7 @@ async fn finish(f: &mut Option<InFlight>) -> redis::RedisResult<()> {
 /// Subscribe, deliver, and come back whenever the connection is lost.
 /// `input`: the shards' interest reports (`--redis-subscribe interest`);
 /// `None` subscribes the patterns instead.
+#[allow(clippy::too_many_arguments)] // reason: a task entry point taking what it owns
 pub(super) async fn run(
     cfg: BridgeConfig,
     server_id: Arc<str>,
@@ -156,9 +157,16 @@ pub(super) async fn run(
     link: Arc<tokio::sync::watch::Sender<Link>>,
     input: Option<flume::Receiver<BridgeInput>>,
     master: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    admin: flume::Sender<AdminInput>,
 ) {
     let patterns = input.is_none();
-    let fixed = envelope::SUBSCRIBE_CHANNELS.len()
+    // ws:broadcast, and the control channels only ignis-ws nodes use.
+    let fixed_channels: Vec<String> = envelope::SUBSCRIBE_CHANNELS
+        .iter()
+        .map(|c| c.to_string())
+        .chain([admin::CONTROL.to_string(), admin::node_channel(&server_id)])
+        .collect();
+    let fixed = fixed_channels.len()
         + if patterns {
             envelope::SUBSCRIBE_PATTERNS.len()
         } else {
@@ -177,7 +185,7 @@ pub(super) async fn run(
         let url = &url;
         let connect = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            connect_pubsub(url, cfg.tls_ca.as_deref(), patterns),
+            connect_pubsub(url, cfg.tls_ca.as_deref(), patterns, &fixed_channels),
         );
         match st.during(connect).await {
             Ok(Ok(ps)) => {
@@ -188,6 +196,7 @@ pub(super) async fn run(
                 metrics.subscribed.store(true, Relaxed);
                 link.send_modify(|l| l.subscribed = true);
                 tracing::info!(node = %redact(url), "redis bridge subscribed");
+                let _ = admin.send(AdminInput::Subscribed);
                 backoff.reset();
                 // Nothing is subscribed on a new connection but the fixed
                 // channels: every wanted one again.
@@ -234,6 +243,9 @@ pub(super) async fn run(
                     st.publish_gauges(&metrics, fixed);
                     tokio::select! {
                         msg = stream.next() => match msg {
+                            Some(msg) if msg.get_channel_name().starts_with("ignis-ws:") => {
+                                let _ = admin.send(AdminInput::FromRedis(msg.get_payload_bytes().to_vec()));
+                            }
                             Some(msg) => on_envelope(msg.get_payload_bytes(), &cfg, &server_id, &*handle, &metrics),
                             None => break,
                         },

@@ -214,7 +214,7 @@ async fn handshake_from(
                 authorization,
                 content_length,
             })) if method.eq_ignore_ascii_case("POST")
-                && path == crate::http::PUBLISH_PATH
+                && crate::http::is_api_path(path)
                 && io.api_key.is_some() =>
             {
                 ShardMetrics::add(&io.metrics().http_requests_total, 1);
@@ -235,6 +235,7 @@ async fn handshake_from(
                     }
                     crate::http::PublishHead::ReadBody { len } => {
                         let authorization = authorization.map(str::to_owned);
+                        let path = path.to_owned();
                         let end = head_len + len;
                         let _slot = BodySlot::take(io);
                         while buf.len() < end {
@@ -242,12 +243,17 @@ async fn handshake_from(
                                 return Ok(None);
                             }
                         }
-                        crate::http::publish(
-                            &io.handle,
-                            api_key,
-                            authorization.as_deref(),
-                            &buf[head_len..end],
-                        )
+                        let body = &buf[head_len..end];
+                        let auth = authorization.as_deref();
+                        match path.as_str() {
+                            crate::http::DISCONNECT_PATH => {
+                                crate::http::disconnect(&io.handle, api_key, auth, body).await
+                            }
+                            crate::http::COUNT_PATH => {
+                                crate::http::count(&io.handle, api_key, auth, body).await
+                            }
+                            _ => crate::http::publish(&io.handle, api_key, auth, body),
+                        }
                     }
                 }
             }

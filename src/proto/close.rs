@@ -25,6 +25,12 @@ pub const AUTH_FAILED: u16 = 4003;
 /// Ignis: encryption required but no (valid) handshake.
 pub const ENCRYPTION_REQUIRED: u16 = 4004;
 
+/// Whether an operator may disconnect a client with `code`: 1008 (policy
+/// violation, the default) or an application code 4000–4999.
+pub fn is_disconnect_code(code: u16) -> bool {
+    code == POLICY_VIOLATION || (4000..=4999).contains(&code)
+}
+
 /// Why a connection is being closed by the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -48,6 +54,9 @@ pub enum CloseReason {
     EncryptionRequired,
     /// The user already holds `--max-sessions-per-user` sessions.
     TooManySessions,
+    /// An operator disconnected it (`Handle::disconnect`,
+    /// `POST /api/disconnect`), with this code (1008 or 4000–4999).
+    Disconnected(u16),
 }
 
 impl CloseReason {
@@ -64,6 +73,7 @@ impl CloseReason {
             CloseReason::RateLimited => (POLICY_VIOLATION, "Message rate limit exceeded"),
             CloseReason::EncryptionRequired => (ENCRYPTION_REQUIRED, "Encryption required"),
             CloseReason::TooManySessions => (POLICY_VIOLATION, "Too many sessions"),
+            CloseReason::Disconnected(code) => (*code, "Disconnected by the server"),
         }
     }
 

@@ -99,6 +99,18 @@ pub enum ShardCommand {
     Shutdown,
     /// Answer once every earlier command has been handled.
     Barrier(flume::Sender<()>),
+    /// Close the sessions of a user or a client with this code; answer
+    /// how many were closed.
+    Disconnect {
+        who: crate::delivery::Who,
+        code: u16,
+        reply: flume::Sender<usize>,
+    },
+    /// Answer how many of the sessions named are here.
+    Count {
+        who: crate::delivery::Who,
+        reply: flume::Sender<usize>,
+    },
 }
 
 /// What a shard is told at birth (read-only).
@@ -551,7 +563,52 @@ impl<S> Shard<S> {
             ShardCommand::Barrier(tx) => {
                 let _ = tx.send(());
             }
+            ShardCommand::Disconnect { who, code, reply } => {
+                let _ = reply.send(self.disconnect(&who, code, now));
+            }
+            ShardCommand::Count { who, reply } => {
+                let _ = reply.send(self.count(&who));
+            }
         }
+    }
+
+    /// How many of the sessions `who` names this shard holds (a room's
+    /// members; a user's authenticated sessions; a client: 0 or 1).
+    pub fn count(&self, who: &crate::delivery::Who) -> usize {
+        use crate::delivery::Who;
+        match who {
+            Who::User(u) => self.users.get(u).len(),
+            Who::Room(r) => self.rooms.get(r).map_or(0, |r| r.members.len()),
+            Who::Client(id) => usize::from(self.by_id.contains_key(id)),
+        }
+    }
+
+    /// Close the sessions of a user, or one client, with `code`
+    /// ([`CloseReason::Disconnected`]); how many were closed. A room is
+    /// never closed as a whole.
+    pub fn disconnect(&mut self, who: &crate::delivery::Who, code: u16, now: Instant) -> usize {
+        use crate::delivery::Who;
+        let keys: SmallVec<[ConnKey; 4]> = match who {
+            Who::User(u) => self.users.get(u).iter().copied().collect(),
+            Who::Client(id) => self.by_id.get(id).copied().into_iter().collect(),
+            Who::Room(_) => SmallVec::new(),
+        };
+        let mut n = 0;
+        for key in keys {
+            if self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| c.closing.is_none() && !c.dead)
+            {
+                self.close(
+                    key,
+                    crate::proto::close::CloseReason::Disconnected(code),
+                    now,
+                );
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Number of connections (any state).

@@ -120,3 +120,33 @@ pub async fn post_publish(addr: SocketAddr, key: Option<&str>, body: &str) -> Ra
         .await;
     r
 }
+
+/// `POST {path}` of a JSON `body` with bearer `key`; the answer's status
+/// and body.
+pub async fn api_post(
+    addr: SocketAddr,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let mut r = Raw::connect(addr).await;
+    r.write(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let all = String::from_utf8_lossy(&r.read_to_end().await).to_string();
+    let status: u16 = all.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = all
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
