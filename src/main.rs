@@ -43,9 +43,15 @@ enum Command {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("to").required(true).args(["client", "user", "room", "broadcast"])))]
 struct EmitArgs {
-    /// Redis URL (redis://[user:password@]host:port, rediss:// for TLS).
+    /// Redis URL (redis://[user:password@]host:port, rediss:// for TLS);
+    /// with --sharded, Redis Cluster nodes, comma separated.
     #[arg(long, env = "IGNIS_WS_REDIS", value_name = "URL")]
     redis: String,
+    /// Sharded pub/sub on Redis Cluster 7+: room, user and client messages
+    /// by SPUBLISH, as ignis-ws --redis-sharded nodes listen (Ignis on Bun
+    /// does not hear them).
+    #[arg(long)]
+    sharded: bool,
     /// To one client id.
     #[arg(long, value_name = "ID")]
     client: Option<String>,
@@ -73,6 +79,7 @@ impl std::fmt::Debug for EmitArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmitArgs")
             .field("redis", &ignis_ws::secrets::redact_url(&self.redis))
+            .field("sharded", &self.sharded)
             .field("client", &self.client)
             .field("user", &self.user)
             .field("room", &self.room)
@@ -126,7 +133,13 @@ fn emit(args: EmitArgs) -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let emitter = Emitter::connect(&args.redis).await?;
+        let emitter = if args.sharded {
+            let nodes = ignis_ws::config::comma_list(&args.redis);
+            let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            Emitter::connect_sharded(&refs).await?
+        } else {
+            Emitter::connect(&args.redis).await?
+        };
         emitter
             .publish_raw(
                 kind,

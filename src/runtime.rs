@@ -284,6 +284,7 @@ impl ServerBuilder {
                 max_message: config.redis_max_message,
                 tls_ca,
                 sentinel,
+                sharded: config.redis_sharded,
             });
         let bridge = bridge_cfg.as_ref().map(crate::bridge::outbox);
         let events_metrics = (config.events_channel.is_some() || config.events_webhook.is_some())

@@ -537,6 +537,8 @@ fn bad_cluster_settings_exit_2_naming_the_key() {
         "serve --auth insecure --redis-sentinel a:1 --redis-sentinel-master m --redis redis://h => --redis",
         "IGNIS_WS_REDIS_SENTINEL=a:1 IGNIS_WS_REDIS_SENTINEL_MASTER= serve --auth insecure => --redis-sentinel-master",
         "serve --auth insecure --redis redis://h --redis-subscribe everything => --redis-subscribe",
+        "serve --auth insecure --redis redis://h --redis-sharded true => --redis-sharded needs --redis-cluster",
+        "serve --auth insecure --redis-cluster redis://h --redis-sharded true --redis-subscribe pattern => --redis-sharded no patterns",
     ] {
         let (out, all, why) = run_case(case, &[]);
         assert!(out.contains(why), "{all}: {out}");

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use ignis_ws::config::{IoMode, RedisSubscribe};
 use serde_json::json;
-use util::redis_server::{RedisSentinel, RedisServer};
+use util::redis_server::{RedisCluster, RedisSentinel, RedisServer};
 use util::*;
 
 /// One simulated client and what the server must know of it.
@@ -50,9 +50,76 @@ fn expected(server_id: &str, clients: &[Sim]) -> BTreeSet<String> {
     want
 }
 
+/// Where the nodes' subscriptions live: one Redis, or a Redis Cluster in
+/// sharded mode (fixed channels classic, the rest shard channels; each
+/// cluster node lists only its own subscribers, so lists are merged and
+/// counts summed over the nodes).
+enum Backend<'a> {
+    Single(&'a RedisServer),
+    Sharded(&'a RedisCluster),
+}
+
+impl Backend<'_> {
+    fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            Backend::Single(r) => vec![r],
+            Backend::Sharded(c) => c.nodes.iter().collect(),
+        }
+    }
+
+    /// (classic channels, shard channels) with a subscriber.
+    async fn lists(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let (mut classic, mut shard) = (BTreeSet::new(), BTreeSet::new());
+        for r in self.servers() {
+            let mut c = r.client().await;
+            let v: Vec<String> = redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            classic.extend(v);
+            if matches!(self, Backend::Sharded(_)) {
+                let v: Vec<String> = redis::cmd("PUBSUB")
+                    .arg("SHARDCHANNELS")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                shard.extend(v);
+            }
+        }
+        (classic, shard)
+    }
+
+    /// Subscribers of each channel, summed over the servers.
+    async fn counts(&self, chans: &[&String]) -> std::collections::HashMap<String, usize> {
+        let mut out = std::collections::HashMap::new();
+        let subs: &[&str] = match self {
+            Backend::Single(_) => &["NUMSUB"],
+            Backend::Sharded(_) => &["NUMSUB", "SHARDNUMSUB"],
+        };
+        for r in self.servers() {
+            let mut c = r.client().await;
+            for sub in subs {
+                for chunk in chans.chunks(200) {
+                    let mut cmd = redis::cmd("PUBSUB");
+                    cmd.arg(*sub);
+                    for ch in chunk {
+                        cmd.arg(ch.as_str());
+                    }
+                    let counts: Vec<(String, usize)> = cmd.query_async(&mut c).await.unwrap();
+                    for (ch, n) in counts {
+                        *out.entry(ch).or_insert(0) += n;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Every client's frames handled, every abrupt drop noticed, every
 /// change confirmed by Redis; then Redis's view must equal the model's.
-async fn check(redis: &RedisServer, nodes: &[&TestServer], model: &mut [Vec<Sim>], when: &str) {
+async fn check(redis: &Backend<'_>, nodes: &[&TestServer], model: &mut [Vec<Sim>], when: &str) {
     for (n, sims) in nodes.iter().zip(model.iter_mut()) {
         for s in sims.iter_mut() {
             s.c.sync().await;
@@ -70,28 +137,33 @@ async fn check(redis: &RedisServer, nodes: &[&TestServer], model: &mut [Vec<Sim>
         .map(|(n, m)| expected(n.handle().bridge().unwrap().server_id(), m))
         .collect();
     let union: BTreeSet<String> = per_node.iter().flatten().cloned().collect();
-    let have: BTreeSet<String> = redis.channels().await.into_iter().collect();
-    let missing: Vec<_> = union.difference(&have).collect();
-    let leaked: Vec<_> = have.difference(&union).collect();
-    assert!(
-        missing.is_empty() && leaked.is_empty(),
-        "{when}: missing {missing:?}, leaked {leaked:?}"
-    );
+    let (classic, shard) = redis.lists().await;
+    let fixed = |c: &String| c == "ws:broadcast" || c.starts_with("ignis-ws:");
+    if matches!(redis, Backend::Sharded(_)) {
+        // Only the fixed channels are classic; everything else sharded.
+        let want_classic: BTreeSet<String> = union.iter().filter(|c| fixed(c)).cloned().collect();
+        let want_shard: BTreeSet<String> = union.iter().filter(|c| !fixed(c)).cloned().collect();
+        assert_eq!(classic, want_classic, "{when}: classic channels");
+        let missing: Vec<_> = want_shard.difference(&shard).collect();
+        let leaked: Vec<_> = shard.difference(&want_shard).collect();
+        assert!(
+            missing.is_empty() && leaked.is_empty(),
+            "{when}: shard channels missing {missing:?}, leaked {leaked:?}"
+        );
+    } else {
+        let missing: Vec<_> = union.difference(&classic).collect();
+        let leaked: Vec<_> = classic.difference(&union).collect();
+        assert!(
+            missing.is_empty() && leaked.is_empty(),
+            "{when}: missing {missing:?}, leaked {leaked:?}"
+        );
+    }
     // Per node: each channel has exactly as many subscribers as nodes
     // whose clients need it, and each node's gauge counts its own set.
-    let mut r = redis.client().await;
     let chans: Vec<&String> = union.iter().collect();
-    for chunk in chans.chunks(200) {
-        let mut cmd = redis::cmd("PUBSUB");
-        cmd.arg("NUMSUB");
-        for c in chunk {
-            cmd.arg(c.as_str());
-        }
-        let counts: Vec<(String, usize)> = cmd.query_async(&mut r).await.unwrap();
-        for (ch, n) in counts {
-            let want = per_node.iter().filter(|s| s.contains(&ch)).count();
-            assert_eq!(n, want, "{when}: subscribers of {ch}");
-        }
+    for (ch, n) in redis.counts(&chans).await {
+        let want = per_node.iter().filter(|s| s.contains(&ch)).count();
+        assert_eq!(n, want, "{when}: subscribers of {ch}");
     }
     for (n, want) in nodes.iter().zip(&per_node) {
         let m = n.handle().bridge().unwrap().metrics().clone();
@@ -117,9 +189,38 @@ async fn churn_leaves_exactly_the_channels_the_indexes_need(io: IoMode) {
     };
     let a = start(redis_config(io, &redis.url()));
     let b = start(redis_config(io, &redis.url()));
+    churn(&a, &b, Some(&mut redis), None).await;
+}
+
+/// The same storm in sharded mode on a 3-master Redis Cluster: the masters'
+/// `PUBSUB SHARDCHANNELS` against the indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_churn_leaves_exactly_the_shard_channels_the_indexes_need() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    cluster.wait_ok().await;
+    let mut cfg = config(IoMode::Auto);
+    cfg.redis = cluster.nodes.iter().map(|n| n.url()).collect();
+    cfg.redis_cluster = true;
+    cfg.redis_sharded = true;
+    let a = start(cfg.clone());
+    cfg.redis.rotate_left(1);
+    let b = start(cfg);
+    churn(&a, &b, None, Some(&cluster)).await;
+}
+
+/// Join/leave/connect/close/drop storm over nodes `a` and `b`, checked
+/// three times; with `single`, Redis is also killed and restarted midway.
+async fn churn(
+    a: &TestServer,
+    b: &TestServer,
+    mut single: Option<&mut RedisServer>,
+    cluster: Option<&RedisCluster>,
+) {
     wait_subscribed(&a.handle()).await;
     wait_subscribed(&b.handle()).await;
-    let nodes = [&a, &b];
+    let nodes = [a, b];
     let mut model: Vec<Vec<Sim>> = vec![Vec::new(), Vec::new()];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let steps = 600;
@@ -179,39 +280,54 @@ async fn churn_leaves_exactly_the_channels_the_indexes_need(io: IoMode) {
             _ => {}
         }
         if step == steps / 3 {
-            check(&redis, &nodes, &mut model, "a third in").await;
+            let backend = match (&single, cluster) {
+                (Some(r), _) => Backend::Single(r),
+                (None, Some(c)) => Backend::Sharded(c),
+                _ => unreachable!(),
+            };
+            check(&backend, &nodes, &mut model, "a third in").await;
         }
-        if step == steps / 2 {
-            // Redis goes away mid-storm; the churn goes on, and the new
-            // connections subscribe the set as it is by then.
-            redis.kill();
-            wait_unsubscribed(&a.handle()).await;
-        }
-        if step == steps / 2 + 40 {
-            redis.restart();
+        if let Some(redis) = single.as_deref_mut() {
+            if step == steps / 2 {
+                // Redis goes away mid-storm; the churn goes on, and the new
+                // connections subscribe the set as it is by then.
+                redis.kill();
+                wait_unsubscribed(&a.handle()).await;
+            }
+            if step == steps / 2 + 40 {
+                redis.restart();
+            }
         }
     }
     wait_subscribed(&a.handle()).await;
     wait_subscribed(&b.handle()).await;
-    check(&redis, &nodes, &mut model, "after the storm").await;
+    let backend = match (&single, cluster) {
+        (Some(r), _) => Backend::Single(r),
+        (None, Some(c)) => Backend::Sharded(c),
+        _ => unreachable!(),
+    };
+    check(&backend, &nodes, &mut model, "after the storm").await;
     // Everyone leaves: only the fixed channels stay.
     for sims in &mut model {
         for s in sims.drain(..) {
             s.c.close().await;
         }
     }
-    check(&redis, &nodes, &mut model, "all gone").await;
-    let fixed = redis.channels().await;
-    assert_eq!(fixed.len(), 4, "{fixed:?}");
+    check(&backend, &nodes, &mut model, "all gone").await;
+    let (classic, shard) = backend.lists().await;
+    assert_eq!(classic.len(), 4, "{classic:?}");
     assert!(
-        fixed
+        classic
             .iter()
             .all(|c| c == "ws:broadcast" || c.starts_with("ignis-ws:"))
     );
+    assert!(shard.is_empty(), "{shard:?}");
     let m = a.handle().bridge().unwrap().metrics().clone();
     assert!(m.subscription_commands[0].load(Relaxed) > 0);
     assert!(m.subscription_commands[1].load(Relaxed) > 0);
-    assert!(m.reconnects.load(Relaxed) >= 1);
+    if single.is_some() {
+        assert!(m.reconnects.load(Relaxed) >= 1);
+    }
 }
 
 /// A room's messages reach a node only while one of its clients is in
@@ -431,6 +547,215 @@ async fn admin_actions_reach_every_node(io: IoMode) {
             .await,
         1,
         "carol still connected"
+    );
+}
+
+/// `PUBSUB {sub}` on every node of the cluster (each lists only its own
+/// subscribers), merged.
+async fn cluster_list(cluster: &RedisCluster, sub: &str) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for n in &cluster.nodes {
+        let v: Vec<String> = redis::cmd("PUBSUB")
+            .arg(sub)
+            .query_async(&mut n.client().await)
+            .await
+            .unwrap();
+        all.extend(v);
+    }
+    all
+}
+
+/// The node whose `CLUSTER MYID` serves `slot` now, and its id.
+async fn slot_owner(cluster: &RedisCluster, slot: u16) -> (usize, String) {
+    let mut c = cluster.nodes[0].client().await;
+    let v: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let redis::Value::Array(ranges) = v else {
+        panic!("{v:?}")
+    };
+    for r in ranges {
+        let redis::Value::Array(r) = r else { continue };
+        let (redis::Value::Int(a), redis::Value::Int(b), redis::Value::Array(m)) =
+            (&r[0], &r[1], &r[2])
+        else {
+            continue;
+        };
+        if (*a..=*b).contains(&i64::from(slot)) {
+            let redis::Value::Int(port) = m[1] else {
+                panic!()
+            };
+            let i = cluster
+                .nodes
+                .iter()
+                .position(|n| i64::from(n.port) == port)
+                .unwrap();
+            let id: String = redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(&mut cluster.nodes[i].client().await)
+                .await
+                .unwrap();
+            return (i, id);
+        }
+    }
+    panic!("slot {slot} unserved")
+}
+
+/// Sharded pub/sub on a 3-master Redis Cluster: rooms, users and clients
+/// over SSUBSCRIBE on their slot's master, broadcasts classic; the exact
+/// shard channels listed by the masters; a slot moved to another master
+/// while subscribed (Redis unsubscribes the channel; the nodes subscribe
+/// it again on the new owner, and their publishers follow MOVED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pubsub_follows_a_slot_move() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    cluster.wait_ok().await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let mut cfg = config(IoMode::Auto);
+    cfg.redis = urls.clone();
+    cfg.redis_cluster = true;
+    cfg.redis_sharded = true;
+    let a = start(cfg.clone());
+    cfg.redis = vec![urls[2].clone(), urls[0].clone(), urls[1].clone()];
+    let b = start(cfg);
+    wait_subscribed(&a.handle()).await;
+    wait_subscribed(&b.handle()).await;
+    let (mut ca, da) = authed_in(&a.url(), "x", &["lobby"]).await;
+    let (mut cb, db) = authed_in(&b.url(), "y", &["lobby"]).await;
+    settle_subscriptions(&[&a, &b]).await;
+    let mut want: BTreeSet<String> = [
+        "ws:room:lobby",
+        "ws:room:ws-default",
+        "ws:room:ws-notification",
+        "ws:user:x",
+        "ws:user:y",
+    ]
+    .map(String::from)
+    .into();
+    for d in [&da, &db] {
+        want.insert(format!("ws:client:{}", id_of(d)));
+        want.insert(format!("ws:room:{}", id_of(d)));
+    }
+    assert_eq!(cluster_list(&cluster, "SHARDCHANNELS").await, want);
+    let classic = cluster_list(&cluster, "CHANNELS").await;
+    assert!(
+        classic
+            .iter()
+            .all(|c| c == "ws:broadcast" || c.starts_with("ignis-ws:")),
+        "{classic:?}"
+    );
+    // Through the cluster: a node's send, the sharded emitter.
+    a.handle().send(Some("lobby"), "one", &1).unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"one","data":1}));
+    assert_eq!(cb.recv().await, json!({"event":"one","data":1}));
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let emitter = ignis_ws::bridge::emitter::Emitter::connect_sharded(&refs)
+        .await
+        .unwrap();
+    emitter.to_user("y", "dm", &2).await.unwrap();
+    emitter.to_client(&id_of(&da), "direct", &3).await.unwrap();
+    emitter.broadcast("all", &4).await.unwrap();
+    assert_eq!(cb.recv().await, json!({"event":"dm","data":2}));
+    assert_eq!(ca.recv().await, json!({"event":"direct","data":3}));
+    assert_eq!(ca.recv().await, json!({"event":"all","data":4}));
+    assert_eq!(cb.recv().await, json!({"event":"all","data":4}));
+    // The emit CLI, sharded.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ignis-ws"))
+        .args([
+            "emit",
+            "--sharded",
+            "--redis",
+            &urls.join(","),
+            "--room",
+            "lobby",
+            "--event",
+            "cli",
+            "--data",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ca.recv().await, json!({"event":"cli","data":7}));
+    assert_eq!(cb.recv().await, json!({"event":"cli","data":7}));
+    // A classic PUBLISH (Ignis on Bun, its emitter) does not reach
+    // sharded subscribers: the broadcast after it comes first.
+    let mut r = cluster.nodes[0].client().await;
+    redis_publish(
+        &mut r,
+        "ws:room:lobby",
+        br#"{"serverId":"emitter","type":"room","target":"lobby","event":"classic"}"#,
+    )
+    .await;
+    emitter.broadcast("fence", &5).await.unwrap();
+    assert_eq!(cb.recv().await["event"], "fence");
+    assert_eq!(ca.recv().await["event"], "fence");
+
+    // Move the room's slot to another master.
+    let slot = ignis_ws::bridge::cluster::slot(b"ws:room:lobby");
+    let (from, from_id) = slot_owner(&cluster, slot).await;
+    let to = (from + 1) % 3;
+    let to_id: String = redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut cluster.nodes[to].client().await)
+        .await
+        .unwrap();
+    let setslot = async |node: usize, args: &[&str]| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(args)
+            .query_async(&mut cluster.nodes[node].client().await)
+            .await
+            .unwrap();
+    };
+    setslot(to, &["IMPORTING", &from_id]).await;
+    setslot(from, &["MIGRATING", &to_id]).await;
+    for n in [to, from, 3 - to - from] {
+        setslot(n, &["NODE", &to_id]).await;
+    }
+    // Both nodes subscribed the room again, on its new master.
+    let new_owner = &cluster.nodes[to];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v: Vec<redis::Value> = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg("ws:room:lobby")
+            .query_async(&mut new_owner.client().await)
+            .await
+            .unwrap();
+        if v.get(1) == Some(&redis::Value::Int(2)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not resubscribed on the new owner: {v:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    settle_subscriptions(&[&a, &b]).await;
+    assert_eq!(cluster_list(&cluster, "SHARDCHANNELS").await, want);
+    // The publisher follows MOVED.
+    a.handle().send(Some("lobby"), "moved", &6).unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"moved","data":6}));
+    assert_eq!(cb.recv().await, json!({"event":"moved","data":6}));
+    // Everyone leaves: no shard channel stays behind.
+    ca.close().await;
+    cb.close().await;
+    until(&a.handle(), "closed", |h| h.connections() == 0).await;
+    until(&b.handle(), "closed", |h| h.connections() == 0).await;
+    settle_subscriptions(&[&a, &b]).await;
+    assert_eq!(
+        cluster_list(&cluster, "SHARDCHANNELS").await,
+        BTreeSet::new()
     );
 }
 

@@ -221,11 +221,21 @@ struct Admin {
 impl Admin {
     fn send(&self, channel: String, m: &Message) {
         if let Ok(payload) = serde_json::to_vec(m) {
-            self.publisher.publish(Outgoing {
+            self.publisher.publish_control(Outgoing {
                 channel,
                 payload: payload.into(),
                 kind: None,
             });
+        }
+    }
+
+    /// Say this node is alive, unless the publisher is down: a hello
+    /// held in the outbox through an outage would be stale and take the
+    /// place of a message.
+    fn hello(&self) {
+        if self.publisher.link.borrow().publisher {
+            let m = Message::new("hello", &self.server_id);
+            self.send(CONTROL.into(), &m);
         }
     }
 
@@ -398,15 +408,11 @@ pub async fn run(
             m = rx.recv_async() => match m {
                 Ok(AdminInput::FromRedis(p)) => a.on_control(&p).await,
                 Ok(AdminInput::Request(r)) => a.request(r),
-                Ok(AdminInput::Subscribed) => {
-                    let m = Message::new("hello", &a.server_id);
-                    a.send(CONTROL.into(), &m);
-                }
+                Ok(AdminInput::Subscribed) => a.hello(),
                 Err(_) => return,
             },
             _ = hello.tick() => {
-                let m = Message::new("hello", &a.server_id);
-                a.send(CONTROL.into(), &m);
+                a.hello();
                 a.alive(Instant::now());
             }
             _ = async {

@@ -32,6 +32,9 @@ pub struct BridgeConfig {
     pub tls_ca: Option<Vec<u8>>,
     /// Connect to the master Redis Sentinel names instead of `urls`.
     pub sentinel: Option<super::sentinel::SentinelConfig>,
+    /// `urls` are Redis Cluster nodes and rooms, users and clients go
+    /// through sharded pub/sub ([`super::cluster`]).
+    pub sharded: bool,
 }
 
 impl std::fmt::Debug for BridgeConfig {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for BridgeConfig {
             .field("max_message", &self.max_message)
             .field("tls_ca", &self.tls_ca.as_ref().map(Vec::len))
             .field("sentinel", &self.sentinel)
+            .field("sharded", &self.sharded)
             .finish()
     }
 }

@@ -43,6 +43,8 @@ pub enum EmitError {
 #[derive(Debug, Clone)]
 pub struct Emitter {
     conn: MultiplexedConnection,
+    /// [`Emitter::connect_sharded`]: rooms, users and clients by SPUBLISH.
+    router: Option<std::sync::Arc<tokio::sync::Mutex<super::cluster::Router>>>,
 }
 
 impl Emitter {
@@ -57,7 +59,36 @@ impl Emitter {
         let conn = conn::multiplexed(&client, RESPONSE_TIMEOUT)
             .await
             .map_err(|e| EmitError::Connect(shown(), e))?;
-        Ok(Emitter { conn })
+        Ok(Emitter { conn, router: None })
+    }
+
+    /// Connect to a Redis Cluster (any of `nodes`) for sharded pub/sub, as
+    /// ignis-ws `--redis-sharded` nodes listen: room, user and client
+    /// messages go by SPUBLISH to the master owning the channel's slot,
+    /// broadcasts by classic PUBLISH. Ignis on Bun does not hear SPUBLISH.
+    pub async fn connect_sharded(nodes: &[&str]) -> Result<Emitter, EmitError> {
+        let mut last = None;
+        for url in nodes {
+            match Self::connect(url).await {
+                Ok(mut e) => {
+                    let seeds = nodes.iter().map(|n| n.to_string()).collect();
+                    e.router = Some(std::sync::Arc::new(tokio::sync::Mutex::new(
+                        super::cluster::Router::new(seeds, None),
+                    )));
+                    return Ok(e);
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            EmitError::Url(
+                String::new(),
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no cluster node given",
+                )),
+            )
+        }))
     }
 
     /// The `serverId` every envelope carries: `"emitter"`, as the
@@ -152,13 +183,23 @@ impl Emitter {
         }
         let channel = envelope::channel(kind, target);
         let payload = envelope::encode(EMITTER_SERVER_ID, kind, target, event, data_json, exclude);
-        let mut conn = self.conn.clone();
-        let receivers: i64 = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(&payload)
-            .query_async(&mut conn)
-            .await
-            .map_err(EmitError::Publish)?;
+        let receivers: i64 = match &self.router {
+            Some(r) if kind != Kind::Broadcast => r
+                .lock()
+                .await
+                .spublish(&channel, &payload)
+                .await
+                .map_err(EmitError::Publish)?,
+            _ => {
+                let mut conn = self.conn.clone();
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&payload)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(EmitError::Publish)?
+            }
+        };
         tracing::debug!(%channel, receivers, "emitted");
         Ok(())
     }

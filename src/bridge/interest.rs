@@ -309,6 +309,24 @@ impl Subscriptions {
         self.channels
     }
 
+    /// Whether `channel` is wanted now.
+    pub fn wants(&self, channel: &str) -> bool {
+        let client = |id: &str| {
+            client_named(id)
+                .and_then(|c| self.clients.get(&c))
+                .is_some_and(|e| e.shards > 0)
+        };
+        if let Some(r) = channel.strip_prefix("ws:room:") {
+            self.rooms.get(r).is_some_and(|e| e.shards > 0) || client(r)
+        } else if let Some(u) = channel.strip_prefix("ws:user:") {
+            self.users.get(u).is_some_and(|e| e.shards > 0)
+        } else if let Some(c) = channel.strip_prefix("ws:client:") {
+            client(c)
+        } else {
+            false
+        }
+    }
+
     /// Every channel wanted now, for tests and checks.
     pub fn wanted(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -633,6 +651,10 @@ mod tests {
         }
         assert_eq!(c.0, want);
         assert_eq!(s.wanted(), c.list());
+        for ch in &want {
+            assert!(s.wants(ch), "{ch}");
+        }
+        assert!(!s.wants("ws:room:nobody") && !s.wants("ws:broadcast"));
         assert_eq!(s.channels(), want.len());
     }
 }

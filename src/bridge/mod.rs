@@ -18,6 +18,7 @@
 //! publisher for other programs.
 
 pub mod admin;
+pub mod cluster;
 pub mod conn;
 pub mod emitter;
 pub mod envelope;
@@ -97,6 +98,7 @@ pub fn start(
     control.spawn(Box::pin(publisher::run(
         cfg,
         outbox.0,
+        outbox.1,
         metrics,
         publisher.link.clone(),
         master,

@@ -36,6 +36,10 @@ pub struct Outgoing {
 #[derive(Debug, Clone)]
 pub struct Publisher {
     tx: flume::Sender<Outgoing>,
+    /// Control messages ([`super::admin`]): their own small queue, so they
+    /// never take the outbox's room and the outbox holds only what users
+    /// sent.
+    control: flume::Sender<Outgoing>,
     pub(super) server_id: Arc<str>,
     pub(super) metrics: Arc<BridgeMetrics>,
     pub(super) link: Arc<tokio::sync::watch::Sender<Link>>,
@@ -57,6 +61,16 @@ impl Publisher {
         self.link.subscribe()
     }
 
+    /// Queue a control message ([`super::admin`]) without waiting; false
+    /// (and counted as dropped) when [`CONTROL_QUEUE`] are waiting.
+    pub fn publish_control(&self, out: Outgoing) -> bool {
+        let ok = self.control.try_send(out).is_ok();
+        if !ok {
+            self.metrics.control_dropped.fetch_add(1, Relaxed);
+        }
+        ok
+    }
+
     /// Queue a message for Redis without ever waiting. Returns false (and
     /// counts it) when the outbox is full.
     pub fn publish(&self, out: Outgoing) -> bool {
@@ -73,20 +87,30 @@ impl Publisher {
     }
 }
 
-/// The receiving end of the outbox, handed to [`super::start`].
+/// Control messages waiting for Redis at most; past it they are dropped
+/// (a count then times out, a disconnect reaches only this node).
+pub const CONTROL_QUEUE: usize = 64;
+
+/// The receiving ends of the outbox and of the control queue, handed to
+/// [`super::start`].
 #[derive(Debug)]
-pub struct Outbox(pub(super) flume::Receiver<Outgoing>);
+pub struct Outbox(
+    pub(super) flume::Receiver<Outgoing>,
+    pub(super) flume::Receiver<Outgoing>,
+);
 
 /// Create the outbox and its publisher (before the [`crate::Handle`] exists).
 pub fn outbox(cfg: &BridgeConfig) -> (Publisher, Outbox) {
     let (tx, rx) = flume::bounded(cfg.outbox);
+    let (control, control_rx) = flume::bounded(CONTROL_QUEUE);
     let publisher = Publisher {
         tx,
+        control,
         server_id: uuid::Uuid::new_v4().to_string().into(),
         metrics: Arc::new(BridgeMetrics::default()),
         link: Arc::new(tokio::sync::watch::channel(Link::default()).0),
     };
-    (publisher, Outbox(rx))
+    (publisher, Outbox(rx, control_rx))
 }
 
 async fn connect_publisher(
@@ -102,6 +126,7 @@ async fn connect_publisher(
 pub(super) async fn run(
     cfg: BridgeConfig,
     rx: flume::Receiver<Outgoing>,
+    control: flume::Receiver<Outgoing>,
     metrics: Arc<BridgeMetrics>,
     link: Arc<tokio::sync::watch::Sender<Link>>,
     master: Option<tokio::sync::watch::Receiver<Option<String>>>,
@@ -112,6 +137,11 @@ pub(super) async fn run(
     };
     let mut backoff = Backoff::new();
     let mut target = Endpoint::new(&cfg, master);
+    // --redis-sharded: rooms, users and clients by SPUBLISH to their
+    // slot's master.
+    let mut router = cfg
+        .sharded
+        .then(|| super::cluster::Router::new(cfg.urls.clone(), cfg.tls_ca.clone()));
     let mut pending: Option<Outgoing> = None;
     let mut first = true;
     loop {
@@ -150,9 +180,16 @@ pub(super) async fn run(
                 Some(i) => i,
                 None => {
                     let next = tokio::select! {
+                        biased;
+                        _ = target.moved(url) => None,
+                        // A control message skips the outbox's queue; it
+                        // is not counted in the outbox's depth.
+                        Ok(c) = control.recv_async() => {
+                            metrics.outbox_depth.fetch_add(1, Relaxed);
+                            Some(Some(Ok(c)))
+                        }
                         r = rx.recv_async() => Some(Some(r)),
                         _ = tokio::time::sleep(PUBLISHER_PING) => Some(None),
-                        _ = target.moved(url) => None,
                     };
                     let Some(next) = next else {
                         // A failover: publish to the new master at once
@@ -187,11 +224,21 @@ pub(super) async fn run(
                     }
                 }
             };
-            let cmd = redis::cmd("PUBLISH")
-                .arg(&item.channel)
-                .arg(&item.payload[..])
-                .to_owned();
-            match tokio::time::timeout(PUBLISH_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
+            let sharded = matches!(item.kind, Some(Kind::Room | Kind::User | Kind::Client));
+            let sent = match &mut router {
+                Some(r) if sharded => {
+                    tokio::time::timeout(PUBLISH_TIMEOUT, r.spublish(&item.channel, &item.payload))
+                        .await
+                }
+                _ => {
+                    let cmd = redis::cmd("PUBLISH")
+                        .arg(&item.channel)
+                        .arg(&item.payload[..])
+                        .to_owned();
+                    tokio::time::timeout(PUBLISH_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await
+                }
+            };
+            match sent {
                 Ok(Ok(_)) => match item.kind {
                     Some(k) => {
                         metrics.published[kind_index(k)].fetch_add(1, Relaxed);

@@ -1,7 +1,7 @@
 //! Redis Sentinel (`--redis-sentinel ADDR,… --redis-sentinel-master
 //! NAME`): find the master the Sentinels name and follow its failovers.
 //!
-//! One task ([`watch`]) keeps the master's URL in a `watch` channel: it
+//! One task ([`watch()`]) keeps the master's URL in a `watch` channel: it
 //! asks the Sentinels (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and checks the
 //! answer with `ROLE` on the node itself, then listens for
 //! `+switch-master` on one Sentinel and asks again on every event and at
@@ -26,7 +26,7 @@ use super::conn::{CONNECT_TIMEOUT, PUBLISH_TIMEOUT, client, multiplexed, redact}
 /// How often the master is asked for even without `+switch-master`.
 pub const POLL: Duration = Duration::from_secs(2);
 
-/// Settings of [`watch`]. `Debug` redacts the addresses' credentials.
+/// Settings of [`watch()`]. `Debug` redacts the addresses' credentials.
 #[derive(Clone)]
 pub struct SentinelConfig {
     /// Sentinel URLs ([`sentinel_url`] of each `--redis-sentinel` entry).

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::admin::{self, AdminInput};
+use super::cluster::{ShardedSubs, SlotMap};
 use super::conn::{
     Backoff, BridgeConfig, CONNECT_TIMEOUT, Endpoint, PUBLISH_TIMEOUT, client, redact,
 };
@@ -198,6 +199,35 @@ pub(super) async fn run(
                 tracing::info!(node = %redact(url), "redis bridge subscribed");
                 let _ = admin.send(AdminInput::Subscribed);
                 backoff.reset();
+                // Sharded pub/sub: the slot map of now, connections to
+                // the masters made as channels need them.
+                let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
+                let mut push_rx = Some(push_rx);
+                let mut sharded = None;
+                if cfg.sharded {
+                    match st
+                        .during(SlotMap::fetch(&cfg.urls, cfg.tls_ca.as_deref()))
+                        .await
+                    {
+                        Ok(map) => {
+                            sharded = Some(Arc::new(tokio::sync::Mutex::new(ShardedSubs::new(
+                                map,
+                                cfg.tls_ca.clone(),
+                                push_tx,
+                            ))));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "redis cluster: no slot map");
+                            metrics.subscribed.store(false, Relaxed);
+                            link.send_modify(|l| l.subscribed = false);
+                            st.during(tokio::time::sleep(backoff.next())).await;
+                            continue;
+                        }
+                    }
+                } else {
+                    drop(push_tx);
+                    push_rx = None;
+                }
                 // Nothing is subscribed on a new connection but the fixed
                 // channels: every wanted one again.
                 st.subs.reset();
@@ -221,7 +251,27 @@ pub(super) async fn run(
                                     metrics.subscription_changes[i].fetch_add(n as u64, Relaxed);
                                 }
                             }
-                            in_flight = Some(Box::pin(send_batch(sink.clone(), b)));
+                            in_flight = Some(match &sharded {
+                                Some(sh) => {
+                                    let sh = sh.clone();
+                                    Box::pin(async move {
+                                        let run = async {
+                                            sh.lock()
+                                                .await
+                                                .apply(&b.subscribe, &b.unsubscribe)
+                                                .await
+                                        };
+                                        match tokio::time::timeout(PUBLISH_TIMEOUT, run).await {
+                                            Ok(r) => r,
+                                            Err(_) => Err(redis::RedisError::from((
+                                                redis::ErrorKind::Io,
+                                                "sharded subscription timed out",
+                                            ))),
+                                        }
+                                    })
+                                }
+                                None => Box::pin(send_batch(sink.clone(), b)),
+                            });
                         } else {
                             if resubscribing {
                                 resubscribing = false;
@@ -256,6 +306,11 @@ pub(super) async fn run(
                             }
                         }
                         _ = st.next() => {}
+                        p = next_push(&mut push_rx) => {
+                            if !on_push(p, &st.subs, &cfg, &server_id, &*handle, &metrics) {
+                                break;
+                            }
+                        }
                         _ = target.moved(url) => {
                             tracing::info!(node = %redact(url), "redis master moved; resubscribing on the new one");
                             break;
@@ -287,6 +342,62 @@ pub(super) async fn run(
             }
         }
         st.during(tokio::time::sleep(backoff.next())).await;
+    }
+}
+
+/// The next push of the sharded connections (pending without them).
+async fn next_push(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>>,
+) -> redis::PushInfo {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(p) => p,
+            None => redis::PushInfo {
+                kind: redis::PushKind::Disconnection,
+                data: Vec::new(),
+            },
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A push from a sharded connection: deliver an `smessage`; false (start
+/// over) when a connection was lost or Redis unsubscribed a channel we
+/// still want (its slot moved, or its master was demoted).
+fn on_push(
+    p: redis::PushInfo,
+    subs: &Subscriptions,
+    cfg: &BridgeConfig,
+    server_id: &str,
+    handle: &dyn LocalDelivery,
+    metrics: &BridgeMetrics,
+) -> bool {
+    use redis::{PushKind, Value};
+    match p.kind {
+        PushKind::SMessage => {
+            if let Some(Value::BulkString(payload)) = p.data.get(1) {
+                on_envelope(payload, cfg, server_id, handle, metrics);
+            }
+            true
+        }
+        PushKind::SUnsubscribe => {
+            let channel = match p.data.first() {
+                Some(Value::BulkString(c)) => String::from_utf8_lossy(c).into_owned(),
+                _ => String::new(),
+            };
+            if subs.wants(&channel) {
+                tracing::warn!(%channel, "redis cluster unsubscribed a wanted channel (slot moved?); resubscribing everything");
+                return false;
+            }
+            true
+        }
+        PushKind::Disconnection => {
+            tracing::warn!(
+                "redis cluster: a sharded connection was lost; resubscribing everything"
+            );
+            false
+        }
+        _ => true,
     }
 }
 

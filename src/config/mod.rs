@@ -333,6 +333,18 @@ impl Config {
                 ));
             }
         }
+        if self.redis_sharded && !self.redis_cluster {
+            return Err(bad(
+                "--redis-sharded",
+                "sharded pub/sub needs --redis-cluster (Redis Cluster 7 or newer)",
+            ));
+        }
+        if self.redis_sharded && self.redis_subscribe == RedisSubscribe::Pattern {
+            return Err(bad(
+                "--redis-sharded",
+                "sharded pub/sub has no patterns: use --redis-subscribe interest",
+            ));
+        }
         if self.redis_sentinel_master.as_deref() == Some("") {
             return Err(bad("--redis-sentinel-master", "must not be empty"));
         }

@@ -470,8 +470,8 @@ settings! {
         /// Redis propagates PUBLISH to every node).
         #[arg(env = "IGNIS_WS_REDIS_CLUSTER", value_name = "URL,URL…")]
         redis_cluster: String;
-        /// Redis Sentinel addresses, comma separated (host:port, or
-        /// redis[s]://[user:password@]host:port; the credentials and TLS
+        /// Redis Sentinel addresses, comma separated (`host:port`, or
+        /// `redis[s]://[user:password@]host:port`; the credentials and TLS
         /// apply to the master too): connect to the master they name
         /// (--redis-sentinel-master) and follow its failovers.
         #[arg(env = "IGNIS_WS_REDIS_SENTINEL", value_name = "ADDR,ADDR…", conflicts_with_all = ["redis", "redis_cluster"])]
@@ -488,6 +488,16 @@ settings! {
             // Checked in `Config::validate` (the message carries the I/O
             // error).
             redis_tls_ca: Option<PathBuf> = None,
+        };
+        /// Sharded pub/sub on Redis Cluster 7+ (with --redis-cluster): SPUBLISH
+        /// and SSUBSCRIBE for rooms, users and clients. Ignis on Bun and
+        /// its emitter PUBLISH, which never reaches sharded subscribers
+        /// [default: false].
+        #[arg(env = "IGNIS_WS_REDIS_SHARDED", value_name = "BOOL")]
+        redis_sharded: bool => same => {
+            /// Rooms, users and clients over SPUBLISH / SSUBSCRIBE on the
+            /// master owning each channel's slot (`--redis-cluster` only).
+            redis_sharded: bool = false,
         };
         /// What the Redis subscriber listens to: interest (only the
         /// channels of this node's rooms, users and clients) or pattern

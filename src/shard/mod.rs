@@ -584,7 +584,7 @@ impl<S> Shard<S> {
     }
 
     /// Close the sessions of a user, or one client, with `code`
-    /// ([`CloseReason::Disconnected`]); how many were closed. A room is
+    /// ([`crate::proto::close::CloseReason::Disconnected`]); how many were closed. A room is
     /// never closed as a whole.
     pub fn disconnect(&mut self, who: &crate::delivery::Who, code: u16, now: Instant) -> usize {
         use crate::delivery::Who;
