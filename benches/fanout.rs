@@ -65,6 +65,7 @@ fn new_driver(index: usize, config: Config, max_conns: usize) -> MemoryDriver {
         has_room_validator: false,
         wants_messages: false,
         sessions: None,
+        client_tag: None,
     };
     MemoryDriver::new(
         ctx,

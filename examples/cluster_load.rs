@@ -55,9 +55,10 @@ struct Args {
     /// Process ids of the nodes, same order (for CPU from /proc).
     #[arg(long, value_delimiter = ',')]
     node_pids: Vec<u32>,
-    /// Redis's process id (for its CPU from /proc).
-    #[arg(long)]
-    redis_pid: Option<u32>,
+    /// Redis's process ids (for their CPU from /proc, summed; several for
+    /// a Redis Cluster).
+    #[arg(long, value_delimiter = ',')]
+    redis_pid: Vec<u32>,
     /// Clients per node.
     #[arg(long, default_value_t = 500)]
     clients: usize,
@@ -317,6 +318,13 @@ impl Publisher {
     /// unchanged; other errors (TRYAGAIN, CLUSTERDOWN, a dropped
     /// connection): again after 50 ms; at most 5 attempts.
     async fn publish(&self, channel: &str, payload: &str) -> Option<i64> {
+        // ws:broadcast stays classic in sharded mode (ignis-ws SUBSCRIBEs
+        // it; a classic PUBLISH on any cluster node reaches every node).
+        let cmd = if channel == "ws:broadcast" {
+            "PUBLISH"
+        } else {
+            self.cmd.as_str()
+        };
         let mut force = None;
         let mut asking = false;
         for _attempt in 0..5 {
@@ -332,14 +340,14 @@ impl Publisher {
                 redis::pipe()
                     .cmd("ASKING")
                     .ignore()
-                    .cmd(&self.cmd)
+                    .cmd(cmd)
                     .arg(channel)
                     .arg(payload)
                     .query_async::<(i64,)>(&mut c)
                     .await
                     .map(|(n,)| n)
             } else {
-                redis::cmd(&self.cmd)
+                redis::cmd(cmd)
                     .arg(channel)
                     .arg(payload)
                     .query_async::<i64>(&mut c)
@@ -690,7 +698,12 @@ async fn snapshot(args: &Args) -> Snapshot {
         node_cpu: (0..args.nodes.len())
             .map(|i| args.node_pids.get(i).and_then(|p| cpu_seconds(*p)))
             .collect(),
-        redis_cpu: args.redis_pid.and_then(cpu_seconds),
+        redis_cpu: args
+            .redis_pid
+            .iter()
+            .map(|p| cpu_seconds(*p))
+            .sum::<Option<f64>>()
+            .filter(|_| !args.redis_pid.is_empty()),
         gen_cpu: cpu_seconds(std::process::id()),
         at: Instant::now(),
     }

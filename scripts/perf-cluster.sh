@@ -4,7 +4,13 @@
 #
 #   scripts/perf-cluster.sh MODE K [--no-local] [CLUSTER_LOAD-ARGS...]
 #
-# MODE:  pattern | interest   (the nodes' --redis-subscribe)
+# MODE:  pattern | interest   (the nodes' --redis-subscribe, on one Redis)
+#        | sharded (a 3-master Redis Cluster on REDIS_PORT..+2, all on
+#          core 1; nodes with --redis-cluster --redis-sharded true; the
+#          generator SPUBLISHes to each channel's master; Redis CPU is the
+#          three masters' sum)
+#        | cluster-interest (the same cluster, classic PUBLISH/SUBSCRIBE:
+#          what sharding saves)
 # K:     number of nodes (1, 2, 4, 8)
 #
 # Layout: a fresh redis-server on REDIS_PORT (6393; --save '' --appendonly
@@ -78,7 +84,9 @@ k=${2:?K: number of nodes}
 shift 2
 only_control=0
 if [ "${1:-}" = "--no-local" ]; then only_control=1; shift; fi
-case "$mode" in pattern|interest) ;; *) echo "MODE: pattern or interest" >&2; exit 2 ;; esac
+case "$mode" in pattern|interest|sharded|cluster-interest) ;; *) echo "MODE: pattern, interest, sharded or cluster-interest" >&2; exit 2 ;; esac
+cluster=0
+case "$mode" in sharded|cluster-interest) cluster=1 ;; esac
 [ -x "$BIN" ] || { echo "$BIN missing: cargo build --release" >&2; exit 2; }
 [ -x "$GEN_BIN" ] || { echo "$GEN_BIN missing: cargo build --release --example cluster_load" >&2; exit 2; }
 mkdir -p "$STATE_DIR"
@@ -86,7 +94,7 @@ OUT=${OUT:-$(mktemp -d /tmp/ignis-perf-cluster-out.XXXXXX)}
 mkdir -p "$OUT"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$REDIS_PORT" $(seq $((BASE_PORT + 1)) $((BASE_PORT + k))); do
+for p in "$REDIS_PORT" $((REDIS_PORT + 1)) $((REDIS_PORT + 2)) $(seq $((BASE_PORT + 1)) $((BASE_PORT + k))); do
   if port_open "$p"; then echo "port $p is in use (left over?): stop it or set REDIS_PORT/BASE_PORT" >&2; exit 2; fi
 done
 
@@ -98,21 +106,49 @@ cleanup() {
 trap cleanup EXIT
 
 # Redis, in the foreground of its own background job: $! is its pid.
-taskset -c 1 redis-server --port "$REDIS_PORT" --save '' --appendonly no \
-  --logfile "$STATE_DIR/redis-$REDIS_PORT.log" &
-redis_pid=$!
-pids+=("$redis_pid")
-for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$REDIS_PORT" ping >/dev/null
+redis_pids=()
+redis_ports=("$REDIS_PORT")
+[ "$cluster" = 1 ] && redis_ports=("$REDIS_PORT" $((REDIS_PORT + 1)) $((REDIS_PORT + 2)))
+cdir=$(mktemp -d /tmp/ignis-perf-cluster-redis.XXXXXX)
+for rp in "${redis_ports[@]}"; do
+  extra=()
+  [ "$cluster" = 1 ] && extra=(--cluster-enabled yes --cluster-config-file "$cdir/nodes-$rp.conf" --dir "$cdir")
+  taskset -c 1 redis-server --port "$rp" --save '' --appendonly no \
+    --logfile "$STATE_DIR/redis-$rp.log" "${extra[@]}" &
+  redis_pids+=($!)
+  pids+=($!)
+done
+for rp in "${redis_ports[@]}"; do
+  for _ in $(seq 50); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -p "$rp" ping >/dev/null
+done
+redis_pid=$(IFS=,; echo "${redis_pids[*]}")
+redis_urls=$(for rp in "${redis_ports[@]}"; do printf 'redis://127.0.0.1:%s,' "$rp"; done)
+redis_urls=${redis_urls%,}
+if [ "$cluster" = 1 ]; then
+  redis-cli --cluster create $(for rp in "${redis_ports[@]}"; do printf '127.0.0.1:%s ' "$rp"; done) \
+    --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 100); do
+    ok=1
+    for rp in "${redis_ports[@]}"; do redis-cli -p "$rp" cluster info | grep -q cluster_state:ok || ok=0; done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+fi
 
 node_pids=()
 urls=()
 for i in $(seq 1 "$k"); do
   port=$((BASE_PORT + i))
   # shellcheck disable=SC2086
+  case "$mode" in
+    sharded) redis_args=(--redis-cluster "$redis_urls" --redis-sharded true) ;;
+    cluster-interest) redis_args=(--redis-cluster "$redis_urls") ;;
+    *) redis_args=(--redis "redis://127.0.0.1:$REDIS_PORT" --redis-subscribe "$mode") ;;
+  esac
   taskset -c 0 "$BIN" serve --listen "127.0.0.1:$port" --auth insecure --room-allow '**' \
-    --redis "redis://127.0.0.1:$REDIS_PORT" --shards 1 --pin-cores false \
-    --redis-subscribe "$mode" --log warn ${NODE_ARGS:-} >"$STATE_DIR/node-$port.log" 2>&1 &
+    "${redis_args[@]}" --shards 1 --pin-cores false \
+    --log warn ${NODE_ARGS:-} >"$STATE_DIR/node-$port.log" 2>&1 &
   node_pids+=($!)
   pids+=($!)
   urls+=("ws://127.0.0.1:$port/ws")
@@ -133,9 +169,11 @@ cpu() { awk -v t="$tck" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.2f", (
 
 gen() { # gen OUTFILE [args...]
   local out=$1; shift
+  local route=()
+  [ "$mode" = sharded ] && route=(--publish-cmd SPUBLISH --redis-cluster "$redis_urls")
   taskset -c 1 "$GEN_BIN" --nodes "$url_list" --node-pids "$pid_list" --redis-pid "$redis_pid" \
     --redis "redis://127.0.0.1:$REDIS_PORT" --clients "$CLIENTS" --rate "$RATE" --duration "$DURATION" \
-    --label "$mode k=$k" "$@" >"$out"
+    --label "$mode k=$k" "${route[@]}" "$@" >"$out"
 }
 
 summary() { # summary JSON UNIT_US
@@ -196,11 +234,11 @@ fi
 
 rm -f "$OUT/cluster-$mode-k$k-nolocal.txt" "$OUT/cluster-$mode-k$k-nolocal.json"
 declare -A c0
-for p in "$redis_pid" "${node_pids[@]}"; do c0[$p]=$(cpu "$p"); done
+for p in "${redis_pids[@]}" "${node_pids[@]}"; do c0[$p]=$(cpu "$p"); done
 out="$OUT/cluster-$mode-k$k.json"
 gen "$out" "$@"
 declare -A c1
-for p in "$redis_pid" "${node_pids[@]}"; do c1[$p]=$(cpu "$p"); done
+for p in "${redis_pids[@]}" "${node_pids[@]}"; do c1[$p]=$(cpu "$p"); done
 
 if [ "$CONTROL" = 1 ] && [ "$mode" = pattern ]; then
   echo "perf-cluster: control run (--no-local) on the same nodes" >&2
@@ -212,7 +250,7 @@ unit=
 summary "$out" "$unit"
 # Whole generator run (connects, probes, publishing, drain) as the script
 # saw it, and the nodes' lifetime envelope counters: a cross-check.
-echo "whole generator run, cpu s: redis $(awk -v a="${c0[$redis_pid]}" -v b="${c1[$redis_pid]}" 'BEGIN{printf "%.2f", b-a}')$(
+echo "whole generator run, cpu s: redis $(for p in "${redis_pids[@]}"; do echo "${c0[$p]} ${c1[$p]}"; done | awk '{s += $2 - $1} END {printf "%.2f", s}')$(
   for p in "${node_pids[@]}"; do printf ', node %s %.2f' "$p" "$(awk -v a="${c0[$p]}" -v b="${c1[$p]}" 'BEGIN{print b-a}')"; done)"
 for i in $(seq 1 "$k"); do
   port=$((BASE_PORT + i))

@@ -27,6 +27,21 @@ impl ClientId {
         ClientId(b)
     }
 
+    /// A fresh id owned by `shard`, whose first 4 bytes (its first 8 hex
+    /// digits) are the process's `tag`: the bridge then hears every client
+    /// of the process through `ws:client:{tag}-*` and `ws:room:{tag}-*`.
+    /// Still 90 random bits.
+    pub fn new_tagged(shard: usize, tag: u32) -> ClientId {
+        let mut id = ClientId::new(shard);
+        id.0[..4].copy_from_slice(&tag.to_be_bytes());
+        id
+    }
+
+    /// The tag [`ClientId::new_tagged`] gave it.
+    pub fn tag(&self) -> u32 {
+        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+
     /// Parse the hyphenated (or simple) form. Ids that are not UUIDs can't
     /// belong to an ignis-ws client.
     pub fn parse(s: &str) -> Option<ClientId> {
@@ -47,17 +62,18 @@ impl ClientId {
         self.0[15] as usize
     }
 
-    /// A 64-bit hash key (the id is random; the first 8 bytes suffice).
+    /// A 64-bit hash key: bytes 4..12 of the id, random (the first four
+    /// may be the process's tag, the last one is the shard).
     pub fn hash_key(&self) -> u64 {
         let mut k = [0u8; 8];
-        k.copy_from_slice(&self.0[..8]);
+        k.copy_from_slice(&self.0[4..12]);
         u64::from_ne_bytes(k)
     }
 }
 
 impl std::hash::Hash for ClientId {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        // The first 8 bytes are random: enough for a hash table.
+        // Eight random bytes: enough for a hash table.
         h.write_u64(self.hash_key());
     }
 }
@@ -185,6 +201,26 @@ mod tests {
         assert_eq!(ClientId::parse("not-a-uuid"), None);
         let u = uuid::Uuid::parse_str(&s).unwrap();
         assert_eq!(u.get_version_num(), 4);
+    }
+
+    #[test]
+    fn tagged_ids_start_with_the_tag_and_hash_on_random_bytes() {
+        let tag = 0xdead_beef;
+        let ids: Vec<ClientId> = (0..1000).map(|_| ClientId::new_tagged(3, tag)).collect();
+        for id in &ids {
+            assert_eq!(id.tag(), tag);
+            assert_eq!(id.shard(), 3);
+            let s = id.to_string();
+            assert!(s.starts_with("deadbeef-"), "{s}");
+            assert!(ClientId::is_canonical(&s));
+            assert_eq!(ClientId::parse(&s), Some(*id));
+            assert_eq!(uuid::Uuid::parse_str(&s).unwrap().get_version_num(), 4);
+        }
+        // The hash key skips the tag: its low 10 bits spread over a table
+        // of 1024 (a constant tag there would put every id in one bucket).
+        let buckets: std::collections::HashSet<u64> =
+            ids.iter().map(|id| id.hash_key() & 1023).collect();
+        assert!(buckets.len() > 500, "{}", buckets.len());
     }
 
     #[test]

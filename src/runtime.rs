@@ -277,6 +277,13 @@ impl ServerBuilder {
                 master: master.clone(),
             })
         });
+        // Interest on classic pub/sub: clients are heard through this
+        // process's tag (two patterns), not two channels each. Sharded
+        // pub/sub has no patterns: there each client has its channels.
+        let client_tag = ((!config.redis.is_empty() || sentinel.is_some())
+            && config.redis_subscribe == crate::config::RedisSubscribe::Interest
+            && !config.redis_sharded)
+            .then(|| uuid::Uuid::new_v4().as_u64_pair().0 as u32);
         let bridge_cfg =
             (!config.redis.is_empty() || sentinel.is_some()).then(|| crate::bridge::BridgeConfig {
                 urls: config.redis.clone(),
@@ -285,6 +292,7 @@ impl ServerBuilder {
                 tls_ca,
                 sentinel,
                 sharded: config.redis_sharded,
+                client_tag,
             });
         let bridge = bridge_cfg.as_ref().map(crate::bridge::outbox);
         let events_metrics = (config.events_channel.is_some() || config.events_webhook.is_some())
@@ -360,6 +368,7 @@ impl ServerBuilder {
                 has_room_validator: room_validator.is_some(),
                 wants_messages: hooks.wants_messages(),
                 sessions: sessions.clone(),
+                client_tag,
             };
             let calls = Calls {
                 authenticator: authenticator.clone(),
@@ -602,7 +611,10 @@ fn run_shard(
         rt.block_on(async move {
             let mut shard = Shard::new(ctx, Instant::now());
             if interest.is_some() {
-                shard.track_interest();
+                // Clients are reported only when they have channels of
+                // their own (no tag pattern).
+                let clients = shard.ctx.client_tag.is_none();
+                shard.track_interest(clients);
             }
             let io = match ShardIo::new(shard, calls, admission, registry, handle, interest) {
                 Ok(io) => io,

@@ -29,17 +29,20 @@ struct Sim {
 /// it: `ws:broadcast` and the control channels (`ignis-ws:control`, its
 /// own `ignis-ws:node:{serverId}`), each room with a member (the default rooms
 /// `ws-default` and `ws-notification` are joined at authentication), each
-/// user with a session, and each client's `ws:client:{id}` and
-/// `ws:room:{id}`.
-fn expected(server_id: &str, clients: &[Sim]) -> BTreeSet<String> {
+/// user with a session, and (sharded only) each client's `ws:client:{id}`
+/// and `ws:room:{id}`: on classic pub/sub a node hears its clients through
+/// two patterns on its client-id tag instead.
+fn expected(server_id: &str, clients: &[Sim], sharded: bool) -> BTreeSet<String> {
     let mut want = BTreeSet::from([
         "ws:broadcast".to_string(),
         "ignis-ws:control".into(),
         format!("ignis-ws:node:{server_id}"),
     ]);
     for s in clients {
-        want.insert(format!("ws:client:{}", s.id));
-        want.insert(format!("ws:room:{}", s.id));
+        if sharded {
+            want.insert(format!("ws:client:{}", s.id));
+            want.insert(format!("ws:room:{}", s.id));
+        }
         want.insert(format!("ws:user:{}", s.user));
         want.insert("ws:room:ws-default".into());
         want.insert("ws:room:ws-notification".into());
@@ -131,10 +134,11 @@ async fn check(redis: &Backend<'_>, nodes: &[&TestServer], model: &mut [Vec<Sim>
         .await;
     }
     settle_subscriptions(nodes).await;
+    let sharded = matches!(redis, Backend::Sharded(_));
     let per_node: Vec<BTreeSet<String>> = nodes
         .iter()
         .zip(model.iter())
-        .map(|(n, m)| expected(n.handle().bridge().unwrap().server_id(), m))
+        .map(|(n, m)| expected(n.handle().bridge().unwrap().server_id(), m, sharded))
         .collect();
     let union: BTreeSet<String> = per_node.iter().flatten().cloned().collect();
     let (classic, shard) = redis.lists().await;
@@ -165,9 +169,34 @@ async fn check(redis: &Backend<'_>, nodes: &[&TestServer], model: &mut [Vec<Sim>
         let want = per_node.iter().filter(|s| s.contains(&ch)).count();
         assert_eq!(n, want, "{when}: subscribers of {ch}");
     }
+    // Classic: two patterns per node, on its tag (every client id of a
+    // node starts with it; the nodes' tags differ).
+    let patterns = if sharded { 0 } else { 2 };
+    if let Backend::Single(r) = redis {
+        let n: usize = redis::cmd("PUBSUB")
+            .arg("NUMPAT")
+            .query_async(&mut r.client().await)
+            .await
+            .unwrap();
+        assert_eq!(n, patterns * nodes.len(), "{when}: patterns");
+        let tags: Vec<BTreeSet<&str>> = model
+            .iter()
+            .map(|m| m.iter().map(|s| &s.id[..8]).collect())
+            .collect();
+        for t in &tags {
+            assert!(t.len() <= 1, "{when}: one tag per node: {t:?}");
+        }
+        if tags.iter().all(|t| t.len() == 1) {
+            assert_ne!(tags[0], tags[1], "{when}: the nodes' tags differ");
+        }
+    }
     for (n, want) in nodes.iter().zip(&per_node) {
         let m = n.handle().bridge().unwrap().metrics().clone();
-        assert_eq!(m.channels.load(Relaxed), want.len() as i64, "{when}");
+        assert_eq!(
+            m.channels.load(Relaxed),
+            (want.len() + patterns) as i64,
+            "{when}"
+        );
         assert_eq!(m.subscription_backlog.load(Relaxed), 0, "{when}");
     }
 }
@@ -384,13 +413,31 @@ async fn a_node_hears_only_what_its_clients_need(io: IoMode) {
             s.handle().bridge().unwrap().server_id()
         ));
     }
-    for (user, id) in [("x", id_of(&da)), ("y", id_of(&db))] {
+    for user in ["x", "y"] {
         want.push(format!("ws:user:{user}"));
-        want.push(format!("ws:client:{id}"));
-        want.push(format!("ws:room:{id}"));
     }
     want.sort();
     assert_eq!(redis.channels().await, want);
+    // Clients are heard through two patterns per interest node, on the
+    // tag their ids start with (the pattern node has its three).
+    let numpat: usize = redis::cmd("PUBSUB")
+        .arg("NUMPAT")
+        .query_async(&mut redis.client().await)
+        .await
+        .unwrap();
+    assert_eq!(numpat, 2 + 2 + 3);
+    for (d, s) in [(&da, &a), (&db, &b)] {
+        let tag = &id_of(d)[..8];
+        let (_, body) = http_get(s.addr, "/metrics").await;
+        assert!(
+            body.contains("ignis_ws_redis_subscribed_channels"),
+            "{body}"
+        );
+        // A message to the client's id on either channel finds it.
+        emitter.to_client(&id_of(d), "to-id", &tag).await.unwrap();
+    }
+    assert_eq!(ca.recv().await["event"], "to-id");
+    assert_eq!(cb.recv().await["event"], "to-id");
     let (_, body) = http_get(a.addr, "/metrics").await;
     assert!(
         body.contains("ignis_ws_redis_subscribed_channels 9"),
@@ -401,7 +448,7 @@ async fn a_node_hears_only_what_its_clients_need(io: IoMode) {
         "{body}"
     );
     assert!(
-        body.contains(r#"ignis_ws_redis_subscription_changes_total{op="subscribe"} 6"#),
+        body.contains(r#"ignis_ws_redis_subscription_changes_total{op="subscribe"} 4"#),
         "{body}"
     );
 }

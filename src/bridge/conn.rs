@@ -35,6 +35,10 @@ pub struct BridgeConfig {
     /// `urls` are Redis Cluster nodes and rooms, users and clients go
     /// through sharded pub/sub ([`super::cluster`]).
     pub sharded: bool,
+    /// The tag of this process's client ids
+    /// ([`crate::delivery::ClientId::new_tagged`]): the subscriber
+    /// PSUBSCRIBEs `ws:client:{tag}-*` and `ws:room:{tag}-*` for them.
+    pub client_tag: Option<u32>,
 }
 
 impl std::fmt::Debug for BridgeConfig {
@@ -47,6 +51,7 @@ impl std::fmt::Debug for BridgeConfig {
             .field("tls_ca", &self.tls_ca.as_ref().map(Vec::len))
             .field("sentinel", &self.sentinel)
             .field("sharded", &self.sharded)
+            .field("client_tag", &self.client_tag)
             .finish()
     }
 }

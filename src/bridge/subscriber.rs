@@ -41,18 +41,26 @@ pub trait LocalDelivery: Send + Sync + 'static {
 async fn connect_pubsub(
     url: &str,
     ca: Option<&[u8]>,
-    patterns: bool,
     fixed: &[String],
+    patterns: &[String],
 ) -> redis::RedisResult<redis::aio::PubSub> {
     let client = client(url, ca)?;
     let mut ps = client.get_async_pubsub().await?;
     ps.subscribe(fixed).await?;
-    if patterns {
-        for p in envelope::SUBSCRIBE_PATTERNS {
-            ps.psubscribe(p).await?;
-        }
+    if !patterns.is_empty() {
+        ps.psubscribe(patterns).await?;
     }
     Ok(ps)
+}
+
+/// The patterns that hear every client of the process whose ids carry
+/// `tag`: `ws:client:{tag}-*` (emitters' `toClient`) and `ws:room:{tag}-*`
+/// (Ignis's `send()` to a client of another node).
+pub fn client_patterns(tag: u32) -> [String; 2] {
+    [
+        format!("{}{tag:08x}-*", envelope::CLIENT_PREFIX),
+        format!("{}{tag:08x}-*", envelope::ROOM_PREFIX),
+    ]
 }
 
 /// What the subscriber keeps across connections under
@@ -167,12 +175,19 @@ pub(super) async fn run(
         .map(|c| c.to_string())
         .chain([admin::CONTROL.to_string(), admin::node_channel(&server_id)])
         .collect();
-    let fixed = fixed_channels.len()
-        + if patterns {
-            envelope::SUBSCRIBE_PATTERNS.len()
-        } else {
-            0
-        };
+    let fixed_patterns: Vec<String> = if patterns {
+        envelope::SUBSCRIBE_PATTERNS
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    } else {
+        cfg.client_tag
+            .map(client_patterns)
+            .into_iter()
+            .flatten()
+            .collect()
+    };
+    let fixed = fixed_channels.len() + fixed_patterns.len();
     let mut st = Interests {
         input,
         subs: Subscriptions::default(),
@@ -186,7 +201,7 @@ pub(super) async fn run(
         let url = &url;
         let connect = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            connect_pubsub(url, cfg.tls_ca.as_deref(), patterns, &fixed_channels),
+            connect_pubsub(url, cfg.tls_ca.as_deref(), &fixed_channels, &fixed_patterns),
         );
         match st.during(connect).await {
             Ok(Ok(ps)) => {

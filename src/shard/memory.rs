@@ -167,6 +167,7 @@ impl MemoryDriver {
             has_room_validator: room_validator.is_some(),
             wants_messages: false,
             sessions,
+            client_tag: None,
         };
         MemoryDriver::new(
             ctx,

@@ -130,6 +130,11 @@ pub struct ShardCtx {
     /// `--max-sessions-per-user`, shared by the shards of the process
     /// (`None`: no limit).
     pub sessions: Option<Arc<sessions::UserSessions>>,
+    /// This process's client-id tag: the first 4 bytes of every client id
+    /// it hands out ([`ClientId::new_tagged`]), so the Redis bridge hears
+    /// all its clients through two patterns instead of two channels per
+    /// client (`--redis-subscribe interest` on classic pub/sub).
+    pub client_tag: Option<u32>,
 }
 
 /// An output of the shard for its driver (see [`Shard::poll_event`]).
@@ -253,6 +258,8 @@ pub struct Shard<S> {
     /// What this shard needs to hear changed (see [`Interest`]); `None`:
     /// not tracked.
     interest: Option<Vec<Interest>>,
+    /// Whether [`Topic::Client`] is reported.
+    interest_clients: bool,
     /// The clients still to close in a spread-out drain.
     drain: Option<close::Drain>,
 }
@@ -293,6 +300,7 @@ impl<S> Shard<S> {
             ping_frame: frame::server_frame(OpCode::Ping, b""),
             shutting_down: false,
             interest: None,
+            interest_clients: false,
             drain: None,
             ctx,
         }
@@ -361,9 +369,11 @@ impl<S> Shard<S> {
     }
 
     /// Record what this shard needs to hear from other nodes from now on
-    /// ([`Shard::poll_interest`]); off by default.
-    pub fn track_interest(&mut self) {
+    /// ([`Shard::poll_interest`]); off by default. `clients`: report
+    /// clients too (not needed when the bridge hears them by their tag).
+    pub fn track_interest(&mut self, clients: bool) {
         self.interest.get_or_insert_with(Vec::new);
+        self.interest_clients = clients;
     }
 
     /// The changes of what this shard needs to hear since the last call,
@@ -375,6 +385,9 @@ impl<S> Shard<S> {
     }
 
     pub(super) fn note_interest(&mut self, topic: Topic, on: bool) {
+        if matches!(topic, Topic::Client(_)) && !self.interest_clients {
+            return;
+        }
         if let Some(v) = &mut self.interest {
             v.push(Interest { topic, on });
         }
@@ -435,7 +448,10 @@ impl<S> Shard<S> {
     /// `rest` is whatever followed the HTTP request head.
     pub fn handle_upgraded(&mut self, sock: S, rest: &[u8], now: Instant) -> (ConnKey, ClientId) {
         let id = loop {
-            let id = ClientId::new(self.ctx.index);
+            let id = match self.ctx.client_tag {
+                Some(tag) => ClientId::new_tagged(self.ctx.index, tag),
+                None => ClientId::new(self.ctx.index),
+            };
             if !self.by_id.contains_key(&id) {
                 break id;
             }

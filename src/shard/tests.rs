@@ -272,6 +272,7 @@ fn waiting_driver() -> (MemoryDriver, Arc<Waiting>) {
         has_room_validator: false,
         wants_messages: false,
         sessions: None,
+        client_tag: None,
     };
     let d = MemoryDriver::new(
         ctx,
@@ -459,7 +460,7 @@ fn interest_is_off_unless_tracked() {
 #[test]
 fn interest_follows_first_and_last_members() {
     let mut d = driver(config());
-    d.shard.track_interest();
+    d.shard.track_interest(true);
     let a = authed(&mut d);
     let a_id = format!("client:{}", d.shard.conn(a).unwrap().id());
     let on = |t: &str| (t.to_string(), true);
@@ -510,7 +511,7 @@ fn interest_follows_first_and_last_members() {
 #[test]
 fn interest_matches_the_indexes_after_churn() {
     let mut d = driver(config());
-    d.shard.track_interest();
+    d.shard.track_interest(true);
     let mut held: std::collections::HashMap<String, bool> = Default::default();
     let mut keys: Vec<u32> = Vec::new();
     let mut changes = 0;
