@@ -30,7 +30,7 @@ impl ClientId {
     /// A fresh id owned by `shard`, whose first 4 bytes (its first 8 hex
     /// digits) are the process's `tag`: the bridge then hears every client
     /// of the process through `ws:client:{tag}-*` and `ws:room:{tag}-*`.
-    /// Still 90 random bits.
+    /// 82 random bits remain (the shard takes a byte).
     pub fn new_tagged(shard: usize, tag: u32) -> ClientId {
         let mut id = ClientId::new(shard);
         id.0[..4].copy_from_slice(&tag.to_be_bytes());

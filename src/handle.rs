@@ -363,7 +363,7 @@ impl Handle {
         }
         let n = self.disconnect_local(who.clone(), code).await;
         if let Some(admin) = &self.inner.admin {
-            let _ = admin.send(crate::bridge::admin::AdminInput::Request(
+            let _ = admin.try_send(crate::bridge::admin::AdminInput::Request(
                 crate::bridge::admin::AdminRequest::Disconnect { who, code },
             ));
         }
@@ -389,13 +389,20 @@ impl Handle {
         };
         let (reply, rx) = flume::bounded(1);
         let req = crate::bridge::admin::AdminRequest::Count { who, local, reply };
+        let incomplete = crate::bridge::admin::ClusterCount {
+            complete: false,
+            ..alone
+        };
         if admin
-            .send(crate::bridge::admin::AdminInput::Request(req))
+            .try_send(crate::bridge::admin::AdminInput::Request(req))
             .is_err()
         {
-            return alone;
+            // The admin task is behind: this node's share, marked partial.
+            return incomplete;
         }
-        rx.recv_async().await.unwrap_or(alone)
+        // The admin task answers every count within its timeout (it may
+        // run on a shard thread: no tokio timer here).
+        rx.recv_async().await.unwrap_or(incomplete)
     }
 
     /// Deliver a pre-encoded frame: to the owning shard for a client, to

@@ -158,6 +158,14 @@ struct AdminBody {
 impl AdminBody {
     fn who(&self) -> Result<crate::delivery::Who, &'static str> {
         use crate::delivery::{ClientId, Who};
+        // Longer names would be dropped by the other nodes.
+        let max = crate::bridge::admin::MAX_NAME;
+        if [&self.user_id, &self.room]
+            .iter()
+            .any(|s| s.as_ref().is_some_and(|s| s.len() > max))
+        {
+            return Err("`userId` and `room` are at most 512 bytes");
+        }
         match (&self.user_id, &self.client_id, &self.room) {
             (Some(u), None, None) if !u.is_empty() => Ok(Who::User(u.as_str().into())),
             (None, Some(c), None) => ClientId::parse(c)

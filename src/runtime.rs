@@ -283,7 +283,7 @@ impl ServerBuilder {
         let client_tag = ((!config.redis.is_empty() || sentinel.is_some())
             && config.redis_subscribe == crate::config::RedisSubscribe::Interest
             && !config.redis_sharded)
-            .then(|| uuid::Uuid::new_v4().as_u64_pair().0 as u32);
+            .then(|| (uuid::Uuid::new_v4().as_u64_pair().0 >> 32) as u32);
         let bridge_cfg =
             (!config.redis.is_empty() || sentinel.is_some()).then(|| crate::bridge::BridgeConfig {
                 urls: config.redis.clone(),
@@ -315,7 +315,9 @@ impl ServerBuilder {
             }
             _ => (None, None),
         };
-        let admin = bridge_cfg.as_ref().map(|_| flume::unbounded());
+        let admin = bridge_cfg
+            .as_ref()
+            .map(|_| flume::bounded(crate::bridge::admin::ADMIN_QUEUE));
         let channels: Vec<(flume::Sender<ShardCommand>, flume::Receiver<ShardCommand>)> =
             (0..n).map(|_| flume::unbounded()).collect();
         let handle = Handle {

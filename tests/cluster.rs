@@ -438,6 +438,18 @@ async fn a_node_hears_only_what_its_clients_need(io: IoMode) {
     }
     assert_eq!(ca.recv().await["event"], "to-id");
     assert_eq!(cb.recv().await["event"], "to-id");
+    // A room whose name starts with the node's tag is heard through the
+    // tag pattern: not subscribed a second time, delivered once.
+    let tagged_room = format!("{}-chat", &id_of(&da)[..8]);
+    ca.join(&[tagged_room.as_str()]).await;
+    ca.sync().await;
+    settle_subscriptions(&[&a]).await;
+    emitter
+        .to_room(&tagged_room, "once", &1, None)
+        .await
+        .unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"once","data":1}));
+    expect_nothing_before_marker(&a.handle(), &mut ca, &id_of(&da)).await;
     let (_, body) = http_get(a.addr, "/metrics").await;
     assert!(
         body.contains("ignis_ws_redis_subscribed_channels 9"),
@@ -527,6 +539,7 @@ async fn admin_actions_reach_every_node(io: IoMode) {
     assert_eq!(n, 0, "bob is not on a");
     assert_eq!(bob.expect_close().await.0, 1008);
     // Refused requests, each with its reason.
+    let long_room = format!(r#"{{"room":"{}"}}"#, "r".repeat(513));
     for (path, key, body, want) in [
         (
             "/api/count",
@@ -546,6 +559,7 @@ async fn admin_actions_reach_every_node(io: IoMode) {
         ),
         ("/api/disconnect", Some(KEY), "not json", 400),
         ("/api/disconnect", None, r#"{"userId":"u"}"#, 401),
+        ("/api/count", Some(KEY), &long_room, 400),
     ] {
         let (status, text) = api_post(a.addr, path, key, body).await;
         assert_eq!(status, want, "{path} {body}: {text}");
@@ -745,6 +759,38 @@ async fn sharded_pubsub_follows_a_slot_move() {
     emitter.broadcast("fence", &5).await.unwrap();
     assert_eq!(cb.recv().await["event"], "fence");
     assert_eq!(ca.recv().await["event"], "fence");
+
+    // Leaving and joining again at once: our own SUNSUBSCRIBE's
+    // confirmation may arrive after the re-join; it must not read as
+    // Redis dropping the channel (which makes the node start over).
+    let before = a
+        .handle()
+        .bridge()
+        .unwrap()
+        .metrics()
+        .reconnects
+        .load(Relaxed);
+    for _ in 0..30 {
+        ca.send(json!({"event":"leave","data":{"rooms":["lobby"]}}))
+            .await;
+        ca.join(&["lobby"]).await;
+    }
+    ca.sync().await;
+    settle_subscriptions(&[&a, &b]).await;
+    assert_eq!(cluster_list(&cluster, "SHARDCHANNELS").await, want);
+    assert_eq!(
+        a.handle()
+            .bridge()
+            .unwrap()
+            .metrics()
+            .reconnects
+            .load(Relaxed),
+        before,
+        "no restart for our own unsubscribes"
+    );
+    a.handle().send(Some("lobby"), "rejoined", &0).unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"rejoined","data":0}));
+    assert_eq!(cb.recv().await, json!({"event":"rejoined","data":0}));
 
     // Move the room's slot to another master.
     let slot = ignis_ws::bridge::cluster::slot(b"ws:room:lobby");

@@ -53,6 +53,9 @@ pub const MAX_NAME: usize = 512;
 pub const MAX_NODES: usize = 10_000;
 /// Counts waiting for answers at once (more get an error at once).
 pub const MAX_PENDING: usize = 256;
+/// Inputs (control messages from Redis, requests from this process)
+/// waiting for the admin task; past it they are dropped and counted.
+pub const ADMIN_QUEUE: usize = 1024;
 
 /// `ignis-ws:node:{serverId}`.
 pub fn node_channel(server_id: &str) -> String {
@@ -189,7 +192,8 @@ struct Pending {
     sum: u64,
     local: u64,
     answered: Vec<String>,
-    expected: u32,
+    /// The nodes alive when it was asked: only their answers count.
+    expected: Vec<String>,
     deadline: Instant,
     reply: flume::Sender<ClusterCount>,
 }
@@ -200,7 +204,7 @@ impl Pending {
             count: self.sum,
             local: self.local,
             nodes: self.answered.len() as u32 + 1,
-            expected_nodes: self.expected + 1,
+            expected_nodes: self.expected.len() as u32 + 1,
             complete,
         });
     }
@@ -215,7 +219,6 @@ struct Admin {
     /// Other nodes, by when they were last heard.
     nodes: HashMap<String, Instant>,
     pending: HashMap<u64, Pending>,
-    next_id: u64,
 }
 
 impl Admin {
@@ -268,11 +271,13 @@ impl Admin {
         if *m.from == *self.server_id {
             return;
         }
-        let known = self.nodes.contains_key(&m.from);
-        self.heard(&m.from, now);
         self.metrics.control_in.fetch_add(1, Relaxed);
         match m.op.as_str() {
             "hello" => {
+                // Only a hello makes a node count as alive (any other
+                // message could name any `from`).
+                let known = self.nodes.contains_key(&m.from);
+                self.heard(&m.from, now);
                 // A node we did not know: answer on its own channel, so it
                 // knows us at once too.
                 if !known {
@@ -285,7 +290,7 @@ impl Admin {
                     if crate::proto::close::is_disconnect_code(code) =>
                 {
                     let n = self.local.disconnect_local(who, code).await;
-                    tracing::info!(from = %m.from, closed = n, code, "disconnect from another node");
+                    tracing::info!(from = ?m.from, closed = n, code, "disconnect from another node");
                 }
                 _ => {
                     self.metrics.control_dropped.fetch_add(1, Relaxed);
@@ -312,14 +317,14 @@ impl Admin {
                     // Late (after its timeout) or never asked.
                     return;
                 };
-                if p.answered.contains(&m.from) {
+                if p.answered.contains(&m.from) || !p.expected.contains(&m.from) {
                     return;
                 }
                 // A node can hold at most a few million sessions: an
                 // absurd answer must not wrap the total.
                 p.sum = p.sum.saturating_add(n.min(u64::from(u32::MAX)));
                 p.answered.push(m.from);
-                if p.answered.len() as u32 >= p.expected
+                if p.answered.len() >= p.expected.len()
                     && let Some(p) = self.pending.remove(&id)
                 {
                     p.finish(true);
@@ -340,7 +345,8 @@ impl Admin {
             }
             AdminRequest::Count { who, local, reply } => {
                 let now = Instant::now();
-                let expected = self.alive(now);
+                self.alive(now);
+                let expected: Vec<String> = self.nodes.keys().cloned().collect();
                 let p = Pending {
                     sum: local,
                     local,
@@ -349,14 +355,15 @@ impl Admin {
                     deadline: now + COUNT_TIMEOUT,
                     reply,
                 };
-                if expected == 0 {
+                if p.expected.is_empty() {
                     return p.finish(true);
                 }
                 if self.pending.len() >= MAX_PENDING {
                     return p.finish(false);
                 }
-                self.next_id += 1;
-                let id = self.next_id;
+                // Random, so that a request id cannot be guessed and
+                // answered falsely.
+                let id = uuid::Uuid::new_v4().as_u64_pair().0;
                 let mut m = Message::new("count", &self.server_id).with_who(&who);
                 m.id = Some(id);
                 self.send(CONTROL.into(), &m);
@@ -399,7 +406,6 @@ pub async fn run(
         metrics,
         nodes: HashMap::new(),
         pending: HashMap::new(),
-        next_id: 0,
     };
     let mut hello = tokio::time::interval(HELLO_EVERY);
     loop {

@@ -120,6 +120,10 @@ impl SlotMap {
             else {
                 continue;
             };
+            // "?": an endpoint Redis does not know; nothing to connect to.
+            if host == "?" {
+                continue;
+            }
             // An empty host means "the node you asked".
             let host = if host.is_empty() {
                 seed_host(seed)
@@ -211,6 +215,11 @@ impl Router {
     async fn try_spublish(&mut self, channel: &str, payload: &[u8]) -> redis::RedisResult<i64> {
         let io_err = |m: String| redis::RedisError::from((redis::ErrorKind::Io, "cluster", m));
         if self.map.is_none() {
+            // Start at the next seed each time: an unreachable first seed
+            // must not use up every attempt.
+            if !self.seeds.is_empty() {
+                self.seeds.rotate_left(1);
+            }
             self.map = Some(
                 SlotMap::fetch(&self.seeds, self.ca.as_deref())
                     .await
@@ -248,6 +257,9 @@ pub struct ShardedSubs {
     ca: Option<Vec<u8>>,
     conns: HashMap<String, MultiplexedConnection>,
     push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    /// SUNSUBSCRIBEs sent, per channel, whose confirmation push has not
+    /// been seen yet (shared with the subscriber's push handling).
+    own: Option<std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>>,
 }
 
 impl ShardedSubs {
@@ -262,7 +274,24 @@ impl ShardedSubs {
             ca,
             conns: HashMap::new(),
             push,
+            own: None,
         }
+    }
+
+    /// Count each SUNSUBSCRIBE sent in `own` before it goes out.
+    pub fn track_unsubscribes(
+        &mut self,
+        own: std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    ) {
+        self.own = Some(own);
+    }
+
+    /// PING every master connection.
+    pub async fn ping(&mut self) -> redis::RedisResult<()> {
+        for conn in self.conns.values_mut() {
+            redis::cmd("PING").query_async::<redis::Value>(conn).await?;
+        }
+        Ok(())
     }
 
     /// SSUBSCRIBE `subscribe`, then SUNSUBSCRIBE `unsubscribe`, each
@@ -285,6 +314,14 @@ impl ShardedSubs {
                     ))
                 })?;
                 by_owner.entry(owner.to_owned()).or_default().push(ch);
+            }
+            if cmd == "SUNSUBSCRIBE"
+                && let Some(own) = &self.own
+                && let Ok(mut own) = own.lock()
+            {
+                for ch in list {
+                    *own.entry(ch.clone()).or_insert(0) += 1;
+                }
             }
             for (owner, chans) in by_owner {
                 let conn = self.conn(&owner).await?;

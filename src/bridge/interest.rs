@@ -61,6 +61,9 @@ enum Key {
     Room(Box<str>),
     User(Box<str>),
     Client(ClientId),
+    /// A settle request ([`Subscriptions::mark`]): everything queued
+    /// before it is in its batch or an earlier one.
+    Mark(u64),
 }
 
 /// One step towards the wanted set: channels to SUBSCRIBE, then channels
@@ -69,6 +72,8 @@ enum Key {
 pub struct Batch {
     pub subscribe: Vec<String>,
     pub unsubscribe: Vec<String>,
+    /// Settle requests answered once this batch is confirmed.
+    pub marks: Vec<u64>,
 }
 
 impl Batch {
@@ -93,9 +98,9 @@ impl Batch {
         self.subscribe.len() + self.unsubscribe.len()
     }
 
-    /// Nothing to send.
+    /// Nothing to send and nothing to answer.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.marks.is_empty()
     }
 }
 
@@ -110,6 +115,12 @@ pub struct Subscriptions {
     queue: VecDeque<Key>,
     /// Channels subscribed (or being subscribed) on the connection.
     channels: usize,
+    /// [`Key::Mark`]s in the queue.
+    marks: usize,
+    /// `ws:room:{tag}-`: rooms whose channel the client-id pattern
+    /// `ws:room:{tag}-*` already hears (subscribing them too would
+    /// deliver their messages twice).
+    covered: Option<String>,
 }
 
 /// The client whose own room `name` is, if it is a client id as clients
@@ -123,6 +134,27 @@ fn client_named(name: &str) -> Option<ClientId> {
 }
 
 impl Subscriptions {
+    /// An empty set for a process whose client ids carry `tag` (heard
+    /// through patterns), if any.
+    pub fn new(tag: Option<u32>) -> Subscriptions {
+        Subscriptions {
+            covered: tag.map(|t| format!("{t:08x}-")),
+            ..Subscriptions::default()
+        }
+    }
+
+    /// A settle request: once every change received before it is
+    /// confirmed, a batch carries `id` in [`Batch::marks`]. After a
+    /// [`Subscriptions::reset`] it waits for the whole set again.
+    pub fn mark(&mut self, id: u64) {
+        self.marks += 1;
+        self.queue.push_back(Key::Mark(id));
+    }
+
+    fn covered(&self, room: &str) -> bool {
+        self.covered.as_deref().is_some_and(|p| room.starts_with(p))
+    }
+
     /// Take one shard's report.
     pub fn apply(&mut self, changes: Vec<Interest>) {
         for Interest { topic, on } in changes {
@@ -154,6 +186,7 @@ impl Subscriptions {
                 Some(e) => e,
                 None => return,
             },
+            (Key::Mark(_), _) => return,
         };
         let was = entry.shards > 0;
         entry.shards = if on {
@@ -171,6 +204,14 @@ impl Subscriptions {
     /// Every wanted channel is queued again.
     pub fn reset(&mut self) {
         self.channels = 0;
+        // Settle requests wait for the whole set: behind it.
+        let marks: Vec<Key> = self
+            .queue
+            .iter()
+            .filter(|k| matches!(k, Key::Mark(_)))
+            .cloned()
+            .collect();
+        self.queue.retain(|k| !matches!(k, Key::Mark(_)));
         let queue = &mut self.queue;
         for (r, e) in &mut self.rooms {
             e.applied = false;
@@ -193,6 +234,7 @@ impl Subscriptions {
                 queue.push_back(Key::Client(*c));
             }
         }
+        queue.extend(marks);
     }
 
     /// The next commands to send, up to about `max` channels; `None` when
@@ -203,6 +245,11 @@ impl Subscriptions {
             let Some(key) = self.queue.pop_front() else {
                 break;
             };
+            if let Key::Mark(id) = key {
+                self.marks -= 1;
+                b.marks.push(id);
+                continue;
+            }
             self.settle_key(key, &mut b);
         }
         (!b.is_empty()).then_some(b)
@@ -220,8 +267,9 @@ impl Subscriptions {
 
     fn settle_key(&mut self, key: Key, b: &mut Batch) {
         match key {
+            Key::Mark(_) => {}
             Key::Room(name) => {
-                let shared = self.client_applied(&name);
+                let shared = self.client_applied(&name) || self.covered(&name);
                 let Some(e) = self.rooms.get_mut(&name) else {
                     return;
                 };
@@ -300,7 +348,7 @@ impl Subscriptions {
 
     /// Entries waiting for a command.
     pub fn backlog(&self) -> usize {
-        self.queue.len()
+        self.queue.len() - self.marks
     }
 
     /// Channels subscribed on the connection by this set (not counting
@@ -558,6 +606,53 @@ mod tests {
         fresh.run(&mut s, BATCH);
         assert_eq!(fresh.list(), ["ws:room:b", "ws:room:c"]);
         assert_eq!(s.channels(), 2);
+    }
+
+    /// A settle mark comes out with the batch that holds everything
+    /// queued before it; after a reset, only once the whole set is sent
+    /// again.
+    #[test]
+    fn marks_follow_what_was_queued_before_them() {
+        let mut s = Subscriptions::default();
+        s.apply(vec![room("a", true)]);
+        s.mark(1);
+        s.apply(vec![room("b", true)]);
+        let b = s.next_batch(1).unwrap();
+        assert_eq!(
+            (b.subscribe.as_slice(), b.marks.as_slice()),
+            (&["ws:room:a".to_string()][..], &[][..])
+        );
+        let b = s.next_batch(1).unwrap();
+        assert_eq!(b.marks, [1], "{b:?}");
+        // Nothing to send: a batch of marks alone.
+        let _ = s.next_batch(BATCH);
+        s.mark(2);
+        assert_eq!(s.backlog(), 0);
+        let b = s.next_batch(BATCH).unwrap();
+        assert!(b.subscribe.is_empty() && b.unsubscribe.is_empty() && b.marks == [2]);
+        // A reset puts marks behind the whole set.
+        s.mark(3);
+        s.reset();
+        let b = s.next_batch(1).unwrap();
+        assert!(b.marks.is_empty() && b.len() == 1);
+        let b = s.next_batch(BATCH).unwrap();
+        assert_eq!((b.len(), b.marks.as_slice()), (1, &[3][..]));
+    }
+
+    /// Rooms that the client-id pattern `ws:room:{tag}-*` hears are not
+    /// subscribed too (their messages would arrive twice).
+    #[test]
+    fn rooms_under_the_tag_pattern_are_not_subscribed() {
+        let mut s = Subscriptions::new(Some(0xdead_beef));
+        let mut c = Conn::default();
+        s.apply(vec![room("deadbeef-x", true), room("lobby", true)]);
+        c.run(&mut s, BATCH);
+        assert_eq!(c.list(), ["ws:room:lobby"]);
+        assert!(s.wants("ws:room:deadbeef-x"));
+        s.apply(vec![room("deadbeef-x", false)]);
+        c.run(&mut s, BATCH);
+        assert_eq!(c.list(), ["ws:room:lobby"]);
+        assert_eq!(s.channels(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! once, its client frame encoded once, and the same `Bytes` goes to every
 //! shard that may hold recipients ([`LocalDelivery::deliver`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -69,14 +70,29 @@ pub fn client_patterns(tag: u32) -> [String; 2] {
 struct Interests {
     input: Option<flume::Receiver<BridgeInput>>,
     subs: Subscriptions,
-    waiters: Vec<flume::Sender<()>>,
+    /// Settle requests by their mark in `subs`.
+    waiters: HashMap<u64, flume::Sender<()>>,
+    next_mark: u64,
 }
 
 impl Interests {
     fn take(&mut self, m: BridgeInput) {
         match m {
             BridgeInput::Interest { changes, .. } => self.subs.apply(changes),
-            BridgeInput::Settle(tx) => self.waiters.push(tx),
+            BridgeInput::Settle(tx) => {
+                self.next_mark += 1;
+                self.waiters.insert(self.next_mark, tx);
+                self.subs.mark(self.next_mark);
+            }
+        }
+    }
+
+    /// Everything before these marks is confirmed.
+    fn answer(&mut self, marks: &[u64]) {
+        for m in marks {
+            if let Some(w) = self.waiters.remove(m) {
+                let _ = w.send(());
+            }
         }
     }
 
@@ -190,8 +206,9 @@ pub(super) async fn run(
     let fixed = fixed_channels.len() + fixed_patterns.len();
     let mut st = Interests {
         input,
-        subs: Subscriptions::default(),
-        waiters: Vec::new(),
+        subs: Subscriptions::new(cfg.client_tag),
+        waiters: HashMap::new(),
+        next_mark: 0,
     };
     let mut backoff = Backoff::new();
     let mut target = Endpoint::new(&cfg, master);
@@ -205,17 +222,9 @@ pub(super) async fn run(
         );
         match st.during(connect).await {
             Ok(Ok(ps)) => {
-                if !first {
-                    metrics.reconnects.fetch_add(1, Relaxed);
-                }
-                first = false;
-                metrics.subscribed.store(true, Relaxed);
-                link.send_modify(|l| l.subscribed = true);
-                tracing::info!(node = %redact(url), "redis bridge subscribed");
-                let _ = admin.send(AdminInput::Subscribed);
-                backoff.reset();
                 // Sharded pub/sub: the slot map of now, connections to
-                // the masters made as channels need them.
+                // the masters made as channels need them. Without a map
+                // this connection is of no use: try again after a backoff.
                 let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
                 let mut push_rx = Some(push_rx);
                 let mut sharded = None;
@@ -233,8 +242,7 @@ pub(super) async fn run(
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "redis cluster: no slot map");
-                            metrics.subscribed.store(false, Relaxed);
-                            link.send_modify(|l| l.subscribed = false);
+                            target.failed();
                             st.during(tokio::time::sleep(backoff.next())).await;
                             continue;
                         }
@@ -243,6 +251,21 @@ pub(super) async fn run(
                     drop(push_tx);
                     push_rx = None;
                 }
+                let own_unsubscribes = sharded
+                    .as_ref()
+                    .map(|_| Arc::new(std::sync::Mutex::new(HashMap::<String, u32>::new())));
+                if let (Some(sh), Some(own)) = (&sharded, &own_unsubscribes) {
+                    sh.lock().await.track_unsubscribes(own.clone());
+                }
+                if !first {
+                    metrics.reconnects.fetch_add(1, Relaxed);
+                }
+                first = false;
+                metrics.subscribed.store(true, Relaxed);
+                link.send_modify(|l| l.subscribed = true);
+                tracing::info!(node = %redact(url), "redis bridge subscribed");
+                let _ = admin.try_send(AdminInput::Subscribed);
+                backoff.reset();
                 // Nothing is subscribed on a new connection but the fixed
                 // channels: every wanted one again.
                 st.subs.reset();
@@ -250,44 +273,15 @@ pub(super) async fn run(
                 let mut resubscribing = true;
                 let (sink, mut stream) = ps.split();
                 let mut in_flight: Option<InFlight> = None;
+                // The settle marks of the batch in flight.
+                let mut in_flight_marks: Vec<u64> = Vec::new();
                 // A connection that dies without a FIN (a partition) never
                 // ends the stream: ping it to find out.
                 let mut ping = tokio::time::interval(SUBSCRIBER_PING);
                 ping.tick().await;
                 loop {
-                    if in_flight.is_none() {
-                        if let Some(b) = st.subs.next_batch(BATCH) {
-                            for (i, n) in [b.subscribe.len(), b.unsubscribe.len()]
-                                .into_iter()
-                                .enumerate()
-                            {
-                                if n > 0 {
-                                    metrics.subscription_commands[i].fetch_add(1, Relaxed);
-                                    metrics.subscription_changes[i].fetch_add(n as u64, Relaxed);
-                                }
-                            }
-                            in_flight = Some(match &sharded {
-                                Some(sh) => {
-                                    let sh = sh.clone();
-                                    Box::pin(async move {
-                                        let run = async {
-                                            sh.lock()
-                                                .await
-                                                .apply(&b.subscribe, &b.unsubscribe)
-                                                .await
-                                        };
-                                        match tokio::time::timeout(PUBLISH_TIMEOUT, run).await {
-                                            Ok(r) => r,
-                                            Err(_) => Err(redis::RedisError::from((
-                                                redis::ErrorKind::Io,
-                                                "sharded subscription timed out",
-                                            ))),
-                                        }
-                                    })
-                                }
-                                None => Box::pin(send_batch(sink.clone(), b)),
-                            });
-                        } else {
+                    while in_flight.is_none() {
+                        let Some(mut b) = st.subs.next_batch(BATCH) else {
                             if resubscribing {
                                 resubscribing = false;
                                 let ms = started.elapsed().as_millis() as i64;
@@ -300,16 +294,56 @@ pub(super) async fn run(
                                     );
                                 }
                             }
-                            for w in st.waiters.drain(..) {
-                                let _ = w.send(());
+                            break;
+                        };
+                        let marks = std::mem::take(&mut b.marks);
+                        if b.is_empty() {
+                            // Nothing to send: what came before is
+                            // confirmed already.
+                            st.answer(&marks);
+                            continue;
+                        }
+                        in_flight_marks = marks;
+                        for (i, n) in [b.subscribe.len(), b.unsubscribe.len()]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            if n > 0 {
+                                metrics.subscription_commands[i].fetch_add(1, Relaxed);
+                                metrics.subscription_changes[i].fetch_add(n as u64, Relaxed);
                             }
                         }
+                        in_flight = Some(match &sharded {
+                            Some(sh) => {
+                                let sh = sh.clone();
+                                Box::pin(async move {
+                                    let run = async {
+                                        sh.lock().await.apply(&b.subscribe, &b.unsubscribe).await
+                                    };
+                                    match tokio::time::timeout(PUBLISH_TIMEOUT, run).await {
+                                        Ok(r) => r,
+                                        Err(_) => Err(redis::RedisError::from((
+                                            redis::ErrorKind::Io,
+                                            "sharded subscription timed out",
+                                        ))),
+                                    }
+                                })
+                            }
+                            None => Box::pin(send_batch(sink.clone(), b)),
+                        });
                     }
                     st.publish_gauges(&metrics, fixed);
                     tokio::select! {
                         msg = stream.next() => match msg {
                             Some(msg) if msg.get_channel_name().starts_with("ignis-ws:") => {
-                                let _ = admin.send(AdminInput::FromRedis(msg.get_payload_bytes().to_vec()));
+                                let p = msg.get_payload_bytes();
+                                // Bounded before it is copied, and never
+                                // queued without bound.
+                                if p.len() > admin::MAX_CONTROL
+                                    || admin.try_send(AdminInput::FromRedis(p.to_vec())).is_err()
+                                {
+                                    metrics.control_dropped.fetch_add(1, Relaxed);
+                                }
                             }
                             Some(msg) => on_envelope(msg.get_payload_bytes(), &cfg, &server_id, &*handle, &metrics),
                             None => break,
@@ -319,10 +353,12 @@ pub(super) async fn run(
                                 tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e.to_string(), url), "redis subscription command failed");
                                 break;
                             }
+                            let marks = std::mem::take(&mut in_flight_marks);
+                            st.answer(&marks);
                         }
                         _ = st.next() => {}
                         p = next_push(&mut push_rx) => {
-                            if !on_push(p, &st.subs, &cfg, &server_id, &*handle, &metrics) {
+                            if !on_push(p, own_unsubscribes.as_deref(), &cfg, &server_id, &*handle, &metrics) {
                                 break;
                             }
                         }
@@ -336,11 +372,25 @@ pub(super) async fn run(
                             if !matches!(alive, Ok(Ok(_))) {
                                 break;
                             }
+                            // The masters' connections too (a command in
+                            // flight has its own timeout).
+                            if let Some(sh) = &sharded
+                                && let Ok(mut sh) = sh.try_lock()
+                                && tokio::time::timeout(PUBLISH_TIMEOUT, sh.ping()).await.map_or(true, |r| r.is_err())
+                            {
+                                tracing::warn!("redis cluster: a master's connection does not answer; resubscribing everything");
+                                break;
+                            }
                         }
                     }
                 }
                 metrics.subscribed.store(false, Relaxed);
                 link.send_modify(|l| l.subscribed = false);
+                // Settle requests of the lost batch wait for the next
+                // connection's whole set.
+                for m in in_flight_marks.drain(..) {
+                    st.subs.mark(m);
+                }
                 st.subs.reset();
                 st.publish_gauges(&metrics, 0);
                 tracing::warn!(node = %redact(url), "redis subscriber connection lost; reconnecting");
@@ -377,11 +427,15 @@ async fn next_push(
 }
 
 /// A push from a sharded connection: deliver an `smessage`; false (start
-/// over) when a connection was lost or Redis unsubscribed a channel we
-/// still want (its slot moved, or its master was demoted).
+/// over) when a connection was lost or Redis unsubscribed a channel on its
+/// own (its slot moved, or its master was demoted). The confirmations of
+/// our own SUNSUBSCRIBEs (`own`, counted per channel when sent) are not
+/// news. Starting over also drops the connections, so an unsolicited
+/// `sunsubscribe` that the client library took as the reply of a pending
+/// command cannot skew later replies.
 fn on_push(
     p: redis::PushInfo,
-    subs: &Subscriptions,
+    own: Option<&std::sync::Mutex<HashMap<String, u32>>>,
     cfg: &BridgeConfig,
     server_id: &str,
     handle: &dyn LocalDelivery,
@@ -400,11 +454,26 @@ fn on_push(
                 Some(Value::BulkString(c)) => String::from_utf8_lossy(c).into_owned(),
                 _ => String::new(),
             };
-            if subs.wants(&channel) {
-                tracing::warn!(%channel, "redis cluster unsubscribed a wanted channel (slot moved?); resubscribing everything");
-                return false;
+            let ours = own.is_some_and(|own| {
+                let Ok(mut own) = own.lock() else {
+                    return false;
+                };
+                match own.get_mut(&channel) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        true
+                    }
+                    Some(_) => {
+                        own.remove(&channel);
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if !ours {
+                tracing::warn!(channel = ?channel, "redis cluster unsubscribed a channel on its own (slot moved?); resubscribing everything");
             }
-            true
+            ours
         }
         PushKind::Disconnection => {
             tracing::warn!(

@@ -345,6 +345,21 @@ impl Config {
                 "sharded pub/sub has no patterns: use --redis-subscribe interest",
             ));
         }
+        match (self.redis_sentinel.is_empty(), &self.redis_sentinel_master) {
+            (false, None) => {
+                return Err(bad(
+                    "--redis-sentinel-master",
+                    "--redis-sentinel needs the master's name",
+                ));
+            }
+            (true, Some(_)) => {
+                return Err(bad(
+                    "--redis-sentinel",
+                    "--redis-sentinel-master needs --redis-sentinel ADDR,ADDR…",
+                ));
+            }
+            _ => {}
+        }
         if self.redis_sentinel_master.as_deref() == Some("") {
             return Err(bad("--redis-sentinel-master", "must not be empty"));
         }
