@@ -852,6 +852,94 @@ async fn sharded_pubsub_follows_a_slot_move() {
     );
 }
 
+/// A Redis Cluster failover in sharded mode: the room's master is
+/// demoted (`CLUSTER FAILOVER` on its replica); Redis unsubscribes the
+/// node's shard channels there, and the node subscribes them again on the
+/// new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pubsub_follows_a_cluster_failover() {
+    let Some(cluster) = RedisCluster::start_with_replicas(1) else {
+        return;
+    };
+    cluster.wait_ok().await;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let mut cfg = config(IoMode::Auto);
+    cfg.redis = urls.clone();
+    cfg.redis_cluster = true;
+    cfg.redis_sharded = true;
+    let a = start(cfg);
+    wait_subscribed(&a.handle()).await;
+    let (mut ca, _) = authed_in(&a.url(), "x", &["lobby"]).await;
+    settle_subscriptions(&[&a]).await;
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let emitter = ignis_ws::bridge::emitter::Emitter::connect_sharded(&refs)
+        .await
+        .unwrap();
+    emitter.to_room("lobby", "before", &1, None).await.unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"before","data":1}));
+    // The room's master and its replica.
+    let slot = ignis_ws::bridge::cluster::slot(b"ws:room:lobby");
+    let (master, master_id) = slot_owner(&cluster, slot).await;
+    // Cluster gossip attaches the replica and its sync completes a little
+    // after `cluster create` (there is no event to wait for).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let port: u16 = loop {
+        let replicas: Vec<String> = redis::cmd("CLUSTER")
+            .arg("REPLICAS")
+            .arg(&master_id)
+            .query_async(&mut cluster.nodes[master].client().await)
+            .await
+            .unwrap();
+        let port = replicas.first().and_then(|r| {
+            r.split_whitespace()
+                .nth(1)
+                .and_then(|a| a.split(['@', ':']).nth(1))
+                .and_then(|p| p.parse::<u16>().ok())
+        });
+        if let Some(port) = port
+            && let Some(n) = cluster.nodes.iter().find(|n| n.port == port)
+        {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut n.client().await)
+                .await
+                .unwrap();
+            if info.contains("master_link_status:up") {
+                break port;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no replica in sync");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let replica = cluster.nodes.iter().position(|n| n.port == port).unwrap();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut cluster.nodes[replica].client().await)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let v: Vec<redis::Value> = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg("ws:room:lobby")
+            .query_async(&mut cluster.nodes[replica].client().await)
+            .await
+            .unwrap();
+        if slot_owner(&cluster, slot).await.0 == replica && v.get(1) == Some(&redis::Value::Int(1))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not resubscribed on the promoted replica: {v:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    settle_subscriptions(&[&a]).await;
+    emitter.to_room("lobby", "after", &2, None).await.unwrap();
+    assert_eq!(ca.recv().await, json!({"event":"after","data":2}));
+}
+
 /// Two nodes on the master a Sentinel names, both in room `lobby`.
 async fn sentinel_nodes(s: &RedisSentinel) -> (TestServer, TestServer, Client, Client) {
     s.wait_replica_known().await;

@@ -337,12 +337,18 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Option<RedisCluster> {
+        Self::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`nodes[..3]` are the
+    /// masters as `redis-cli --cluster create` assigns them).
+    pub fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
         if !available() {
             return None;
         }
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let port = free_cluster_port();
             let conf = dir.path().join(format!("nodes-{port}.conf"));
             let mut args: Vec<String> = vec![
@@ -374,7 +380,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli");
         let text = String::from_utf8_lossy(&out.stdout);
