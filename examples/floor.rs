@@ -48,7 +48,9 @@ const LISTENER: u64 = u64::MAX;
 const REDIS: u64 = u64::MAX - 1;
 /// Largest upgrade request accepted (ignis-ws's limit is 8 KiB too).
 const MAX_HEAD: usize = 8192;
-/// iovecs per `sendmsg`, as ignis-ws.
+/// iovecs per `sendmsg`. ignis-ws takes up to 1024 (`shard::MAX_IOV`), so
+/// under a burst the two write different batches: compare frames per
+/// write too (docs/design/issue16-research.md).
 const MAX_IOV: usize = 64;
 
 enum Stage {
