@@ -90,6 +90,25 @@ impl fmt::Debug for ClientId {
     }
 }
 
+/// A change of what a shard needs to hear from the rest of a cluster
+/// (issue 15): `on` when a room gets its first member on this shard, a
+/// user its first session, a client connects; off with the last member,
+/// the last session, the client's end. Per shard: the process needs a
+/// channel while any of its shards does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Interest {
+    pub topic: Topic,
+    pub on: bool,
+}
+
+/// What an [`Interest`] is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Room(Box<str>),
+    User(Box<str>),
+    Client(ClientId),
+}
+
 /// Whose sessions an operator action is about (`Handle::disconnect`,
 /// `Handle::count`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

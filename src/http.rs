@@ -177,11 +177,13 @@ impl AdminBody {
     }
 }
 
-fn admin_body(
+/// The key checked (401), the body parsed and naming exactly one target
+/// (400): what both admin endpoints start with.
+fn admin_request(
     api_key: &str,
     authorization: Option<&str>,
     body: &[u8],
-) -> Result<AdminBody, Vec<u8>> {
+) -> Result<(AdminBody, crate::delivery::Who), Vec<u8>> {
     if !key_matches(api_key, authorization) {
         return Err(json_error(
             401,
@@ -189,7 +191,10 @@ fn admin_body(
             &[("WWW-Authenticate", "Bearer")],
         ));
     }
-    serde_json::from_slice(body).map_err(|e| json_error(400, &format!("invalid body: {e}"), &[]))
+    let req: AdminBody = serde_json::from_slice(body)
+        .map_err(|e| json_error(400, &format!("invalid body: {e}"), &[]))?;
+    let who = req.who().map_err(|e| json_error(400, e, &[]))?;
+    Ok((req, who))
 }
 
 /// Answer `POST /api/disconnect` (`{"userId"|"clientId", "code"?}`): close
@@ -200,20 +205,19 @@ pub async fn disconnect(
     authorization: Option<&str>,
     body: &[u8],
 ) -> Vec<u8> {
-    let req = match admin_body(api_key, authorization, body) {
+    let (req, who) = match admin_request(api_key, authorization, body) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
-    let who = match req.who() {
-        Ok(crate::delivery::Who::Room(_)) => {
+    let who = match who {
+        crate::delivery::Who::Room(_) => {
             return json_error(
                 400,
                 "give `userId` or `clientId` (a room is not disconnected)",
                 &[],
             );
         }
-        Ok(w) => w,
-        Err(e) => return json_error(400, e, &[]),
+        w => w,
     };
     let code = req.code.unwrap_or(crate::proto::close::POLICY_VIOLATION);
     if !crate::proto::close::is_disconnect_code(code) {
@@ -238,17 +242,13 @@ pub async fn count(
     authorization: Option<&str>,
     body: &[u8],
 ) -> Vec<u8> {
-    let req = match admin_body(api_key, authorization, body) {
+    let (req, who) = match admin_request(api_key, authorization, body) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
     if req.code.is_some() {
         return json_error(400, "`code` is for /api/disconnect", &[]);
     }
-    let who = match req.who() {
-        Ok(w) => w,
-        Err(e) => return json_error(400, e, &[]),
-    };
     let c = handle.count(who).await;
     let body = serde_json::to_vec(&c).unwrap_or_default();
     http_response(

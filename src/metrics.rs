@@ -231,6 +231,14 @@ fn by_kind(a: &[AtomicU64; 4]) -> impl Iterator<Item = (String, u64)> + '_ {
         .map(|(k, v)| (label("type", k), v.load(Relaxed)))
 }
 
+/// Samples of a `[subscribe, unsubscribe]` pair, labelled `op`.
+fn by_op(a: &[AtomicU64; 2]) -> impl Iterator<Item = (String, u64)> + '_ {
+    ["subscribe", "unsubscribe"]
+        .iter()
+        .zip(a)
+        .map(|(op, v)| (label("op", op), v.load(Relaxed)))
+}
+
 impl Registry {
     fn write_bridge(&self, o: &mut String, b: &BridgeMetrics) -> std::fmt::Result {
         family(
@@ -274,20 +282,14 @@ impl Registry {
             "redis_subscription_changes_total",
             "Channels subscribed and unsubscribed by the subscriber, by op.",
             "counter",
-            ["subscribe", "unsubscribe"]
-                .iter()
-                .zip(&b.subscription_changes)
-                .map(|(op, v)| (label("op", op), v.load(Relaxed))),
+            by_op(&b.subscription_changes),
         )?;
         family(
             o,
             "redis_subscription_commands_total",
             "SUBSCRIBE and UNSUBSCRIBE commands sent, by op.",
             "counter",
-            ["subscribe", "unsubscribe"]
-                .iter()
-                .zip(&b.subscription_commands)
-                .map(|(op, v)| (label("op", op), v.load(Relaxed))),
+            by_op(&b.subscription_commands),
         )?;
         for (name, help, kind, v) in [
             (

@@ -4,7 +4,7 @@
 //! subscriber connection there. Sans-io: the subscriber feeds it shard
 //! reports and asks it for the next batch; nothing here touches a socket.
 //!
-//! * A shard reports only transitions ([`crate::shard::Interest`]): a
+//! * A shard reports only transitions ([`crate::delivery::Interest`]): a
 //!   room's first and last member on that shard, a user's first and last
 //!   session, a client's start and end. The process needs a channel while
 //!   any of its shards does, so each entry counts the shards that want it.
@@ -25,9 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::delivery::ClientId;
-use crate::shard::index::BuildIdentity;
-use crate::shard::{Interest, Topic};
+use crate::delivery::{ClientId, Interest, Topic};
 
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command (Centrifugo uses 512).
 pub const BATCH: usize = 512;
@@ -35,11 +33,8 @@ pub const BATCH: usize = 512;
 /// What reaches the subscriber from the rest of the process.
 #[derive(Debug)]
 pub enum BridgeInput {
-    /// Changes of what shard `shard` needs, in the order they happened.
-    Interest {
-        shard: usize,
-        changes: Vec<Interest>,
-    },
+    /// Changes of what one shard needs, in the order they happened.
+    Interest { changes: Vec<Interest> },
     /// Answer once every change received before this one is confirmed by
     /// Redis ([`crate::Handle::settle_subscriptions`]).
     Settle(flume::Sender<()>),
@@ -110,7 +105,7 @@ impl Batch {
 pub struct Subscriptions {
     rooms: HashMap<Box<str>, Entry>,
     users: HashMap<Box<str>, Entry>,
-    clients: HashMap<ClientId, Entry, BuildIdentity>,
+    clients: HashMap<ClientId, Entry>,
     /// Entries whose wanted state may differ from what is applied.
     queue: VecDeque<Key>,
     /// Channels subscribed (or being subscribed) on the connection.

@@ -45,15 +45,7 @@ impl std::fmt::Debug for SentinelConfig {
     }
 }
 
-/// A `--redis-sentinel` entry as a URL: `host:port` means
-/// `redis://host:port`.
-pub fn sentinel_url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("redis://{addr}")
-    }
-}
+pub use crate::config::sentinel_url;
 
 /// `url` with its host and port replaced; scheme, credentials and
 /// database kept. An IPv6 host gets its brackets.

@@ -78,7 +78,7 @@ struct Interests {
 impl Interests {
     fn take(&mut self, m: BridgeInput) {
         match m {
-            BridgeInput::Interest { changes, .. } => self.subs.apply(changes),
+            BridgeInput::Interest { changes } => self.subs.apply(changes),
             BridgeInput::Settle(tx) => {
                 self.next_mark += 1;
                 self.waiters.insert(self.next_mark, tx);

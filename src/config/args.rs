@@ -101,38 +101,18 @@ impl ServeArgs {
             }
             (None, None) => Vec::new(),
         };
-        match (self.redis_sentinel, self.redis_sentinel_master) {
-            (Some(list), Some(name)) => {
-                if !cfg.redis.is_empty() {
-                    return Err(bad(
-                        "--redis-sentinel",
-                        "give one of --redis, --redis-cluster, --redis-sentinel",
-                    ));
-                }
-                let v = comma_list(&list);
-                if v.is_empty() {
-                    return Err(bad(
-                        "--redis-sentinel",
-                        "list at least one Sentinel address",
-                    ));
-                }
-                cfg.redis_sentinel = v;
-                cfg.redis_sentinel_master = Some(name);
-            }
-            (Some(_), None) => {
-                return Err(bad(
-                    "--redis-sentinel-master",
-                    "--redis-sentinel needs the master's name",
-                ));
-            }
-            (None, Some(_)) => {
+        // Paired with --redis-sentinel-master, and apart from --redis, in
+        // `Config::validate`.
+        if let Some(list) = self.redis_sentinel {
+            cfg.redis_sentinel = comma_list(&list);
+            if cfg.redis_sentinel.is_empty() {
                 return Err(bad(
                     "--redis-sentinel",
-                    "--redis-sentinel-master needs --redis-sentinel ADDR,ADDR…",
+                    "list at least one Sentinel address",
                 ));
             }
-            (None, None) => {}
         }
+        cfg.redis_sentinel_master = self.redis_sentinel_master;
         cfg.api_key = self.api_key.filter(|k| !k.is_empty());
         cfg.validate()?;
         Ok(cfg)

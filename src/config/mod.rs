@@ -51,6 +51,16 @@ pub enum SlowClientPolicy {
     Drop,
 }
 
+/// A `--redis-sentinel` entry as a URL: `host:port` means
+/// `redis://host:port`.
+pub fn sentinel_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("redis://{addr}")
+    }
+}
+
 /// Which Redis channels the bridge subscribes (`--redis-subscribe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -323,7 +333,7 @@ impl Config {
             }
         }
         for addr in &self.redis_sentinel {
-            let url = crate::bridge::sentinel::sentinel_url(addr);
+            let url = sentinel_url(addr);
             if let Err(e) = redis::Client::open(url.as_str()) {
                 let shown = crate::secrets::redact_url(&url);
                 let e = crate::secrets::scrub(&e.to_string(), &url);

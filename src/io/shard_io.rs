@@ -194,10 +194,7 @@ impl ShardIo {
             let mut changes = Vec::new();
             sh.poll_interest(&mut changes);
             if !changes.is_empty() {
-                let _ = tx.send(crate::bridge::interest::BridgeInput::Interest {
-                    shard: sh.ctx.index,
-                    changes,
-                });
+                let _ = tx.send(crate::bridge::interest::BridgeInput::Interest { changes });
             }
         }
     }

@@ -145,7 +145,7 @@ impl<S> Shard<S> {
             let name = self.users.add(u, key);
             self.conns[key as usize].user = Some(name);
             if first {
-                self.note_interest(super::Topic::User(u.into()), true);
+                self.note_interest(true, || super::Topic::User(u.into()));
             }
         }
         let defaults = self.ctx.config.default_rooms.clone();

@@ -71,6 +71,7 @@ use crate::proto::message::Buffers;
 use crate::proto::session::{Session, State, Timeouts};
 use crate::proto::stamp::Stamp;
 
+pub use crate::delivery::{Interest, Topic};
 pub use conn::{Conn, ConnExtra, PublicKey};
 pub use index::{ConnKey, RoomId};
 pub use outbound::{IoVec, MAX_IOV};
@@ -205,25 +206,6 @@ pub trait UserCode {
 }
 
 /// One shard.
-/// A change of what a shard needs to hear from the rest of a cluster
-/// (issue 15): `on` when a room gets its first member on this shard, a
-/// user its first session, a client connects; off with the last member,
-/// the last session, the client's end. Per shard: the process needs a
-/// channel while any of its shards does.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Interest {
-    pub topic: Topic,
-    pub on: bool,
-}
-
-/// What an [`Interest`] is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Topic {
-    Room(Box<str>),
-    User(Box<str>),
-    Client(ClientId),
-}
-
 pub struct Shard<S> {
     pub ctx: ShardCtx,
     timeouts: Timeouts,
@@ -384,13 +366,17 @@ impl<S> Shard<S> {
         }
     }
 
-    pub(super) fn note_interest(&mut self, topic: Topic, on: bool) {
+    /// Record a change of interest; `topic` is built only when tracked
+    /// (single nodes allocate nothing).
+    pub(super) fn note_interest(&mut self, on: bool, topic: impl FnOnce() -> Topic) {
+        let Some(v) = &mut self.interest else {
+            return;
+        };
+        let topic = topic();
         if matches!(topic, Topic::Client(_)) && !self.interest_clients {
             return;
         }
-        if let Some(v) = &mut self.interest {
-            v.push(Interest { topic, on });
-        }
+        v.push(Interest { topic, on });
     }
 
     /// The driver's state of every connection.
@@ -486,7 +472,7 @@ impl<S> Shard<S> {
             sock,
         }) as ConnKey;
         self.by_id.insert(id, key);
-        self.note_interest(Topic::Client(id), true);
+        self.note_interest(true, || Topic::Client(id));
         if let Some(d) = self.conns[key as usize].session.deadline() {
             self.connect_deadlines.push_back((d, key, generation));
         }
@@ -524,7 +510,7 @@ impl<S> Shard<S> {
         }
         if let Some(u) = &conn.user {
             if self.users.remove(u, key) {
-                self.note_interest(Topic::User(u.as_ref().into()), false);
+                self.note_interest(false, || Topic::User(u.as_ref().into()));
             }
             if let Some(s) = &self.ctx.sessions {
                 s.remove(u);
@@ -532,10 +518,10 @@ impl<S> Shard<S> {
         }
         for rid in &conn.rooms {
             if let Some(name) = self.rooms.leave(*rid, key) {
-                self.note_interest(Topic::Room(name), false);
+                self.note_interest(false, || Topic::Room(name));
             }
         }
-        self.note_interest(Topic::Client(conn.id), false);
+        self.note_interest(false, || Topic::Client(conn.id));
         let st = conn.session.state();
         let m = &self.ctx.metrics;
         use std::sync::atomic::Ordering::Relaxed;

@@ -27,7 +27,7 @@ impl<S> Shard<S> {
             self.conns[key as usize].rooms.push(rid);
         }
         if first {
-            self.note_interest(super::Topic::Room(name.into()), true);
+            self.note_interest(true, || super::Topic::Room(name.into()));
         }
     }
 
@@ -145,7 +145,7 @@ impl<S> Shard<S> {
             if let Some(pos) = conn.rooms.iter().position(|r| *r == rid) {
                 conn.rooms.swap_remove(pos);
                 if let Some(name) = self.rooms.leave(rid, key) {
-                    self.note_interest(super::Topic::Room(name), false);
+                    self.note_interest(false, || super::Topic::Room(name));
                 }
             }
         }
