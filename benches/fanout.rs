@@ -77,7 +77,12 @@ fn new_driver(index: usize, config: Config, max_conns: usize) -> MemoryDriver {
 }
 
 fn shard(index: usize) -> MemoryDriver {
-    let mut d = new_driver(index, Config::default(), CLIENTS);
+    connected(index, CLIENTS / SHARDS)
+}
+
+/// A shard with `n` authenticated clients in `ws-default`.
+fn connected(index: usize, n: usize) -> MemoryDriver {
+    let mut d = new_driver(index, Config::default(), n);
     let mut auth = BytesMut::new();
     encode_frame(
         &mut auth,
@@ -86,7 +91,7 @@ fn shard(index: usize) -> MemoryDriver {
         br#"{"event":"authenticate","data":{"userId":"u"}}"#,
         Some([1, 2, 3, 4]),
     );
-    for _ in 0..CLIENTS / SHARDS {
+    for _ in 0..n {
         // Authenticated through the real path: joins ws-default.
         d.connect_discarding(&auth);
     }
@@ -220,5 +225,66 @@ fn fanout_encrypted(c: &mut Criterion) {
     drop(s);
 }
 
-criterion_group!(benches, fanout, fanout_encrypted);
+/// A burst: 300 room messages of 1 KiB queued for each of 1,000 clients,
+/// then written out as the flusher does (`io::tasks::flush_one`): every
+/// client's whole queue lent as one iovec (`Shard::transmit`), which is
+/// copied into fresh memory (a 256 MiB arena written in order) as the
+/// kernel copies it into socket buffers. Timed per delivery, queueing
+/// included: the user-space share of a burst (`push_frame`'s queue growth,
+/// the refcounts, the iovec) beside the copy every server pays.
+fn burst_writes(c: &mut Criterion) {
+    const BURST_CLIENTS: usize = 1000;
+    const FRAMES: usize = 300;
+    const ARENA: usize = 256 << 20;
+    struct State {
+        d: MemoryDriver,
+        frames: Vec<Delivery>,
+        arena: Vec<u8>,
+        at: usize,
+        keys: Vec<u32>,
+    }
+    let mut st = State {
+        d: connected(0, BURST_CLIENTS),
+        frames: (0..FRAMES).map(|_| room_delivery(1024)).collect(),
+        arena: vec![1u8; ARENA],
+        at: 0,
+        keys: Vec::new(),
+    };
+    reset(&mut st.d);
+    for (label, copy) in [("queue_and_iovec", false), ("queue_iovec_and_copy", true)] {
+        bench_rounds(
+            c,
+            format!("burst_300x1KiB_to_1k_clients/{label}"),
+            BURST_CLIENTS * FRAMES,
+            &mut st,
+            |st, now| {
+                for f in &st.frames {
+                    st.d.shard.deliver(black_box(f), now);
+                }
+                st.d.shard.poll_dirty(&mut st.keys);
+                for &k in &st.keys {
+                    let mut iov = ignis_ws::shard::IoVec::new();
+                    let want = st.d.shard.transmit(k, &mut iov);
+                    if copy {
+                        for sl in &iov {
+                            if st.at + sl.len() > ARENA {
+                                st.at = 0;
+                            }
+                            st.arena[st.at..st.at + sl.len()].copy_from_slice(sl);
+                            st.at += sl.len();
+                        }
+                    }
+                    black_box(&iov);
+                    drop(iov);
+                    st.d.shard.handle_written(k, want);
+                    st.d.shard.handle_flushed(k);
+                }
+                black_box(&st.arena);
+            },
+            |_| {},
+        );
+    }
+}
+
+criterion_group!(benches, fanout, fanout_encrypted, burst_writes);
 criterion_main!(benches);

@@ -48,10 +48,20 @@ const LISTENER: u64 = u64::MAX;
 const REDIS: u64 = u64::MAX - 1;
 /// Largest upgrade request accepted (ignis-ws's limit is 8 KiB too).
 const MAX_HEAD: usize = 8192;
-/// iovecs per `sendmsg`. ignis-ws takes up to 1024 (`shard::MAX_IOV`), so
-/// under a burst the two write different batches: compare frames per
-/// write too (docs/design/issue16-research.md).
-const MAX_IOV: usize = 64;
+/// iovecs per `sendmsg`: 1024, as ignis-ws (`shard::MAX_IOV`), so under a
+/// burst both write the same batches; `FLOOR_MAX_IOV` (1..=1024) changes
+/// it (the floor used 64 before issue 16, which costs it 5 writes per
+/// client where ignis-ws makes one: docs/design/issue16-research.md).
+fn max_iov() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("FLOOR_MAX_IOV")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=1024).contains(n))
+            .unwrap_or(1024)
+    })
+}
 
 enum Stage {
     /// Reading the upgrade request (bytes so far).
@@ -332,8 +342,8 @@ fn client_message(envelope: &[u8]) -> Option<Vec<u8>> {
 /// interest. False: the connection is dead.
 fn flush(ep: &OwnedFd, key: u64, c: &mut Conn) -> io::Result<bool> {
     if !c.queue.is_empty() {
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(c.queue.len().min(MAX_IOV));
-        for (i, f) in c.queue.iter().take(MAX_IOV).enumerate() {
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(c.queue.len().min(max_iov()));
+        for (i, f) in c.queue.iter().take(max_iov()).enumerate() {
             iov.push(IoSlice::new(if i == 0 { &f[c.sent..] } else { f }));
         }
         let res = rustix::net::sendmsg(

@@ -33,6 +33,22 @@ for s in floor $servers; do
   run "$s-10k-flood-100B" "$s" -- -c 10000 --flood --warmup 2 --duration 10
   run "$s-10k-flood-1KiB" "$s" -- -c 10000 --flood --warmup 2 --duration 10 --payload-size 1KiB
 done
+# Bursts (issue 16): 300 messages at once, a burst every 4 s, three in
+# the measured 12 s; the shape columns (write system calls by perf, TCP
+# segments, the generator's CPU) come with each report. Two interleaved
+# rounds at 1 KiB; "floor64" is the floor as it was before issue 16 (64
+# iovecs per sendmsg, 5 writes per client per burst).
+for round in 1 2; do
+  for s in floor floor64 $servers; do
+    kind=$s; iov=1024
+    [ "$s" = floor64 ] && { kind=floor; iov=64; }
+    FLOOR_MAX_IOV=$iov COUNT_SYSCALLS=1 run "$s-10k-burst-1KiB-$round" "$kind" -- -c 10000 --burst 300 \
+      --burst-every 4 --duration 12 --warmup 4 --payload-size 1KiB
+  done
+done
+for s in floor $servers; do
+  COUNT_SYSCALLS=1 run "$s-10k-burst-100B" "$s" -- -c 10000 --burst 300 --burst-every 4 --duration 12 --warmup 4
+done
 for s in uring epoll; do
   run "$s-1k-rate10" "$s" -- -c 1000 --rate 10 --duration 10
   run "$s-1k-flood-100B" "$s" -- -c 1000 --flood --warmup 2 --duration 10

@@ -26,7 +26,10 @@
 #          SERVER_ARGS (extra ignis-ws serve flags), TLS_DIR (TLS modes:
 #          ca.pem, cert.pem = leaf + CA, key.pem; default /tmp/tls-perf,
 #          made by scripts/tls-test-ca.sh when missing), NGINX (nginx
-#          binary, default nginx).
+#          binary, default nginx), COUNT_SYSCALLS=1 (the bench counts the
+#          server's write system calls with perf: `--count-syscalls`).
+# The shape of the writes: with one ignis-ws process the bench reads its
+# /metrics (`--metrics-url`); every run reads the kernel's TCP counters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/ignis-ws}
@@ -210,5 +213,13 @@ if [ "$kind" = nginx ]; then
 fi
 pidlist=$(IFS=,; echo "${measured[*]}")
 echo "perf-run: $kind, server processes measured (summed): $(ps -o pid=,comm= -p "$pidlist" | tr -s ' \n' ' ')" >&2
+shape=()
+case "$kind" in
+  uring|epoll|uring-tls|epoll-tls)
+    [ "$servers" = 1 ] && shape+=(--metrics-url "http://127.0.0.1:$PORT/metrics")
+    [ "$kind" = "${kind%-tls}" ] || shape=()  # /metrics is behind TLS there
+    ;;
+esac
+[ "${COUNT_SYSCALLS:-0}" = 1 ] && shape+=(--count-syscalls)
 taskset -c 1 "${GEN_BIN:-$BIN}" bench --url "$scheme://127.0.0.1:$PORT/ws" "${gen_tls[@]}" \
-  --redis "redis://127.0.0.1:$REDIS_PORT" --server-pid "$pidlist" -q "$@"
+  --redis "redis://127.0.0.1:$REDIS_PORT" --server-pid "$pidlist" "${shape[@]}" -q "$@"

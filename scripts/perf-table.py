@@ -33,6 +33,12 @@ for f in glob.glob(os.path.join(out, "*.txt")):
         conn_cpu=g(r"([\d.]+) µs per connection"),
         conn_srv=g(r"CPU: server [\d.]+ s \((\d+)% of a core"),
         conn_gen=g(r", generator [\d.]+ s \((\d+)% of a core\)"),
+        overall=g(r"([\d.]+ \S+) overall"),
+        fpw=g(r"shape\s+([\d.]+) frames,"),
+        sysc=g(r"write syscalls \(([\d.]+) per delivery"),
+        bpc=g(r"per delivery, ([\d.]+ \S+) delivered per call"),
+        segs=g(r"([\d.]+) TCP segments out per delivery"),
+        recv=g(r"receiver \(generator\) ([\d.]+) µs CPU per delivery"),
     )
 
 
@@ -109,6 +115,29 @@ for label, run, key, unit, better_low in [
     f = num(f"floor-{run}", key)
     vs_floor = f"{a / f:.2f}×" if a and f and key != "rss" else "—"
     print(f"| {label} | " + " | ".join(cells) + f" | {ratio} | {vs_floor} |")
+print()
+
+print("### Bursts, 10,000 clients: 300 messages at once every 4 s\n")
+print("Three bursts measured per run (3,000,000 deliveries each), from publish start to the end of the drain.")
+print("Receiver = the generator's own CPU per delivery (it reads, parses and checks every frame).\n")
+print("| server | payload | round | server CPU per delivery | ÷ floor's best | receiver CPU per delivery | receiver ÷ floor's | write syscalls per delivery | delivered per write call | TCP segments out per delivery | p50 / p99 | delivered/s overall |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for size in ["1KiB", "100B"]:
+    names = sorted(k for k in runs if re.match(rf"floor-10k-burst-{size}(-\d)?$", k))
+    best = min((num(k, "cpu") for k in names if num(k, "cpu")), default=None)
+    best_recv = min((num(k, "recv") for k in names if num(k, "recv")), default=None)
+    for s, label in [("floor", "floor, 1024 iovecs"), ("floor64", "floor, 64 iovecs (before)"),
+                     ("uring", "ignis-ws io_uring"), ("epoll", "ignis-ws epoll"), ("bun", "Ignis on Bun")]:
+        for k in sorted(k for k in runs if re.match(rf"{s}-10k-burst-{size}(-\d)?$", k)):
+            c, rc = num(k, "cpu"), num(k, "recv")
+            rnd = k.rsplit("-", 1)[1] if k[-2] == "-" else "1"
+            print(
+                f"| {label} | {size.replace('KiB', ' KiB').replace('B', ' B') if size == '100B' else '1 KiB'} | {rnd} "
+                f"| {r(k, 'cpu', ' µs')} | {f'{c / best:.2f}×' if c and best else '—'} "
+                f"| {r(k, 'recv', ' µs')} | {f'{rc / best_recv:.2f}×' if rc and best_recv else '—'} "
+                f"| {r(k, 'sysc')} | {r(k, 'bpc')} | {r(k, 'segs')} | {r(k, 'p50')} / {r(k, 'p99')} "
+                f"| {r(k, 'overall').replace('deliveries/s', '/s')} |"
+            )
 print()
 
 print("### Connect + authenticate, 10,000 clients, three interleaved rounds\n")

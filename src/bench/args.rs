@@ -63,7 +63,7 @@ pub enum TargetArg {
 /// timing every delivery. Reports loss, latency, throughput, connect rate,
 /// and — with `--server-pid` — the server's CPU and memory per connection.
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("mode").args(["rate", "flood"])))]
+#[command(group(clap::ArgGroup::new("mode").args(["rate", "flood", "burst"])))]
 pub struct BenchArgs {
     /// WebSocket URL of the server: ws://HOST:PORT/PATH, or wss:// (every
     /// connection does a TLS handshake; needs --ca-file).
@@ -147,6 +147,34 @@ pub struct BenchArgs {
     #[arg(long, value_name = "W", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=32_768))]
     pub window: u64,
+    /// Publish in bursts of N messages, all at once with no window (as
+    /// pipelines of --burst-pipeline PUBLISH): what a busy room sees when
+    /// an upstream job emits a batch. Without --burst-every, one burst per
+    /// phase (warmup, measured), then the run drains it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub burst: Option<u64>,
+    /// With --burst: a burst every T seconds for --duration (the first at
+    /// once); bursts that take longer than T to deliver overlap.
+    #[arg(long, value_name = "T", requires = "burst", value_parser = parse_secs)]
+    pub burst_every: Option<f64>,
+    /// With --burst: PUBLISH commands per Redis pipeline (or HTTP requests
+    /// handed to the sender at once).
+    #[arg(long, value_name = "P", default_value_t = 64, requires = "burst",
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub burst_pipeline: u64,
+    /// The server's Prometheus /metrics URL (ignis-ws): read before and
+    /// after the measured phase for the shape of what it wrote (write
+    /// calls, frames and bytes per write).
+    #[arg(long, value_name = "URL")]
+    pub metrics_url: Option<String>,
+    /// Count the write-family system calls (write, writev, send, sendto,
+    /// sendmsg, sendmmsg) of the --server-pid processes with `perf stat`
+    /// from the start of the measured phase to the end of the drain: the
+    /// shape of what any server wrote, ignis-ws or not (needs perf and the
+    /// right to trace the process; writes submitted through io_uring are
+    /// not system calls and are not counted).
+    #[arg(long, requires = "server_pid")]
+    pub count_syscalls: bool,
     /// Measured publishing time, seconds.
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_secs)]
     pub duration: f64,
@@ -426,6 +454,21 @@ pub fn parse_api_url(url: Option<&str>, ws: &WsTarget) -> Result<HttpTarget, Str
     Ok(HttpTarget { addr, host, path })
 }
 
+/// Parses `--metrics-url` (`http://HOST:PORT[/PATH]`, default path
+/// `/metrics`).
+pub fn parse_metrics_url(url: &str) -> Result<HttpTarget, String> {
+    if url.starts_with("https://") {
+        return Err("https:// is not supported (use the plain --metrics-listen)".into());
+    }
+    let (addr, host, path) = split_url(url, "http", 80)?;
+    let path = if path.is_empty() || path == "/" {
+        "/metrics".into()
+    } else {
+        path
+    };
+    Ok(HttpTarget { addr, host, path })
+}
+
 /// The publish path, resolved.
 #[derive(Debug, Clone)]
 pub enum PublishPlan {
@@ -440,6 +483,13 @@ pub enum Pace {
     Rate(f64),
     /// At most this many messages in flight.
     Flood { window: u64 },
+    /// `size` messages at once (pipelines of `pipeline`), every `every`
+    /// (or once per phase).
+    Burst {
+        size: u64,
+        every: Option<Duration>,
+        pipeline: u64,
+    },
 }
 
 /// A checked run: everything the coordinator needs, nothing left to parse.
@@ -468,6 +518,9 @@ pub struct Plan {
     pub idle_settle: Duration,
     pub connect_only: bool,
     pub server_pids: Vec<u32>,
+    /// `--metrics-url`, checked.
+    pub metrics: Option<HttpTarget>,
+    pub count_syscalls: bool,
     pub json: bool,
     pub quiet: bool,
 }
@@ -573,9 +626,25 @@ impl BenchArgs {
             Pace::Flood {
                 window: self.window,
             }
+        } else if let Some(size) = self.burst {
+            Pace::Burst {
+                size,
+                every: self.burst_every.map(Duration::from_secs_f64),
+                pipeline: self.burst_pipeline,
+            }
         } else {
             Pace::Rate(self.rate)
         };
+        let metrics = self
+            .metrics_url
+            .as_deref()
+            .map(parse_metrics_url)
+            .transpose()
+            .map_err(|e| bad(format!("--metrics-url: {e}")))?;
+        let server_pids = self.server_pids_checked()?;
+        if self.count_syscalls && server_pids.is_empty() {
+            return Err(bad("--count-syscalls needs --server-pid".into()));
+        }
         Ok(Plan {
             url: self.url.clone(),
             target,
@@ -598,7 +667,9 @@ impl BenchArgs {
             drain_timeout: Duration::from_secs_f64(self.drain_timeout),
             idle_settle: Duration::from_secs_f64(self.idle_settle),
             connect_only: self.connect_only,
-            server_pids: self.server_pids_checked()?,
+            server_pids,
+            metrics,
+            count_syscalls: self.count_syscalls,
             json: self.json,
             quiet: self.quiet,
         })
@@ -792,7 +863,53 @@ mod tests {
         assert!(parse(&[&REDIS[..], &["--rate", "5", "--flood"]].concat()).is_err());
         let p = plan(&[&REDIS[..], &["--flood", "--window", "8"]].concat()).unwrap();
         assert_eq!(p.pace, Pace::Flood { window: 8 });
+        let p = plan(&[&REDIS[..], &["--burst", "300"]].concat()).unwrap();
+        assert_eq!(
+            p.pace,
+            Pace::Burst {
+                size: 300,
+                every: None,
+                pipeline: 64
+            }
+        );
+        let p = plan(
+            &[
+                &REDIS[..],
+                &[
+                    "--burst",
+                    "30",
+                    "--burst-every",
+                    "0.5",
+                    "--burst-pipeline",
+                    "1",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.pace,
+            Pace::Burst {
+                size: 30,
+                every: Some(Duration::from_millis(500)),
+                pipeline: 1
+            }
+        );
+        let p = plan(&[&REDIS[..], &["--metrics-url", "http://127.0.0.1:9/"]].concat()).unwrap();
+        assert_eq!(p.metrics.unwrap().path, "/metrics");
+        assert!(
+            plan(&[&REDIS[..], &["--metrics-url", "https://127.0.0.1:9/"]].concat())
+                .unwrap_err()
+                .contains("--metrics-url")
+        );
         for bad in [
+            &["--burst", "0"][..],
+            &["--burst", "10", "--flood"],
+            &["--burst", "10", "--rate", "5"],
+            &["--burst-every", "1"],
+            &["--burst", "10", "--burst-every", "0"],
+            &["--burst", "10", "--burst-pipeline", "0"],
+            &["--count-syscalls"],
             &["--rate", "0"][..],
             &["--rate", "-1"],
             &["--rate", "nan"],

@@ -52,6 +52,7 @@ use super::payload::{Phase, now_ns};
 use super::progress::Bars;
 use super::publish::{PublishError, PublishLoad};
 use super::report::{self, FoldError, OwnCpu, PublishCounts, Readings, Report, ServerSamples};
+use super::shape;
 use super::sysstat::{self, ProcSample, SysError};
 use super::wire::{Command, Event, Ready, WireError};
 
@@ -346,6 +347,11 @@ impl Coordinator {
             self.publish_phase(Phase::Warmup, self.plan.warmup, 0).await;
         }
         let first_measured = self.next_seq;
+        // The shape sources: perf first (it takes a moment to attach), then
+        // the counters, right before the CPU readings.
+        let syscalls =
+            (self.plan.count_syscalls && !connect_only).then(|| shape::SyscallCount::start(&pids));
+        let shape_start = shape::sample(self.plan.metrics.as_ref());
         let own_start = self.own_cpu();
         let srv_start = sysstat::sample_all(&pids)?;
         let pub_start = now_ns();
@@ -380,6 +386,9 @@ impl Coordinator {
         let published = stats.ok(Phase::Measured);
         let drain_end = now_ns();
         let srv_after = sysstat::sample_all(&pids)?;
+        let own_after = self.own_cpu();
+        let shape_after = shape::sample(self.plan.metrics.as_ref());
+        let write_syscalls = syscalls.map(|c| c.and_then(shape::SyscallCount::stop));
         self.bars.finish();
 
         // 5. Finish.
@@ -414,6 +423,10 @@ impl Coordinator {
             own_connected,
             own_start,
             own_end,
+            own_after,
+            shape_start,
+            shape_after,
+            write_syscalls,
             pub_start_ns: pub_start,
             pub_end_ns: pub_end,
             drain_end_ns: drain_end,
@@ -539,6 +552,43 @@ impl Coordinator {
                     self.publish_bar(phase);
                 }
             }
+            Pace::Burst {
+                size,
+                every,
+                pipeline,
+            } => {
+                // Burst k goes out at start + k·every, all at once: handed
+                // to the publisher as pipelines of `pipeline`, no window.
+                let mut due = start;
+                loop {
+                    let mut left = size;
+                    while left > 0 {
+                        let count = left.min(pipeline);
+                        self.publisher.publish(
+                            phase,
+                            self.next_seq..self.next_seq + count,
+                            first_measured,
+                        );
+                        self.next_seq += count;
+                        left -= count;
+                    }
+                    let Some(every) = every else {
+                        // One burst. A warmup burst gets the whole warmup
+                        // to arrive; the measured one is followed by the
+                        // drain.
+                        if phase == Phase::Warmup {
+                            self.pump_for_phase(end, phase).await;
+                        }
+                        break;
+                    };
+                    due += every;
+                    if due >= end {
+                        self.pump_for_phase(end, phase).await;
+                        break;
+                    }
+                    self.pump_for_phase(due, phase).await;
+                }
+            }
             Pace::Flood { window } => loop {
                 if Instant::now() >= end {
                     break;
@@ -560,6 +610,15 @@ impl Coordinator {
         }
         self.bar_phase = None;
         self.bars.finish();
+    }
+
+    /// Pumps worker events until `until`, updating the publishing bar.
+    async fn pump_for_phase(&mut self, until: Instant, phase: Phase) {
+        while Instant::now() < until {
+            self.pump_until(until.min(Instant::now() + Duration::from_millis(100)))
+                .await;
+            self.publish_bar(phase);
+        }
     }
 
     /// Ends every worker: asks politely, then kills what is left.

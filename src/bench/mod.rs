@@ -48,6 +48,7 @@ pub mod payload;
 pub mod progress;
 pub mod publish;
 pub mod report;
+pub mod shape;
 pub mod sysstat;
 pub mod tls;
 pub mod wire;

@@ -86,7 +86,10 @@ fn assert_complete(r: &Report, connections: u64) {
         l.min > 0.0 && l.min <= l.p50 && l.p50 <= l.p99 && l.p99 <= l.p99_9 && l.p99_9 <= l.max
     );
     assert!(l.mean > 0.0);
-    assert!(r.throughput.publishing_per_s > 0.0);
+    // One burst is handed over at once: its deliveries come after
+    // "publishing", in the drain.
+    let one_burst = r.config.burst_size.is_some() && r.config.burst_every_s.is_none();
+    assert!(one_burst || r.throughput.publishing_per_s > 0.0);
     assert!(r.throughput.overall_per_s > 0.0 && r.throughput.overall_s > 0.0);
     let s = r.server.as_ref().expect("server figures with --server-pid");
     assert!(s.rss_before_bytes > 0 && s.rss_idle_bytes > 0 && s.rss_after_bytes > 0);
@@ -243,4 +246,88 @@ fn unreachable_endpoints_fail_the_setup() {
     let err = bench(&ws, &flags, false).unwrap_err();
     srv.shutdown();
     assert_connect_failure(&err, 3, 3, "refused");
+}
+
+/// `--burst`: one burst of N, all at once, then the drain; with the shape
+/// of the server's writes from its /metrics and perf, and the kernel's
+/// segment counters.
+#[test]
+fn redis_burst_with_the_shape_of_the_writes() {
+    let Some(redis) = Redis::start(&[]) else {
+        return;
+    };
+    let url = redis.url();
+    let srv = server(AuthMode::Insecure, Some(&url), None);
+    let perf = std::process::Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let flags = format!(
+        "-c 200 --workers 2 --redis {url} --burst 50 --burst-pipeline 8 \
+         --metrics-url http://{}/metrics --drain-timeout 10{}",
+        srv.local_addr(),
+        if perf { " --count-syscalls" } else { "" }
+    );
+    let report = bench(&ws_url(&srv), &flags, true).unwrap();
+    srv.shutdown();
+    assert_complete(&report, 200);
+    assert_eq!(report.publish.published, 50);
+    assert_eq!(report.config.mode, "burst");
+    assert_eq!(report.config.burst_size, Some(50));
+    assert_eq!(report.config.burst_pipeline, Some(8));
+    let s = &report.shape;
+    assert_eq!(s.deliveries, 10_000);
+    // Every delivery was one frame the server counted as written, and a
+    // burst leaves frames queued, so writes carry several each.
+    let frames = s.server_frames_out.expect("frames from /metrics");
+    assert!(frames >= 10_000, "{s:?}");
+    let writes = s.server_write_calls.expect("writes from /metrics");
+    assert!(writes > 0 && writes < frames, "{s:?}");
+    assert!(s.bytes_per_write.unwrap() > 102.0, "{s:?}");
+    assert!(s.tcp_out_segments.unwrap() > 0, "{s:?}");
+    assert!(s.generator_cpu_per_delivery_us.is_some());
+    if perf {
+        // perf counts the whole test process (workers and other tests
+        // run in it too): at least the server's own writes.
+        let n = s.write_syscalls.expect("perf counted");
+        assert!(n >= writes, "{s:?} {:?}", report.notes);
+    }
+    let text = report.render();
+    assert!(text.contains("one burst of 50 (pipelines of 8)"), "{text}");
+    assert!(
+        text.contains("frames,") && text.contains("per write"),
+        "{text}"
+    );
+    assert!(
+        !report.notes.iter().any(|n| n.starts_with("--")),
+        "{:?}",
+        report.notes
+    );
+}
+
+/// `--burst-every`: a burst every T for the duration.
+#[test]
+fn repeated_bursts_over_http() {
+    let srv = server(AuthMode::Insecure, None, Some(API_KEY));
+    let flags = format!(
+        "-c 50 --publish http --api-key {API_KEY} --burst 10 --burst-every 0.25 --duration 1 \
+         --metrics-url http://127.0.0.1:1/metrics"
+    );
+    let report = bench(&ws_url(&srv), &flags, true).unwrap();
+    srv.shutdown();
+    assert_complete(&report, 50);
+    // Bursts at 0, 0.25, 0.5 and 0.75 s.
+    assert_eq!(report.publish.published, 40);
+    assert_eq!(report.config.burst_every_s, Some(0.25));
+    assert!(report.render().contains("a burst of 10 every 0.25 s"));
+    // A /metrics that does not answer is a note, not a failed run.
+    assert_eq!(report.shape.server_write_calls, None);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("--metrics-url: connect 127.0.0.1:1")),
+        "{:?}",
+        report.notes
+    );
 }

@@ -17,9 +17,10 @@ use hdrhistogram::Histogram;
 
 use super::{
     ConnectFigures, DeliveryFigures, GeneratorFigures, LatencyFigures, ProcessCpu, PublishFigures,
-    Report, RunConfig, ServerFigures, ThroughputFigures,
+    Report, RunConfig, ServerFigures, ShapeFigures, ThroughputFigures,
 };
 use crate::bench::args::{Pace, Plan, PublishPlan, SERVER_BACKPRESSURE_LIMIT};
+use crate::bench::shape::ShapeSample;
 use crate::bench::sysstat::ProcSample;
 use crate::bench::wire::{Ready, WireError, WorkerReport, histogram_from_hex};
 use crate::bench::worker::LATENCY_MAX_NS;
@@ -79,6 +80,13 @@ pub struct Readings {
     pub own_connected: Vec<OwnCpu>,
     pub own_start: Vec<OwnCpu>,
     pub own_end: Vec<OwnCpu>,
+    /// The generator's processes at the end of the drain.
+    pub own_after: Vec<OwnCpu>,
+    /// The shape sources at publish start and at the end of the drain, and
+    /// the write system calls counted in between (`--count-syscalls`).
+    pub shape_start: ShapeSample,
+    pub shape_after: ShapeSample,
+    pub write_syscalls: Option<Result<u64, String>>,
     /// CLOCK_MONOTONIC ns: measured publishing began and ended; the drain
     /// ended.
     pub pub_start_ns: u64,
@@ -467,9 +475,14 @@ pub fn run_notes(plan: &Plan, r: &Readings, d: &DeliveryFigures) -> Vec<String> 
 
 /// What was asked, as the report states it.
 pub fn run_config(p: &Plan) -> RunConfig {
-    let (rate, window) = match p.pace {
-        Pace::Rate(r) => (Some(r), None),
-        Pace::Flood { window } => (None, Some(window)),
+    let (rate, window, burst) = match p.pace {
+        Pace::Rate(r) => (Some(r), None, None),
+        Pace::Flood { window } => (None, Some(window), None),
+        Pace::Burst {
+            size,
+            every,
+            pipeline,
+        } => (None, None, Some((size, every, pipeline))),
     };
     RunConfig {
         url: p.url.clone(),
@@ -489,12 +502,17 @@ pub fn run_config(p: &Plan) -> RunConfig {
             "connect-only"
         } else if rate.is_some() {
             "rate"
+        } else if burst.is_some() {
+            "burst"
         } else {
             "flood"
         }
         .into(),
         rate_per_s: rate,
         flood_window: window,
+        burst_size: burst.map(|b| b.0),
+        burst_every_s: burst.and_then(|b| b.1).map(|d| d.as_secs_f64()),
+        burst_pipeline: burst.map(|b| b.2),
         duration_s: p.duration.as_secs_f64(),
         warmup_s: p.warmup.as_secs_f64(),
         payload_size_bytes: p.payload_size,
@@ -537,6 +555,7 @@ pub fn fold(plan: &Plan, r: &Readings, reports: &[WorkerReport]) -> Result<Repor
     let mut notes = Vec::new();
     let connect = connect_figures(measure_server, r, &mut notes);
     let generator = generator_figures(r, &mut notes);
+    let shape = shape_figures(plan, r, served, &mut notes);
     notes.extend(run_notes(plan, r, &delivery));
     let p = &r.publish;
     Ok(Report {
@@ -557,8 +576,78 @@ pub fn fold(plan: &Plan, r: &Readings, reports: &[WorkerReport]) -> Result<Repor
         throughput,
         server,
         generator,
+        shape,
         notes,
     })
+}
+
+/// `a` / `b`, None over nothing.
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// The shape of the writes over `served` deliveries; a note for every
+/// source that was asked for and failed.
+pub fn shape_figures(
+    plan: &Plan,
+    r: &Readings,
+    served: u64,
+    notes: &mut Vec<String>,
+) -> ShapeFigures {
+    let mut f = ShapeFigures {
+        deliveries: served,
+        ..ShapeFigures::default()
+    };
+    if let (Some(a), Some(b)) = (r.shape_start.segments, r.shape_after.segments) {
+        let out = b.out_segs.saturating_sub(a.out_segs);
+        f.tcp_out_segments = Some(out);
+        f.tcp_in_segments = Some(b.in_segs.saturating_sub(a.in_segs));
+        f.tcp_out_segments_per_delivery = ratio(out, served);
+    }
+    match (&r.shape_start.metrics, &r.shape_after.metrics) {
+        (Some(Ok(a)), Some(Ok(b))) => {
+            let writes = b.write_calls.saturating_sub(a.write_calls);
+            let frames = b.messages_out.saturating_sub(a.messages_out);
+            let bytes = b.bytes_written.saturating_sub(a.bytes_written);
+            f.server_write_calls = Some(writes);
+            f.server_frames_out = Some(frames);
+            f.server_bytes_written = Some(bytes);
+            f.writes_per_delivery = ratio(writes, served);
+            f.frames_per_write = ratio(frames, writes);
+            f.bytes_per_write = ratio(bytes, writes);
+        }
+        (Some(Err(e)), _) | (_, Some(Err(e))) => {
+            notes.push(format!(
+                "--metrics-url: {e}; no write shape from the server"
+            ));
+        }
+        _ => {}
+    }
+    match &r.write_syscalls {
+        Some(Ok(n)) => {
+            f.write_syscalls = Some(*n);
+            f.write_syscalls_per_delivery = ratio(*n, served);
+            // A server frame is the payload and a 2-, 4- or 10-byte header.
+            let size = plan.payload_size as u64;
+            let header = match size {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            f.delivered_bytes_per_syscall = ratio(served.saturating_mul(size + header), *n);
+        }
+        Some(Err(e)) => notes.push(format!("--count-syscalls: {e}")),
+        None => {}
+    }
+    let gen_cpu: f64 = r
+        .own_start
+        .iter()
+        .zip(&r.own_after)
+        .map(|((_, _, a), (_, _, b))| cpu_s(*a, *b, r.ticks_per_s))
+        .sum();
+    f.generator_cpu_s = gen_cpu;
+    f.generator_cpu_per_delivery_us = (served > 0).then(|| gen_cpu * 1e6 / served as f64);
+    f
 }
 
 #[cfg(test)]
@@ -646,6 +735,10 @@ mod tests {
             own_connected: own(1),
             own_start: own(10),
             own_end: own(20),
+            own_after: own(25),
+            shape_start: ShapeSample::default(),
+            shape_after: ShapeSample::default(),
+            write_syscalls: None,
             pub_start_ns: 10 * S,
             pub_end_ns: 12 * S,
             drain_end_ns: 12 * S + S / 2,
@@ -988,5 +1081,77 @@ mod tests {
         assert!(r.notes[0].starts_with("--window 2048 × 1034 B frames"));
         assert_eq!(r.config.flood_window, Some(2048));
         assert_eq!(r.config.mode, "flood");
+    }
+
+    #[test]
+    fn shape_of_the_writes() {
+        use crate::bench::shape::{Segments, WriteCounters};
+        let seg = |out, inn| {
+            Some(Segments {
+                out_segs: out,
+                in_segs: inn,
+            })
+        };
+        let counters = |w, b, m| {
+            Some(Ok(WriteCounters {
+                write_calls: w,
+                bytes_written: b,
+                messages_out: m,
+            }))
+        };
+        let mut rd = readings();
+        rd.shape_start = ShapeSample {
+            segments: seg(1000, 500),
+            metrics: counters(100, 10_000, 200),
+        };
+        rd.shape_after = ShapeSample {
+            segments: seg(1040, 520),
+            metrics: counters(120, 30_000, 280),
+        };
+        rd.write_syscalls = Some(Ok(40));
+        // 20 messages × 4 clients = 80 deliveries of 100-byte payloads.
+        let worker = WorkerReport {
+            received: 80,
+            latency_hist_hex: histogram_to_hex(&hist([1000])).unwrap(),
+            ..WorkerReport::default()
+        };
+        let p = plan(&["--burst", "20"]);
+        let r = fold(&p, &rd, &[worker]).unwrap();
+        let s = &r.shape;
+        assert_eq!(s.deliveries, 80);
+        assert_eq!(s.tcp_out_segments, Some(40));
+        assert_eq!(s.tcp_in_segments, Some(20));
+        assert_eq!(s.tcp_out_segments_per_delivery, Some(0.5));
+        assert_eq!(s.server_write_calls, Some(20));
+        assert_eq!(s.frames_per_write, Some(4.0));
+        assert_eq!(s.bytes_per_write, Some(1000.0));
+        assert_eq!(s.writes_per_delivery, Some(0.25));
+        assert_eq!(s.write_syscalls_per_delivery, Some(0.5));
+        assert_eq!(s.delivered_bytes_per_syscall, Some(80.0 * 102.0 / 40.0));
+        // own(10) → own(25) in each of two processes at 100 ticks/s.
+        assert!((s.generator_cpu_s - 0.3).abs() < 1e-9);
+        assert_eq!(s.generator_cpu_per_delivery_us, Some(0.3e6 / 80.0));
+        assert_eq!(r.config.mode, "burst");
+        assert_eq!(r.config.burst_size, Some(20));
+        assert_eq!(r.config.burst_every_s, None);
+        assert_eq!(r.config.burst_pipeline, Some(64));
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        // Failed sources say why and leave their figures null.
+        rd.shape_after.metrics = Some(Err("connect 127.0.0.1:9: refused".into()));
+        rd.write_syscalls = Some(Err("cannot run perf: not found".into()));
+        let r = fold(&p, &rd, &[]).unwrap();
+        assert_eq!(r.shape.frames_per_write, None);
+        assert_eq!(r.shape.write_syscalls, None);
+        assert_eq!(r.shape.generator_cpu_per_delivery_us, None);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.starts_with("--metrics-url: connect"))
+        );
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.starts_with("--count-syscalls: cannot run perf"))
+        );
     }
 }

@@ -31,6 +31,8 @@ pub struct Report {
     pub throughput: ThroughputFigures,
     pub server: Option<ServerFigures>,
     pub generator: GeneratorFigures,
+    /// How the bytes went out (see `bench::shape`).
+    pub shape: ShapeFigures,
     /// Warnings a reader must see (saturation, drain cut short, …).
     pub notes: Vec<String>,
 }
@@ -52,10 +54,15 @@ pub struct RunConfig {
     pub publish: String,
     /// `room` or `broadcast`.
     pub target: String,
-    /// `rate` or `flood`.
+    /// `rate`, `flood`, `burst` or `connect-only`.
     pub mode: String,
     pub rate_per_s: Option<f64>,
     pub flood_window: Option<u64>,
+    /// `--burst`: messages per burst, seconds between bursts (`null`: one
+    /// burst per phase) and PUBLISH per pipeline.
+    pub burst_size: Option<u64>,
+    pub burst_every_s: Option<f64>,
+    pub burst_pipeline: Option<u64>,
     pub duration_s: f64,
     pub warmup_s: f64,
     pub payload_size_bytes: usize,
@@ -188,6 +195,36 @@ pub struct GeneratorFigures {
     /// CPU ≥ 90% of one core's wall time, in total or in one process.
     pub saturated: bool,
     pub processes: Vec<ProcessCpu>,
+}
+
+/// The shape of what the server wrote, from publish start to the end of
+/// the drain, per delivery in that time (measured ones plus warmup
+/// stragglers). A source not asked for, or that failed (a note says why),
+/// is `null`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShapeFigures {
+    pub deliveries: u64,
+    /// Host-wide `Tcp: OutSegs`/`InSegs` (/proc/net/snmp): on loopback
+    /// they include the clients' ACKs and the run's Redis traffic.
+    pub tcp_out_segments: Option<u64>,
+    pub tcp_in_segments: Option<u64>,
+    pub tcp_out_segments_per_delivery: Option<f64>,
+    /// `--metrics-url` (ignis-ws): its socket writes, and the frames and
+    /// bytes it queued and wrote.
+    pub server_write_calls: Option<u64>,
+    pub server_frames_out: Option<u64>,
+    pub server_bytes_written: Option<u64>,
+    pub writes_per_delivery: Option<f64>,
+    pub frames_per_write: Option<f64>,
+    pub bytes_per_write: Option<f64>,
+    /// `--count-syscalls`: the server's write-family system calls.
+    pub write_syscalls: Option<u64>,
+    pub write_syscalls_per_delivery: Option<f64>,
+    /// Delivered frame bytes (payload + header) per write system call.
+    pub delivered_bytes_per_syscall: Option<f64>,
+    /// The generator's CPU (it is the receiving side) over the same time.
+    pub generator_cpu_s: f64,
+    pub generator_cpu_per_delivery_us: Option<f64>,
 }
 
 /// One generator process.

@@ -63,8 +63,19 @@ impl Report {
         let pace = match (c.rate_per_s, c.flood_window) {
             (Some(r), _) => format!("rate {r}/s"),
             (None, Some(w)) => format!("flood (window {w})"),
-            (None, None) => c.mode.clone(),
+            (None, None) => match (c.burst_size, c.burst_every_s) {
+                (Some(n), Some(t)) => format!(
+                    "a burst of {n} every {t} s (pipelines of {})",
+                    c.burst_pipeline.unwrap_or(0)
+                ),
+                (Some(n), None) => format!(
+                    "one burst of {n} (pipelines of {})",
+                    c.burst_pipeline.unwrap_or(0)
+                ),
+                _ => c.mode.clone(),
+            },
         };
+        let one_burst = c.burst_size.is_some() && c.burst_every_s.is_none();
         let target = if c.target == "room" {
             format!("room {:?}", c.room)
         } else {
@@ -74,11 +85,15 @@ impl Report {
             "connect only".to_owned()
         } else {
             format!(
-                "{} → {} · {} for {} s{} · payload {} B",
+                "{} → {} · {}{}{} · payload {} B",
                 c.publish,
                 target,
                 pace,
-                c.duration_s,
+                if one_burst {
+                    String::new()
+                } else {
+                    format!(" for {} s", c.duration_s)
+                },
                 if c.warmup_s > 0.0 {
                     format!(" (+{} s warmup)", c.warmup_s)
                 } else {
@@ -221,8 +236,12 @@ impl Report {
             &mut o,
             "throughput",
             format!(
-                "{}deliveries/s while publishing; {}deliveries/s overall ({:.2} s to the last)",
-                si(t.publishing_per_s),
+                "{}{}deliveries/s overall ({:.2} s to the last)",
+                if one_burst {
+                    String::new()
+                } else {
+                    format!("{}deliveries/s while publishing; ", si(t.publishing_per_s))
+                },
                 si(t.overall_per_s),
                 t.overall_s
             ),
@@ -272,6 +291,37 @@ impl Report {
                 g.cores_allowed
             ),
         );
+        let sh = &self.shape;
+        let mut shape = Vec::new();
+        if let (Some(f), Some(b), Some(w)) = (
+            sh.frames_per_write,
+            sh.bytes_per_write,
+            sh.writes_per_delivery,
+        ) {
+            shape.push(format!(
+                "{f:.1} frames, {} per write ({w:.3} writes per delivery)",
+                bytes(b)
+            ));
+        }
+        if let (Some(n), Some(per)) = (sh.write_syscalls, sh.write_syscalls_per_delivery) {
+            shape.push(format!(
+                "{n} write syscalls ({per:.3} per delivery{})",
+                sh.delivered_bytes_per_syscall
+                    .map_or_else(String::new, |b| format!(
+                        ", {} delivered per call",
+                        bytes(b)
+                    ))
+            ));
+        }
+        if let Some(per) = sh.tcp_out_segments_per_delivery {
+            shape.push(format!("{per:.3} TCP segments out per delivery (host)"));
+        }
+        if let Some(g) = sh.generator_cpu_per_delivery_us {
+            shape.push(format!("receiver (generator) {g:.3} µs CPU per delivery"));
+        }
+        if !shape.is_empty() {
+            row(&mut o, "shape", shape.join("; "));
+        }
         for n in &self.notes {
             let _ = writeln!(o, "  NOTE: {n}");
         }
