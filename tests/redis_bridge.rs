@@ -372,7 +372,59 @@ async fn redis_down_at_start(io: IoMode) {
     wait_subscribed(&s.handle()).await;
 }
 
+/// A pipelined burst (the shard applies consecutive deliveries to one
+/// room as a run): every client gets exactly its messages, whole and in
+/// order, across room, other-room and broadcast blocks.
+async fn a_pipelined_burst_arrives_whole_and_in_order(io: IoMode) {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let srv = start(redis_config(io, &redis.url()));
+    wait_subscribed(&srv.handle()).await;
+    let (mut a, _) = authed_in(&srv.url(), "a", &["r"]).await;
+    let (mut b, _) = authed_in(&srv.url(), "b", &["r"]).await;
+    let (mut c, _) = authed_in(&srv.url(), "c", &["s"]).await;
+    settle_subscriptions(&[&srv]).await;
+    let mut pipe = redis::pipe();
+    let mut want_r = Vec::new();
+    let mut want_s = Vec::new();
+    for i in 0..700u32 {
+        let (channel, env) = match i {
+            200 => (
+                "ws:room:s".to_owned(),
+                json!({"serverId":"emitter","type":"room","target":"s","event":"e","data":i}),
+            ),
+            300..500 => (
+                "ws:broadcast".to_owned(),
+                json!({"serverId":"emitter","type":"broadcast","event":"e","data":i}),
+            ),
+            _ => (
+                "ws:room:r".to_owned(),
+                json!({"serverId":"emitter","type":"room","target":"r","event":"e","data":i}),
+            ),
+        };
+        let text = format!(r#"{{"event":"e","data":{i}}}"#);
+        if i == 200 || (300..500).contains(&i) {
+            want_s.push(text.clone());
+        }
+        if i != 200 {
+            want_r.push(text);
+        }
+        pipe.cmd("PUBLISH").arg(channel).arg(env.to_string());
+    }
+    let mut r = redis.client().await;
+    let reached: Vec<u64> = pipe.query_async(&mut r).await.unwrap();
+    assert!(reached.iter().all(|&n| n == 1), "{reached:?}");
+    for (client, want) in [(&mut a, &want_r), (&mut b, &want_r), (&mut c, &want_s)] {
+        for w in want.iter() {
+            assert_eq!(&client.recv_text().await, w);
+        }
+    }
+    fence(&redis, &mut [&mut a, &mut b, &mut c]).await;
+}
+
 io_tests!(
+    a_pipelined_burst_arrives_whole_and_in_order,
     emitter_envelopes_reach_both_nodes_once,
     user_sessions_on_both_nodes,
     room_exclude_across_nodes,

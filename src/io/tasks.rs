@@ -14,6 +14,7 @@ use rustix::net::{SendAncillaryBuffer, SendFlags, Shutdown};
 
 use super::shard_io::ShardIo;
 use crate::shard::IoVec;
+use crate::shard::fanout::groups_with;
 use crate::shard::{ConnKey, ShardCommand};
 
 /// Write one connection's queue: everything queued, one `sendmsg` (more
@@ -214,6 +215,9 @@ fn churn(io: &ShardIo) -> (u64, u64, u64, usize) {
 
 /// Apply commands from the shard's channel, in batches.
 pub async fn commands(io: Rc<ShardIo>, rx: flume::Receiver<ShardCommand>) {
+    // Consecutive deliveries to the same recipients (a burst to a room)
+    // are applied as one run: one visit per recipient.
+    let mut run: Vec<crate::delivery::Delivery> = Vec::new();
     while let Ok(cmd) = rx.recv_async().await {
         let now = Instant::now();
         io.with(|sh| {
@@ -222,6 +226,17 @@ pub async fn commands(io: Rc<ShardIo>, rx: flume::Receiver<ShardCommand>) {
                 let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) else {
                     break;
                 };
+                let c = match c {
+                    ShardCommand::Deliver(d) if groups_with(&d, &d) => {
+                        if run.first().is_some_and(|r| !groups_with(r, &d)) {
+                            sh.handle_deliveries(&mut run, now);
+                        }
+                        run.push(d);
+                        continue;
+                    }
+                    c => c,
+                };
+                sh.handle_deliveries(&mut run, now);
                 // What came before a barrier is reported before it is
                 // answered (`Handle::settle_subscriptions`).
                 if matches!(c, ShardCommand::Barrier(_)) {
@@ -229,6 +244,7 @@ pub async fn commands(io: Rc<ShardIo>, rx: flume::Receiver<ShardCommand>) {
                 }
                 sh.handle_command(c, now);
             }
+            sh.handle_deliveries(&mut run, now);
         });
     }
 }

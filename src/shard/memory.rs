@@ -221,6 +221,22 @@ impl MemoryDriver {
         self.run();
     }
 
+    /// Apply several commands in a row, then let the clients read (the
+    /// server's command loop applies a batch before its flusher runs).
+    pub fn commands(&mut self, cmds: impl IntoIterator<Item = ShardCommand>) {
+        for c in cmds {
+            self.shard.handle_command(c, self.now);
+        }
+        self.run();
+    }
+
+    /// Apply deliveries as the server's command loop applies a run of
+    /// them to the same recipients ([`Shard::handle_deliveries`]).
+    pub fn deliver_run(&mut self, mut run: Vec<crate::delivery::Delivery>) {
+        self.shard.handle_deliveries(&mut run, self.now);
+        self.run();
+    }
+
     /// Let `d` of virtual time pass, running the shard's timers at its
     /// tick interval as the server does.
     pub fn advance(&mut self, d: Duration) {

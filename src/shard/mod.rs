@@ -540,6 +540,23 @@ impl<S> Shard<S> {
     }
 
     /// A command from the shard's channel.
+    /// Apply a run of [`ShardCommand::Deliver`]s that reach the same
+    /// recipients ([`fanout::groups_with`]) as one visit per recipient, and
+    /// empty `run`.
+    pub fn handle_deliveries(&mut self, run: &mut Vec<Delivery>, now: Instant) {
+        if run.is_empty() {
+            return;
+        }
+        let cost: usize = run.iter().map(Delivery::queue_cost).sum();
+        // The budget `Handle::deliver` took for them.
+        self.ctx
+            .metrics
+            .queued_bytes
+            .fetch_sub(cost as i64, std::sync::atomic::Ordering::Relaxed);
+        self.deliver_run(run, now);
+        run.clear();
+    }
+
     pub fn handle_command(&mut self, cmd: ShardCommand, now: Instant) {
         match cmd {
             ShardCommand::Deliver(d) => {

@@ -218,6 +218,88 @@ fn drop_policy_keeps_the_slow_client_and_delivers_what_fit() {
     assert!(!d.is_closed(slow));
 }
 
+/// Deliveries to the same recipients applied as one run (the command
+/// loop's burst path) leave every client with exactly what applying the
+/// same batch of commands one by one does: the same frames in the same
+/// order, the same slow or over-budget client closed or trimmed, the same
+/// counts.
+#[test]
+fn a_run_of_deliveries_equals_delivering_them_one_by_one() {
+    for policy in [SlowClientPolicy::Close, SlowClientPolicy::Drop] {
+        for target in [Target::Room("r".into()), Target::Broadcast] {
+            let setup = || {
+                let mut d = driver(Config {
+                    backpressure_limit: 4096,
+                    slow_client: policy,
+                    default_rooms: vec!["r".into()],
+                    ..config()
+                });
+                let slow = authed(&mut d);
+                let fast = authed(&mut d);
+                let outside = authed(&mut d);
+                d.command(ShardCommand::Deliver(Delivery {
+                    target: Target::Client(d.shard.conn(outside).unwrap().id()),
+                    frame: encode("own", Some(&"o")).unwrap(),
+                    exclude: None,
+                }));
+                // `outside` leaves the room: only the broadcast reaches it.
+                d.send(
+                    outside,
+                    &frame(r#"{"event":"leave","data":{"rooms":["r"]}}"#),
+                );
+                d.set_window(slow, Some(0));
+                (d, [slow, fast, outside])
+            };
+            let run: Vec<Delivery> = (0..10)
+                .map(|i| Delivery {
+                    target: target.clone(),
+                    frame: encode("m", Some(&format!("{i}{}", "x".repeat(1000)))).unwrap(),
+                    exclude: None,
+                })
+                .collect();
+            assert!(run.iter().all(|d| super::fanout::groups_with(&run[0], d)));
+            let (mut one, keys) = setup();
+            one.commands(run.iter().cloned().map(ShardCommand::Deliver));
+            let (mut all, keys2) = setup();
+            all.deliver_run(run);
+            assert_eq!(keys, keys2);
+            for k in keys {
+                one.set_window(k, None);
+                all.set_window(k, None);
+                assert_eq!(
+                    one.messages(k),
+                    all.messages(k),
+                    "{policy:?} {target:?} client {k}"
+                );
+                assert_eq!(one.is_closed(k), all.is_closed(k));
+            }
+            let m = |d: &MemoryDriver| {
+                let m = &d.shard.ctx.metrics;
+                (
+                    m.messages_out.load(std::sync::atomic::Ordering::Relaxed),
+                    m.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+                    m.frames_dropped.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            };
+            assert_eq!(m(&one), m(&all), "{policy:?} {target:?}");
+        }
+    }
+    // Runs are only formed of deliveries with the same recipients.
+    let room = |r: &str| Delivery {
+        target: Target::Room(r.into()),
+        frame: bytes::Bytes::new(),
+        exclude: None,
+    };
+    use super::fanout::groups_with;
+    assert!(groups_with(&room("a"), &room("a")));
+    assert!(!groups_with(&room("a"), &room("b")));
+    let mut excluding = room("a");
+    excluding.exclude = Some(Arc::from(Vec::new()));
+    assert!(!groups_with(&room("a"), &excluding));
+    let own = crate::delivery::ClientId::new(0).to_string();
+    assert!(!groups_with(&room(&own), &room(&own)));
+}
+
 #[test]
 fn a_join_pipelined_after_authenticate_sees_the_authentication() {
     let mut d = driver(config());
