@@ -90,7 +90,7 @@ for be in ["uring", "epoll"]:
 print("### 10,000 clients, side by side\n")
 cols = ["floor", "uring", "epoll", "bun"]
 print("| figure | floor (examples/floor) | io_uring | epoll | Ignis on Bun | io_uring better than Bun by | io_uring ÷ floor |")
-print("|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|")
 for label, run, key, unit, better_low in [
     ("server CPU per delivery, flood 100 B", "10k-flood-100B", "cpu", " µs", True),
     ("server CPU per delivery, flood 1 KiB", "10k-flood-1KiB", "cpu", " µs", True),
