@@ -167,8 +167,8 @@ pub struct BenchArgs {
     /// calls, frames and bytes per write).
     #[arg(long, value_name = "URL")]
     pub metrics_url: Option<String>,
-    /// Count the write-family system calls (write, writev, send, sendto,
-    /// sendmsg, sendmmsg) of the --server-pid processes with `perf stat`
+    /// Count the write-family system calls (write, writev, pwritev,
+    /// sendto, sendmsg, sendmmsg) of the --server-pid processes with `perf stat`
     /// from the start of the measured phase to the end of the drain: the
     /// shape of what any server wrote, ignis-ws or not (needs perf and the
     /// right to trace the process; writes submitted through io_uring are
