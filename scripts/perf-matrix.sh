@@ -2,7 +2,7 @@
 # Every run behind PERFORMANCE.md, in one sitting: each server pinned to
 # core 0, generator and Redis on core 1. Output: one file per run in
 # ${OUT:-perf-results}/ (ONLY=regex: just the matching rows). Needs a release build (cargo build --release) and,
-# for the Bun rows, BUN_DIR (see scripts/perf-run.sh). Takes ~15 minutes.
+# for the Bun rows, BUN_DIR (see scripts/perf-run.sh). Takes ~20 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-perf-results}

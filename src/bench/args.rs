@@ -442,27 +442,24 @@ pub fn parse_api_url(url: Option<&str>, ws: &WsTarget) -> Result<HttpTarget, Str
             path: "/api/publish".into(),
         });
     };
-    if url.starts_with("https://") {
-        return Err("https:// is not supported for --api-url".into());
-    }
-    let (addr, host, path) = split_url(url, "http", 80)?;
-    let path = if path.is_empty() || path == "/" {
-        "/api/publish".into()
-    } else {
-        path
-    };
-    Ok(HttpTarget { addr, host, path })
+    parse_http_url(url, "/api/publish", " for --api-url")
 }
 
 /// Parses `--metrics-url` (`http://HOST:PORT[/PATH]`, default path
 /// `/metrics`).
 pub fn parse_metrics_url(url: &str) -> Result<HttpTarget, String> {
+    parse_http_url(url, "/metrics", " (use the plain --metrics-listen)")
+}
+
+/// Parses `http://HOST:PORT[/PATH]`, `default_path` for an empty or `/`
+/// path; https:// is refused (`https_hint` says what to do instead).
+fn parse_http_url(url: &str, default_path: &str, https_hint: &str) -> Result<HttpTarget, String> {
     if url.starts_with("https://") {
-        return Err("https:// is not supported (use the plain --metrics-listen)".into());
+        return Err(format!("https:// is not supported{https_hint}"));
     }
     let (addr, host, path) = split_url(url, "http", 80)?;
     let path = if path.is_empty() || path == "/" {
-        "/metrics".into()
+        default_path.into()
     } else {
         path
     };
@@ -642,9 +639,6 @@ impl BenchArgs {
             .transpose()
             .map_err(|e| bad(format!("--metrics-url: {e}")))?;
         let server_pids = self.server_pids_checked()?;
-        if self.count_syscalls && server_pids.is_empty() {
-            return Err(bad("--count-syscalls needs --server-pid".into()));
-        }
         Ok(Plan {
             url: self.url.clone(),
             target,

@@ -40,19 +40,41 @@ impl<'a> Exclude<'a> {
 impl<S> Shard<S> {
     /// Deliver `d` to its local recipients.
     pub fn deliver(&mut self, d: &Delivery, now: Instant) {
-        let exclude = Exclude::new(d.exclude.as_deref());
-        let mut sent = 0u64;
-        match &d.target {
+        self.deliver_run(std::slice::from_ref(d), now);
+    }
+
+    /// Deliver a run of deliveries that reach the same recipients (each
+    /// [`groups_with`] the first, or a run of one), in order: every
+    /// recipient is visited once and gets all of them. What each client
+    /// ends up with is the same as delivering them one by one (nothing else
+    /// runs in between, and a client is never removed from a room or the
+    /// shard while its task runs); a burst touches each client's state and
+    /// queue once instead of N times (issue 16).
+    pub fn deliver_run(&mut self, run: &[Delivery], now: Instant) {
+        let Some(first) = run.first() else {
+            return;
+        };
+        let exclude = Exclude::new(first.exclude.as_deref());
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        let mut push_all = |sh: &mut Self, k: ConnKey| {
+            for d in run {
+                if sh.push(k, &d.frame, now) {
+                    frames += 1;
+                    bytes += d.frame.len() as u64;
+                }
+            }
+        };
+        match &first.target {
             Target::Client(id) => {
                 if let Some(k) = self.key_of(id) {
-                    sent += u64::from(self.push(k, &d.frame, now));
+                    push_all(self, k);
                 }
             }
             Target::User(user) => {
                 let keys: smallvec::SmallVec<[ConnKey; 4]> =
                     self.users.get(user).iter().copied().collect();
                 for k in keys {
-                    sent += u64::from(self.push(k, &d.frame, now));
+                    push_all(self, k);
                 }
             }
             Target::Room(room) => {
@@ -66,7 +88,7 @@ impl<S> Shard<S> {
                         && let Some(k) = self.key_of(&id)
                         && self.conns[k as usize].in_own_room
                     {
-                        sent += u64::from(self.push(k, &d.frame, now));
+                        push_all(self, k);
                     }
                 } else if let Some(rid) = self.rooms.id(room) {
                     let mut i = 0;
@@ -82,7 +104,7 @@ impl<S> Shard<S> {
                         {
                             continue;
                         }
-                        sent += u64::from(self.push(k, &d.frame, now));
+                        push_all(self, k);
                     }
                 }
             }
@@ -98,68 +120,8 @@ impl<S> Shard<S> {
                     if conn.session.state() != State::Authenticated || exclude.contains(&conn.id) {
                         continue;
                     }
-                    sent += u64::from(self.push(k as ConnKey, &d.frame, now));
+                    push_all(self, k as ConnKey);
                 }
-            }
-        }
-        let m = &self.ctx.metrics;
-        ShardMetrics::add(&m.messages_out, sent);
-        ShardMetrics::add(&m.bytes_out, sent * d.frame.len() as u64);
-    }
-
-    /// Deliver a run of deliveries that reach the same recipients (each
-    /// [`groups_with`] the first), in order: every recipient is visited
-    /// once and gets all of them, rather than every recipient once per
-    /// delivery. What each client ends up with is the same as delivering
-    /// them one by one (nothing else runs in between, and a client is never
-    /// removed from a room or the shard while its task runs); a burst
-    /// touches each client's state and queue once instead of N times
-    /// (issue 16).
-    pub fn deliver_run(&mut self, run: &[Delivery], now: Instant) {
-        let first = match run {
-            [] => return,
-            [d] => return self.deliver(d, now),
-            [first, ..] => first,
-        };
-        let (mut frames, mut bytes) = (0u64, 0u64);
-        let mut push_all = |sh: &mut Self, k: ConnKey| {
-            for d in run {
-                if sh.push(k, &d.frame, now) {
-                    frames += 1;
-                    bytes += d.frame.len() as u64;
-                }
-            }
-        };
-        match &first.target {
-            Target::Room(room) if ClientId::parse(room).is_none() => {
-                if let Some(rid) = self.rooms.id(room) {
-                    let mut i = 0;
-                    // Index loop, as in `deliver`.
-                    while let Some(room) = self.rooms_get(rid) {
-                        let Some(&k) = room.members.get_index(i) else {
-                            break;
-                        };
-                        i += 1;
-                        push_all(self, k);
-                    }
-                }
-            }
-            Target::Broadcast => {
-                let cap = self.conns.capacity();
-                for k in 0..cap {
-                    let Some(conn) = self.conns.get(k) else {
-                        continue;
-                    };
-                    if conn.session.state() == State::Authenticated {
-                        push_all(self, k as ConnKey);
-                    }
-                }
-            }
-            _ => {
-                for d in run {
-                    self.deliver(d, now);
-                }
-                return;
             }
         }
         let m = &self.ctx.metrics;

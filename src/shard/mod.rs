@@ -539,7 +539,6 @@ impl<S> Shard<S> {
         Some(conn.sock)
     }
 
-    /// A command from the shard's channel.
     /// Apply a run of [`ShardCommand::Deliver`]s that reach the same
     /// recipients ([`fanout::groups_with`]) as one visit per recipient, and
     /// empty `run`.
@@ -547,24 +546,25 @@ impl<S> Shard<S> {
         if run.is_empty() {
             return;
         }
-        let cost: usize = run.iter().map(Delivery::queue_cost).sum();
-        // The budget `Handle::deliver` took for them.
-        self.ctx
-            .metrics
-            .queued_bytes
-            .fetch_sub(cost as i64, std::sync::atomic::Ordering::Relaxed);
+        self.release_queue_budget(run.iter().map(Delivery::queue_cost).sum());
         self.deliver_run(run, now);
         run.clear();
     }
 
+    /// Gives back the shard-queue budget `Handle::deliver` took for
+    /// deliveries that have now left the channel.
+    fn release_queue_budget(&self, cost: usize) {
+        self.ctx
+            .metrics
+            .queued_bytes
+            .fetch_sub(cost as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A command from the shard's channel.
     pub fn handle_command(&mut self, cmd: ShardCommand, now: Instant) {
         match cmd {
             ShardCommand::Deliver(d) => {
-                // The budget `Handle::deliver` took for it.
-                self.ctx
-                    .metrics
-                    .queued_bytes
-                    .fetch_sub(d.queue_cost() as i64, std::sync::atomic::Ordering::Relaxed);
+                self.release_queue_budget(d.queue_cost());
                 self.deliver(&d, now)
             }
             ShardCommand::AuthDone {

@@ -176,13 +176,18 @@ fn fin_with_nothing_owed_drops_at_once() {
 
 /// A 4 KiB budget, two clients in room `r`, the first not reading, and
 /// ten 1 KB messages to the room.
-fn flood_a_stalled_client(policy: SlowClientPolicy) -> (MemoryDriver, u32, u32) {
-    let mut d = driver(Config {
+/// A shard whose clients all join room `r` and may queue 4 KiB each.
+fn small_budget_room(policy: SlowClientPolicy) -> MemoryDriver {
+    driver(Config {
         backpressure_limit: 4096,
         slow_client: policy,
         default_rooms: vec!["r".into()],
         ..config()
-    });
+    })
+}
+
+fn flood_a_stalled_client(policy: SlowClientPolicy) -> (MemoryDriver, u32, u32) {
+    let mut d = small_budget_room(policy);
     let slow = authed(&mut d);
     let fast = authed(&mut d);
     d.set_window(slow, Some(0));
@@ -228,12 +233,7 @@ fn a_run_of_deliveries_equals_delivering_them_one_by_one() {
     for policy in [SlowClientPolicy::Close, SlowClientPolicy::Drop] {
         for target in [Target::Room("r".into()), Target::Broadcast] {
             let setup = || {
-                let mut d = driver(Config {
-                    backpressure_limit: 4096,
-                    slow_client: policy,
-                    default_rooms: vec!["r".into()],
-                    ..config()
-                });
+                let mut d = small_budget_room(policy);
                 let slow = authed(&mut d);
                 let fast = authed(&mut d);
                 let outside = authed(&mut d);
