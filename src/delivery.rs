@@ -105,7 +105,10 @@ pub struct Interest {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
     Room(Box<str>),
-    User(Box<str>),
+    /// The user id string is the shard's own (its user index and its
+    /// sessions' records hold the same one), so the subscriber's copy
+    /// costs no second allocation.
+    User(std::sync::Arc<str>),
     Client(ClientId),
 }
 

@@ -437,13 +437,13 @@ pub fn client_message(data: &[u8]) {
     d.advance(std::time::Duration::from_millis(1));
     let shard = &mut d.shard;
     if let Some(conn) = shard.conn(key) {
-        for rid in conn.rooms() {
+        for m in conn.memberships() {
             assert!(
                 shard
                     .rooms
-                    .by_id(*rid)
-                    .is_some_and(|r| r.members.contains(&key)),
-                "a room the connection lists does not list the connection"
+                    .by_id(m.room)
+                    .is_some_and(|r| r.members().get(m.slot as usize) == Some(&key)),
+                "a room the connection lists does not list the connection where its membership says"
             );
         }
     }

@@ -54,7 +54,7 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
     Room(Box<str>),
-    User(Box<str>),
+    User(std::sync::Arc<str>),
     Client(ClientId),
     /// A settle request ([`Subscriptions::mark`]): everything queued
     /// before it is in its batch or an earlier one.
@@ -104,7 +104,8 @@ impl Batch {
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     rooms: HashMap<Box<str>, Entry>,
-    users: HashMap<Box<str>, Entry>,
+    /// Keyed by the shards' own user id strings (see [`Topic::User`]).
+    users: HashMap<std::sync::Arc<str>, Entry>,
     clients: HashMap<ClientId, Entry>,
     /// Entries whose wanted state may differ from what is applied.
     queue: VecDeque<Key>,

@@ -143,9 +143,9 @@ impl<S> Shard<S> {
         if let Some(u) = user {
             let first = self.users.get(u).is_empty();
             let name = self.users.add(u, key);
-            self.conns[key as usize].user = Some(name);
+            self.conns[key as usize].user = Some(name.clone());
             if first {
-                self.note_interest(true, || super::Topic::User(u.into()));
+                self.note_interest(true, || super::Topic::User(name));
             }
         }
         let defaults = self.ctx.config.default_rooms.clone();

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::RoomId;
+use super::index::Membership;
 use crate::delivery::ClientId;
 use crate::proto::encryption::Cipher;
 use crate::proto::frame::{MessageDecoder, Role};
@@ -78,10 +79,11 @@ pub struct Conn<S> {
     pub(super) generation: u32,
     pub(super) session: Session,
     /// Shared with the user index.
-    pub(super) user: Option<std::rc::Rc<str>>,
+    pub(super) user: Option<std::sync::Arc<str>>,
     pub(super) extra: Option<Box<ConnExtra>>,
-    /// Rooms joined (the own-id room is the flag below).
-    pub(super) rooms: SmallVec<[RoomId; 4]>,
+    /// Rooms joined, with its place in each (the own-id room is the flag
+    /// below).
+    pub(super) rooms: SmallVec<[Membership; 3]>,
     /// In the room named by its own id (from the upgrade until it leaves
     /// it).
     pub(super) in_own_room: bool,
@@ -166,8 +168,18 @@ impl<S> Conn<S> {
     }
 
     /// Rooms it is in (by index id; the own-id room is not listed).
-    pub fn rooms(&self) -> &[RoomId] {
+    pub fn rooms(&self) -> impl Iterator<Item = RoomId> + '_ {
+        self.rooms.iter().map(|m| m.room)
+    }
+
+    /// Its memberships: each room it is in, and its place there.
+    pub fn memberships(&self) -> &[Membership] {
         &self.rooms
+    }
+
+    /// Its membership of room `rid`, if it is in it.
+    pub(super) fn membership(&self, rid: RoomId) -> Option<usize> {
+        self.rooms.iter().position(|m| m.room == rid)
     }
 }
 

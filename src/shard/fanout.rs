@@ -95,7 +95,7 @@ impl<S> Shard<S> {
                     // Index loop: `push` may close a slow client, which never
                     // removes it from the room before its task ends.
                     while let Some(room) = self.rooms_get(rid) {
-                        let Some(&k) = room.members.get_index(i) else {
+                        let Some(&k) = room.members().get(i) else {
                             break;
                         };
                         i += 1;

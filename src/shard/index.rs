@@ -2,14 +2,16 @@
 //! only the owning shard thread touches them.
 //!
 //! Rooms are interned: a client holds small `RoomId`s, the name lives once
-//! per shard, and a room's members sit in an `IndexSet` so fan-out iterates
-//! a dense vector while join and leave stay O(1).
+//! per shard, and a room's members sit in a plain vector (4 bytes each), so
+//! fan-out iterates dense memory. Join and leave stay O(1): each member's
+//! [`Membership`] in its record says where in that vector it is, and a
+//! leave moves the last member into the hole ([`Rooms::leave`] says who
+//! moved, for the shard to update that member's record).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
+use std::sync::Arc;
 
-use indexmap::IndexSet;
 use slab::Slab;
 use smallvec::SmallVec;
 
@@ -47,7 +49,35 @@ pub type BuildIdentity = BuildHasherDefault<IdentityHasher>;
 #[derive(Debug)]
 pub struct Room {
     pub name: Box<str>,
-    pub members: IndexSet<ConnKey, BuildIdentity>,
+    /// In no particular order; a member's place is in its
+    /// [`Membership::slot`].
+    members: Vec<ConnKey>,
+}
+
+impl Room {
+    /// Its members on this shard.
+    #[inline]
+    pub fn members(&self) -> &[ConnKey] {
+        &self.members
+    }
+}
+
+/// A connection's place in one room: the room, and where in the room's
+/// member list the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub room: RoomId,
+    pub slot: u32,
+}
+
+/// What [`Rooms::leave`] changed besides removing the member.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    /// This member now sits in the leaver's old slot: its
+    /// [`Membership::slot`] for the room must become that slot.
+    pub moved: Option<(ConnKey, u32)>,
+    /// The room is gone with its last member: its name.
+    pub emptied: Option<Box<str>>,
 }
 
 /// All rooms of the shard.
@@ -81,34 +111,53 @@ impl Rooms {
         self.rooms.get(id as usize).map(|r| &*r.name)
     }
 
-    /// Add `key` to `name`; returns the id and whether it was new for `key`.
-    pub fn join(&mut self, name: &str, key: ConnKey) -> (RoomId, bool) {
+    /// Add `key`, not yet a member, to `name` (created if it has no
+    /// members here); returns its membership.
+    pub fn join(&mut self, name: &str, key: ConnKey) -> Membership {
         let id = match self.by_name.get(name) {
             Some(id) => *id,
             None => {
                 let id = self.rooms.insert(Room {
                     name: name.into(),
-                    members: IndexSet::default(),
+                    members: Vec::new(),
                 }) as RoomId;
                 self.by_name.insert(name.into(), id);
                 id
             }
         };
-        let new = self.rooms[id as usize].members.insert(key);
-        (id, new)
+        let members = &mut self.rooms[id as usize].members;
+        let slot = members.len() as u32;
+        members.push(key);
+        Membership { room: id, slot }
     }
 
-    /// Remove `key` from room `id`; the room disappears with its last
-    /// member: then its name is returned.
-    pub fn leave(&mut self, id: RoomId, key: ConnKey) -> Option<Box<str>> {
-        let room = self.rooms.get_mut(id as usize)?;
-        room.members.swap_remove(&key);
-        if room.members.is_empty() {
-            let room = self.rooms.remove(id as usize);
-            self.by_name.remove(&room.name);
-            return Some(room.name);
+    /// Remove `key` from the room of `m` (its membership there).
+    pub fn leave(&mut self, m: Membership, key: ConnKey) -> Left {
+        let mut left = Left::default();
+        let Some(room) = self.rooms.get_mut(m.room as usize) else {
+            return left;
+        };
+        let slot = m.slot as usize;
+        if room.members.get(slot) != Some(&key) {
+            // A membership that does not match would be the shard's bug:
+            // remove nothing rather than someone else.
+            debug_assert!(false, "membership {m:?} of {key} does not match its room");
+            return left;
         }
-        None
+        room.members.swap_remove(slot);
+        if let Some(&k) = room.members.get(slot) {
+            left.moved = Some((k, m.slot));
+        }
+        if room.members.is_empty() {
+            let room = self.rooms.remove(m.room as usize);
+            self.by_name.remove(&room.name);
+            left.emptied = Some(room.name);
+        } else if room.members.capacity() > 64 && room.members.len() < room.members.capacity() / 4 {
+            // A room that emptied out gives its memory back.
+            let len = room.members.len();
+            room.members.shrink_to(len * 2);
+        }
+        left
     }
 
     /// Number of rooms with members.
@@ -125,14 +174,16 @@ impl Rooms {
 /// user id → that user's connections on this shard.
 #[derive(Debug, Default)]
 pub struct Users {
-    /// The key string is shared with the sessions' records (`Conn::user`).
-    map: HashMap<Rc<str>, SmallVec<[ConnKey; 2]>>,
+    /// The key string is shared with the sessions' records (`Conn::user`)
+    /// and the Redis subscriber's interest set (an `Arc`: that is on the
+    /// control thread).
+    map: HashMap<Arc<str>, SmallVec<[ConnKey; 2]>>,
 }
 
 impl Users {
     /// Index `key` under `user`; returns the index's copy of the user id
     /// for the session's record to share.
-    pub fn add(&mut self, user: &str, key: ConnKey) -> Rc<str> {
+    pub fn add(&mut self, user: &str, key: ConnKey) -> Arc<str> {
         if let Some((name, _)) = self.map.get_key_value(user) {
             let name = name.clone();
             if let Some(v) = self.map.get_mut(user)
@@ -142,7 +193,7 @@ impl Users {
             }
             return name;
         }
-        let name: Rc<str> = Rc::from(user);
+        let name: Arc<str> = Arc::from(user);
         let mut v = SmallVec::new();
         v.push(key);
         self.map.insert(name.clone(), v);
@@ -185,16 +236,73 @@ mod tests {
     #[test]
     fn rooms_come_and_go_with_members() {
         let mut r = Rooms::default();
-        let (a, new) = r.join("a", 1);
-        assert!(new);
-        assert!(!r.join("a", 1).1);
-        r.join("a", 2);
-        assert_eq!(r.get("a").unwrap().members.len(), 2);
-        r.leave(a, 1);
+        let a1 = r.join("a", 1);
+        let a2 = r.join("a", 2);
+        assert_eq!(a1.room, a2.room);
+        assert_eq!(r.get("a").unwrap().members(), &[1, 2]);
+        assert_eq!(
+            r.leave(a1, 1),
+            Left {
+                moved: Some((2, 0)),
+                emptied: None
+            }
+        );
         assert_eq!(r.len(), 1);
-        r.leave(a, 2);
+        assert_eq!(r.get("a").unwrap().members(), &[2]);
+        let a2 = Membership {
+            room: a2.room,
+            slot: 0,
+        };
+        assert_eq!(r.leave(a2, 2).emptied.as_deref(), Some("a"));
         assert!(r.get("a").is_none());
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn leaving_from_the_end_moves_nobody() {
+        let mut r = Rooms::default();
+        let m: Vec<Membership> = (0..3).map(|k| r.join("a", k)).collect();
+        assert_eq!(r.leave(m[2], 2), Left::default());
+        assert_eq!(r.get("a").unwrap().members(), &[0, 1]);
+    }
+
+    /// Many members leaving in an arbitrary order, the moved ones'
+    /// memberships updated as the shard does: every member stays where
+    /// its membership says, and nobody else is removed.
+    #[test]
+    fn memberships_follow_their_members_through_leaves() {
+        let mut r = Rooms::default();
+        let mut m: HashMap<ConnKey, Membership> = (0..200).map(|k| (k, r.join("a", k))).collect();
+        let mut order: Vec<ConnKey> = (0..200).collect();
+        // A fixed shuffle.
+        for i in 0..order.len() {
+            let j = (i * 7919 + 13) % order.len();
+            order.swap(i, j);
+        }
+        for (n, k) in order.iter().enumerate() {
+            let left = r.leave(m.remove(k).unwrap(), *k);
+            if let Some((moved, slot)) = left.moved {
+                m.get_mut(&moved).unwrap().slot = slot;
+            }
+            if let Some(room) = r.get("a") {
+                assert_eq!(room.members().len(), 200 - n - 1);
+                for (k, mm) in &m {
+                    assert_eq!(room.members()[mm.slot as usize], *k);
+                }
+            }
+        }
+        assert!(r.is_empty());
+    }
+
+    /// A membership that does not match (the shard's bug) removes nobody.
+    #[test]
+    #[cfg(not(debug_assertions))]
+    fn a_stale_membership_removes_nobody() {
+        let mut r = Rooms::default();
+        let a = r.join("a", 1);
+        r.join("a", 2);
+        assert_eq!(r.leave(a, 2), Left::default());
+        assert_eq!(r.get("a").unwrap().members(), &[1, 2]);
     }
 
     #[test]

@@ -510,16 +510,14 @@ impl<S> Shard<S> {
         }
         if let Some(u) = &conn.user {
             if self.users.remove(u, key) {
-                self.note_interest(false, || Topic::User(u.as_ref().into()));
+                self.note_interest(false, || Topic::User(u.clone()));
             }
             if let Some(s) = &self.ctx.sessions {
                 s.remove(u);
             }
         }
-        for rid in &conn.rooms {
-            if let Some(name) = self.rooms.leave(*rid, key) {
-                self.note_interest(false, || Topic::Room(name));
-            }
+        for m in &conn.rooms {
+            self.leave_index(*m, key);
         }
         self.note_interest(false, || Topic::Client(conn.id));
         let st = conn.session.state();
@@ -597,7 +595,7 @@ impl<S> Shard<S> {
         use crate::delivery::Who;
         match who {
             Who::User(u) => self.users.get(u).len(),
-            Who::Room(r) => self.rooms.get(r).map_or(0, |r| r.members.len()),
+            Who::Room(r) => self.rooms.get(r).map_or(0, |r| r.members().len()),
             Who::Client(id) => usize::from(self.by_id.contains_key(id)),
         }
     }

@@ -21,11 +21,13 @@ impl<S> Shard<S> {
             conn.in_own_room = true;
             return;
         }
-        let first = self.rooms.id(name).is_none();
-        let (rid, new) = self.rooms.join(name, key);
-        if new {
-            self.conns[key as usize].rooms.push(rid);
-        }
+        let first = match self.rooms.id(name) {
+            None => true,
+            Some(rid) if conn.membership(rid).is_some() => return,
+            Some(_) => false,
+        };
+        let m = self.rooms.join(name, key);
+        self.conns[key as usize].rooms.push(m);
         if first {
             self.note_interest(true, || super::Topic::Room(name.into()));
         }
@@ -41,7 +43,7 @@ impl<S> Shard<S> {
         }
         self.rooms
             .id(name)
-            .is_some_and(|rid| conn.rooms.contains(&rid))
+            .is_some_and(|rid| conn.membership(rid).is_some())
     }
 
     /// `join` arrived: drop what can never be joined, then ask the driver
@@ -130,6 +132,23 @@ impl<S> Shard<S> {
         self.update_index_gauges();
     }
 
+    /// Take `key` out of the room index for membership `m` (the
+    /// connection's record no longer lists it): the member moved into its
+    /// slot learns its new place, and a room left empty is no longer
+    /// wanted.
+    pub(super) fn leave_index(&mut self, m: super::index::Membership, key: ConnKey) {
+        let left = self.rooms.leave(m, key);
+        if let Some((moved, slot)) = left.moved
+            && let Some(c) = self.conns.get_mut(moved as usize)
+            && let Some(i) = c.membership(m.room)
+        {
+            c.rooms[i].slot = slot;
+        }
+        if let Some(name) = left.emptied {
+            self.note_interest(false, || super::Topic::Room(name));
+        }
+    }
+
     /// `leave`: only rooms the client is in.
     pub(super) fn leave(&mut self, key: ConnKey, names: &[String]) {
         for name in names {
@@ -142,11 +161,9 @@ impl<S> Shard<S> {
                 continue;
             };
             let conn = &mut self.conns[key as usize];
-            if let Some(pos) = conn.rooms.iter().position(|r| *r == rid) {
-                conn.rooms.swap_remove(pos);
-                if let Some(name) = self.rooms.leave(rid, key) {
-                    self.note_interest(false, || super::Topic::Room(name));
-                }
+            if let Some(pos) = conn.membership(rid) {
+                let m = conn.rooms.swap_remove(pos);
+                self.leave_index(m, key);
             }
         }
         self.update_index_gauges();
