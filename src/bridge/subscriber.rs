@@ -29,6 +29,11 @@ use crate::proto::frame::{OpCode, server_frame_with};
 /// How often the subscriber checks that its connection is alive.
 const SUBSCRIBER_PING: Duration = Duration::from_secs(5);
 
+/// How long after the last subscription change the control thread hands
+/// the memory it freed back to the OS (see [`crate::io::mem`]): a storm of
+/// connections leaves it the storm's command and reply buffers.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
+
 /// Where envelopes from Redis go: this process's shards. [`crate::Handle`]
 /// implements it; a trait, so the bridge sits below the delivery API that
 /// publishes through it.
@@ -279,6 +284,9 @@ pub(super) async fn run(
                 // ends the stream: ping it to find out.
                 let mut ping = tokio::time::interval(SUBSCRIBER_PING);
                 ping.tick().await;
+                // Set when a batch went out: the memory is released once
+                // the changes stop.
+                let mut release_at: Option<tokio::time::Instant> = None;
                 loop {
                     while in_flight.is_none() {
                         let Some(mut b) = st.subs.next_batch(BATCH) else {
@@ -304,6 +312,7 @@ pub(super) async fn run(
                             continue;
                         }
                         in_flight_marks = marks;
+                        release_at = Some(tokio::time::Instant::now() + RELEASE_AFTER);
                         for (i, n) in [b.subscribe.len(), b.unsubscribe.len()]
                             .into_iter()
                             .enumerate()
@@ -366,6 +375,10 @@ pub(super) async fn run(
                             tracing::info!(node = %redact(url), "redis master moved; resubscribing on the new one");
                             break;
                         }
+                        _ = release_due(release_at) => {
+                            release_at = None;
+                            crate::io::mem::release_free_memory();
+                        }
                         _ = ping.tick() => {
                             let mut sink = sink.clone();
                             let alive = tokio::time::timeout(PUBLISH_TIMEOUT, sink.ping::<redis::Value>()).await;
@@ -407,6 +420,14 @@ pub(super) async fn run(
             }
         }
         st.during(tokio::time::sleep(backoff.next())).await;
+    }
+}
+
+/// When `at` is, or never.
+async fn release_due(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
