@@ -17,7 +17,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame_parser frame_differential frame_roundtrip handshake client_message redis_envelope publish_head room_pattern tls_records)
+  targets=(frame_parser frame_differential frame_roundtrip handshake client_message redis_envelope redis_replies publish_head room_pattern tls_records)
 fi
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz --locked" >&2; exit 2; }
 export RUSTC_BOOTSTRAP=1

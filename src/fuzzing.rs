@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("handshake", handshake_request),
     ("client_message", client_message),
     ("redis_envelope", redis_envelope),
+    ("redis_replies", redis_replies),
     ("publish_head", publish_head),
     ("room_pattern", room_pattern),
     ("tls_records", tls_records),
@@ -348,6 +349,48 @@ pub fn handshake_request(data: &[u8]) {
     }
 }
 
+/// The Redis subscriber's reply parser ([`crate::bridge::resp::Reader`]),
+/// on whatever Redis (or something posing as it) sends: it never panics,
+/// never returns a payload past its limit, and what it returns (the replies, then
+/// the error that ends the connection, if any) does not depend on how the
+/// bytes were split into reads. The first byte picks the split point.
+pub fn redis_replies(data: &[u8]) {
+    use crate::bridge::resp::{Reader, Reply, RespError};
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    const MAX_PAYLOAD: usize = 64;
+    let run = |chunks: &[&[u8]]| -> Vec<Result<Reply, RespError>> {
+        let mut r = Reader::new(MAX_PAYLOAD);
+        let mut out = Vec::new();
+        for c in chunks {
+            r.feed(c);
+            loop {
+                match r.parse() {
+                    Ok(Some(x)) => {
+                        if let Reply::Message { payload, .. } = &x {
+                            assert!(payload.len() <= MAX_PAYLOAD, "a payload past the limit");
+                        }
+                        out.push(Ok(x));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        out.push(Err(e));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    };
+    let at = split as usize * rest.len() / 255;
+    let whole = run(&[rest]);
+    let parts = run(&[&rest[..at], &rest[at..]]);
+    let bytes: Vec<&[u8]> = rest.chunks(1).collect();
+    let one_by_one = run(&bytes);
+    assert_eq!(whole, parts, "split at {at}");
+    assert_eq!(whole, one_by_one, "byte by byte");
+}
 /// `redis_envelope`: the envelope parser never panics; what it accepts
 /// yields a client message that is valid JSON with the same event, and
 /// re-encoding it gives an envelope that parses to the same fields.

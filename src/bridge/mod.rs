@@ -24,6 +24,7 @@ pub mod emitter;
 pub mod envelope;
 pub mod interest;
 pub mod publisher;
+pub mod resp;
 pub mod sentinel;
 pub mod subscriber;
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! clients need (`--redis-subscribe interest`, [`super::interest`]) or the
 //! patterns `ws:room:*`, `ws:client:*`, `ws:user:*` (`pattern`); it pings
 //! itself to notice a silent partition, and re-subscribes with backoff
-//! whenever it is lost. Each envelope is parsed
+//! whenever it is lost. The connection is our own RESP2 one ([`resp`]):
+//! the wanted channels are held once, in [`Subscriptions`]. Each envelope is parsed
 //! once, its client frame encoded once, and the same `Bytes` goes to every
 //! shard that may hold recipients ([`LocalDelivery::deliver`]).
 
@@ -12,15 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use super::admin::{self, AdminInput};
 use super::cluster::{ShardedSubs, SlotMap};
-use super::conn::{
-    Backoff, BridgeConfig, CONNECT_TIMEOUT, Endpoint, PUBLISH_TIMEOUT, client, redact,
-};
+use super::conn::{Backoff, BridgeConfig, CONNECT_TIMEOUT, Endpoint, PUBLISH_TIMEOUT, redact};
 use super::envelope::{self, DropReason, Kind};
-use super::interest::{BATCH, Batch, BridgeInput, Subscriptions};
+use super::interest::{BATCH, BridgeInput, Subscriptions};
+use super::resp::{self, Reply};
 use super::{Link, kind_index};
 use crate::delivery::{ClientId, Delivery, SendError, Target};
 use crate::metrics::BridgeMetrics;
@@ -44,19 +42,58 @@ pub trait LocalDelivery: Send + Sync + 'static {
     fn deliver(&self, d: Delivery) -> Result<(), SendError>;
 }
 
-async fn connect_pubsub(
+/// Messages that may arrive between the fixed channels' SUBSCRIBE and
+/// its last confirmation are kept (up to this many bytes) and delivered
+/// once the connection counts as subscribed.
+const MAX_EARLY_BYTES: usize = 16 << 20;
+
+/// Connect, authenticate, SUBSCRIBE the fixed channels and PSUBSCRIBE the
+/// patterns, and wait until Redis confirmed each; messages heard meanwhile
+/// come back with the connection.
+async fn connect_subscribed(
     url: &str,
     ca: Option<&[u8]>,
     fixed: &[String],
     patterns: &[String],
-) -> redis::RedisResult<redis::aio::PubSub> {
-    let client = client(url, ca)?;
-    let mut ps = client.get_async_pubsub().await?;
-    ps.subscribe(fixed).await?;
+    max_payload: usize,
+) -> std::io::Result<(resp::Conn, Vec<Reply>)> {
+    let mut conn = resp::connect(url, ca, max_payload).await?;
+    let mut cmd = Vec::new();
+    resp::command(&mut cmd, "SUBSCRIBE", fixed.iter().map(|c| c.as_bytes()));
     if !patterns.is_empty() {
-        ps.psubscribe(patterns).await?;
+        resp::command(
+            &mut cmd,
+            "PSUBSCRIBE",
+            patterns.iter().map(|c| c.as_bytes()),
+        );
     }
-    Ok(ps)
+    conn.send(&cmd).await?;
+    let mut left = fixed.len() + patterns.len();
+    let mut early = Vec::new();
+    let mut early_bytes = 0;
+    while left > 0 {
+        match conn.next().await? {
+            Reply::Confirmed => left -= 1,
+            Reply::Error(e) => {
+                return Err(std::io::Error::other(format!(
+                    "redis refused SUBSCRIBE: {e}"
+                )));
+            }
+            r @ Reply::Message { .. } | r @ Reply::Oversized { .. } => {
+                if let Reply::Message { payload, .. } = &r {
+                    early_bytes += payload.len();
+                }
+                if early_bytes > MAX_EARLY_BYTES {
+                    return Err(std::io::Error::other(
+                        "too many messages before the subscription was confirmed",
+                    ));
+                }
+                early.push(r);
+            }
+            Reply::Pong | Reply::Status(_) => {}
+        }
+    }
+    Ok((conn, early))
 }
 
 /// The patterns that hear every client of the process whose ids carry
@@ -142,33 +179,28 @@ impl Interests {
     }
 }
 
-/// Send one batch: SUBSCRIBE, then UNSUBSCRIBE, each awaited (Redis
-/// confirms every channel), on the connection of `sink`.
-async fn send_batch(mut sink: redis::aio::PubSubSink, b: Batch) -> redis::RedisResult<()> {
-    let run = async {
-        if !b.subscribe.is_empty() {
-            sink.subscribe(&b.subscribe).await?;
-        }
-        if !b.unsubscribe.is_empty() {
-            sink.unsubscribe(&b.unsubscribe).await?;
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(PUBLISH_TIMEOUT, run).await {
-        Ok(r) => r,
-        Err(_) => Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "subscription command timed out",
-        ))),
-    }
+/// The subscription batch being applied.
+enum InFlight {
+    /// SUBSCRIBE / UNSUBSCRIBE sent on the subscriber's connection:
+    /// confirmations still to come, and when to give up on them.
+    Local {
+        left: usize,
+        deadline: tokio::time::Instant,
+    },
+    /// Applied on the cluster's masters (sharded pub/sub).
+    Sharded(std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>),
 }
 
-type InFlight = std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
-
-/// Wait for the command in flight, if any (pending otherwise).
-async fn finish(f: &mut Option<InFlight>) -> redis::RedisResult<()> {
+/// The batch in flight ended: `Ok` when a sharded one finished, `Err`
+/// when either kind failed or timed out. Pending while there is none (a
+/// local batch ends with its last confirmation, in the reply branch).
+async fn finish(f: &mut Option<InFlight>) -> Result<(), String> {
     let r = match f {
-        Some(f) => f.await,
+        Some(InFlight::Local { deadline, .. }) => {
+            tokio::time::sleep_until(*deadline).await;
+            Err("subscription command timed out".to_string())
+        }
+        Some(InFlight::Sharded(f)) => f.await.map_err(|e| e.to_string()),
         None => std::future::pending().await,
     };
     *f = None;
@@ -223,10 +255,16 @@ pub(super) async fn run(
         let url = &url;
         let connect = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            connect_pubsub(url, cfg.tls_ca.as_deref(), &fixed_channels, &fixed_patterns),
+            connect_subscribed(
+                url,
+                cfg.tls_ca.as_deref(),
+                &fixed_channels,
+                &fixed_patterns,
+                cfg.max_message,
+            ),
         );
         match st.during(connect).await {
-            Ok(Ok(ps)) => {
+            Ok(Ok((mut conn, early))) => {
                 // Sharded pub/sub: the slot map of now, connections to
                 // the masters made as channels need them. Without a map
                 // this connection is of no use: try again after a backoff.
@@ -276,7 +314,9 @@ pub(super) async fn run(
                 st.subs.reset();
                 let started = tokio::time::Instant::now();
                 let mut resubscribing = true;
-                let (sink, mut stream) = ps.split();
+                for r in early {
+                    on_reply_message(r, &cfg, &server_id, &*handle, &metrics, &admin);
+                }
                 let mut in_flight: Option<InFlight> = None;
                 // The settle marks of the batch in flight.
                 let mut in_flight_marks: Vec<u64> = Vec::new();
@@ -284,10 +324,13 @@ pub(super) async fn run(
                 // ends the stream: ping it to find out.
                 let mut ping = tokio::time::interval(SUBSCRIBER_PING);
                 ping.tick().await;
+                // A PING went out and its PONG has not come back.
+                let mut ping_outstanding = false;
                 // Set when a batch went out: the memory is released once
                 // the changes stop.
                 let mut release_at: Option<tokio::time::Instant> = None;
                 loop {
+                    let mut sent_failed = false;
                     while in_flight.is_none() {
                         let Some(mut b) = st.subs.next_batch(BATCH) else {
                             if resubscribing {
@@ -322,10 +365,10 @@ pub(super) async fn run(
                                 metrics.subscription_changes[i].fetch_add(n as u64, Relaxed);
                             }
                         }
-                        in_flight = Some(match &sharded {
+                        match &sharded {
                             Some(sh) => {
                                 let sh = sh.clone();
-                                Box::pin(async move {
+                                in_flight = Some(InFlight::Sharded(Box::pin(async move {
                                     let run = async {
                                         sh.lock().await.apply(&b.subscribe, &b.unsubscribe).await
                                     };
@@ -336,30 +379,72 @@ pub(super) async fn run(
                                             "sharded subscription timed out",
                                         ))),
                                     }
-                                })
+                                })));
                             }
-                            None => Box::pin(send_batch(sink.clone(), b)),
-                        });
+                            None => {
+                                let mut cmd = Vec::new();
+                                if !b.subscribe.is_empty() {
+                                    resp::command(
+                                        &mut cmd,
+                                        "SUBSCRIBE",
+                                        b.subscribe.iter().map(|c| c.as_bytes()),
+                                    );
+                                }
+                                if !b.unsubscribe.is_empty() {
+                                    resp::command(
+                                        &mut cmd,
+                                        "UNSUBSCRIBE",
+                                        b.unsubscribe.iter().map(|c| c.as_bytes()),
+                                    );
+                                }
+                                in_flight = Some(InFlight::Local {
+                                    left: b.len(),
+                                    deadline: tokio::time::Instant::now() + PUBLISH_TIMEOUT,
+                                });
+                                if !matches!(
+                                    tokio::time::timeout(PUBLISH_TIMEOUT, conn.send(&cmd)).await,
+                                    Ok(Ok(()))
+                                ) {
+                                    sent_failed = true;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if sent_failed {
+                        tracing::warn!(node = %redact(url), "redis subscription command could not be sent");
+                        break;
                     }
                     st.publish_gauges(&metrics, fixed);
                     tokio::select! {
-                        msg = stream.next() => match msg {
-                            Some(msg) if msg.get_channel_name().starts_with("ignis-ws:") => {
-                                let p = msg.get_payload_bytes();
-                                // Bounded before it is copied, and never
-                                // queued without bound.
-                                if p.len() > admin::MAX_CONTROL
-                                    || admin.try_send(AdminInput::FromRedis(p.to_vec())).is_err()
-                                {
-                                    metrics.control_dropped.fetch_add(1, Relaxed);
+                        r = conn.next() => match r {
+                            Ok(Reply::Confirmed) => {
+                                if let Some(InFlight::Local { left, .. }) = &mut in_flight {
+                                    *left = left.saturating_sub(1);
+                                    if *left == 0 {
+                                        in_flight = None;
+                                        let marks = std::mem::take(&mut in_flight_marks);
+                                        st.answer(&marks);
+                                    }
                                 }
                             }
-                            Some(msg) => on_envelope(msg.get_payload_bytes(), &cfg, &server_id, &*handle, &metrics),
-                            None => break,
+                            Ok(Reply::Pong) => ping_outstanding = false,
+                            Ok(r @ (Reply::Message { .. } | Reply::Oversized { .. })) => {
+                                on_reply_message(r, &cfg, &server_id, &*handle, &metrics, &admin);
+                            }
+                            Ok(Reply::Error(e)) => {
+                                tracing::warn!(node = %redact(url), error = %e, "redis refused a subscription command");
+                                break;
+                            }
+                            Ok(Reply::Status(_)) => {}
+                            Err(e) => {
+                                tracing::warn!(node = %redact(url), error = %e, "redis subscriber connection failed");
+                                break;
+                            }
                         },
                         r = finish(&mut in_flight) => {
                             if let Err(e) = r {
-                                tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e.to_string(), url), "redis subscription command failed");
+                                tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e, url), "redis subscription command failed");
                                 break;
                             }
                             let marks = std::mem::take(&mut in_flight_marks);
@@ -380,11 +465,17 @@ pub(super) async fn run(
                             crate::io::mem::release_free_memory();
                         }
                         _ = ping.tick() => {
-                            let mut sink = sink.clone();
-                            let alive = tokio::time::timeout(PUBLISH_TIMEOUT, sink.ping::<redis::Value>()).await;
-                            if !matches!(alive, Ok(Ok(_))) {
+                            // The last PING (a tick ago) was not answered,
+                            // or this one cannot be sent: dead.
+                            if ping_outstanding {
+                                tracing::warn!(node = %redact(url), "redis subscriber connection does not answer PING");
                                 break;
                             }
+                            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, conn.send(b"*1\r\n$4\r\nPING\r\n")).await;
+                            if !matches!(sent, Ok(Ok(()))) {
+                                break;
+                            }
+                            ping_outstanding = true;
                             // The masters' connections too (a command in
                             // flight has its own timeout).
                             if let Some(sh) = &sharded
@@ -420,6 +511,52 @@ pub(super) async fn run(
             }
         }
         st.during(tokio::time::sleep(backoff.next())).await;
+    }
+}
+
+/// A message heard on the subscriber's connection: a control message to
+/// the admin task (bounded, never queued without bound), anything else an
+/// envelope for this process's clients. A payload past the limit was
+/// skipped unread and is counted as the envelope limit counts it.
+fn on_reply_message(
+    r: Reply,
+    cfg: &BridgeConfig,
+    server_id: &str,
+    handle: &dyn LocalDelivery,
+    metrics: &BridgeMetrics,
+    admin: &flume::Sender<AdminInput>,
+) {
+    let control = |channel: &[u8]| channel.starts_with(b"ignis-ws:");
+    match r {
+        Reply::Message { channel, payload } if control(&channel) => {
+            to_admin(&payload, metrics, admin);
+        }
+        Reply::Message { payload, .. } => {
+            on_envelope(&payload, cfg, server_id, handle, metrics);
+        }
+        Reply::Oversized { channel, .. } if control(&channel) => {
+            metrics.control_dropped.fetch_add(1, Relaxed);
+        }
+        Reply::Oversized { .. } => {
+            let i = DropReason::ALL
+                .iter()
+                .position(|r| *r == DropReason::TooLarge)
+                .unwrap_or(0);
+            metrics.envelopes_dropped[i].fetch_add(1, Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// A control message for the admin task: bounded before it is copied, and
+/// never queued without bound.
+fn to_admin(payload: &[u8], metrics: &BridgeMetrics, admin: &flume::Sender<AdminInput>) {
+    if payload.len() > admin::MAX_CONTROL
+        || admin
+            .try_send(AdminInput::FromRedis(payload.to_vec()))
+            .is_err()
+    {
+        metrics.control_dropped.fetch_add(1, Relaxed);
     }
 }
 
