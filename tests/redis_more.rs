@@ -248,6 +248,35 @@ async fn redis_over_tls() {
     assert_eq!(c2.recv().await, json!({"event":"tls","data":1}));
 }
 
+/// `rediss://` checks the server's certificate: without the private CA the
+/// subscriber's own connection is refused (the test CA is in no system
+/// store), with it accepted; `#insecure` (no check) is refused with a
+/// clear error, here and by `serve` at start (exit 2, `--redis`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_checks_the_certificate() {
+    let Some((redis, ca)) = RedisServer::start_tls() else {
+        return;
+    };
+    let url = redis.url();
+    let refused = ignis_ws::bridge::resp::connect(&url, None, 1024).await;
+    let err = refused
+        .expect_err("an unknown CA must be refused")
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+    let pem = std::fs::read(&ca).unwrap();
+    assert!(
+        ignis_ws::bridge::resp::connect(&url, Some(&pem), 1024)
+            .await
+            .is_ok()
+    );
+    let insecure = format!("{}/#insecure", url.trim_end_matches('/'));
+    let err = ignis_ws::bridge::resp::connect(&insecure, Some(&pem), 1024)
+        .await
+        .expect_err("#insecure is refused")
+        .to_string();
+    assert!(err.contains("--redis-tls-ca"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster() {
     let Some(cluster) = RedisCluster::start() else {

@@ -9,10 +9,10 @@
 //!
 //! Sans-io parser ([`Reader::parse`]) plus a thin connection
 //! ([`connect`]): the URL is read by the `redis` crate (so every form the
-//! publisher accepts is accepted here: `redis://`, `rediss://` with
-//! `#insecure`, `redis+unix://`, user and password), then TCP, TLS
-//! (rustls; the `--redis-tls-ca` CA or the system's roots) or a Unix
-//! socket, `AUTH` when a password is given, and nothing else.
+//! publisher accepts is accepted here: `redis://`, `rediss://`,
+//! `redis+unix://`, user and password; `#insecure` is refused by both),
+//! then TCP, TLS (rustls; the `--redis-tls-ca` CA or the system's roots)
+//! or a Unix socket, `AUTH` when a password is given, and nothing else.
 //!
 //! Everything Redis sends is bounded: a reply line is at most
 //! [`MAX_LINE`] bytes, a channel name at most [`MAX_CHANNEL`], an array at
@@ -326,15 +326,15 @@ pub async fn connect(url: &str, tls_ca: Option<&[u8]>, max_payload: usize) -> io
             s.set_nodelay(true)?;
             Box::new(s)
         }
-        ConnectionAddr::TcpTls {
-            host,
-            port,
-            insecure,
-            ..
-        } => {
+        addr if is_insecure(addr) => {
+            return Err(io::Error::other(
+                "`#insecure` (TLS without a certificate check) is not supported; give the server's CA with --redis-tls-ca",
+            ));
+        }
+        ConnectionAddr::TcpTls { host, port, .. } => {
             let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             s.set_nodelay(true)?;
-            let config = tls_config(tls_ca, *insecure)?;
+            let config = tls_config(tls_ca)?;
             let name = rustls_pki_types::ServerName::try_from(host.clone())
                 .map_err(|_| io::Error::other(format!("{host:?} is not a TLS server name")))?;
             let tls = tokio_rustls::TlsConnector::from(config)
@@ -375,24 +375,21 @@ pub async fn connect(url: &str, tls_ca: Option<&[u8]>, max_payload: usize) -> io
     Ok(conn)
 }
 
-/// The TLS client configuration: the given CA, or the system's roots;
-/// `insecure` (`rediss://...#insecure`) checks nothing, as the `redis`
-/// crate does for the same URL.
-fn tls_config(ca: Option<&[u8]>, insecure: bool) -> io::Result<Arc<rustls::ClientConfig>> {
+/// `rediss://…/#insecure`: TLS without a certificate check. Refused (the
+/// configuration says so at start, exit 2), as the publisher's `redis`
+/// crate, built without its insecure feature, refuses it too.
+pub fn is_insecure(addr: &redis::ConnectionAddr) -> bool {
+    matches!(addr, redis::ConnectionAddr::TcpTls { insecure: true, .. })
+}
+
+/// The TLS client configuration: the given CA, or the system's roots.
+fn tls_config(ca: Option<&[u8]>) -> io::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?;
-    if insecure {
-        return Ok(Arc::new(
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth(),
-        ));
-    }
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(pem) => {
@@ -413,55 +410,6 @@ fn tls_config(ca: Option<&[u8]>, insecure: bool) -> io::Result<Arc<rustls::Clien
     Ok(Arc::new(
         builder.with_root_certificates(roots).with_no_client_auth(),
     ))
-}
-
-/// `#insecure`: any certificate, any name (signatures still checked).
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls_pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

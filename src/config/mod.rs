@@ -325,11 +325,26 @@ impl Config {
             "--redis"
         };
         for url in &self.redis {
-            if let Err(e) = redis::Client::open(url.as_str()) {
-                // Redacted: the URL may carry the Redis password.
-                let shown = crate::secrets::redact_url(url);
-                let e = crate::secrets::scrub(&e.to_string(), url);
-                return Err(bad(redis_key, format!("{shown:?} is not a Redis URL: {e}")));
+            // Redacted: the URL may carry the Redis password.
+            let shown = || crate::secrets::redact_url(url);
+            match redis::Client::open(url.as_str()) {
+                Err(e) => {
+                    let e = crate::secrets::scrub(&e.to_string(), url);
+                    return Err(bad(
+                        redis_key,
+                        format!("{:?} is not a Redis URL: {e}", shown()),
+                    ));
+                }
+                Ok(c) if crate::bridge::resp::is_insecure(c.get_connection_info().addr()) => {
+                    return Err(bad(
+                        redis_key,
+                        format!(
+                            "{:?}: `#insecure` (TLS without a certificate check) is not supported; give the server's CA with --redis-tls-ca",
+                            shown()
+                        ),
+                    ));
+                }
+                Ok(_) => {}
             }
         }
         for addr in &self.redis_sentinel {
@@ -650,6 +665,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(a.into_config().unwrap_err().key, "--default-rooms");
+        let a = ServeArgs {
+            auth: Some(AuthKind::Insecure),
+            redis: Some("rediss://127.0.0.1:6380/#insecure".into()),
+            ..Default::default()
+        };
+        let e = a.into_config().unwrap_err();
+        assert_eq!(e.key, "--redis");
+        assert!(e.message.contains("--redis-tls-ca"), "{}", e.message);
     }
 
     #[test]
