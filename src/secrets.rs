@@ -21,8 +21,55 @@ const REDACTED_CREDENTIALS: &str = "***";
 /// * anything that does not parse as a URL, or whose user info is not
 ///   exactly `user:password` before the last `@`: everything between `://`
 ///   (or the start) and the last `@` → `***`
-/// * no `@` at all: unchanged (there is nothing to hide).
+/// * no `@` at all: unchanged (there is nothing to hide), but for
+/// * a password in the query, as Redis URLs of Unix sockets carry it
+///   (`redis+unix:///run/redis.sock?user=u&pass=secret`): the values of
+///   `pass` and `password` → `***`, wherever the URL has them.
 pub fn redact_url(url: &str) -> String {
+    redact_query(&redact_userinfo(url))
+}
+
+/// The query parameters that carry a password.
+fn is_password_key(k: &str) -> bool {
+    k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password")
+}
+
+/// The password values in `url`'s query (between `?` and `#`).
+fn query_passwords(url: &str) -> impl Iterator<Item = &str> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or("");
+    query.split('&').filter_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (is_password_key(k) && !v.is_empty()).then_some(v)
+    })
+}
+
+fn redact_query(url: &str) -> String {
+    let Some((head, rest)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if is_password_key(k) && !v.is_empty() => {
+                format!("{k}={REDACTED_CREDENTIALS}")
+            }
+            _ => p.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{head}?{}", query.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(at) = url.rfind('@') else {
         return url.to_owned();
     };
@@ -53,6 +100,9 @@ pub fn redact_url(url: &str) -> String {
 /// replaced by their redacted forms, in case a library echoed them.
 pub fn scrub(text: &str, url: &str) -> String {
     let mut out = text.replace(url, &redact_url(url));
+    for pass in query_passwords(url) {
+        out = out.replace(pass, REDACTED_CREDENTIALS);
+    }
     if let Some(at) = url.rfind('@') {
         let start = url.find("://").map_or(0, |s| s + 3).min(at);
         let userinfo = &url[start..at];
@@ -103,11 +153,21 @@ mod tests {
                 "https://u:p@auth.example.com/x?y=1",
                 "https://u:***@auth.example.com/x?y=1",
             ),
+            (
+                "redis+unix:///run/redis.sock?user=u&pass=hunter2",
+                "redis+unix:///run/redis.sock?user=u&pass=***",
+            ),
+            (
+                "unix:///s.sock?db=1&PASSWORD=x&a=b#frag",
+                "unix:///s.sock?db=1&PASSWORD=***&a=b#frag",
+            ),
+            ("redis+unix:///s.sock?pass=", "redis+unix:///s.sock?pass="),
         ] {
             assert_eq!(redact_url(given), want, "{given}");
         }
         assert!(has_credentials("redis://:x@h"));
         assert!(!has_credentials("redis://h:1"));
+        assert!(has_credentials("redis+unix:///s.sock?pass=p"));
     }
 
     #[test]
@@ -117,5 +177,9 @@ mod tests {
         let s = scrub(&text, u);
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains("host:bad"), "{s}");
+        let u = "redis+unix:///s.sock?pass=hunter2";
+        let s = scrub(&format!("cannot reach {u}: auth hunter2 refused"), u);
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("/s.sock"), "{s}");
     }
 }

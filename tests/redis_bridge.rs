@@ -239,6 +239,43 @@ async fn malformed_envelopes_are_dropped_and_counted(io: IoMode) {
     );
 }
 
+/// A Redis that stops answering without closing anything (SIGSTOP: a
+/// silent partition) is noticed by the subscriber's PING within two ping
+/// periods, and once it answers again everything is subscribed again and
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_is_noticed_and_rejoined() {
+    let io = IoMode::Auto;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let s = start(redis_config(io, &redis.url()));
+    let h = s.handle();
+    wait_subscribed(&h).await;
+    let (mut c, _) = authed(&s.url(), "u").await;
+    let mut link = h.bridge().unwrap().link();
+    redis.freeze(true);
+    let down = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        link.wait_for(|l| !l.subscribed),
+    )
+    .await
+    // Not held: the watch's read guard would block the bridge's updates.
+    .is_ok_and(|r| r.is_ok());
+    redis.freeze(false);
+    assert!(down, "the subscriber did not notice a silent Redis");
+    wait_subscribed(&h).await;
+    settle_subscriptions(&[&s]).await;
+    let mut r = redis.client().await;
+    redis_publish(
+        &mut r,
+        "ws:broadcast",
+        br#"{"serverId":"o","type":"broadcast","event":"back","data":1}"#,
+    )
+    .await;
+    assert_eq!(c.recv().await, json!({"event":"back","data":1}));
+}
+
 async fn redis_outage_and_recovery(io: IoMode) {
     let Some((mut redis, a, b)) = two_nodes(io).await else {
         return;

@@ -80,9 +80,13 @@ async fn connect_subscribed(
                 )));
             }
             r @ Reply::Message { .. } | r @ Reply::Oversized { .. } => {
-                if let Reply::Message { payload, .. } = &r {
-                    early_bytes += payload.len();
-                }
+                // What each kept reply holds: its channel, its payload (a
+                // slice of the read buffer) and the entry itself.
+                early_bytes += match &r {
+                    Reply::Message { channel, payload } => channel.len() + payload.len(),
+                    Reply::Oversized { channel, .. } => channel.len(),
+                    _ => 0,
+                } + 64;
                 if early_bytes > MAX_EARLY_BYTES {
                     return Err(std::io::Error::other(
                         "too many messages before the subscription was confirmed",
@@ -323,8 +327,11 @@ pub(super) async fn run(
                 // A connection that dies without a FIN (a partition) never
                 // ends the stream: ping it to find out.
                 let mut ping = tokio::time::interval(SUBSCRIBER_PING);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 ping.tick().await;
-                // A PING went out and its PONG has not come back.
+                // A PING went out and nothing at all has come back since
+                // (its PONG queues behind the messages sent before it, so
+                // any reply proves the connection alive).
                 let mut ping_outstanding = false;
                 // Set when a batch went out: the memory is released once
                 // the changes stop.
@@ -417,31 +424,36 @@ pub(super) async fn run(
                     }
                     st.publish_gauges(&metrics, fixed);
                     tokio::select! {
-                        r = conn.next() => match r {
-                            Ok(Reply::Confirmed) => {
-                                if let Some(InFlight::Local { left, .. }) = &mut in_flight {
-                                    *left = left.saturating_sub(1);
-                                    if *left == 0 {
-                                        in_flight = None;
-                                        let marks = std::mem::take(&mut in_flight_marks);
-                                        st.answer(&marks);
+                        r = conn.next() => {
+                            if r.is_ok() {
+                                ping_outstanding = false;
+                            }
+                            match r {
+                                Ok(Reply::Confirmed) => {
+                                    if let Some(InFlight::Local { left, .. }) = &mut in_flight {
+                                        *left = left.saturating_sub(1);
+                                        if *left == 0 {
+                                            in_flight = None;
+                                            let marks = std::mem::take(&mut in_flight_marks);
+                                            st.answer(&marks);
+                                        }
                                     }
                                 }
+                                Ok(Reply::Pong) => {}
+                                Ok(r @ (Reply::Message { .. } | Reply::Oversized { .. })) => {
+                                    on_reply_message(r, &cfg, &server_id, &*handle, &metrics, &admin);
+                                }
+                                Ok(Reply::Error(e)) => {
+                                    tracing::warn!(node = %redact(url), error = %e, "redis refused a subscription command");
+                                    break;
+                                }
+                                Ok(Reply::Status(_)) => {}
+                                Err(e) => {
+                                    tracing::warn!(node = %redact(url), error = %e, "redis subscriber connection failed");
+                                    break;
+                                }
                             }
-                            Ok(Reply::Pong) => ping_outstanding = false,
-                            Ok(r @ (Reply::Message { .. } | Reply::Oversized { .. })) => {
-                                on_reply_message(r, &cfg, &server_id, &*handle, &metrics, &admin);
-                            }
-                            Ok(Reply::Error(e)) => {
-                                tracing::warn!(node = %redact(url), error = %e, "redis refused a subscription command");
-                                break;
-                            }
-                            Ok(Reply::Status(_)) => {}
-                            Err(e) => {
-                                tracing::warn!(node = %redact(url), error = %e, "redis subscriber connection failed");
-                                break;
-                            }
-                        },
+                        }
                         r = finish(&mut in_flight) => {
                             if let Err(e) = r {
                                 tracing::warn!(node = %redact(url), error = %crate::secrets::scrub(&e, url), "redis subscription command failed");

@@ -256,6 +256,19 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// Freeze or thaw the server (SIGSTOP / SIGCONT): a silent partition,
+    /// no FIN, no RST, its sockets open but nothing answered.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) on our own child's pid; no memory involved.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
     /// Kill the server (SIGKILL: as abrupt as a crash) and wait for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
