@@ -27,7 +27,10 @@
 #          ca.pem, cert.pem = leaf + CA, key.pem; default /tmp/tls-perf,
 #          made by scripts/tls-test-ca.sh when missing), NGINX (nginx
 #          binary, default nginx), COUNT_SYSCALLS=1 (the bench counts the
-#          server's write system calls with perf: `--count-syscalls`).
+#          server's write system calls with perf: `--count-syscalls`),
+#          CPU_SPLIT=1 (prints the server processes' user and system CPU
+#          ticks over the whole bench run, from /proc/PID/stat: connects,
+#          warm-up and measured phase together).
 # The shape of the writes: with one ignis-ws process the bench reads its
 # /metrics (`--metrics-url`); every run reads the kernel's TCP counters.
 set -euo pipefail
@@ -221,5 +224,21 @@ case "$kind" in
     ;;
 esac
 [ "${COUNT_SYSCALLS:-0}" = 1 ] && shape+=(--count-syscalls)
+# User and system ticks of every measured server process, summed.
+ticks() {
+  local u=0 s=0 a b p
+  for p in "${measured[@]}"; do
+    read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat")
+    u=$((u + a)); s=$((s + b))
+  done
+  echo "$u $s"
+}
+[ "${CPU_SPLIT:-0}" = 1 ] && read -r u0 s0 < <(ticks)
+rc=0
 taskset -c 1 "${GEN_BIN:-$BIN}" bench --url "$scheme://127.0.0.1:$PORT/ws" "${gen_tls[@]}" \
-  --redis "redis://127.0.0.1:$REDIS_PORT" --server-pid "$pidlist" "${shape[@]}" -q "$@"
+  --redis "redis://127.0.0.1:$REDIS_PORT" --server-pid "$pidlist" "${shape[@]}" -q "$@" || rc=$?
+if [ "${CPU_SPLIT:-0}" = 1 ]; then
+  read -r u1 s1 < <(ticks)
+  echo "perf-run: server CPU over the whole run: user $((u1 - u0)) ticks, system $((s1 - s0)) ticks ($(getconf CLK_TCK) per second)" >&2
+fi
+exit $rc

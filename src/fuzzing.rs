@@ -391,6 +391,7 @@ pub fn redis_replies(data: &[u8]) {
     assert_eq!(whole, parts, "split at {at}");
     assert_eq!(whole, one_by_one, "byte by byte");
 }
+
 /// `redis_envelope`: the envelope parser never panics; what it accepts
 /// yields a client message that is valid JSON with the same event, and
 /// re-encoding it gives an envelope that parses to the same fields.

@@ -113,6 +113,7 @@ pub mod handle;
 pub mod hooks;
 pub mod http;
 pub mod io;
+pub mod mem;
 pub mod metrics;
 pub mod proto;
 pub mod runtime;

@@ -660,7 +660,7 @@ fn run_shard(
     }
 }
 
-pub use crate::io::mem::release_free_memory;
+pub use crate::mem::release_free_memory;
 
 #[cfg(test)]
 mod listener_tests {

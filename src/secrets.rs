@@ -34,31 +34,37 @@ fn is_password_key(k: &str) -> bool {
     k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password")
 }
 
-/// The password values in `url`'s query (between `?` and `#`).
-fn query_passwords(url: &str) -> impl Iterator<Item = &str> {
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    let query = query.split('#').next().unwrap_or("");
-    query.split('&').filter_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        (is_password_key(k) && !v.is_empty()).then_some(v)
+/// `url` cut around its query: what comes before `?`, the query, and the
+/// fragment after `#` if any.
+fn split_query(url: &str) -> Option<(&str, &str, Option<&str>)> {
+    let (head, rest) = url.split_once('?')?;
+    Some(match rest.split_once('#') {
+        Some((q, f)) => (head, q, Some(f)),
+        None => (head, rest, None),
     })
 }
 
+/// The value of a query parameter that carries a password.
+fn password_in(param: &str) -> Option<&str> {
+    let (k, v) = param.split_once('=')?;
+    (is_password_key(k) && !v.is_empty()).then_some(v)
+}
+
+/// The password values in `url`'s query.
+fn query_passwords(url: &str) -> impl Iterator<Item = &str> {
+    let query = split_query(url).map_or("", |(_, q, _)| q);
+    query.split('&').filter_map(password_in)
+}
+
 fn redact_query(url: &str) -> String {
-    let Some((head, rest)) = url.split_once('?') else {
+    let Some((head, query, fragment)) = split_query(url) else {
         return url.to_owned();
-    };
-    let (query, fragment) = match rest.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (rest, None),
     };
     let query: Vec<String> = query
         .split('&')
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if is_password_key(k) && !v.is_empty() => {
-                format!("{k}={REDACTED_CREDENTIALS}")
-            }
-            _ => p.to_owned(),
+        .map(|p| match password_in(p) {
+            Some(v) => format!("{}{REDACTED_CREDENTIALS}", &p[..p.len() - v.len()]),
+            None => p.to_owned(),
         })
         .collect();
     let mut out = format!("{head}?{}", query.join("&"));

@@ -240,9 +240,9 @@ async fn malformed_envelopes_are_dropped_and_counted(io: IoMode) {
 }
 
 /// A Redis that stops answering without closing anything (SIGSTOP: a
-/// silent partition) is noticed by the subscriber's PING within two ping
-/// periods, and once it answers again everything is subscribed again and
-/// delivered.
+/// silent partition) is noticed by the subscriber's PING (within two 5 s
+/// ping periods; the test allows 30 s), and once it answers again
+/// everything is subscribed again and delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_redis_is_noticed_and_rejoined() {
     let io = IoMode::Auto;

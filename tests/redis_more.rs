@@ -251,7 +251,8 @@ async fn redis_over_tls() {
 /// `rediss://` checks the server's certificate: without the private CA the
 /// subscriber's own connection is refused (the test CA is in no system
 /// store), with it accepted; `#insecure` (no check) is refused with a
-/// clear error, here and by `serve` at start (exit 2, `--redis`).
+/// clear error (`serve` refuses it at start too: the config test
+/// `bad_values_name_their_key`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_tls_checks_the_certificate() {
     let Some((redis, ca)) = RedisServer::start_tls() else {

@@ -260,6 +260,9 @@ impl Reader {
     }
 }
 
+/// `PING`, which subscribed mode answers with `pong`.
+pub const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
 /// A command: `*n`, then each argument as a bulk string (binary-safe: a
 /// room name with CR, LF or `$` in it is sent as it is).
 pub fn command<'a>(out: &mut Vec<u8>, name: &str, args: impl ExactSizeIterator<Item = &'a [u8]>) {
@@ -326,7 +329,7 @@ pub async fn connect(url: &str, tls_ca: Option<&[u8]>, max_payload: usize) -> io
             s.set_nodelay(true)?;
             Box::new(s)
         }
-        addr if is_insecure(addr) => {
+        addr if crate::config::redis_tls_unchecked(addr) => {
             return Err(io::Error::other(
                 "`#insecure` (TLS without a certificate check) is not supported; give the server's CA with --redis-tls-ca",
             ));
@@ -373,13 +376,6 @@ pub async fn connect(url: &str, tls_ca: Option<&[u8]>, max_payload: usize) -> io
         }
     }
     Ok(conn)
-}
-
-/// `rediss://…/#insecure`: TLS without a certificate check. Refused (the
-/// configuration says so at start, exit 2), as the publisher's `redis`
-/// crate, built without its insecure feature, refuses it too.
-pub fn is_insecure(addr: &redis::ConnectionAddr) -> bool {
-    matches!(addr, redis::ConnectionAddr::TcpTls { insecure: true, .. })
 }
 
 /// The TLS client configuration: the given CA, or the system's roots.

@@ -28,7 +28,7 @@ use crate::proto::frame::{OpCode, server_frame_with};
 const SUBSCRIBER_PING: Duration = Duration::from_secs(5);
 
 /// How long after the last subscription change the control thread hands
-/// the memory it freed back to the OS (see [`crate::io::mem`]): a storm of
+/// the memory it freed back to the OS (see [`crate::mem`]): a storm of
 /// connections leaves it the storm's command and reply buffers.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
@@ -474,7 +474,7 @@ pub(super) async fn run(
                         }
                         _ = release_due(release_at) => {
                             release_at = None;
-                            crate::io::mem::release_free_memory();
+                            crate::mem::release_free_memory();
                         }
                         _ = ping.tick() => {
                             // The last PING (a tick ago) was not answered,
@@ -483,7 +483,7 @@ pub(super) async fn run(
                                 tracing::warn!(node = %redact(url), "redis subscriber connection does not answer PING");
                                 break;
                             }
-                            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, conn.send(b"*1\r\n$4\r\nPING\r\n")).await;
+                            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, conn.send(resp::PING)).await;
                             if !matches!(sent, Ok(Ok(()))) {
                                 break;
                             }
@@ -549,13 +549,7 @@ fn on_reply_message(
         Reply::Oversized { channel, .. } if control(&channel) => {
             metrics.control_dropped.fetch_add(1, Relaxed);
         }
-        Reply::Oversized { .. } => {
-            let i = DropReason::ALL
-                .iter()
-                .position(|r| *r == DropReason::TooLarge)
-                .unwrap_or(0);
-            metrics.envelopes_dropped[i].fetch_add(1, Relaxed);
-        }
+        Reply::Oversized { .. } => count_dropped(metrics, DropReason::TooLarge),
         _ => {}
     }
 }
@@ -570,6 +564,15 @@ fn to_admin(payload: &[u8], metrics: &BridgeMetrics, admin: &flume::Sender<Admin
     {
         metrics.control_dropped.fetch_add(1, Relaxed);
     }
+}
+
+/// One envelope dropped for `reason`.
+fn count_dropped(metrics: &BridgeMetrics, reason: DropReason) {
+    let i = DropReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(0);
+    metrics.envelopes_dropped[i].fetch_add(1, Relaxed);
 }
 
 /// When `at` is, or never.
@@ -668,11 +671,7 @@ pub fn on_envelope(
     let env = match envelope::parse(payload, cfg.max_message) {
         Ok(env) => env,
         Err(reason) => {
-            let i = DropReason::ALL
-                .iter()
-                .position(|r| *r == reason)
-                .unwrap_or(0);
-            metrics.envelopes_dropped[i].fetch_add(1, Relaxed);
+            count_dropped(metrics, reason);
             tracing::debug!(reason = reason.as_str(), "redis envelope dropped");
             return;
         }

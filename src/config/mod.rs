@@ -184,6 +184,14 @@ fn bad(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `rediss://…/#insecure`: TLS without a certificate check. Refused at
+/// start (exit 2) and by the subscriber's own connection, as the
+/// publisher's `redis` crate, built without its insecure feature, refuses
+/// it too.
+pub fn redis_tls_unchecked(addr: &redis::ConnectionAddr) -> bool {
+    matches!(addr, redis::ConnectionAddr::TcpTls { insecure: true, .. })
+}
+
 impl Config {
     /// Check the settings against each other and the machine.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -335,7 +343,7 @@ impl Config {
                         format!("{:?} is not a Redis URL: {e}", shown()),
                     ));
                 }
-                Ok(c) if crate::bridge::resp::is_insecure(c.get_connection_info().addr()) => {
+                Ok(c) if redis_tls_unchecked(c.get_connection_info().addr()) => {
                     return Err(bad(
                         redis_key,
                         format!(

@@ -34,7 +34,6 @@
 pub mod accept;
 pub mod backend;
 pub mod calls;
-pub mod mem;
 pub mod parked;
 pub mod shard_io;
 pub mod tasks;

@@ -188,14 +188,14 @@ pub async fn ticker(io: Rc<ShardIo>) {
             let c = churn(&io);
             if (c != churn_seen || keys_freed) && io.handshaking.get() == 0 {
                 churn_seen = c;
-                crate::io::mem::release_free_memory();
+                crate::mem::release_free_memory();
             }
         }
     }
 }
 
 /// How often a shard may hand freed memory back (see
-/// [`crate::io::mem::release_free_memory`]).
+/// [`crate::mem::release_free_memory`]).
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
 /// Changes whenever a connection was upgraded or removed, or a plain HTTP

@@ -177,7 +177,8 @@ impl<S> Conn<S> {
         &self.rooms
     }
 
-    /// Its membership of room `rid`, if it is in it.
+    /// Where in [`Conn::memberships`] its membership of room `rid` is, if
+    /// it is in that room.
     pub(super) fn membership(&self, rid: RoomId) -> Option<usize> {
         self.rooms.iter().position(|m| m.room == rid)
     }

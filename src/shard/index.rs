@@ -140,8 +140,8 @@ impl Rooms {
         let slot = m.slot as usize;
         if room.members.get(slot) != Some(&key) {
             // A membership that does not match would be the shard's bug:
-            // remove nothing rather than someone else.
-            debug_assert!(false, "membership {m:?} of {key} does not match its room");
+            // remove nothing rather than someone else (the fuzz target
+            // `client_message` checks every membership).
             return left;
         }
         room.members.swap_remove(slot);
@@ -296,7 +296,6 @@ mod tests {
 
     /// A membership that does not match (the shard's bug) removes nobody.
     #[test]
-    #[cfg(not(debug_assertions))]
     fn a_stale_membership_removes_nobody() {
         let mut r = Rooms::default();
         let a = r.join("a", 1);

@@ -1,5 +1,5 @@
-//! Handing freed memory back to the OS (below the shard's I/O and the
-//! runtime, which both call it).
+//! Handing freed memory back to the OS: a leaf module below the shards'
+//! I/O, the Redis bridge and the runtime, which all call it.
 
 /// Return memory the calling thread freed to the OS. mimalloc purges freed
 /// pages only when the thread that freed them allocates again, so a shard
