@@ -90,7 +90,7 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
     let sock = ConnSock {
         sock,
         write_blocked: false,
-        ip_slot,
+        ip_slot: ip_slot.map(Box::new),
         tls,
     };
     let (key, _) = io.with(|sh| sh.handle_upgraded(sock, &rest, Instant::now()));

@@ -30,9 +30,10 @@ pub struct ConnSock {
     /// The socket did not take everything: waiting for writability.
     pub write_blocked: bool,
     /// Its place under `--max-conns-per-ip`, given back when the record
-    /// (and so this) is dropped.
+    /// (and so this) is dropped. Boxed: `--max-conns-per-ip` is off by
+    /// default, and an unused slot then costs the record 8 bytes, not 32.
     #[expect(dead_code, reason = "held for its Drop")]
-    pub(super) ip_slot: Option<super::accept::IpSlot>,
+    pub(super) ip_slot: Option<Box<super::accept::IpSlot>>,
     /// The TLS record layer (`--tls-cert`), between the shard and the
     /// socket.
     pub tls: Option<Box<crate::tls::Session>>,

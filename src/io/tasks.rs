@@ -185,8 +185,9 @@ pub async fn ticker(io: Rc<ShardIo>) {
             let keys_freed = io.admission.tls.is_some() && super::tls::release_idle(&io);
             // After connections came or went (or idle keys were dropped),
             // once no upgrade is running.
+            let queues_shrunk = io.shard.borrow_mut().shrink_buffers();
             let c = churn(&io);
-            if (c != churn_seen || keys_freed) && io.handshaking.get() == 0 {
+            if (c != churn_seen || keys_freed || queues_shrunk) && io.handshaking.get() == 0 {
                 churn_seen = c;
                 crate::mem::release_free_memory();
             }

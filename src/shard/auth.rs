@@ -141,10 +141,9 @@ impl<S> Shard<S> {
         let id = conn.id;
         // An empty userId is falsy in the reference: not indexed.
         if let Some(u) = user {
-            let first = self.users.get(u).is_empty();
-            let name = self.users.add(u, key);
-            self.conns[key as usize].user = Some(name.clone());
-            if first {
+            if self.users.add(&mut self.conns, u, key)
+                && let Some(name) = self.conns[key as usize].user.clone()
+            {
                 self.note_interest(true, || super::Topic::User(name));
             }
         }

@@ -40,13 +40,7 @@ impl<S> Shard<S> {
         if matches!(reason, CloseReason::SlowClient) {
             // Keep only a partly written front frame: the stream must stay
             // well-framed for the close frame to be readable.
-            let keep = if conn.front_written > 0 { 1 } else { 0 };
-            conn.out.truncate(keep);
-            conn.out_bytes = conn
-                .out
-                .front()
-                .map(|f| f.len() - conn.front_written)
-                .unwrap_or(0);
+            conn.out.keep_partial_front();
         }
         if matches!(reason, CloseReason::AuthTimeout) {
             ShardMetrics::add(&self.ctx.metrics.auth_timeouts, 1);
@@ -72,7 +66,6 @@ impl<S> Shard<S> {
         {
             conn.dead = true;
             conn.out.clear();
-            conn.out_bytes = 0;
             self.events.push_back(Event::Closed(key));
         }
     }

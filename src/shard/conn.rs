@@ -80,6 +80,8 @@ pub struct Conn<S> {
     pub(super) session: Session,
     /// Shared with the user index.
     pub(super) user: Option<std::sync::Arc<str>>,
+    /// The user's next session on this shard ([`super::keyed::Users`]).
+    pub(super) next_of_user: super::ConnKey,
     pub(super) extra: Option<Box<ConnExtra>>,
     /// Rooms joined, with its place in each (the own-id room is the flag
     /// below).
@@ -95,12 +97,8 @@ pub struct Conn<S> {
     /// messages after `authenticate` or `join` see its outcome when the
     /// answer is immediate.
     pub(super) awaiting: bool,
-    /// Frames waiting to be written; the front one may be partly written.
-    pub(super) out: VecDeque<Bytes>,
-    /// Bytes in `out`.
-    pub(super) out_bytes: usize,
-    /// Bytes of the front frame already written.
-    pub(super) front_written: usize,
+    /// Frames waiting to be written.
+    pub(super) out: OutQueue,
     /// In the shard's dirty list.
     pub(super) dirty: bool,
     /// Our close frame has been queued.
@@ -164,7 +162,7 @@ impl<S> Conn<S> {
 
     /// Bytes queued for it and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.out_bytes
+        self.out.bytes()
     }
 
     /// Rooms it is in (by index id; the own-id room is not listed).
@@ -184,13 +182,111 @@ impl<S> Conn<S> {
     }
 }
 
-/// Queue a frame. A connection whose queue was released (idle) gets room
-/// for exactly one frame first: most idle clients receive one message at a
-/// time, and the default first allocation would be four slots.
-#[inline]
-pub(super) fn push_frame(out: &mut VecDeque<Bytes>, f: Bytes) {
-    if out.capacity() == 0 {
-        out.reserve_exact(1);
+/// The frames waiting to be written to one connection, out of line: an
+/// idle connection's record holds an empty pointer (8 bytes, where the
+/// queue and its two counters took 48), and the queue exists from the
+/// first frame queued until it is written out and released.
+#[derive(Debug, Default)]
+pub struct OutQueue(Option<Box<Queued>>);
+
+#[derive(Debug, Default)]
+struct Queued {
+    /// The front frame may be partly written.
+    frames: VecDeque<Bytes>,
+    /// Bytes in `frames` not yet written.
+    bytes: usize,
+    /// Bytes of the front frame already written.
+    front_written: usize,
+}
+
+impl OutQueue {
+    /// Nothing waits.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|q| q.frames.is_empty())
     }
-    out.push_back(f);
+
+    /// Bytes waiting (of the front frame, only its unwritten part).
+    #[inline]
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.bytes)
+    }
+
+    /// Queue a frame. A released queue gets room for exactly one frame
+    /// first: most idle clients receive one message at a time, and the
+    /// default first allocation would be four slots.
+    #[inline]
+    pub fn push(&mut self, f: Bytes) {
+        let q = self.0.get_or_insert_with(Box::default);
+        if q.frames.capacity() == 0 {
+            q.frames.reserve_exact(1);
+        }
+        q.bytes += f.len();
+        q.frames.push_back(f);
+    }
+
+    /// The frames, the front one from where the last write stopped.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        let (frames, front) = match &self.0 {
+            Some(q) => (Some(&q.frames), q.front_written),
+            None => (None, 0),
+        };
+        frames
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(move |(i, f)| if i == 0 { &f[front..] } else { &f[..] })
+    }
+
+    /// The socket took `n` bytes from the front.
+    pub fn written(&mut self, mut n: usize) {
+        let Some(q) = self.0.as_deref_mut() else {
+            return;
+        };
+        q.bytes -= n.min(q.bytes);
+        while n > 0 {
+            let Some(front) = q.frames.front() else { break };
+            let left = front.len() - q.front_written;
+            if n >= left {
+                n -= left;
+                q.frames.pop_front();
+                q.front_written = 0;
+            } else {
+                q.front_written += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// Drop every frame but a partly written front one (the stream must
+    /// stay well-framed for what follows to be readable).
+    pub fn keep_partial_front(&mut self) {
+        if let Some(q) = self.0.as_deref_mut() {
+            let keep = usize::from(q.front_written > 0);
+            q.frames.truncate(keep);
+            q.bytes = q.frames.front().map_or(0, |f| f.len() - q.front_written);
+        }
+    }
+
+    /// Drop everything, queue included.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// Release an empty queue whose allocation holds at most `slots`
+    /// frames (`usize::MAX`: any).
+    pub fn release_if_empty(&mut self, slots: usize) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|q| q.frames.is_empty() && q.frames.capacity() <= slots)
+        {
+            self.0 = None;
+        }
+    }
+
+    /// Whether a queue is allocated.
+    pub fn is_allocated(&self) -> bool {
+        self.0.is_some()
+    }
 }

@@ -72,7 +72,7 @@ impl<S> Shard<S> {
             }
             Target::User(user) => {
                 let keys: smallvec::SmallVec<[ConnKey; 4]> =
-                    self.users.get(user).iter().copied().collect();
+                    self.users.get(&self.conns, user).collect();
                 for k in keys {
                     push_all(self, k);
                 }

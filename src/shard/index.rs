@@ -9,41 +9,13 @@
 //! moved, for the shard to update that member's record).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 
 use slab::Slab;
-use smallvec::SmallVec;
 
 /// A connection's slot in the shard's slab.
 pub type ConnKey = u32;
 /// An interned room of this shard.
 pub type RoomId = u32;
-
-/// Hasher for keys that are already uniformly distributed (slab keys).
-#[derive(Default, Clone, Copy)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        // Spread small integers over the table (Fibonacci hashing).
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// `BuildHasher` for [`IdentityHasher`].
-pub type BuildIdentity = BuildHasherDefault<IdentityHasher>;
 
 /// One room.
 #[derive(Debug)]
@@ -171,64 +143,6 @@ impl Rooms {
     }
 }
 
-/// user id → that user's connections on this shard.
-#[derive(Debug, Default)]
-pub struct Users {
-    /// The key string is shared with the sessions' records (`Conn::user`)
-    /// and the Redis subscriber's interest set (an `Arc`: that is on the
-    /// control thread).
-    map: HashMap<Arc<str>, SmallVec<[ConnKey; 2]>>,
-}
-
-impl Users {
-    /// Index `key` under `user`; returns the index's copy of the user id
-    /// for the session's record to share.
-    pub fn add(&mut self, user: &str, key: ConnKey) -> Arc<str> {
-        if let Some((name, _)) = self.map.get_key_value(user) {
-            let name = name.clone();
-            if let Some(v) = self.map.get_mut(user)
-                && !v.contains(&key)
-            {
-                v.push(key);
-            }
-            return name;
-        }
-        let name: Arc<str> = Arc::from(user);
-        let mut v = SmallVec::new();
-        v.push(key);
-        self.map.insert(name.clone(), v);
-        name
-    }
-
-    /// Remove `key` from `user`; the user disappears with its last
-    /// session: then true.
-    pub fn remove(&mut self, user: &str, key: ConnKey) -> bool {
-        if let Some(v) = self.map.get_mut(user) {
-            v.retain(|k| *k != key);
-            if v.is_empty() {
-                self.map.remove(user);
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Sessions of `user`.
-    pub fn get(&self, user: &str) -> &[ConnKey] {
-        self.map.get(user).map(|v| v.as_slice()).unwrap_or(&[])
-    }
-
-    /// Distinct users.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether no user is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,18 +216,5 @@ mod tests {
         r.join("a", 2);
         assert_eq!(r.leave(a, 2), Left::default());
         assert_eq!(r.get("a").unwrap().members(), &[1, 2]);
-    }
-
-    #[test]
-    fn users_multi_session() {
-        let mut u = Users::default();
-        u.add("u", 1);
-        u.add("u", 2);
-        u.add("u", 2);
-        assert_eq!(u.get("u"), &[1, 2]);
-        u.remove("u", 1);
-        assert_eq!(u.get("u"), &[2]);
-        u.remove("u", 2);
-        assert!(u.is_empty());
     }
 }

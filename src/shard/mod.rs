@@ -43,6 +43,7 @@ mod close;
 pub mod conn;
 pub mod fanout;
 pub mod index;
+pub mod keyed;
 pub mod memory;
 mod outbound;
 mod read;
@@ -53,7 +54,7 @@ mod timers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -210,9 +211,9 @@ pub struct Shard<S> {
     pub ctx: ShardCtx,
     timeouts: Timeouts,
     conns: Slab<Conn<S>>,
-    by_id: HashMap<ClientId, ConnKey, index::BuildIdentity>,
+    by_id: keyed::ById,
     pub rooms: index::Rooms,
-    pub users: index::Users,
+    pub users: keyed::Users,
     /// Connections with something to write.
     dirty: Vec<ConnKey>,
     /// Outputs for the driver, in order.
@@ -260,10 +261,7 @@ impl<S> Shard<S> {
             // Reserved up front (virtual memory: pages count only once
             // used), so growing never doubles and copies the table.
             conns: Slab::with_capacity(ctx.max_conns.min(1 << 20)),
-            by_id: HashMap::with_capacity_and_hasher(
-                ctx.max_conns.min(1 << 20),
-                Default::default(),
-            ),
+            by_id: keyed::ById::with_capacity(ctx.max_conns.min(1 << 20)),
             rooms: Default::default(),
             users: Default::default(),
             dirty: Vec::new(),
@@ -388,7 +386,7 @@ impl<S> Shard<S> {
 
     /// Look up a local client by id.
     pub fn key_of(&self, id: &ClientId) -> Option<ConnKey> {
-        self.by_id.get(id).copied()
+        self.by_id.get(&self.conns, id)
     }
 
     /// The next output for the driver, if any.
@@ -438,7 +436,7 @@ impl<S> Shard<S> {
                 Some(tag) => ClientId::new_tagged(self.ctx.index, tag),
                 None => ClientId::new(self.ctx.index),
             };
-            if !self.by_id.contains_key(&id) {
+            if self.by_id.get(&self.conns, &id).is_none() {
                 break id;
             }
         };
@@ -449,6 +447,7 @@ impl<S> Shard<S> {
             generation,
             session: Session::new(now, &self.timeouts),
             user: None,
+            next_of_user: keyed::NO_SESSION,
             extra: None,
             rooms: SmallVec::new(),
             // The reference subscribes a socket to its own id at connect, so
@@ -456,9 +455,7 @@ impl<S> Shard<S> {
             in_own_room: true,
             encrypted: false,
             awaiting: false,
-            out: VecDeque::new(),
-            out_bytes: 0,
-            front_written: 0,
+            out: Default::default(),
             dirty: false,
             closing: None,
             write_shut: false,
@@ -471,7 +468,7 @@ impl<S> Shard<S> {
             read: None,
             sock,
         }) as ConnKey;
-        self.by_id.insert(id, key);
+        self.by_id.insert(&self.conns, key);
         self.note_interest(true, || Topic::Client(id));
         if let Some(d) = self.conns[key as usize].session.deadline() {
             self.connect_deadlines.push_back((d, key, generation));
@@ -500,8 +497,9 @@ impl<S> Shard<S> {
         if !self.conns.contains(key as usize) {
             return None;
         }
+        let last_of_user = self.users.remove(&mut self.conns, key);
         let conn = self.conns.remove(key as usize);
-        self.by_id.remove(&conn.id);
+        self.by_id.remove(&conn.id, key);
         if conn.encrypted {
             self.ctx
                 .metrics
@@ -509,7 +507,7 @@ impl<S> Shard<S> {
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(u) = &conn.user {
-            if self.users.remove(u, key) {
+            if last_of_user {
                 self.note_interest(false, || Topic::User(u.clone()));
             }
             if let Some(s) = &self.ctx.sessions {
@@ -594,9 +592,9 @@ impl<S> Shard<S> {
     pub fn count(&self, who: &crate::delivery::Who) -> usize {
         use crate::delivery::Who;
         match who {
-            Who::User(u) => self.users.get(u).len(),
+            Who::User(u) => self.users.get(&self.conns, u).count(),
             Who::Room(r) => self.rooms.get(r).map_or(0, |r| r.members().len()),
-            Who::Client(id) => usize::from(self.by_id.contains_key(id)),
+            Who::Client(id) => usize::from(self.key_of(id).is_some()),
         }
     }
 
@@ -606,8 +604,8 @@ impl<S> Shard<S> {
     pub fn disconnect(&mut self, who: &crate::delivery::Who, code: u16, now: Instant) -> usize {
         use crate::delivery::Who;
         let keys: SmallVec<[ConnKey; 4]> = match who {
-            Who::User(u) => self.users.get(u).iter().copied().collect(),
-            Who::Client(id) => self.by_id.get(id).copied().into_iter().collect(),
+            Who::User(u) => self.users.get(&self.conns, u).collect(),
+            Who::Client(id) => self.key_of(id).into_iter().collect(),
             Who::Room(_) => SmallVec::new(),
         };
         let mut n = 0;
@@ -626,6 +624,51 @@ impl<S> Shard<S> {
             }
         }
         n
+    }
+
+    /// Give back the capacity a storm left in the shard's queues: a
+    /// connect storm grows the driver's event queue and the auth-deadline
+    /// queues by an entry per connection, and a `VecDeque` keeps its
+    /// capacity once emptied (about 40 bytes per connection of the storm,
+    /// held while they sit idle). Deadlines of connections that
+    /// authenticated (or left) meanwhile are dropped first rather than
+    /// when they come due. The driver calls this every second or so;
+    /// returns whether memory was given back (then the driver hands it to
+    /// the system: [`crate::mem::release_free_memory`]).
+    pub fn shrink_buffers(&mut self) -> bool {
+        const KEEP: usize = 64;
+        fn shrink<T>(q: &mut VecDeque<T>) -> bool {
+            let shrinks = q.capacity() > KEEP && q.len() * 4 <= q.capacity();
+            if shrinks {
+                q.shrink_to((q.len() * 2).max(KEEP));
+            }
+            shrinks
+        }
+        let conns = &self.conns;
+        let waiting = |&(_, key, generation): &(Stamp, ConnKey, u32)| {
+            conns
+                .get(key as usize)
+                .is_some_and(|c| c.generation == generation && c.session.deadline().is_some())
+        };
+        for q in [&mut self.connect_deadlines, &mut self.auth_deadlines] {
+            if q.capacity() > KEEP {
+                q.retain(waiting);
+            }
+        }
+        let mut shrunk = shrink(&mut self.events);
+        shrunk |= shrink(&mut self.connect_deadlines);
+        shrunk |= shrink(&mut self.auth_deadlines);
+        shrunk |= shrink(&mut self.encrypt_queue);
+        shrunk
+    }
+
+    /// Capacity held by the shard's queues, in entries (for tests).
+    #[cfg(test)]
+    pub(crate) fn queue_capacity(&self) -> usize {
+        self.events.capacity()
+            + self.connect_deadlines.capacity()
+            + self.auth_deadlines.capacity()
+            + self.encrypt_queue.capacity()
     }
 
     /// Number of connections (any state).

@@ -5,13 +5,11 @@
 //! → one vectored write → [`Shard::handle_written`], and
 //! [`Shard::handle_flushed`] once the socket took everything.
 
-use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::conn::push_frame;
 use super::{ConnKey, Shard};
 use crate::config::SlowClientPolicy;
 use crate::metrics::ShardMetrics;
@@ -48,8 +46,7 @@ impl<S> Shard<S> {
         let m = &self.ctx.metrics;
         ShardMetrics::add(&m.messages_out, 1);
         ShardMetrics::add(&m.bytes_out, f.len() as u64);
-        conn.out_bytes += f.len();
-        push_frame(&mut conn.out, f);
+        conn.out.push(f);
         self.mark_dirty(key);
     }
 
@@ -86,12 +83,11 @@ impl<S> Shard<S> {
         if conn.encrypted {
             return self.push_encrypted(key, f, now);
         }
-        if conn.out_bytes + f.len() > limit {
+        if conn.out.bytes() + f.len() > limit {
             self.over_budget(key, now);
             return false;
         }
-        conn.out_bytes += f.len();
-        push_frame(&mut conn.out, f.clone());
+        conn.out.push(f.clone());
         self.mark_dirty(key);
         true
     }
@@ -123,7 +119,7 @@ impl<S> Shard<S> {
             return false;
         }
         let generation = conn.generation;
-        let out_bytes = conn.out_bytes;
+        let out_bytes = conn.out.bytes();
         let Some(extra) = conn.extra.as_deref_mut() else {
             return false;
         };
@@ -191,8 +187,7 @@ impl<S> Shard<S> {
                 Ok(enc) => {
                     ShardMetrics::add(&m.messages_encrypted, 1);
                     ShardMetrics::add(&m.bytes_out, enc.len().saturating_sub(f.len()) as u64);
-                    conn.out_bytes += enc.len();
-                    push_frame(&mut conn.out, enc);
+                    conn.out.push(enc);
                     self.mark_dirty(key);
                 }
                 Err(e) => {
@@ -233,12 +228,7 @@ impl<S> Shard<S> {
             return 0;
         };
         let mut want = 0;
-        for (i, f) in conn.out.iter().take(MAX_IOV).enumerate() {
-            let s = if i == 0 {
-                &f[conn.front_written..]
-            } else {
-                &f[..]
-            };
+        for s in conn.out.slices().take(MAX_IOV) {
             want += s.len();
             iov.push(IoSlice::new(s));
         }
@@ -246,26 +236,14 @@ impl<S> Shard<S> {
     }
 
     /// The socket took `n` bytes of what [`Shard::transmit`] lent.
-    pub fn handle_written(&mut self, key: ConnKey, mut n: usize) {
+    pub fn handle_written(&mut self, key: ConnKey, n: usize) {
         let m = &self.ctx.metrics;
         ShardMetrics::add(&m.write_calls, 1);
         ShardMetrics::add(&m.bytes_written, n as u64);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
-        conn.out_bytes -= n.min(conn.out_bytes);
-        while n > 0 {
-            let Some(front) = conn.out.front() else { break };
-            let left = front.len() - conn.front_written;
-            if n >= left {
-                n -= left;
-                conn.out.pop_front();
-                conn.front_written = 0;
-            } else {
-                conn.front_written += n;
-                n = 0;
-            }
-        }
+        conn.out.written(n);
     }
 
     /// The socket took everything queued for `key` (call once the queue is
@@ -279,12 +257,10 @@ impl<S> Shard<S> {
         if conn.dead || !conn.out.is_empty() {
             return false;
         }
-        if conn.out.capacity() == 1 {
-            // The usual one-frame queue of a quiet connection: an idle
-            // connection keeps no queue allocation (larger ones, of busy
-            // connections, are kept until the sweep).
-            conn.out = VecDeque::new();
-        }
+        // The usual one-frame queue of a quiet connection: an idle
+        // connection keeps no queue allocation (larger ones, of busy
+        // connections, are kept until the sweep).
+        conn.out.release_if_empty(1);
         let Some(closing) = conn.closing else {
             return false;
         };

@@ -642,7 +642,13 @@ fn interest_matches_the_indexes_after_churn() {
         want.insert(format!("client:{}", c.id()));
     }
     for u in 0..4 {
-        if !d.shard.users.get(&format!("u{u}")).is_empty() {
+        if d
+            .shard
+            .users
+            .get(&d.shard.conns, &format!("u{u}"))
+            .next()
+            .is_some()
+        {
             want.insert(format!("user:u{u}"));
         }
     }
@@ -763,4 +769,104 @@ fn room_members_stay_exact_through_joins_leaves_and_disconnects() {
         let want: Vec<String> = joined[k].iter().cloned().collect();
         assert_eq!(got, want, "client {k}");
     }
+}
+
+/// The user and client-id indexes hold slab keys and read the ids from the
+/// records (`shard::keyed`): through random connects (several sessions per
+/// user), disconnects and slot reuse, each user's sessions are exactly its
+/// live connections, every client id finds its connection, and a message
+/// to a user reaches exactly its sessions, once each.
+#[test]
+fn user_and_client_indexes_stay_exact_through_connects_and_disconnects() {
+    let mut d = MemoryDriver::insecure(config(), 64, Instant::now());
+    // Live connections and the user each authenticated as.
+    let mut live: Vec<(u32, String)> = Vec::new();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for step in 0..3000 {
+        if rand(2) == 0 && live.len() < 50 {
+            let user = format!("user-{}", rand(6));
+            let k = d.connect(&frame(&format!(
+                r#"{{"event":"authenticate","data":{{"userId":"{user}"}}}}"#
+            )));
+            assert_eq!(events(&d.texts(k)), ["connected"]);
+            live.push((k, user));
+        } else if !live.is_empty() {
+            let (k, _) = live.swap_remove(rand(live.len() as u64) as usize);
+            d.eof(k);
+        }
+        d.run();
+        let mut users: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+        for (k, u) in &live {
+            users.entry(u).or_default().push(*k);
+        }
+        assert_eq!(
+            d.shard.users.len(),
+            users.len(),
+            "step {step}: distinct users"
+        );
+        for (u, want) in &mut users {
+            let mut got: Vec<u32> = d.shard.users.get(&d.shard.conns, u).collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(&got, want, "step {step}: sessions of {u}");
+        }
+        for (k, _) in &live {
+            let id = d.shard.conns[*k as usize].id;
+            assert_eq!(
+                d.shard.key_of(&id),
+                Some(*k),
+                "step {step}: client {k}'s id"
+            );
+        }
+    }
+    for (k, _) in &live {
+        d.texts(*k);
+    }
+    d.command(ShardCommand::Deliver(Delivery {
+        target: Target::User("user-3".into()),
+        frame: encode("to-user", Some(&"hi")).unwrap(),
+        exclude: None,
+    }));
+    for (k, u) in &live {
+        let got = events(&d.texts(*k));
+        let want: &[&str] = if u == "user-3" { &["to-user"] } else { &[] };
+        assert_eq!(got, want, "client {k} of {u}");
+    }
+}
+
+/// A connect storm grows the shard's event and deadline queues by an
+/// entry per connection; once the storm is over, `shrink_buffers` gives
+/// that capacity back while the clients stay connected.
+#[test]
+fn queues_grown_by_a_connect_storm_shrink_once_it_is_over() {
+    let mut d = MemoryDriver::insecure(config(), 2000, Instant::now());
+    let keys: Vec<u32> = (0..1000)
+        .map(|_| d.connect_discarding(&frame(AUTH)))
+        .collect();
+    // One that never authenticates keeps its deadline through the shrink.
+    let lazy = d.connect(&[]);
+    d.run();
+    let grown = d.shard.queue_capacity();
+    assert!(
+        grown >= 1000,
+        "the storm grew the queues to {grown} entries"
+    );
+    // Their connect deadlines are not due yet: the clients authenticated,
+    // so they go too.
+    assert!(d.shard.shrink_buffers());
+    let after = d.shard.queue_capacity();
+    assert!(after <= 4 * 64, "{after} of {grown} entries kept");
+    assert_eq!(
+        d.shard.len(),
+        keys.len() + 1,
+        "every client is still connected"
+    );
+    d.advance(Duration::from_millis(5_300));
+    assert_eq!(close_code(&d.messages(lazy)), Some(4001));
 }

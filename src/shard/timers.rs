@@ -2,7 +2,6 @@
 //! the authentication timeout (4001), the heartbeat (4002), the idle
 //! ping and close, and the close-handshake deadline.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{ConnKey, Shard};
@@ -92,9 +91,9 @@ impl<S> Shard<S> {
                 to_close.push((k, CloseReason::HeartbeatTimeout));
                 continue;
             }
-            if conn.out.is_empty() && conn.out.capacity() > 0 && !conn.dirty {
+            if !conn.dirty {
                 // An idle connection keeps no queue allocation.
-                conn.out = VecDeque::new();
+                conn.out.release_if_empty(usize::MAX);
             }
             if let Some(idle) = idle {
                 let quiet = stamp.since(conn.last_rx);
