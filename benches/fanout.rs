@@ -64,6 +64,7 @@ fn new_driver(index: usize, config: Config, max_conns: usize) -> MemoryDriver {
         max_conns,
         has_room_validator: false,
         wants_messages: false,
+        wants_lifecycle: false,
         sessions: None,
         client_tag: None,
     };

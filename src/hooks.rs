@@ -66,6 +66,12 @@ pub trait Hooks: Send + Sync + 'static {
     fn wants_messages(&self) -> bool {
         true
     }
+    /// Whether [`Hooks::on_open`], [`Hooks::on_connect`] or
+    /// [`Hooks::on_disconnect`] do anything; when false the shard skips
+    /// building their arguments (three strings per connection).
+    fn wants_lifecycle(&self) -> bool {
+        true
+    }
 }
 
 /// The hooks used when none are given.
@@ -74,6 +80,9 @@ pub struct NoHooks;
 
 impl Hooks for NoHooks {
     fn wants_messages(&self) -> bool {
+        false
+    }
+    fn wants_lifecycle(&self) -> bool {
         false
     }
 }
@@ -267,6 +276,9 @@ impl Hooks for Forwarding {
     }
     fn wants_messages(&self) -> bool {
         true
+    }
+    fn wants_lifecycle(&self) -> bool {
+        self.inner.wants_lifecycle()
     }
     fn on_message(&self, m: Message) -> Option<BoxFuture<()>> {
         use std::sync::atomic::Ordering::Relaxed;

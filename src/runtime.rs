@@ -369,6 +369,7 @@ impl ServerBuilder {
                 max_conns: per_shard,
                 has_room_validator: room_validator.is_some(),
                 wants_messages: hooks.wants_messages(),
+                wants_lifecycle: hooks.wants_lifecycle(),
                 sessions: sessions.clone(),
                 client_tag,
             };

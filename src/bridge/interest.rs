@@ -139,6 +139,14 @@ impl Subscriptions {
         }
     }
 
+    /// Give back the capacity a storm of changes left in the queue (a
+    /// connect storm queues an entry per new user), once it is worked off.
+    pub fn shrink(&mut self) {
+        if self.queue.capacity() > 64 && self.queue.len() * 4 <= self.queue.capacity() {
+            self.queue.shrink_to((self.queue.len() * 2).max(64));
+        }
+    }
+
     /// A settle request: once every change received before it is
     /// confirmed, a batch carries `id` in [`Batch::marks`]. After a
     /// [`Subscriptions::reset`] it waits for the whole set again.
@@ -462,6 +470,22 @@ mod tests {
         assert!(c.list().is_empty());
         assert_eq!(s.channels(), 0);
         assert!(s.rooms.is_empty() && s.users.is_empty());
+    }
+
+    #[test]
+    fn a_storm_of_users_leaves_no_queue_capacity_once_applied() {
+        let mut s = Subscriptions::default();
+        let mut c = Conn::default();
+        s.apply((0..5000).map(|i| user(&format!("u{i}"), true)).collect());
+        c.run(&mut s, BATCH);
+        assert_eq!(s.channels(), 5000);
+        assert!(s.queue.capacity() >= 5000);
+        s.shrink();
+        assert!(s.queue.capacity() <= 64, "{} kept", s.queue.capacity());
+        // Still in sync and working.
+        s.apply(vec![user("u1", false)]);
+        c.run(&mut s, BATCH);
+        assert_eq!(s.channels(), 4999);
     }
 
     #[test]

@@ -474,6 +474,7 @@ pub(super) async fn run(
                         }
                         _ = release_due(release_at) => {
                             release_at = None;
+                            st.subs.shrink();
                             crate::mem::release_free_memory();
                         }
                         _ = ping.tick() => {

@@ -147,8 +147,8 @@ impl<S> Shard<S> {
                 self.note_interest(true, || super::Topic::User(name));
             }
         }
-        let defaults = self.ctx.config.default_rooms.clone();
-        for r in &defaults {
+        let config = self.ctx.config.clone();
+        for r in &config.default_rooms {
             self.join_room(key, r);
         }
         self.update_index_gauges();
@@ -176,12 +176,14 @@ impl<S> Shard<S> {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::debug!(client = %id_s, user = ?user_id, "authenticated");
-        self.events
-            .push_back(Event::Hook(HookCall::Connect(hooks::Connected {
-                client_id: id_s,
-                user_id,
-                metadata,
-            })));
+        if self.ctx.wants_lifecycle {
+            self.events
+                .push_back(Event::Hook(HookCall::Connect(hooks::Connected {
+                    client_id: id_s,
+                    user_id,
+                    metadata,
+                })));
+        }
     }
 
     /// PROTOCOL.md §7 for an accepted client: `Ok(None)` for a plain

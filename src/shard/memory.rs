@@ -166,6 +166,7 @@ impl MemoryDriver {
             max_conns,
             has_room_validator: room_validator.is_some(),
             wants_messages: false,
+            wants_lifecycle: true,
             sessions,
             client_tag: None,
         };

@@ -129,6 +129,9 @@ pub struct ShardCtx {
     /// The message hook does something: without it custom events are
     /// dropped without an [`Event::Hook`].
     pub wants_messages: bool,
+    /// The open, connect or disconnect hook does something: without one
+    /// no [`Event::Hook`] is built for them.
+    pub wants_lifecycle: bool,
     /// `--max-sessions-per-user`, shared by the shards of the process
     /// (`None`: no limit).
     pub sessions: Option<Arc<sessions::UserSessions>>,
@@ -477,10 +480,12 @@ impl<S> Shard<S> {
         m.conns_unauthorized
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ShardMetrics::add(&m.upgrades_total, 1);
-        self.events
-            .push_back(Event::Hook(HookCall::Open(hooks::Opened {
-                client_id: id.to_string(),
-            })));
+        if self.ctx.wants_lifecycle {
+            self.events
+                .push_back(Event::Hook(HookCall::Open(hooks::Opened {
+                    client_id: id.to_string(),
+                })));
+        }
         if self.shutting_down {
             // Upgraded while the shard drains (it was accepted before):
             // told to go elsewhere at once.
@@ -527,11 +532,13 @@ impl<S> Shard<S> {
             State::Authenticated => m.conns_authenticated.fetch_sub(1, Relaxed),
         };
         self.update_index_gauges();
-        self.events
-            .push_back(Event::Hook(HookCall::Disconnect(hooks::Disconnected {
-                client_id: conn.id.to_string(),
-                user_id: conn.user.as_deref().map(str::to_owned),
-            })));
+        if self.ctx.wants_lifecycle {
+            self.events
+                .push_back(Event::Hook(HookCall::Disconnect(hooks::Disconnected {
+                    client_id: conn.id.to_string(),
+                    user_id: conn.user.as_deref().map(str::to_owned),
+                })));
+        }
         Some(conn.sock)
     }
 

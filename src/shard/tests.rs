@@ -353,6 +353,7 @@ fn waiting_driver() -> (MemoryDriver, Arc<Waiting>) {
         max_conns: 4,
         has_room_validator: false,
         wants_messages: false,
+        wants_lifecycle: true,
         sessions: None,
         client_tag: None,
     };
@@ -642,8 +643,7 @@ fn interest_matches_the_indexes_after_churn() {
         want.insert(format!("client:{}", c.id()));
     }
     for u in 0..4 {
-        if d
-            .shard
+        if d.shard
             .users
             .get(&d.shard.conns, &format!("u{u}"))
             .next()
@@ -869,4 +869,73 @@ fn queues_grown_by_a_connect_storm_shrink_once_it_is_over() {
     );
     d.advance(Duration::from_millis(5_300));
     assert_eq!(close_code(&d.messages(lazy)), Some(4001));
+}
+
+/// Hooks that count their lifecycle calls.
+#[derive(Default)]
+struct CountingHooks {
+    calls: std::sync::atomic::AtomicUsize,
+    lifecycle: bool,
+}
+
+impl crate::hooks::Hooks for CountingHooks {
+    fn on_open(&self, _o: crate::hooks::Opened) -> Option<BoxFuture<()>> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    }
+    fn on_connect(&self, _c: crate::hooks::Connected) -> Option<BoxFuture<()>> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    }
+    fn on_disconnect(&self, _d: crate::hooks::Disconnected) -> Option<BoxFuture<()>> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    }
+    fn wants_lifecycle(&self) -> bool {
+        self.lifecycle
+    }
+}
+
+/// Open, connect and disconnect hooks are called once each when the hooks
+/// want them, and their arguments are not even built when they do not
+/// (the server's default, no hooks: three strings per connection saved).
+#[test]
+fn lifecycle_hooks_are_built_only_when_wanted() {
+    for lifecycle in [true, false] {
+        let hooks = Arc::new(CountingHooks {
+            lifecycle,
+            ..Default::default()
+        });
+        let ctx = ShardCtx {
+            index: 0,
+            config: Arc::new(config()),
+            metrics: Arc::default(),
+            max_conns: 4,
+            has_room_validator: false,
+            wants_messages: false,
+            wants_lifecycle: crate::hooks::Hooks::wants_lifecycle(&*hooks),
+            sessions: None,
+            client_tag: None,
+        };
+        let mut d = MemoryDriver::new(
+            ctx,
+            Arc::new(crate::auth::insecure::InsecureAuthenticator),
+            None,
+            hooks.clone(),
+            Instant::now(),
+        );
+        let k = authed(&mut d);
+        d.eof(k);
+        d.run();
+        assert!(d.is_closed(k));
+        let calls = hooks.calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            calls,
+            if lifecycle { 3 } else { 0 },
+            "lifecycle hooks wanted: {lifecycle}"
+        );
+    }
 }
