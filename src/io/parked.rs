@@ -132,18 +132,19 @@ pub async fn poller(io: Rc<ShardIo>) {
     // connected). A wait for writability, which an epoll file never
     // reports, keeps it registered: each read wait then only modifies the
     // entry. On io_uring the wait is one idle poll request.
-    let keep_registered = {
+    // (Cancelled when this future is dropped with the shard.)
+    let _keep_registered = {
         let io = io.clone();
         compio::runtime::spawn(async move {
-            let _ = io.ep.write_ready().await;
+            if let Err(e) = io.ep.write_ready().await {
+                tracing::debug!(error = %e, "shard epoll: the registration wait ended");
+            }
         })
     };
-    poll_parked(&io).await;
-    drop(keep_registered);
+    poll_parked(io).await
 }
 
-async fn poll_parked(io: &Rc<ShardIo>) {
-    let io = io.clone();
+async fn poll_parked(io: Rc<ShardIo>) -> ! {
     let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
     loop {
         if let Err(e) = io.ep.read_ready().await {

@@ -173,6 +173,8 @@ pub async fn ticker(io: Rc<ShardIo>) {
     let period = io.shard.borrow().tick_interval();
     let mut next_release = Instant::now() + RELEASE_EVERY;
     let mut churn_seen = churn(&io);
+    // Queue capacity was given back and not yet handed to the system.
+    let mut shrunk = false;
     loop {
         let now = Instant::now();
         io.shard.borrow_mut().set_wall_clock(now, unix_ms());
@@ -185,10 +187,11 @@ pub async fn ticker(io: Rc<ShardIo>) {
             let keys_freed = io.admission.tls.is_some() && super::tls::release_idle(&io);
             // After connections came or went (or idle keys were dropped),
             // once no upgrade is running.
-            let queues_shrunk = io.shard.borrow_mut().shrink_buffers();
+            shrunk |= io.shard.borrow_mut().shrink_buffers();
             let c = churn(&io);
-            if (c != churn_seen || keys_freed || queues_shrunk) && io.handshaking.get() == 0 {
+            if (c != churn_seen || keys_freed || shrunk) && io.handshaking.get() == 0 {
                 churn_seen = c;
+                shrunk = false;
                 crate::mem::release_free_memory();
             }
         }

@@ -82,6 +82,8 @@ pub struct Conn<S> {
     pub(super) user: Option<std::sync::Arc<str>>,
     /// The user's next session on this shard ([`super::keyed::Users`]).
     pub(super) next_of_user: super::ConnKey,
+    /// Its previous session; the first session's is the last one.
+    pub(super) prev_of_user: super::ConnKey,
     pub(super) extra: Option<Box<ConnExtra>>,
     /// Rooms joined, with its place in each (the own-id room is the flag
     /// below).

@@ -2,11 +2,12 @@
 //! (4 bytes a slot) keyed by a field of the connection's own record.
 //!
 //! The key itself (the client id, the user-id string) lives once, in the
-//! record ([`Conn::id`], [`Conn::user`]); a lookup hashes what it is given
+//! record (`Conn::id`, `Conn::user`); a lookup hashes what it is given
 //! and compares it with the records its probe lands on, and growing the
 //! table rehashes from the records. A user's sessions are a list linked
-//! through their records ([`Conn::next_of_user`]) whose first session is
-//! the one in the table. An idle connection that is its own user costs
+//! through their records (`Conn::next_of_user`) whose first session is
+//! the one in the table (`Conn::prev_of_user` makes adding and removing
+//! a session O(1)). An idle connection that is its own user costs
 //! the two indexes about 10 bytes together, where two `HashMap`s of owned
 //! keys cost about 150.
 
@@ -134,29 +135,34 @@ impl Users {
 
     /// Index `key` under `user` and set its record's user id: the string
     /// of the user's other sessions when it has some (returns false),
-    /// else a new one (returns true: the user is new on this shard). A
-    /// connection already indexed under `user` is left as it is.
+    /// else a new one (returns true: the user is new on this shard). The
+    /// session goes last, so a user's sessions stay in connect order. A
+    /// connection already indexed (under any user) is left as it is.
+    /// O(1): one user may hold thousands of sessions.
     pub fn add<S>(&mut self, conns: &mut Slab<Conn<S>>, user: &str, key: ConnKey) -> bool {
-        if !conns.contains(key as usize) {
+        if conns.get(key as usize).is_none_or(|c| c.user.is_some()) {
             return false;
         }
         if let Some(head) = self.head(conns, user) {
-            if self.get(conns, user).any(|k| k == key) {
-                return false;
-            }
-            let (name, next) = {
+            let (name, tail) = {
                 let h = &conns[head as usize];
-                (h.user.clone(), h.next_of_user)
+                (h.user.clone(), h.prev_of_user)
             };
-            conns[head as usize].next_of_user = key;
+            if let Some(t) = conns.get_mut(tail as usize) {
+                t.next_of_user = key;
+            }
+            conns[head as usize].prev_of_user = key;
             let c = &mut conns[key as usize];
             c.user = name;
-            c.next_of_user = next;
+            c.next_of_user = NO_SESSION;
+            c.prev_of_user = tail;
             return false;
         }
         let c = &mut conns[key as usize];
         c.user = Some(std::sync::Arc::from(user));
         c.next_of_user = NO_SESSION;
+        // The first session's `prev` is the last one: itself, for now.
+        c.prev_of_user = key;
         let hasher = &self.hasher;
         let conns = &*conns;
         self.table.insert_unique(hasher.hash_one(user), key, |&k| {
@@ -167,7 +173,7 @@ impl Users {
 
     /// Take `key` (still in `conns`, indexed under its record's user id)
     /// out of its user's sessions; returns true when that was the user's
-    /// last session on this shard.
+    /// last session on this shard. O(1).
     pub fn remove<S>(&mut self, conns: &mut Slab<Conn<S>>, key: ConnKey) -> bool {
         let Some(c) = conns.get(key as usize) else {
             return false;
@@ -175,36 +181,46 @@ impl Users {
         let Some(user) = c.user.clone() else {
             return false;
         };
-        let next = c.next_of_user;
+        let (next, prev) = (c.next_of_user, c.prev_of_user);
         let hash = self.hash(&user);
-        match self.table.find_entry(hash, |&k| k == key) {
+        let last = match self.table.find_entry(hash, |&k| k == key) {
+            // The only session.
             Ok(e) if next == NO_SESSION => {
                 e.remove();
-                return true;
+                true
             }
+            // The first of several: the next one is first now, and its
+            // `prev` is the last one's.
             Ok(mut e) => {
                 *e.get_mut() = next;
-            }
-            Err(_) => {
-                // Not the first: unlink it from its predecessor.
-                let Some(mut k) = self.head(conns, &user) else {
-                    return false;
-                };
-                while let Some(p) = conns.get(k as usize) {
-                    let after = p.next_of_user;
-                    if after == key {
-                        conns[k as usize].next_of_user = next;
-                        break;
-                    }
-                    k = after;
+                if let Some(n) = conns.get_mut(next as usize) {
+                    n.prev_of_user = prev;
                 }
+                false
             }
-        }
-        conns[key as usize].next_of_user = NO_SESSION;
-        false
+            // Later in the list: unlink it between its neighbours.
+            Err(_) => {
+                if let Some(p) = conns.get_mut(prev as usize) {
+                    p.next_of_user = next;
+                }
+                if next == NO_SESSION {
+                    // It was the last: the first session's `prev` moves.
+                    if let Some(h) = self.head(conns, &user) {
+                        conns[h as usize].prev_of_user = prev;
+                    }
+                } else if let Some(n) = conns.get_mut(next as usize) {
+                    n.prev_of_user = prev;
+                }
+                false
+            }
+        };
+        let c = &mut conns[key as usize];
+        c.next_of_user = NO_SESSION;
+        c.prev_of_user = NO_SESSION;
+        last
     }
 
-    /// Sessions of `user`, most recent after the first.
+    /// Sessions of `user`, in connect order.
     pub fn get<'a, S>(&self, conns: &'a Slab<Conn<S>>, user: &str) -> Sessions<'a, S> {
         Sessions {
             conns,

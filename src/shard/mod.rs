@@ -451,6 +451,7 @@ impl<S> Shard<S> {
             session: Session::new(now, &self.timeouts),
             user: None,
             next_of_user: keyed::NO_SESSION,
+            prev_of_user: keyed::NO_SESSION,
             extra: None,
             rooms: SmallVec::new(),
             // The reference subscribes a socket to its own id at connect, so

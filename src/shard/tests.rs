@@ -53,6 +53,17 @@ fn events(texts: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// A seeded pseudo-random source for the churn tests: `rand(n)` is in
+/// `0..n`, the same sequence every run.
+fn lcg(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    }
+}
+
 /// A client that authenticated (its `connected` consumed).
 fn authed(d: &mut MemoryDriver) -> u32 {
     let k = d.connect(&frame(AUTH));
@@ -598,13 +609,7 @@ fn interest_matches_the_indexes_after_churn() {
     let mut held: std::collections::HashMap<String, bool> = Default::default();
     let mut keys: Vec<u32> = Vec::new();
     let mut changes = 0;
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut rand = move |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
+    let mut rand = lcg(0x9e37_79b9_7f4a_7c15);
     for step in 0..3000 {
         match rand(5) {
             0 if keys.len() < 14 => {
@@ -681,13 +686,7 @@ fn room_members_stay_exact_through_joins_leaves_and_disconnects() {
     // What each client joined, as the test saw it.
     let mut joined: std::collections::HashMap<u32, std::collections::BTreeSet<String>> =
         Default::default();
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut rand = move |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
+    let mut rand = lcg(0x2545_f491_4f6c_dd1d);
     for step in 0..4000 {
         match rand(6) {
             0 if keys.len() < 60 => {
@@ -773,21 +772,17 @@ fn room_members_stay_exact_through_joins_leaves_and_disconnects() {
 
 /// The user and client-id indexes hold slab keys and read the ids from the
 /// records (`shard::keyed`): through random connects (several sessions per
-/// user), disconnects and slot reuse, each user's sessions are exactly its
-/// live connections, every client id finds its connection, and a message
-/// to a user reaches exactly its sessions, once each.
+/// user), disconnects (first, middle and last sessions) and slot reuse,
+/// each user's sessions are exactly its live connections in connect
+/// order, every client id finds its connection and nothing else is
+/// indexed, a second `add` changes nothing, and a message to a user
+/// reaches exactly its sessions, once each.
 #[test]
 fn user_and_client_indexes_stay_exact_through_connects_and_disconnects() {
     let mut d = MemoryDriver::insecure(config(), 64, Instant::now());
-    // Live connections and the user each authenticated as.
-    let mut live: Vec<(u32, String)> = Vec::new();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut rand = move |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
+    // Live connections, the user each authenticated as, and when.
+    let mut live: Vec<(u32, String, usize)> = Vec::new();
+    let mut rand = lcg(0x9e37_79b9_7f4a_7c15);
     for step in 0..3000 {
         if rand(2) == 0 && live.len() < 50 {
             let user = format!("user-{}", rand(6));
@@ -795,15 +790,17 @@ fn user_and_client_indexes_stay_exact_through_connects_and_disconnects() {
                 r#"{{"event":"authenticate","data":{{"userId":"{user}"}}}}"#
             )));
             assert_eq!(events(&d.texts(k)), ["connected"]);
-            live.push((k, user));
+            live.push((k, user, step));
+            // Indexing it again, under its user or another, changes nothing.
+            assert!(!d.shard.users.add(&mut d.shard.conns, "user-0", k));
         } else if !live.is_empty() {
-            let (k, _) = live.swap_remove(rand(live.len() as u64) as usize);
+            let (k, _, _) = live.swap_remove(rand(live.len() as u64) as usize);
             d.eof(k);
         }
         d.run();
-        let mut users: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
-        for (k, u) in &live {
-            users.entry(u).or_default().push(*k);
+        let mut users: std::collections::BTreeMap<&str, Vec<(usize, u32)>> = Default::default();
+        for (k, u, at) in &live {
+            users.entry(u).or_default().push((*at, *k));
         }
         assert_eq!(
             d.shard.users.len(),
@@ -811,12 +808,17 @@ fn user_and_client_indexes_stay_exact_through_connects_and_disconnects() {
             "step {step}: distinct users"
         );
         for (u, want) in &mut users {
-            let mut got: Vec<u32> = d.shard.users.get(&d.shard.conns, u).collect();
-            got.sort_unstable();
+            let got: Vec<u32> = d.shard.users.get(&d.shard.conns, u).collect();
             want.sort_unstable();
-            assert_eq!(&got, want, "step {step}: sessions of {u}");
+            let want: Vec<u32> = want.iter().map(|(_, k)| *k).collect();
+            assert_eq!(got, want, "step {step}: sessions of {u}, in connect order");
         }
-        for (k, _) in &live {
+        assert_eq!(
+            d.shard.by_id.len(),
+            live.len(),
+            "step {step}: clients indexed"
+        );
+        for (k, _, _) in &live {
             let id = d.shard.conns[*k as usize].id;
             assert_eq!(
                 d.shard.key_of(&id),
@@ -825,7 +827,7 @@ fn user_and_client_indexes_stay_exact_through_connects_and_disconnects() {
             );
         }
     }
-    for (k, _) in &live {
+    for (k, _, _) in &live {
         d.texts(*k);
     }
     d.command(ShardCommand::Deliver(Delivery {
@@ -833,7 +835,7 @@ fn user_and_client_indexes_stay_exact_through_connects_and_disconnects() {
         frame: encode("to-user", Some(&"hi")).unwrap(),
         exclude: None,
     }));
-    for (k, u) in &live {
+    for (k, u, _) in &live {
         let got = events(&d.texts(*k));
         let want: &[&str] = if u == "user-3" { &["to-user"] } else { &[] };
         assert_eq!(got, want, "client {k} of {u}");
