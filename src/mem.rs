@@ -16,7 +16,7 @@ pub fn release_free_memory() {
     #[cfg(feature = "mimalloc")]
     // SAFETY: `mi_collect` may be called from any thread at any time; it
     // frees only memory no live allocation uses (exercised by
-    // `release_tests::release_free_memory_keeps_live_allocations`).
+    // `mem::tests::release_free_memory_keeps_live_allocations`).
     unsafe {
         libmimalloc_sys::mi_collect(true)
     }
@@ -26,6 +26,19 @@ pub fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Give back what a storm left in an emptied-out queue: a `VecDeque`
+/// keeps its capacity once drained. Shrinks it to twice what it holds (at
+/// least 64 entries) once it is at most a quarter full; returns whether it
+/// shrank. Used by the shards' queues and the Redis subscriber's.
+pub fn shrink_queue<T>(q: &mut std::collections::VecDeque<T>) -> bool {
+    const KEEP: usize = 64;
+    let shrinks = q.capacity() > KEEP && q.len() * 4 <= q.capacity();
+    if shrinks {
+        q.shrink_to((q.len() * 2).max(KEEP));
+    }
+    shrinks
 }
 
 #[cfg(test)]

@@ -142,9 +142,7 @@ impl Subscriptions {
     /// Give back the capacity a storm of changes left in the queue (a
     /// connect storm queues an entry per new user), once it is worked off.
     pub fn shrink(&mut self) {
-        if self.queue.capacity() > 64 && self.queue.len() * 4 <= self.queue.capacity() {
-            self.queue.shrink_to((self.queue.len() * 2).max(64));
-        }
+        crate::mem::shrink_queue(&mut self.queue);
     }
 
     /// A settle request: once every change received before it is

@@ -128,8 +128,8 @@ pub async fn poller(io: Rc<ShardIo>) {
     // an epoll file (this shard's) into another epoll makes the kernel walk
     // every file the added one watches (its loop check): every parked
     // connection, once per wake, which made a connect storm quadratic
-    // (`epoll_ctl` was 39% of the shard's samples while 10,000 clients
-    // connected). A wait for writability, which an epoll file never
+    // (`epoll_ctl` was 733 of the shard's 1,583 samples while 10,000
+    // clients connected: `scripts/connect-profile.sh epoll`). A wait for writability, which an epoll file never
     // reports, keeps it registered: each read wait then only modifies the
     // entry. On io_uring the wait is one idle poll request.
     // (Cancelled when this future is dropped with the shard.)

@@ -244,3 +244,17 @@ impl ShardIo {
             .await
     }
 }
+
+#[cfg(test)]
+mod record_size {
+    /// An idle connection's record (the shard's state of it and the
+    /// driver's) in the shard's slab: 224 bytes before issue 16's third
+    /// session, 168 since (PERFORMANCE.md, "Idle memory and connect, third
+    /// session"). Growing it costs every idle connection; this says so.
+    #[test]
+    fn an_idle_connection_record_stays_at_168_bytes() {
+        let size = std::mem::size_of::<crate::shard::conn::Conn<super::ConnSock>>();
+        assert!(size <= 168, "Conn<ConnSock> is {size} bytes");
+        assert!(std::mem::size_of::<super::ConnSock>() <= 24);
+    }
+}

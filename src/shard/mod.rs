@@ -644,14 +644,7 @@ impl<S> Shard<S> {
     /// returns whether memory was given back (then the driver hands it to
     /// the system: [`crate::mem::release_free_memory`]).
     pub fn shrink_buffers(&mut self) -> bool {
-        const KEEP: usize = 64;
-        fn shrink<T>(q: &mut VecDeque<T>) -> bool {
-            let shrinks = q.capacity() > KEEP && q.len() * 4 <= q.capacity();
-            if shrinks {
-                q.shrink_to((q.len() * 2).max(KEEP));
-            }
-            shrinks
-        }
+        use crate::mem::shrink_queue;
         let conns = &self.conns;
         let waiting = |&(_, key, generation): &(Stamp, ConnKey, u32)| {
             conns
@@ -659,14 +652,12 @@ impl<S> Shard<S> {
                 .is_some_and(|c| c.generation == generation && c.session.deadline().is_some())
         };
         for q in [&mut self.connect_deadlines, &mut self.auth_deadlines] {
-            if q.capacity() > KEEP {
-                q.retain(waiting);
-            }
+            q.retain(waiting);
         }
-        let mut shrunk = shrink(&mut self.events);
-        shrunk |= shrink(&mut self.connect_deadlines);
-        shrunk |= shrink(&mut self.auth_deadlines);
-        shrunk |= shrink(&mut self.encrypt_queue);
+        let mut shrunk = shrink_queue(&mut self.events);
+        shrunk |= shrink_queue(&mut self.connect_deadlines);
+        shrunk |= shrink_queue(&mut self.auth_deadlines);
+        shrunk |= shrink_queue(&mut self.encrypt_queue);
         shrunk
     }
 

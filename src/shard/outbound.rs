@@ -227,12 +227,7 @@ impl<S> Shard<S> {
         let Some(conn) = self.conns.get(key as usize).filter(|c| !c.dead) else {
             return 0;
         };
-        let mut want = 0;
-        for s in conn.out.slices().take(MAX_IOV) {
-            want += s.len();
-            iov.push(IoSlice::new(s));
-        }
-        want
+        conn.out.lend(iov, MAX_IOV)
     }
 
     /// The socket took `n` bytes of what [`Shard::transmit`] lent.
@@ -260,7 +255,7 @@ impl<S> Shard<S> {
         // The usual one-frame queue of a quiet connection: an idle
         // connection keeps no queue allocation (larger ones, of busy
         // connections, are kept until the sweep).
-        conn.out.release_if_empty(1);
+        conn.out.release_if_empty(0);
         let Some(closing) = conn.closing else {
             return false;
         };

@@ -348,6 +348,22 @@ impl Authenticator for Waiting {
     }
 }
 
+/// A one-shard context for 4 connections of `config()`, without a room
+/// validator or a message hook.
+fn small_ctx(wants_lifecycle: bool) -> ShardCtx {
+    ShardCtx {
+        index: 0,
+        config: Arc::new(config()),
+        metrics: Arc::default(),
+        max_conns: 4,
+        has_room_validator: false,
+        wants_messages: false,
+        wants_lifecycle,
+        sessions: None,
+        client_tag: None,
+    }
+}
+
 /// A driver whose authenticator waits for the test to answer.
 fn waiting_driver() -> (MemoryDriver, Arc<Waiting>) {
     let waiting = Arc::new(Waiting(Default::default()));
@@ -357,19 +373,8 @@ fn waiting_driver() -> (MemoryDriver, Arc<Waiting>) {
             self.0.authenticate(req)
         }
     }
-    let ctx = ShardCtx {
-        index: 0,
-        config: Arc::new(config()),
-        metrics: Arc::default(),
-        max_conns: 4,
-        has_room_validator: false,
-        wants_messages: false,
-        wants_lifecycle: true,
-        sessions: None,
-        client_tag: None,
-    };
     let d = MemoryDriver::new(
-        ctx,
+        small_ctx(true),
         Arc::new(Shared(waiting.clone())),
         None,
         Arc::new(crate::hooks::NoHooks),
@@ -911,19 +916,8 @@ fn lifecycle_hooks_are_built_only_when_wanted() {
             lifecycle,
             ..Default::default()
         });
-        let ctx = ShardCtx {
-            index: 0,
-            config: Arc::new(config()),
-            metrics: Arc::default(),
-            max_conns: 4,
-            has_room_validator: false,
-            wants_messages: false,
-            wants_lifecycle: crate::hooks::Hooks::wants_lifecycle(&*hooks),
-            sessions: None,
-            client_tag: None,
-        };
         let mut d = MemoryDriver::new(
-            ctx,
+            small_ctx(crate::hooks::Hooks::wants_lifecycle(&*hooks)),
             Arc::new(crate::auth::insecure::InsecureAuthenticator),
             None,
             hooks.clone(),
