@@ -108,7 +108,7 @@ pub enum Topic {
     /// The user id string is the shard's own (its user index and its
     /// sessions' records hold the same one), so the subscriber's copy
     /// costs no second allocation.
-    User(std::sync::Arc<str>),
+    User(crate::user_id::UserId),
     Client(ClientId),
 }
 

@@ -121,6 +121,7 @@ pub mod secrets;
 pub mod shard;
 pub mod throttle;
 pub mod tls;
+pub mod user_id;
 
 pub use config::Config;
 pub use error::Error;

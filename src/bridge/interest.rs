@@ -54,7 +54,7 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
     Room(Box<str>),
-    User(std::sync::Arc<str>),
+    User(crate::user_id::UserId),
     Client(ClientId),
     /// A settle request ([`Subscriptions::mark`]): everything queued
     /// before it is in its batch or an earlier one.
@@ -105,7 +105,7 @@ impl Batch {
 pub struct Subscriptions {
     rooms: HashMap<Box<str>, Entry>,
     /// Keyed by the shards' own user id strings (see [`Topic::User`]).
-    users: HashMap<std::sync::Arc<str>, Entry>,
+    users: HashMap<crate::user_id::UserId, Entry>,
     clients: HashMap<ClientId, Entry>,
     /// Entries whose wanted state may differ from what is applied.
     queue: VecDeque<Key>,
@@ -417,7 +417,7 @@ mod tests {
     }
     fn user(u: &str, on: bool) -> Interest {
         Interest {
-            topic: Topic::User(u.into()),
+            topic: Topic::User(crate::user_id::UserId::new(u).unwrap()),
             on,
         }
     }
@@ -708,7 +708,10 @@ mod tests {
                 }
                 1 => {
                     let u = format!("u{}", rnd(5));
-                    (Topic::User(u.clone().into()), format!("ws:user:{u}"))
+                    (
+                        Topic::User(crate::user_id::UserId::new(&u).unwrap()),
+                        format!("ws:user:{u}"),
+                    )
                 }
                 _ => {
                     // Rooms named by ids too.

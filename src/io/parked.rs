@@ -87,12 +87,7 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
-    let sock = ConnSock {
-        sock,
-        write_blocked: false,
-        ip_slot: ip_slot.map(Box::new),
-        tls,
-    };
+    let sock = ConnSock::new(sock, ip_slot, tls);
     let (key, _) = io.with(|sh| sh.handle_upgraded(sock, &rest, Instant::now()));
     drop(rest);
     park(&io, key);
@@ -237,11 +232,11 @@ fn read_some(io: &ShardIo, key: ConnKey) {
                 return;
             }
             Ok((n, _)) => {
-                if let Some(mut session) = sh.conn_mut(key).and_then(|c| c.sock_mut().tls.take()) {
+                if let Some(mut session) = sh.conn_mut(key).and_then(|c| c.sock_mut().take_tls()) {
                     let mut plain = io.tls_plain.borrow_mut();
                     let read = super::tls::open(io, &mut session, &scratch[..n], &mut plain);
                     if let Some(c) = sh.conn_mut(key) {
-                        c.sock_mut().tls = Some(session);
+                        c.sock_mut().put_tls(session);
                     }
                     match read {
                         super::tls::Read::Failed => {

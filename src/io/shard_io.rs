@@ -29,14 +29,59 @@ pub struct ConnSock {
     pub sock: Socket,
     /// The socket did not take everything: waiting for writability.
     pub write_blocked: bool,
+    /// What only some connections have, out of line: a plain connection
+    /// without `--max-conns-per-ip` holds 8 bytes here, not 16.
+    pub(super) extra: Option<Box<SockExtra>>,
+}
+
+/// The parts of [`ConnSock`] that only some connections have.
+#[derive(Debug, Default)]
+pub(super) struct SockExtra {
     /// Its place under `--max-conns-per-ip`, given back when the record
-    /// (and so this) is dropped. Boxed: `--max-conns-per-ip` is off by
-    /// default, and an unused slot then costs the record 8 bytes, not 32.
+    /// (and so this) is dropped.
     #[expect(dead_code, reason = "held for its Drop")]
-    pub(super) ip_slot: Option<Box<super::accept::IpSlot>>,
+    ip_slot: Option<super::accept::IpSlot>,
     /// The TLS record layer (`--tls-cert`), between the shard and the
-    /// socket.
-    pub tls: Option<Box<crate::tls::Session>>,
+    /// socket (boxed on its own: it is taken out for each read and flush).
+    tls: Option<Box<crate::tls::Session>>,
+}
+
+impl ConnSock {
+    /// A freshly upgraded connection's socket state.
+    pub(super) fn new(
+        sock: Socket,
+        ip_slot: Option<super::accept::IpSlot>,
+        tls: Option<Box<crate::tls::Session>>,
+    ) -> ConnSock {
+        let extra =
+            (ip_slot.is_some() || tls.is_some()).then(|| Box::new(SockExtra { ip_slot, tls }));
+        ConnSock {
+            sock,
+            write_blocked: false,
+            extra,
+        }
+    }
+
+    /// Whether the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.tls.is_some())
+    }
+
+    /// Take its TLS session out (to use it beside the shard); give it
+    /// back with [`ConnSock::put_tls`].
+    pub(super) fn take_tls(&mut self) -> Option<Box<crate::tls::Session>> {
+        self.extra.as_mut().and_then(|e| e.tls.take())
+    }
+
+    /// Give back the TLS session taken by [`ConnSock::take_tls`].
+    pub(super) fn put_tls(&mut self, session: Box<crate::tls::Session>) {
+        self.extra.get_or_insert_with(Default::default).tls = Some(session);
+    }
+
+    /// Its TLS session, if it has one.
+    pub(super) fn tls_mut(&mut self) -> Option<&mut crate::tls::Session> {
+        self.extra.as_mut().and_then(|e| e.tls.as_deref_mut())
+    }
 }
 
 impl AsFd for ConnSock {
@@ -249,12 +294,13 @@ impl ShardIo {
 mod record_size {
     /// An idle connection's record (the shard's state of it and the
     /// driver's) in the shard's slab: 224 bytes before issue 16's third
-    /// session, 168 since (PERFORMANCE.md, "Idle memory and connect, third
-    /// session"). Growing it costs every idle connection; this says so.
+    /// session, 168 after it, 152 since the fourth (a thin user id, the
+    /// socket's rare parts in one box; PERFORMANCE.md, "Idle memory and
+    /// connect, fourth session"). Growing it costs every idle connection; this says so.
     #[test]
-    fn an_idle_connection_record_stays_at_168_bytes() {
+    fn an_idle_connection_record_stays_at_152_bytes() {
         let size = std::mem::size_of::<crate::shard::conn::Conn<super::ConnSock>>();
-        assert!(size <= 168, "Conn<ConnSock> is {size} bytes");
-        assert!(std::mem::size_of::<super::ConnSock>() <= 24);
+        assert!(size <= 152, "Conn<ConnSock> is {size} bytes");
+        assert!(std::mem::size_of::<super::ConnSock>() <= 16);
     }
 }

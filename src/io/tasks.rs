@@ -29,7 +29,7 @@ pub fn flush_one(io: &ShardIo, key: ConnKey) {
     if conn.is_dead() || conn.sock().write_blocked {
         return;
     }
-    if conn.sock().tls.is_some() {
+    if conn.sock().is_tls() {
         return flush_tls(io, sh, key);
     }
     let mut blocked = false;
@@ -92,7 +92,7 @@ fn flush_tls(
     mut sh: std::cell::RefMut<'_, crate::shard::Shard<super::shard_io::ConnSock>>,
     key: ConnKey,
 ) {
-    let Some(mut session) = sh.conn_mut(key).and_then(|c| c.sock_mut().tls.take()) else {
+    let Some(mut session) = sh.conn_mut(key).and_then(|c| c.sock_mut().take_tls()) else {
         return;
     };
     let flushed = super::tls::flush(io, &mut sh, key, &mut session);
@@ -105,7 +105,7 @@ fn flush_tls(
         super::tls::close_notify(io, &conn.sock().sock, &mut session);
         let _ = rustix::net::shutdown(&conn.sock().sock, Shutdown::Write);
     }
-    conn.sock_mut().tls = Some(session);
+    conn.sock_mut().put_tls(session);
     if matches!(flushed, super::tls::Flushed::Blocked) {
         conn.sock_mut().write_blocked = true;
         drop(sh);

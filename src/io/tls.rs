@@ -358,7 +358,7 @@ fn send_some(fd: impl std::os::fd::AsFd, data: &[u8]) -> Result<usize, Errno> {
 pub(super) fn release_idle(io: &ShardIo) -> bool {
     let mut freed = false;
     io.shard.borrow_mut().for_each_sock(|s| {
-        if let Some(t) = s.tls.as_mut() {
+        if let Some(t) = s.tls_mut() {
             freed |= t.release_idle();
         }
     });

@@ -79,7 +79,7 @@ pub struct Conn<S> {
     pub(super) generation: u32,
     pub(super) session: Session,
     /// Shared with the user index.
-    pub(super) user: Option<std::sync::Arc<str>>,
+    pub(super) user: Option<crate::user_id::UserId>,
     /// The user's next session on this shard ([`super::keyed::Users`]).
     pub(super) next_of_user: super::ConnKey,
     /// Its previous session; the first session's is the last one.

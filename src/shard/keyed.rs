@@ -158,8 +158,14 @@ impl Users {
             c.prev_of_user = tail;
             return false;
         }
+        // Longer than 4 GiB: cannot come from a frame (`--max-payload`)
+        // or an authenticator's bounded answer; not indexed.
+        let Some(name) = crate::user_id::UserId::new(user) else {
+            tracing::warn!(len = user.len(), "user id too long to index");
+            return false;
+        };
         let c = &mut conns[key as usize];
-        c.user = Some(std::sync::Arc::from(user));
+        c.user = Some(name);
         c.next_of_user = NO_SESSION;
         // The first session's `prev` is the last one: itself, for now.
         c.prev_of_user = key;
