@@ -45,10 +45,13 @@ fn interest(peer_eof: bool, write_blocked: bool) -> epoll::EventFlags {
     f
 }
 
-/// Set a parked connection's epoll interest from its state.
+/// Set a parked connection's epoll interest from its state. A finished
+/// one is left as it is: its socket is about to be dropped (a client's FIN
+/// usually finishes it, and the change would be a system call per
+/// disconnect for nothing).
 pub(super) fn update_interest(io: &ShardIo, key: ConnKey) {
     let sh = io.shard.borrow();
-    if let Some(conn) = sh.conn(key) {
+    if let Some(conn) = sh.conn(key).filter(|c| !c.is_dead()) {
         let flags = interest(conn.peer_eof(), conn.sock().write_blocked);
         let _ = epoll::modify(&io.ep, conn.sock(), ep_data(key, conn.generation()), flags);
     }
