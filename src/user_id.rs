@@ -133,8 +133,13 @@ impl Drop for UserId {
             return;
         }
         fence(Ordering::Acquire);
+        #[cfg(test)]
+        tests::note_free(self.as_str());
         let len = self.header().len as usize;
-        if let Some(layout) = Self::layout(len) {
+        let layout = Self::layout(len);
+        // `new` made it with this layout: it cannot be refused now.
+        debug_assert!(layout.is_some());
+        if let Some(layout) = layout {
             // SAFETY: this was the last `UserId` of an allocation made by
             // `new` with this same layout (same length).
             unsafe { std::alloc::dealloc(self.0.as_ptr().cast::<u8>(), layout) }
@@ -230,25 +235,82 @@ mod tests {
         assert!(!UserId::ptr_eq(&id("a"), &id("a")));
     }
 
+    /// Ids freed (by the last drop), for the tests below.
+    static FREED: std::sync::Mutex<Vec<(String, std::thread::ThreadId)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn note_free(id: &str) {
+        if id.starts_with("freed-") {
+            FREED
+                .lock()
+                .unwrap()
+                .push((id.to_owned(), std::thread::current().id()));
+        }
+    }
+
+    fn frees_of(id: &str) -> Vec<std::thread::ThreadId> {
+        FREED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == id)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn too_long_ids_are_refused_not_truncated() {
         assert!(UserId::layout(UserId::MAX_LEN).is_some());
         assert!(UserId::layout(UserId::MAX_LEN + 1).is_none());
         assert!(UserId::layout(usize::MAX).is_none());
     }
 
-    /// Clones dropped on other threads, in any order, free the string
-    /// exactly once (a double free or a use after free aborts or corrupts
-    /// the allocator under the test's allocator checks; the count is
-    /// checked directly too).
+    /// The last drop frees the string, once, on whichever thread it
+    /// happens: here the creating thread lets go first and four others
+    /// race for the last reference.
     #[test]
-    fn clones_on_other_threads_free_it_once() {
-        let u = id("shared-user");
+    fn the_last_drop_on_another_thread_frees_it_once() {
+        let u = id("freed-on-another-thread");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(5));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let mine: Vec<UserId> = (0..1000).map(|_| u.clone()).collect();
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let n = mine
+                        .iter()
+                        .filter(|c| c.as_str() == "freed-on-another-thread")
+                        .count();
+                    drop(mine);
+                    n
+                })
+            })
+            .collect();
+        drop(u);
+        assert!(frees_of("freed-on-another-thread").is_empty());
+        start.wait();
+        let threads: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(threads, [1000; 4]);
+        let frees = frees_of("freed-on-another-thread");
+        assert_eq!(frees.len(), 1, "freed {} times", frees.len());
+        assert_ne!(frees[0], std::thread::current().id());
+    }
+
+    /// Clones dropped on other threads while the creator keeps its own
+    /// leave the count exact and the string intact.
+    #[test]
+    fn clones_dropped_elsewhere_keep_the_count_exact() {
+        let u = id("freed-kept-by-its-creator");
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let mine: Vec<UserId> = (0..1000).map(|_| u.clone()).collect();
                 std::thread::spawn(move || {
-                    let n = mine.iter().filter(|c| c.as_str() == "shared-user").count();
+                    let n = mine
+                        .iter()
+                        .filter(|c| c.as_str() == "freed-kept-by-its-creator")
+                        .count();
                     drop(mine);
                     n
                 })
@@ -261,6 +323,9 @@ mod tests {
         let last = u.clone();
         drop(u);
         assert_eq!(last.header().count.load(Ordering::Relaxed), 1);
-        assert_eq!(last.as_str(), "shared-user");
+        assert_eq!(last.as_str(), "freed-kept-by-its-creator");
+        assert!(frees_of("freed-kept-by-its-creator").is_empty());
+        drop(last);
+        assert_eq!(frees_of("freed-kept-by-its-creator").len(), 1);
     }
 }

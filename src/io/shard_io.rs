@@ -24,6 +24,12 @@ use crate::shard::{ConnKey, Shard};
 /// The driver's state of one upgraded connection, kept in its shard
 /// record: the socket (watched by the shard's epoll, see
 /// [`super::parked`]; the record alone owns it).
+///
+/// `sock` must stay the socket's only descriptor (never duplicated):
+/// dropping the record closes it, and that close is what takes it out of
+/// the shard's epoll ([`ShardIo`]'s `drop_conn` makes no `EPOLL_CTL_DEL`).
+/// A second descriptor would leave a level-triggered entry behind that
+/// nothing removes.
 #[derive(Debug)]
 pub struct ConnSock {
     pub sock: Socket,
@@ -39,8 +45,10 @@ pub struct ConnSock {
 pub(super) struct SockExtra {
     /// Its place under `--max-conns-per-ip`, given back when the record
     /// (and so this) is dropped.
+    /// Boxed on its own (32 bytes), so that a TLS connection without the
+    /// limit holds a 16-byte `SockExtra`.
     #[expect(dead_code, reason = "held for its Drop")]
-    ip_slot: Option<super::accept::IpSlot>,
+    ip_slot: Option<Box<super::accept::IpSlot>>,
     /// The TLS record layer (`--tls-cert`), between the shard and the
     /// socket (boxed on its own: it is taken out for each read and flush).
     tls: Option<Box<crate::tls::Session>>,
@@ -53,8 +61,12 @@ impl ConnSock {
         ip_slot: Option<super::accept::IpSlot>,
         tls: Option<Box<crate::tls::Session>>,
     ) -> ConnSock {
-        let extra =
-            (ip_slot.is_some() || tls.is_some()).then(|| Box::new(SockExtra { ip_slot, tls }));
+        let extra = (ip_slot.is_some() || tls.is_some()).then(|| {
+            Box::new(SockExtra {
+                ip_slot: ip_slot.map(Box::new),
+                tls,
+            })
+        });
         ConnSock {
             sock,
             write_blocked: false,
@@ -75,7 +87,9 @@ impl ConnSock {
 
     /// Give back the TLS session taken by [`ConnSock::take_tls`].
     pub(super) fn put_tls(&mut self, session: Box<crate::tls::Session>) {
-        self.extra.get_or_insert_with(Default::default).tls = Some(session);
+        let extra = self.extra.get_or_insert_with(Default::default);
+        debug_assert!(extra.tls.is_none(), "a second TLS session put back");
+        extra.tls = Some(session);
     }
 
     /// Its TLS session, if it has one.
