@@ -18,6 +18,9 @@ pub struct ShardMetrics {
     pub conns_authenticated: AtomicI64,
     /// Connections accepted (TCP) since start.
     pub accepted_total: AtomicU64,
+    /// Times the accept loop waited for an upgrade to end
+    /// (`--max-upgrades-in-flight`).
+    pub accept_pauses_total: AtomicU64,
     /// Upgrades completed since start.
     pub upgrades_total: AtomicU64,
     /// Connections refused because `max_connections` was reached.
@@ -620,7 +623,7 @@ const SHARD_GAUGES: [(&str, &str, GaugeGetter); 7] = [
 ];
 
 /// Counters summed over the shards, each a family with one sample.
-const COUNTERS: [(&str, &str, Getter); 31] = [
+const COUNTERS: [(&str, &str, Getter); 32] = [
     (
         "rooms_client_id_refused_total",
         "Joins refused because the room is named by another client's id (any UUID form).",
@@ -639,6 +642,11 @@ const COUNTERS: [(&str, &str, Getter); 31] = [
     ("accepted_total", "TCP connections accepted.", |s| {
         &s.accepted_total
     }),
+    (
+        "accept_pauses_total",
+        "Times the accept loop waited (at most 1 ms) for one of --max-upgrades-in-flight upgrades to end.",
+        |s| &s.accept_pauses_total,
+    ),
     ("upgrades_total", "WebSocket upgrades completed.", |s| {
         &s.upgrades_total
     }),

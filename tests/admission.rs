@@ -251,3 +251,75 @@ async fn a_connect_burst_does_not_overshoot_max_connections() {
         );
     }
 }
+
+/// Poll /metrics until `name` reaches at least `n`; the last body.
+async fn metrics_until(addr: SocketAddr, name: &str, n: i64) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = metrics(addr).await;
+        if util::metric(&m, name) >= n {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{name} never reached {n}: {m}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `--max-upgrades-in-flight`: silent connections holding every upgrade
+/// slot of the shard make the accept loop wait (counted), but only for
+/// its short bound: a client behind them connects and authenticates while
+/// they are all still holding their slots, long before their handshake
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_holding_every_upgrade_slot_do_not_stall_accepts() {
+    let mut c = config(ignis_ws::config::IoMode::Auto);
+    c.shards = 1;
+    c.max_upgrades_in_flight = 2;
+    c.handshake_timeout = Duration::from_secs(60);
+    let srv = util::start(c);
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(Raw::connect(srv.addr).await);
+    }
+    // All four accepted and in their upgrade (each /metrics request is a
+    // connection too, accepted past the full slots).
+    metrics_until(srv.addr, "ignis_ws_handshakes_in_progress", 4).await;
+    let (mut alice, d) = util::authed(&srv.url(), "alice").await;
+    assert_eq!(d["userId"], "alice");
+    alice.expect_silence().await;
+    // The four, and the /metrics request itself while it is answered.
+    let m = metrics(srv.addr).await;
+    assert_eq!(
+        util::metric(&m, "ignis_ws_handshakes_in_progress"),
+        5,
+        "the silent connections should still hold their slots: {m}"
+    );
+    assert!(util::metric(&m, "ignis_ws_accept_pauses_total") >= 1, "{m}");
+    drop(silent);
+}
+
+/// A storm of clients through a shard that upgrades two at a time: every
+/// one connects and authenticates, the pause having been used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_through_two_upgrade_slots_gets_every_client_in() {
+    let mut c = config(ignis_ws::config::IoMode::Auto);
+    c.shards = 1;
+    c.max_upgrades_in_flight = 2;
+    let srv = util::start(c);
+    let url = srv.url();
+    let clients = futures_util::future::join_all((0..100).map(|i| {
+        let url = url.clone();
+        async move { util::authed(&url, &format!("u{i}")).await }
+    }))
+    .await;
+    for (i, (_, d)) in clients.iter().enumerate() {
+        assert_eq!(d["userId"], format!("u{i}"));
+    }
+    let m = metrics(srv.addr).await;
+    assert_eq!(
+        util::metric_where(&m, "ignis_ws_connections", "state=\"authenticated\""),
+        100,
+        "{m}"
+    );
+    assert!(util::metric(&m, "ignis_ws_accept_pauses_total") >= 1, "{m}");
+}

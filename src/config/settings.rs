@@ -404,6 +404,20 @@ settings! {
             tls_max_handshakes: u32 = 1024,
             invalid if |v| *v == 0 => "must be > 0",
         };
+        /// Upgrades in flight per shard before it pauses accepting (up to
+        /// 1 ms) to let them finish; 0: no pause [default: 32].
+        #[arg(env = "IGNIS_WS_MAX_UPGRADES_IN_FLIGHT", value_name = "N")]
+        max_upgrades_in_flight: u32 => same => {
+            /// Connections in their HTTP upgrade at once on one shard
+            /// before its accept loop waits for one of them to finish, at
+            /// most 1 ms, leaving the rest in the kernel's accept queue; 0
+            /// turns the pause off. A connect storm then keeps few upgrades
+            /// half-done, which costs less CPU and leaves less of the
+            /// storm's memory behind; a wait that times out accepts as
+            /// many again, so silent connections holding every slot delay
+            /// accepts by at most 1 ms a round.
+            max_upgrades_in_flight: u32 = 32,
+        };
         /// Largest HTTP request head, bytes [default: 8KiB].
         #[arg(env = "IGNIS_WS_MAX_HANDSHAKE_BYTES", value_name = "SIZE")]
         max_handshake_bytes: ByteSize => bytes => {

@@ -58,6 +58,26 @@ impl AcceptErrors {
     }
 }
 
+/// How long the accept loop waits for an upgrade to end when
+/// `--max-upgrades-in-flight` are under way.
+pub(super) const UPGRADE_SLOT_WAIT: Duration = Duration::from_millis(1);
+
+/// Wait until fewer than `--max-upgrades-in-flight` upgrades are under
+/// way, at most [`UPGRADE_SLOT_WAIT`]; false when the wait timed out.
+async fn wait_for_upgrade_slot(io: &ShardIo) -> bool {
+    let freed = std::future::poll_fn(|cx| {
+        if io.handshaking.get() < io.max_upgrades {
+            std::task::Poll::Ready(())
+        } else {
+            io.upgrade_ended.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        }
+    });
+    compio::time::timeout(UPGRADE_SLOT_WAIT, freed)
+        .await
+        .is_ok()
+}
+
 /// Count an accepted connection; false (and a `503` sent, the socket to be
 /// dropped) when the shard is full or shutting down.
 fn admit(io: &ShardIo, m: &ShardMetrics, fd: impl AsFd) -> bool {
@@ -86,12 +106,27 @@ fn admit(io: &ShardIo, m: &ShardMetrics, fd: impl AsFd) -> bool {
 pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
     let m = io.metrics();
     let mut errors = AcceptErrors::default();
+    // Accepts allowed past `--max-upgrades-in-flight` after a wait for a
+    // slot timed out.
+    let mut past_cap = 0usize;
     loop {
         if let Err(e) = listener.accept_ready().await {
             errors.failed(&e, &m).await;
             continue;
         }
         loop {
+            if io.max_upgrades > 0 && io.handshaking.get() >= io.max_upgrades {
+                if past_cap == 0 {
+                    ShardMetrics::add(&m.accept_pauses_total, 1);
+                    if !wait_for_upgrade_slot(&io).await {
+                        // Slots held by slow or silent clients: accept as
+                        // many again rather than let them stall accepts.
+                        past_cap = io.max_upgrades;
+                    }
+                    continue;
+                }
+                past_cap -= 1;
+            }
             // Non-blocking from the start (no fcntl); TCP_NODELAY comes
             // from the listener (Linux copies it to accepted sockets).
             let accepted = rustix::net::accept_with(

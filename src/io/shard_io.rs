@@ -124,6 +124,10 @@ pub struct ShardIo {
     /// Connections accepted but not yet upgraded (they count against
     /// `max_connections` too).
     pub(super) handshaking: Cell<usize>,
+    /// `--max-upgrades-in-flight` (0: no limit), and the accept loop
+    /// waiting for an upgrade to end.
+    pub(super) max_upgrades: usize,
+    pub(super) upgrade_ended: Cell<Option<Waker>>,
     pub(super) registry: Arc<Registry>,
     pub(super) limits: HandshakeLimits,
     pub(super) path: String,
@@ -186,6 +190,8 @@ impl ShardIo {
             shard: RefCell::new(shard),
             scratch: RefCell::new(vec![0; SCRATCH]),
             handshaking: Cell::new(0),
+            max_upgrades: c.max_upgrades_in_flight as usize,
+            upgrade_ended: Cell::new(None),
             tls_handshaking: Cell::new(0),
             tls_max_handshakes: (c.tls_max_handshakes as usize)
                 .div_ceil(c.shards.max(1))

@@ -381,6 +381,11 @@ impl Drop for BodySlot<'_> {
 pub(super) fn handshaking(io: &ShardIo, delta: isize) {
     io.handshaking
         .set(io.handshaking.get().saturating_add_signed(delta));
+    if delta < 0
+        && let Some(w) = io.upgrade_ended.take()
+    {
+        w.wake();
+    }
     io.metrics()
         .handshaking
         .fetch_add(delta as i64, std::sync::atomic::Ordering::Relaxed);
