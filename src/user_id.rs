@@ -41,7 +41,8 @@ pub struct UserId(NonNull<Header>);
 // SAFETY: the pointee is immutable apart from its atomic count, which
 // follows `Arc`'s protocol (clones Relaxed, drops Release, the freeing drop
 // Acquire), so sharing and sending between threads is sound. Exercised by
-// `tests::clones_on_other_threads_free_it_once`.
+// `tests::the_last_drop_on_another_thread_frees_it_once` and
+// `tests::clones_dropped_elsewhere_keep_the_count_exact`.
 unsafe impl Send for UserId {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for UserId {}
@@ -266,6 +267,30 @@ mod tests {
         assert!(UserId::layout(usize::MAX).is_none());
     }
 
+    /// Four threads, each holding 1,000 clones of `u`: each (after
+    /// `start`, if given) counts those that still read as `u` and drops
+    /// them all.
+    fn clones_on_four_threads(
+        u: &UserId,
+        start: Option<std::sync::Arc<std::sync::Barrier>>,
+    ) -> Vec<std::thread::JoinHandle<usize>> {
+        let want = u.as_str().to_owned();
+        (0..4)
+            .map(|_| {
+                let mine: Vec<UserId> = (0..1000).map(|_| u.clone()).collect();
+                let (start, want) = (start.clone(), want.clone());
+                std::thread::spawn(move || {
+                    if let Some(s) = start {
+                        s.wait();
+                    }
+                    let n = mine.iter().filter(|c| c.as_str() == want).count();
+                    drop(mine);
+                    n
+                })
+            })
+            .collect()
+    }
+
     /// The last drop frees the string, once, on whichever thread it
     /// happens: here the creating thread lets go first and four others
     /// race for the last reference.
@@ -273,21 +298,7 @@ mod tests {
     fn the_last_drop_on_another_thread_frees_it_once() {
         let u = id("freed-on-another-thread");
         let start = std::sync::Arc::new(std::sync::Barrier::new(5));
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                let mine: Vec<UserId> = (0..1000).map(|_| u.clone()).collect();
-                let start = start.clone();
-                std::thread::spawn(move || {
-                    start.wait();
-                    let n = mine
-                        .iter()
-                        .filter(|c| c.as_str() == "freed-on-another-thread")
-                        .count();
-                    drop(mine);
-                    n
-                })
-            })
-            .collect();
+        let handles = clones_on_four_threads(&u, Some(start.clone()));
         drop(u);
         assert!(frees_of("freed-on-another-thread").is_empty());
         start.wait();
@@ -303,19 +314,7 @@ mod tests {
     #[test]
     fn clones_dropped_elsewhere_keep_the_count_exact() {
         let u = id("freed-kept-by-its-creator");
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                let mine: Vec<UserId> = (0..1000).map(|_| u.clone()).collect();
-                std::thread::spawn(move || {
-                    let n = mine
-                        .iter()
-                        .filter(|c| c.as_str() == "freed-kept-by-its-creator")
-                        .count();
-                    drop(mine);
-                    n
-                })
-            })
-            .collect();
+        let handles = clones_on_four_threads(&u, None);
         for h in handles {
             assert_eq!(h.join().unwrap(), 1000);
         }

@@ -252,19 +252,6 @@ async fn a_connect_burst_does_not_overshoot_max_connections() {
     }
 }
 
-/// Poll /metrics until `name` reaches at least `n`; the last body.
-async fn metrics_until(addr: SocketAddr, name: &str, n: i64) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = metrics(addr).await;
-        if util::metric(&m, name) >= n {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "{name} never reached {n}: {m}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `--max-upgrades-in-flight`: silent connections holding every upgrade
 /// slot of the shard make the accept loop wait (counted), but only for
 /// its short bound: a client behind them connects and authenticates while
@@ -281,20 +268,22 @@ async fn silent_connections_holding_every_upgrade_slot_do_not_stall_accepts() {
     for _ in 0..4 {
         silent.push(Raw::connect(srv.addr).await);
     }
-    // All four accepted and in their upgrade (each /metrics request is a
-    // connection too, accepted past the full slots).
-    metrics_until(srv.addr, "ignis_ws_handshakes_in_progress", 4).await;
+    // All four accepted and in their upgrade: two past the full slots.
+    let h = srv.handle();
+    let upgrading = |h: &ignis_ws::Handle| util::gauge(h, |m| &m.handshaking);
+    util::until(&h, "four silent connections upgrading", |h| {
+        upgrading(h) == 4
+    })
+    .await;
     let (mut alice, d) = util::authed(&srv.url(), "alice").await;
     assert_eq!(d["userId"], "alice");
     alice.expect_silence().await;
-    // The four, and the /metrics request itself while it is answered.
-    let m = metrics(srv.addr).await;
     assert_eq!(
-        util::metric(&m, "ignis_ws_handshakes_in_progress"),
-        5,
-        "the silent connections should still hold their slots: {m}"
+        upgrading(&h),
+        4,
+        "the silent connections should still hold their slots"
     );
-    assert!(util::metric(&m, "ignis_ws_accept_pauses_total") >= 1, "{m}");
+    assert!(util::counter(&h, |m| &m.accept_pauses_total) >= 1);
     drop(silent);
 }
 

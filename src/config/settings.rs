@@ -412,9 +412,9 @@ settings! {
             /// before its accept loop waits for one of them to finish, at
             /// most 1 ms, leaving the rest in the kernel's accept queue; 0
             /// turns the pause off. A connect storm then keeps few upgrades
-            /// half-done, which costs less CPU and leaves less of the
-            /// storm's memory behind; a wait that times out accepts as
-            /// many again, so silent connections holding every slot delay
+            /// half-done, which costs less CPU per connection
+            /// (PERFORMANCE.md); a wait that times out accepts as many
+            /// again, so silent connections holding every slot delay
             /// accepts by at most 1 ms a round.
             max_upgrades_in_flight: u32 = 32,
         };

@@ -60,18 +60,13 @@ impl AcceptErrors {
 
 /// How long the accept loop waits for an upgrade to end when
 /// `--max-upgrades-in-flight` are under way.
-pub(super) const UPGRADE_SLOT_WAIT: Duration = Duration::from_millis(1);
+const UPGRADE_SLOT_WAIT: Duration = Duration::from_millis(1);
 
 /// Wait until fewer than `--max-upgrades-in-flight` upgrades are under
 /// way, at most [`UPGRADE_SLOT_WAIT`]; false when the wait timed out.
 async fn wait_for_upgrade_slot(io: &ShardIo) -> bool {
-    let freed = std::future::poll_fn(|cx| {
-        if io.handshaking.get() < io.max_upgrades {
-            std::task::Poll::Ready(())
-        } else {
-            io.upgrade_ended.set(Some(cx.waker().clone()));
-            std::task::Poll::Pending
-        }
+    let freed = io.wait(&io.upgrade_ended, |_| {
+        io.handshaking.get() < io.max_upgrades
     });
     compio::time::timeout(UPGRADE_SLOT_WAIT, freed)
         .await
@@ -126,6 +121,9 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
                     continue;
                 }
                 past_cap -= 1;
+            } else {
+                // Below the cap again: a timed-out wait's allowance ends.
+                past_cap = 0;
             }
             // Non-blocking from the start (no fcntl); TCP_NODELAY comes
             // from the listener (Linux copies it to accepted sockets).

@@ -283,7 +283,11 @@ impl ShardIo {
     }
 
     /// Wait until `ready` says there is work; `slot` keeps the waker.
-    async fn wait(&self, slot: &Cell<Option<Waker>>, ready: impl Fn(&Shard<ConnSock>) -> bool) {
+    pub(super) async fn wait(
+        &self,
+        slot: &Cell<Option<Waker>>,
+        ready: impl Fn(&Shard<ConnSock>) -> bool,
+    ) {
         std::future::poll_fn(|cx| {
             if ready(&self.shard.borrow()) {
                 std::task::Poll::Ready(())
