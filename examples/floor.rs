@@ -112,10 +112,43 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     s.set_reuse_address(true)?;
     // Accepted sockets inherit it, as ignis-ws's do.
     s.set_tcp_nodelay(true)?;
+    // As ignis-ws's `--defer-accept` (on by default): a connection is
+    // handed over once its request arrived. `FLOOR_DEFER_ACCEPT=0` turns
+    // it off (ignis-ws: `--defer-accept false`).
+    let defer = std::env::var("FLOOR_DEFER_ACCEPT")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(5);
+    if defer > 0 {
+        set_defer_accept(&s, defer)?;
+    }
     s.bind(&addr.into())?;
     s.listen(4096)?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+/// TCP_DEFER_ACCEPT for `secs` seconds.
+#[allow(unsafe_code)]
+fn set_defer_accept(s: &socket2::Socket, secs: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `s` is open for the call and the value is a live `c_int` of
+    // the length passed (every floor run sets it: `cargo test --example
+    // floor` and each perf run).
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `redis://HOST:PORT` → a non-blocking connection subscribed to the

@@ -30,7 +30,8 @@
 #          server's write system calls with perf: `--count-syscalls`),
 #          CPU_SPLIT=1 (prints the server processes' user and system CPU
 #          ticks over the whole bench run, from /proc/PID/stat: connects,
-#          warm-up and measured phase together).
+#          warm-up and measured phase together), THREAD_SPLIT=1 (the same
+#          ticks per thread name: shards, the control thread).
 # The shape of the writes: with one ignis-ws process the bench reads its
 # /metrics (`--metrics-url`); every run reads the kernel's TCP counters.
 set -euo pipefail
@@ -234,11 +235,29 @@ ticks() {
   echo "$u $s"
 }
 [ "${CPU_SPLIT:-0}" = 1 ] && read -r u0 s0 < <(ticks)
+# User+system ticks of each thread of the measured processes, by name.
+thread_ticks() {
+  local p t
+  for p in "${measured[@]}"; do
+    for t in /proc/"$p"/task/*; do
+      awk -v tid="${t##*/}" '{ sub(/^[^(]*\(/, ""); name=$0; sub(/\).*/, "", name);
+        sub(/^[^)]*\) /, ""); print tid, name, $12 + $13 }' "$t/stat" 2>/dev/null
+    done
+  done
+}
+[ "${THREAD_SPLIT:-0}" = 1 ] && thread_ticks > "/tmp/perf-run-threads.$$"
 rc=0
 taskset -c 1 "${GEN_BIN:-$BIN}" bench --url "$scheme://127.0.0.1:$PORT/ws" "${gen_tls[@]}" \
   --redis "redis://127.0.0.1:$REDIS_PORT" --server-pid "$pidlist" "${shape[@]}" -q "$@" || rc=$?
 if [ "${CPU_SPLIT:-0}" = 1 ]; then
   read -r u1 s1 < <(ticks)
   echo "perf-run: server CPU over the whole run: user $((u1 - u0)) ticks, system $((s1 - s0)) ticks ($(getconf CLK_TCK) per second)" >&2
+fi
+if [ "${THREAD_SPLIT:-0}" = 1 ]; then
+  thread_ticks | awk 'NR == FNR { before[$1] = $3; next }
+    { by[$2] += $3 - before[$1] }
+    END { printf "perf-run: server CPU by thread (ticks):"; for (n in by) printf " %s=%d", n, by[n]; print "" }' \
+    "/tmp/perf-run-threads.$$" - >&2
+  rm -f "/tmp/perf-run-threads.$$"
 fi
 exit $rc

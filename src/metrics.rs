@@ -23,6 +23,9 @@ pub struct ShardMetrics {
     pub accept_pauses_total: AtomicU64,
     /// Upgrades completed since start.
     pub upgrades_total: AtomicU64,
+    /// Of those, upgraded in the accept loop, from the request that came
+    /// with the connection (no task of their own).
+    pub upgrades_immediate_total: AtomicU64,
     /// Connections refused because `max_connections` was reached.
     pub refused_total: AtomicU64,
     /// WebSocket upgrades refused: `Origin` not allowed (403), the
@@ -623,7 +626,7 @@ const SHARD_GAUGES: [(&str, &str, GaugeGetter); 7] = [
 ];
 
 /// Counters summed over the shards, each a family with one sample.
-const COUNTERS: [(&str, &str, Getter); 32] = [
+const COUNTERS: [(&str, &str, Getter); 33] = [
     (
         "rooms_client_id_refused_total",
         "Joins refused because the room is named by another client's id (any UUID form).",
@@ -650,6 +653,11 @@ const COUNTERS: [(&str, &str, Getter); 32] = [
     ("upgrades_total", "WebSocket upgrades completed.", |s| {
         &s.upgrades_total
     }),
+    (
+        "upgrades_immediate_total",
+        "WebSocket upgrades done as the connection was accepted (its request already there).",
+        |s| &s.upgrades_immediate_total,
+    ),
     (
         "connections_refused_total",
         "Connections refused at --max-connections.",

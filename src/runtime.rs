@@ -238,7 +238,10 @@ impl ServerBuilder {
             }
             _ => None,
         };
-        let listeners = bind_all(config.listen, n)?;
+        let defer = config
+            .defer_accept
+            .then(|| config.handshake_timeout.as_secs().max(1));
+        let listeners = bind_all(config.listen, n, defer)?;
         let local_addr = listeners[0]
             .local_addr()
             .ok()
@@ -557,7 +560,7 @@ fn raise_fd_limit() -> u64 {
 /// One listening socket per shard on the same address (SO_REUSEPORT lets
 /// the kernel spread connections over them). With port 0 the first socket
 /// picks the port and the others join it.
-fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<Socket>, Error> {
+fn bind_all(addr: SocketAddr, n: usize, defer_secs: Option<u64>) -> Result<Vec<Socket>, Error> {
     let mut out: Vec<Socket> = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n {
@@ -569,6 +572,9 @@ fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<Socket>, Error> {
         s.set_nonblocking(true).map_err(listen_err)?;
         // Inherited by every accepted socket: no setsockopt per connection.
         s.set_tcp_nodelay(true).map_err(listen_err)?;
+        if let Some(secs) = defer_secs {
+            set_defer_accept(&s, secs).map_err(listen_err)?;
+        }
         s.bind(&addr.into()).map_err(listen_err)?;
         s.listen(4096).map_err(listen_err)?;
         if addr.port() == 0
@@ -579,6 +585,32 @@ fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<Socket>, Error> {
         out.push(s);
     }
     Ok(out)
+}
+
+/// `--defer-accept`: the listener hands over a connection once data
+/// arrived on it, or after about `secs` seconds (the kernel counts them
+/// in SYN-ACK retransmissions).
+#[allow(unsafe_code)]
+fn set_defer_accept(s: &Socket, secs: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = secs.min(i32::MAX as u64) as libc::c_int;
+    // SAFETY: `s` is an open socket for the whole call, and the option
+    // value is a live `c_int` whose size is the length passed (exercised
+    // by `listener_tests::defer_accept_hands_over_a_connection_with_its_request`).
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // reason: a thread entry point taking what it owns
@@ -640,6 +672,9 @@ fn run_shard(
                 compio::runtime::spawn(tasks::encryptor(io.clone())).detach();
             }
             compio::runtime::spawn(tasks::commands(io.clone(), rx)).detach();
+            if io.reports_interest() {
+                compio::runtime::spawn(tasks::reporter(io.clone())).detach();
+            }
             let _ = ready.send(Ok(()));
             io.shutting_down().await;
             // Stop accepting; the listener closes with the task.
@@ -670,11 +705,36 @@ mod listener_tests {
     /// Nagle.
     #[test]
     fn accepted_sockets_inherit_nodelay() {
-        let ls = super::bind_all("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let ls = super::bind_all("127.0.0.1:0".parse().unwrap(), 1, None).unwrap();
         let addr = ls[0].local_addr().unwrap().as_socket().unwrap();
         let _c = std::net::TcpStream::connect(addr).unwrap();
         ls[0].set_nonblocking(false).unwrap();
         let (s, _) = ls[0].accept().unwrap();
         assert!(s.tcp_nodelay().unwrap());
+    }
+
+    /// `--defer-accept`: a connected client that has sent nothing is not
+    /// handed over; once its request is there, the accepted socket has it.
+    #[test]
+    fn defer_accept_hands_over_a_connection_with_its_request() {
+        use std::io::{Read, Write};
+        let ls = super::bind_all("127.0.0.1:0".parse().unwrap(), 1, Some(5)).unwrap();
+        let addr = ls[0].local_addr().unwrap().as_socket().unwrap();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        // Connected on the client's side, but not acceptable yet.
+        let early = ls[0].accept();
+        assert!(
+            early
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "accepted before any data: {early:?}"
+        );
+        c.write_all(b"GET /ws HTTP/1.1\r\n\r\n").unwrap();
+        ls[0].set_nonblocking(false).unwrap();
+        let (s, _) = ls[0].accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let n = (&s).read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"GET /ws HTTP/1.1\r\n\r\n");
     }
 }

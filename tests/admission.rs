@@ -264,9 +264,13 @@ async fn silent_connections_holding_every_upgrade_slot_do_not_stall_accepts() {
     c.max_upgrades_in_flight = 2;
     c.handshake_timeout = Duration::from_secs(60);
     let srv = util::start(c);
+    // Each sends a first byte of its request (with `--defer-accept` the
+    // kernel hands over a connection once something arrived) and no more.
     let mut silent = Vec::new();
     for _ in 0..4 {
-        silent.push(Raw::connect(srv.addr).await);
+        let mut r = Raw::connect(srv.addr).await;
+        r.write(b"G").await;
+        silent.push(r);
     }
     // All four accepted and in their upgrade: two past the full slots.
     let h = srv.handle();
@@ -294,6 +298,9 @@ async fn a_storm_through_two_upgrade_slots_gets_every_client_in() {
     let mut c = config(ignis_ws::config::IoMode::Auto);
     c.shards = 1;
     c.max_upgrades_in_flight = 2;
+    // Accepted before their requests arrive, so that upgrades wait in
+    // tasks (with `--defer-accept` each would be upgraded as accepted).
+    c.defer_accept = false;
     let srv = util::start(c);
     let url = srv.url();
     let clients = futures_util::future::join_all((0..100).map(|i| {
@@ -311,4 +318,87 @@ async fn a_storm_through_two_upgrade_slots_gets_every_client_in() {
         "{m}"
     );
     assert!(util::metric(&m, "ignis_ws_accept_pauses_total") >= 1, "{m}");
+}
+
+/// `--defer-accept` (the default): a connection is accepted with its
+/// request, and upgraded there and then. Clients see the same answers as
+/// through the upgrade task: 101 and `connected`, and what the task gives
+/// a request it cannot answer at once (a head in two parts, a plain HTTP
+/// request, a refused origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_come_with_the_connection_are_upgraded_as_it_is_accepted() {
+    let mut c = config(ignis_ws::config::IoMode::Auto);
+    c.shards = 1;
+    c.allowed_origins = vec!["https://app.example.com".into()];
+    let srv = util::start(c);
+    let h = srv.handle();
+    let immediate = |h: &ignis_ws::Handle| util::counter(h, |m| &m.upgrades_immediate_total);
+    for i in 0..5 {
+        let (_c, d) = util::authed(&srv.url(), &format!("u{i}")).await;
+        assert_eq!(d["userId"], format!("u{i}"));
+    }
+    assert_eq!(immediate(&h), 5, "each upgraded as it was accepted");
+
+    // The head in two parts: the task reads the rest.
+    let req = util::upgrade_request(srv.addr);
+    let mut r = Raw::connect(srv.addr).await;
+    r.write(&req.as_bytes()[..10]).await;
+    util::until(&h, "a split request upgrading", |h| {
+        util::gauge(h, |m| &m.handshaking) == 1
+    })
+    .await;
+    r.write(&req.as_bytes()[10..]).await;
+    let head = r.read_http_head().await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(immediate(&h), 5, "the split request went through the task");
+
+    // A plain request is answered by the task, from what was read.
+    let mut r = Raw::connect(srv.addr).await;
+    r.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let health = String::from_utf8_lossy(&r.read_to_end().await).into_owned();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    // A refused upgrade gets its 403 at once.
+    let (mut r, head) = Raw::try_upgrade(srv.addr, "Origin: https://evil.example\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let body = String::from_utf8_lossy(&r.read_to_end().await).into_owned();
+    assert_eq!(
+        body, "Origin not allowed\n",
+        "the answer's body, then the end"
+    );
+    let m = metrics(srv.addr).await;
+    assert_eq!(refused(&m, "origin"), 1, "{m}");
+    assert_eq!(util::gauge(&h, |m| &m.handshaking), 0, "{m}");
+    assert_eq!(immediate(&h), 5);
+}
+
+/// An upgrade followed at once by the client's first frame (sent before
+/// the 101 arrived): the frame is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_with_the_request_is_read_after_an_immediate_upgrade() {
+    let mut c = config(ignis_ws::config::IoMode::Auto);
+    c.shards = 1;
+    let srv = util::start(c);
+    let mut req = util::upgrade_request(srv.addr).into_bytes();
+    req.extend_from_slice(&util::client_frame(
+        true,
+        0,
+        1,
+        br#"{"event":"authenticate","data":{"token":"t","userId":"early"}}"#,
+        Some([1, 2, 3, 4]),
+    ));
+    let mut r = Raw::connect(srv.addr).await;
+    r.write(&req).await;
+    let head = r.read_http_head().await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, _, payload) = r.read_frame().await.expect("connected");
+    let text = String::from_utf8_lossy(&payload).into_owned();
+    assert!(
+        text.contains("\"connected\"") && text.contains("early"),
+        "{text}"
+    );
+    assert_eq!(
+        util::counter(&srv.handle(), |m| &m.upgrades_immediate_total),
+        1
+    );
 }

@@ -418,6 +418,22 @@ settings! {
             /// accepts by at most 1 ms a round.
             max_upgrades_in_flight: u32 = 32,
         };
+        /// Accept a connection only once its first bytes arrived
+        /// (TCP_DEFER_ACCEPT, for up to --handshake-timeout-ms) [default:
+        /// true].
+        #[arg(env = "IGNIS_WS_DEFER_ACCEPT", value_name = "BOOL")]
+        defer_accept: bool => same => {
+            /// Set TCP_DEFER_ACCEPT on the listeners: the kernel hands a
+            /// connection over once its request (or TLS ClientHello, or
+            /// PROXY header) arrived, so the shard upgrades it as it
+            /// accepts it, without a task or a wait of its own
+            /// (`ignis_ws_upgrades_immediate_total`); a connection silent
+            /// for the handshake timeout is accepted then, and gets its
+            /// 408 after another. Clients always speak first here, so
+            /// only a TCP-level probe sees a difference (its connect still
+            /// succeeds).
+            defer_accept: bool = true,
+        };
         /// Largest HTTP request head, bytes [default: 8KiB].
         #[arg(env = "IGNIS_WS_MAX_HANDSHAKE_BYTES", value_name = "SIZE")]
         max_handshake_bytes: ByteSize => bytes => {

@@ -96,19 +96,28 @@ fn admit(io: &ShardIo, m: &ShardMetrics, fd: impl AsFd) -> bool {
     false
 }
 
-/// Accept connections until the task is cancelled; each gets a task for
-/// its upgrade, then is parked.
+/// Connections accepted in a row before the accept loop lets the shard's
+/// other tasks run.
+const ACCEPT_BATCH: usize = 64;
+
+/// Accept connections until the task is cancelled; each is upgraded at
+/// once when its request is there, or gets a task for its upgrade, then
+/// is parked.
 pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
     let m = io.metrics();
     let mut errors = AcceptErrors::default();
     // Accepts allowed past `--max-upgrades-in-flight` after a wait for a
     // slot timed out.
     let mut past_cap = 0usize;
+    // Plain connections without a PROXY header can be upgraded right here
+    // when their request came with them ([`super::upgrade::upgrade_now`]).
+    let immediate = io.admission.tls.is_none() && !io.admission.proxy_protocol;
     loop {
         if let Err(e) = listener.accept_ready().await {
             errors.failed(&e, &m).await;
             continue;
         }
+        let mut burst = 0usize;
         loop {
             if io.max_upgrades > 0 && io.handshaking.get() >= io.max_upgrades {
                 if past_cap == 0 {
@@ -136,7 +145,25 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: PollFd<Socket>) {
             match accepted {
                 Ok(s) => {
                     if admit(&io, &m, &s) {
-                        compio::runtime::spawn(super::parked::conn_task(io.clone(), s)).detach();
+                        let later = if immediate {
+                            match super::upgrade::upgrade_now(&io, s) {
+                                super::upgrade::Now::Done => None,
+                                super::upgrade::Now::Later(s, head) => Some((s, head)),
+                            }
+                        } else {
+                            Some((s, Vec::new()))
+                        };
+                        if let Some((s, head)) = later {
+                            compio::runtime::spawn(super::parked::conn_task(io.clone(), s, head))
+                                .detach();
+                        }
+                    }
+                    // Upgrades done here are work: let reads, flushes and
+                    // deliveries have their turn between batches.
+                    burst += 1;
+                    if burst >= ACCEPT_BATCH {
+                        burst = 0;
+                        super::tasks::yield_now().await;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

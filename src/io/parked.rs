@@ -58,7 +58,7 @@ pub(super) fn update_interest(io: &ShardIo, key: ConnKey) {
 }
 
 /// One connection from its first byte: the upgrade, then parked.
-pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
+pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket, head: Vec<u8>) {
     let upgrading = super::upgrade::Upgrading(&io);
     let pfd = match PollFd::new(sock) {
         Ok(p) => p,
@@ -68,11 +68,11 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
         }
     };
     let (upgraded, tls) = match io.admission.tls.clone() {
-        None => (upgrade(&io, &pfd, &mut Readiness(&pfd)).await, None),
+        None => (upgrade(&io, &pfd, &mut Readiness(&pfd), head).await, None),
         Some(tls) => match super::tls::accept(&io, &pfd, &tls).await {
             None => (None, None),
             Some(mut src) => {
-                let u = upgrade(&io, &pfd, &mut src).await;
+                let u = upgrade(&io, &pfd, &mut src, head).await;
                 (u, Some(src.session))
             }
         },
@@ -90,10 +90,21 @@ pub(super) async fn conn_task(io: Rc<ShardIo>, sock: Socket) {
             return;
         }
     };
+    become_conn(&io, sock, ip_slot, tls, &rest);
+}
+
+/// An upgraded connection becomes the shard's, with what followed its
+/// request head, and is parked.
+pub(super) fn become_conn(
+    io: &ShardIo,
+    sock: Socket,
+    ip_slot: Option<super::accept::IpSlot>,
+    tls: Option<Box<crate::tls::Session>>,
+    rest: &[u8],
+) {
     let sock = ConnSock::new(sock, ip_slot, tls);
-    let (key, _) = io.with(|sh| sh.handle_upgraded(sock, &rest, Instant::now()));
-    drop(rest);
-    park(&io, key);
+    let (key, _) = io.with(|sh| sh.handle_upgraded(sock, rest, Instant::now()));
+    park(io, key);
 }
 
 /// Register an upgraded connection in the shard's epoll. One the epoll

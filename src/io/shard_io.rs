@@ -150,6 +150,7 @@ pub struct ShardIo {
     /// [`super::parked`]).
     pub(super) ep: PollFd<OwnedFd>,
     flush_waker: Cell<Option<Waker>>,
+    interest_waker: Cell<Option<Waker>>,
     encrypt_waker: Cell<Option<Waker>>,
     shutdown_waker: Cell<Option<Waker>>,
 }
@@ -202,6 +203,7 @@ impl ShardIo {
             interest,
             ep,
             flush_waker: Cell::new(None),
+            interest_waker: Cell::new(None),
             encrypt_waker: Cell::new(None),
             shutdown_waker: Cell::new(None),
         }))
@@ -233,8 +235,12 @@ impl ShardIo {
                 self.drop_conn(key);
             }
         }
-        self.report_interest(&mut self.shard.borrow_mut());
         let sh = self.shard.borrow();
+        if sh.has_interest()
+            && let Some(w) = self.interest_waker.take()
+        {
+            w.wake();
+        }
         if sh.has_dirty()
             && let Some(w) = self.flush_waker.take()
         {
@@ -253,8 +259,9 @@ impl ShardIo {
     }
 
     /// Send what the shard started or stopped needing to hear to the
-    /// Redis subscriber (one message per turn, only when something
-    /// changed).
+    /// Redis subscriber, in one message (none when nothing changed).
+    /// [`super::tasks::reporter`] calls it at most once per
+    /// [`super::tasks::INTEREST_COALESCE`]; a barrier calls it directly.
     pub(super) fn report_interest(&self, sh: &mut Shard<ConnSock>) {
         if let Some(tx) = &self.interest {
             let mut changes = Vec::new();
@@ -302,6 +309,17 @@ impl ShardIo {
     /// Until some connection has queued output.
     pub(super) async fn dirty(&self) {
         self.wait(&self.flush_waker, |sh| sh.has_dirty()).await
+    }
+
+    /// Whether this shard reports its interest to a Redis subscriber.
+    pub fn reports_interest(&self) -> bool {
+        self.interest.is_some()
+    }
+
+    /// Until the shard has changes of interest to report.
+    pub(super) async fn interest_changed(&self) {
+        self.wait(&self.interest_waker, |sh| sh.has_interest())
+            .await
     }
 
     /// Until frames wait to be encrypted.

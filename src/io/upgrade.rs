@@ -31,12 +31,13 @@ pub(super) async fn upgrade(
     io: &ShardIo,
     pfd: &PollFd<Socket>,
     src: &mut impl Source,
+    head: Vec<u8>,
 ) -> Option<Upgraded> {
     // Boxed: the upgrade's state lives only while it runs, not for the
     // whole life of an idle connection's task.
     let upgraded = Box::pin(compio::time::timeout(
         io.handshake_timeout,
-        handshake_from(io, pfd, src),
+        handshake_from(io, pfd, src, head),
     ))
     .await;
     match upgraded {
@@ -146,13 +147,16 @@ pub(super) async fn read_more(
 }
 
 /// Read the HTTP request head and answer it. `Some`: upgraded; `None`:
-/// answered and done.
+/// answered and done. `head`: what [`upgrade_now`] already read.
 async fn handshake_from(
     io: &ShardIo,
     pfd: &PollFd<Socket>,
     src: &mut impl Source,
+    head: Vec<u8>,
 ) -> io::Result<Option<Upgraded>> {
-    let mut buf: Vec<u8> = Vec::new();
+    // Bytes already read are parsed before waiting for more.
+    let mut have = !head.is_empty();
+    let mut buf: Vec<u8> = head;
     // `--proxy-protocol`: the header still to come, then the client's
     // address it gave (none: the TCP peer).
     let (mut proxy_pending, mut proxied) = match src.proxied() {
@@ -160,7 +164,9 @@ async fn handshake_from(
         None => (io.admission.proxy_protocol, None),
     };
     loop {
-        if !src.more(io, &mut buf, io.limits.max_head_bytes).await? {
+        if std::mem::take(&mut have) {
+            // Parse what came with the accept first.
+        } else if !src.more(io, &mut buf, io.limits.max_head_bytes).await? {
             return Ok(None);
         }
         if proxy_pending {
@@ -282,6 +288,128 @@ async fn handshake_from(
     }
 }
 
+/// What [`upgrade_now`] did with a new connection.
+pub(super) enum Now {
+    /// Upgraded and parked, or answered and closed: nothing left to do.
+    Done,
+    /// Not at once (nothing to read yet, a partial or plain HTTP request,
+    /// a reply the socket did not take whole): the connection's task
+    /// goes on from what was read.
+    Later(Socket, Vec<u8>),
+}
+
+/// The upgrade of a plain connection (no TLS, no PROXY header) done in
+/// the accept loop when its request is already there, as it usually is
+/// by the time a connection is accepted: one `recv` into the shard's
+/// scratch buffer, the checks, the 101 sent, the connection parked. No
+/// task, timer, readiness wait or request buffer. Everything else (and
+/// a request not yet there) goes to the connection's task
+/// ([`Now::Later`]), which answers exactly as it would have.
+pub(super) fn upgrade_now(io: &ShardIo, sock: Socket) -> Now {
+    use std::os::fd::AsFd;
+    let fd = sock.as_fd();
+    let read = {
+        let mut scratch = io.scratch.borrow_mut();
+        match rustix::net::recv(fd, &mut scratch[..], RecvFlags::DONTWAIT) {
+            // A head as large as the scratch buffer is not an upgrade
+            // that can be answered from it.
+            Ok((n, _)) if n > 0 && n < scratch.len() => early_upgrade(io, &sock, &scratch[..n]),
+            Ok((0, _)) => return finished(io),
+            Ok(_) => Early::Later(scratch.to_vec()),
+            Err(Errno::AGAIN) | Err(Errno::INTR) => Early::Later(Vec::new()),
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed before its request");
+                return finished(io);
+            }
+        }
+    };
+    match read {
+        Early::Later(head) => Now::Later(sock, head),
+        Early::Refused(reply) => {
+            // A refusal that does not go out whole (only an error can stop
+            // ~150 bytes on a new socket) ends the connection all the same.
+            let _ = send_whole(&sock, &reply);
+            let _ = rustix::net::shutdown(&sock, Shutdown::Write);
+            finished(io)
+        }
+        Early::Upgraded {
+            reply,
+            rest,
+            ip_slot,
+        } => match send_whole(&sock, &reply) {
+            Ok(()) => {
+                handshaking(io, -1);
+                ShardMetrics::add(&io.metrics().upgrades_immediate_total, 1);
+                super::parked::become_conn(io, sock, ip_slot, None, &rest);
+                Now::Done
+            }
+            Err(e) => {
+                // A new socket's send buffer (at least 4.5 KiB) takes the
+                // ~130-byte 101 whole unless the peer is gone already.
+                tracing::debug!(error = %e, "connection failed during the upgrade");
+                finished(io)
+            }
+        },
+    }
+}
+
+/// What the request read with the accept asks for.
+enum Early {
+    /// Upgrade it: the 101, what followed the head, the per-IP slot.
+    Upgraded {
+        reply: Vec<u8>,
+        rest: Vec<u8>,
+        ip_slot: Option<IpSlot>,
+    },
+    /// An upgrade refused by [`admit_upgrade`], with its answer.
+    Refused(Vec<u8>),
+    /// Anything else: the connection's task takes it from these bytes.
+    Later(Vec<u8>),
+}
+
+fn early_upgrade(io: &ShardIo, sock: &Socket, buf: &[u8]) -> Early {
+    match handshake::parse_request(buf, &io.limits) {
+        Ok(Some(Request::Upgrade {
+            path,
+            key,
+            head_len,
+            origin,
+            forwarded_for,
+        })) if path.split('?').next().unwrap_or(path) == io.path => {
+            match admit_upgrade(io, sock, None, origin, forwarded_for) {
+                Ok(ip_slot) => Early::Upgraded {
+                    reply: handshake::accept_response(key),
+                    rest: buf[head_len..].to_vec(),
+                    ip_slot,
+                },
+                Err(refusal) => Early::Refused(refusal),
+            }
+        }
+        _ => Early::Later(buf.to_vec()),
+    }
+}
+
+/// Send all of `data` now (the socket is non-blocking): an error if it
+/// does not take it whole.
+fn send_whole(sock: &Socket, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::net::send(sock, data, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A connection [`upgrade_now`] is done with (its socket closes as it
+/// is dropped): no longer upgrading.
+fn finished(io: &ShardIo) -> Now {
+    handshaking(io, -1);
+    Now::Done
+}
+
 /// The checks of a WebSocket upgrade before its 101 (the peer is the
 /// PROXY header's source, if one was given), in this order:
 /// `Origin` (403), the client address's connections (`--max-conns-per-ip`,
@@ -295,7 +423,7 @@ async fn handshake_from(
 /// for the many clients behind one NAT address).
 fn admit_upgrade(
     io: &ShardIo,
-    pfd: &PollFd<Socket>,
+    pfd: &impl std::os::fd::AsFd,
     proxied: Option<std::net::IpAddr>,
     origin: Option<&str>,
     forwarded_for: Option<&str>,
@@ -348,8 +476,8 @@ fn admit_upgrade(
 
 /// The TCP peer's address (`None` if the socket cannot tell, e.g. a
 /// peer already gone: then no per-address limit applies to it).
-fn peer_ip(pfd: &PollFd<Socket>) -> Option<std::net::IpAddr> {
-    let addr = socket2::SockRef::from(pfd).peer_addr().ok()?;
+fn peer_ip(fd: &impl std::os::fd::AsFd) -> Option<std::net::IpAddr> {
+    let addr = socket2::SockRef::from(fd).peer_addr().ok()?;
     Some(addr.as_socket()?.ip())
 }
 

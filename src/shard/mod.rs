@@ -367,6 +367,11 @@ impl<S> Shard<S> {
         }
     }
 
+    /// Changes of interest wait for [`Shard::poll_interest`].
+    pub fn has_interest(&self) -> bool {
+        self.interest.as_ref().is_some_and(|v| !v.is_empty())
+    }
+
     /// Record a change of interest; `topic` is built only when tracked
     /// (single nodes allocate nothing).
     pub(super) fn note_interest(&mut self, on: bool, topic: impl FnOnce() -> Topic) {
