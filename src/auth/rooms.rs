@@ -80,6 +80,8 @@ pub struct RoomPattern {
     parts: Vec<Part>,
     uses_user_id: bool,
     too_long: bool,
+    /// What a pattern without `{userId}` matches with, built once.
+    fixed: Option<Vec<Tok>>,
 }
 
 impl RoomPattern {
@@ -105,12 +107,17 @@ impl RoomPattern {
             rest = &rest[c.len_utf8()..];
         }
         let uses_user_id = parts.contains(&Part::UserId);
-        Self {
+        let mut p = Self {
             source: pattern.to_owned(),
             parts,
             uses_user_id,
             too_long,
+            fixed: None,
+        };
+        if !uses_user_id {
+            p.fixed = p.build(None);
         }
+        p
     }
 
     /// The pattern as written.
@@ -126,6 +133,15 @@ impl RoomPattern {
                 glob_match(&toks, &text)
             }
             None => false,
+        }
+    }
+
+    /// [`RoomPattern::build`], without building again what does not
+    /// depend on the user id.
+    fn expand(&self, user_id: Option<&str>) -> Option<std::borrow::Cow<'_, [Tok]>> {
+        match &self.fixed {
+            Some(toks) => Some(std::borrow::Cow::Borrowed(toks)),
+            None => self.build(user_id).map(std::borrow::Cow::Owned),
         }
     }
 
@@ -157,7 +173,7 @@ impl RoomPattern {
     /// Substitutes the user id as literal characters; `None` when the pattern
     /// can match nothing for this client (it needs a user id the client does
     /// not have, has an empty one or one containing `:`; or it is too long).
-    fn expand(&self, user_id: Option<&str>) -> Option<Vec<Tok>> {
+    fn build(&self, user_id: Option<&str>) -> Option<Vec<Tok>> {
         if self.too_long {
             return None;
         }
@@ -199,8 +215,9 @@ fn glob_match(pat: &[Tok], text: &[char]) -> bool {
         return pat.len() == text.len() && pat.iter().zip(text).all(|(t, c)| *t == Tok::Lit(*c));
     }
     let n = pat.len();
-    let mut live = vec![false; n + 1];
-    let mut next = vec![false; n + 1];
+    // On the stack for patterns of up to 63 tokens (most).
+    let mut live: smallvec::SmallVec<[bool; 64]> = smallvec::smallvec![false; n + 1];
+    let mut next: smallvec::SmallVec<[bool; 64]> = smallvec::smallvec![false; n + 1];
     live[0] = true;
     close_stars(pat, &mut live);
     for &c in text {
@@ -273,22 +290,34 @@ impl GlobRoomValidator {
             .map(|p| RoomPattern::parse(p))
             .collect();
         // Expand `{userId}` once per request, not once per room.
-        let compiled: Vec<Vec<Tok>> = self
+        // (Patterns without it are compiled already.)
+        let compiled: smallvec::SmallVec<[std::borrow::Cow<'_, [Tok]>; 4]> = self
             .patterns
             .iter()
             .chain(&extra)
             .filter_map(|p| p.expand(user_id))
             .collect();
 
-        let mut seen = HashSet::with_capacity(rooms.len());
-        let mut allowed = Vec::with_capacity(rooms.len());
+        // Duplicates: a scan of what was allowed for a few rooms, a set
+        // for many.
+        let mut seen: Option<HashSet<&str>> =
+            (rooms.len() > 16).then(|| HashSet::with_capacity(rooms.len()));
+        let mut allowed: Vec<String> = Vec::with_capacity(rooms.len());
+        let mut text: Vec<char> = Vec::new();
         for room in rooms {
-            if seen.contains(room.as_str()) {
+            let dup = match &seen {
+                Some(set) => set.contains(room.as_str()),
+                None => allowed.iter().any(|a| a == room),
+            };
+            if dup {
                 continue;
             }
-            let text: Vec<char> = room.chars().collect();
+            text.clear();
+            text.extend(room.chars());
             if compiled.iter().any(|toks| glob_match(toks, &text)) {
-                seen.insert(room.as_str());
+                if let Some(set) = &mut seen {
+                    set.insert(room.as_str());
+                }
                 allowed.push(room.clone());
             }
         }
@@ -579,6 +608,21 @@ mod tests {
         let v = GlobRoomValidator::from_list("a,b");
         let requested = strings(&["x", "b", "x", "a", "b"]);
         assert_eq!(v.allowed(None, &requested, None), strings(&["b", "a"]));
+    }
+
+    /// Past 16 requested rooms duplicates are found through a set: the
+    /// same answer as the scan gives.
+    #[test]
+    fn many_rooms_keep_request_order_and_drop_duplicates() {
+        let v = GlobRoomValidator::from_list("r:*,user:{userId}");
+        let mut requested: Vec<String> = (0..30).map(|i| format!("r:{}", i % 12)).collect();
+        requested.push("user:alice".into());
+        requested.push("user:bob".into());
+        requested.push("user:alice".into());
+        let mut want: Vec<String> = (0..12).map(|i| format!("r:{i}")).collect();
+        want.push("user:alice".into());
+        assert_eq!(v.allowed(Some("alice"), &requested, None), want);
+        assert_eq!(v.allowed(Some("alice"), &requested[..15], None), want[..12]);
     }
 
     #[test]

@@ -269,12 +269,19 @@ pub fn iso8601_millis(unix_millis: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    // One allocation of the final size (`format!` grows it three times).
+    let mut out = String::with_capacity(24);
+    // fmt::Write for String cannot fail.
+    let _ = std::fmt::Write::write_fmt(
+        &mut out,
+        format_args!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60
+        ),
+    );
+    out
 }
 
 /// Howard Hinnant's days-from-civil inverse.

@@ -231,7 +231,7 @@ pub struct Shard<S> {
     /// milliseconds at an instant (for `connected.time`).
     wall: (Instant, u64),
     json_buf: Vec<u8>,
-    json_buffers: Buffers,
+    json_buffers: Option<Buffers>,
     /// The read state lent to connections between messages.
     spare_read: Option<Box<ReadState>>,
     /// Frames waiting to be encrypted for encrypted clients, in order;
@@ -276,7 +276,7 @@ impl<S> Shard<S> {
             next_generation: 0,
             wall: (now, 0),
             json_buf: Vec::new(),
-            json_buffers: Buffers::default(),
+            json_buffers: Some(Buffers::default()),
             spare_read: None,
             encrypt_queue: VecDeque::new(),
             encrypt_scratch: Vec::new(),

@@ -266,7 +266,9 @@ impl<S> Shard<S> {
     /// of an `encrypted` message (which may not nest).
     fn on_data(&mut self, key: ConnKey, payload: &[u8], now: Instant, decrypted: bool) {
         let mut buf = std::mem::take(&mut self.json_buf);
-        let mut buffers = std::mem::take(&mut self.json_buffers);
+        // Taken out while the message is handled (`take` of the field
+        // itself would build new buffers, three allocations, per message).
+        let mut buffers = self.json_buffers.take().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(payload);
         let mut inbound: Option<Result<Vec<u8>, encryption::EncryptionError>> = None;
@@ -314,7 +316,7 @@ impl<S> Shard<S> {
             }
         }
         self.json_buf = buf;
-        self.json_buffers = buffers;
+        self.json_buffers = Some(buffers);
         match inbound {
             None => {}
             Some(Ok(plain)) => self.on_data(key, &plain, now, true),
