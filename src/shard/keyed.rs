@@ -44,8 +44,8 @@ pub struct ById {
 }
 
 impl ById {
-    /// An index with room for `n` connections (virtual memory: its pages
-    /// count once used).
+    /// An index with room for `n` connections (its entries land on
+    /// random pages: room for many more than connect is resident early).
     pub fn with_capacity(n: usize) -> ById {
         ById {
             table: HashTable::with_capacity(n),
