@@ -19,11 +19,17 @@ servers="uring epoll"
 [ -n "${BUN_DIR:-}" ] && servers="$servers bun"
 # Connect + authenticate alone, three interleaved rounds, beside the
 # do-nothing floor (examples/floor.rs): what the kernel's share of
-# the same exchange allows on this machine.
+# the same exchange allows on this machine. The floor sets
+# TCP_DEFER_ACCEPT as ignis-ws does by default; "floor0" is the floor
+# without it (FLOOR_DEFER_ACCEPT=0), as it was before.
 cargo build --release --example floor -q
 for round in 1 2 3; do
-  for s in floor uring epoll ${BUN_DIR:+bun}; do
-    run "connect-$s-$round" "$s" -- -c 10000 --connect-only --idle-settle 0
+  for s in floor floor0 uring epoll ${BUN_DIR:+bun}; do
+    if [ "$s" = floor0 ]; then
+      FLOOR_DEFER_ACCEPT=0 run "connect-$s-$round" floor -- -c 10000 --connect-only --idle-settle 0
+    else
+      run "connect-$s-$round" "$s" -- -c 10000 --connect-only --idle-settle 0
+    fi
   done
 done
 # The floor (examples/floor.rs) beside them: what the kernel costs for the

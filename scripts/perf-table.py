@@ -143,7 +143,9 @@ print()
 print("### Connect + authenticate, 10,000 clients, three interleaved rounds\n")
 print("| server | connect + auth | server CPU per connection | server core busy | generator core busy |")
 print("|---|---|---|---|---|")
-for s, label in [("floor", "do-nothing floor (examples/floor)"), ("uring", "ignis-ws io_uring"),
+for s, label in [("floor", "do-nothing floor (examples/floor)"),
+                 ("floor0", "floor without TCP_DEFER_ACCEPT (FLOOR_DEFER_ACCEPT=0)"),
+                 ("uring", "ignis-ws io_uring"),
                  ("epoll", "ignis-ws epoll"), ("bun", "Ignis on Bun")]:
     rs = [runs[k] for k in sorted(runs) if k.startswith(f"connect-{s}-")]
     if not rs:
