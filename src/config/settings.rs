@@ -419,7 +419,7 @@ settings! {
             max_upgrades_in_flight: u32 = 32,
         };
         /// Accept a connection only once its first bytes arrived
-        /// (TCP_DEFER_ACCEPT, for up to --handshake-timeout-ms) [default:
+        /// (TCP_DEFER_ACCEPT, for about --handshake-timeout-ms) [default:
         /// true].
         #[arg(env = "IGNIS_WS_DEFER_ACCEPT", value_name = "BOOL")]
         defer_accept: bool => same => {
@@ -427,11 +427,13 @@ settings! {
             /// connection over once its request (or TLS ClientHello, or
             /// PROXY header) arrived, so the shard upgrades it as it
             /// accepts it, without a task or a wait of its own
-            /// (`ignis_ws_upgrades_immediate_total`); a connection silent
-            /// for the handshake timeout is accepted then, and gets its
-            /// 408 after another. Clients always speak first here, so
-            /// only a TCP-level probe sees a difference (its connect still
-            /// succeeds).
+            /// (`ignis_ws_upgrades_immediate_total`). A silent connection
+            /// waits in the listener's SYN queue instead of an upgrade
+            /// slot, for the handshake timeout rounded up by the kernel to
+            /// its SYN-ACK retransmissions (5 s holds it about 7 s), is
+            /// accepted then, and gets its 408 after the handshake timeout.
+            /// Clients always speak first here, so only a TCP-level probe
+            /// sees a difference (its connect still succeeds).
             defer_accept: bool = true,
         };
         /// Largest HTTP request head, bytes [default: 8KiB].

@@ -89,10 +89,19 @@ fn admit(io: &ShardIo, m: &ShardMetrics, fd: impl AsFd) -> bool {
     }
     ShardMetrics::add(&m.refused_total, 1);
     let _ = rustix::net::send(
-        fd,
+        &fd,
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
     );
+    // Read what the client sent (with `--defer-accept` its request is
+    // always there already): closing a socket with unread data sends a
+    // reset, which may make the client drop the 503 unread.
+    let _ = rustix::net::recv(
+        &fd,
+        &mut io.scratch.borrow_mut()[..],
+        rustix::net::RecvFlags::DONTWAIT,
+    );
+    let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Write);
     false
 }
 

@@ -293,8 +293,8 @@ pub(super) enum Now {
     /// Upgraded and parked, or answered and closed: nothing left to do.
     Done,
     /// Not at once (nothing to read yet, a partial or plain HTTP request,
-    /// a reply the socket did not take whole): the connection's task
-    /// goes on from what was read.
+    /// a head as large as the scratch buffer): the connection's task goes
+    /// on from what was read.
     Later(Socket, Vec<u8>),
 }
 
