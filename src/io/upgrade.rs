@@ -196,23 +196,14 @@ async fn handshake_from(
                 head_len,
                 origin,
                 forwarded_for,
-            })) => {
-                let path = path.split('?').next().unwrap_or(path);
-                if path != io.path {
-                    ShardMetrics::add(&io.metrics().http_requests_total, 1);
-                    handshake::http_response(404, "text/plain", b"Not Found\n", &[])
-                } else {
-                    match admit_upgrade(io, pfd, proxied, origin, forwarded_for) {
-                        Err(refusal) => refusal,
-                        Ok(ip_slot) => {
-                            let resp = handshake::accept_response(key);
-                            let rest = buf[head_len..].to_vec();
-                            src.send(&resp).await?;
-                            return Ok(Some(Upgraded { rest, ip_slot }));
-                        }
-                    }
+            })) => match answer_upgrade(io, pfd, proxied, path, key, origin, forwarded_for) {
+                Err(refusal) => refusal,
+                Ok((resp, ip_slot)) => {
+                    let rest = buf[head_len..].to_vec();
+                    src.send(&resp).await?;
+                    return Ok(Some(Upgraded { rest, ip_slot }));
                 }
-            }
+            },
             Ok(Some(Request::Http {
                 method,
                 path,
@@ -361,7 +352,7 @@ enum Early {
         rest: Vec<u8>,
         ip_slot: Option<IpSlot>,
     },
-    /// An upgrade refused by [`admit_upgrade`], with its answer.
+    /// An upgrade refused by [`answer_upgrade`], with its answer.
     Refused(Vec<u8>),
     /// Anything else: the connection's task takes it from these bytes.
     Later(Vec<u8>),
@@ -375,18 +366,43 @@ fn early_upgrade(io: &ShardIo, sock: &Socket, buf: &[u8]) -> Early {
             head_len,
             origin,
             forwarded_for,
-        })) if path.split('?').next().unwrap_or(path) == io.path => {
-            match admit_upgrade(io, sock, None, origin, forwarded_for) {
-                Ok(ip_slot) => Early::Upgraded {
-                    reply: handshake::accept_response(key),
-                    rest: buf[head_len..].to_vec(),
-                    ip_slot,
-                },
-                Err(refusal) => Early::Refused(refusal),
-            }
-        }
+        })) => match answer_upgrade(io, sock, None, path, key, origin, forwarded_for) {
+            Ok((reply, ip_slot)) => Early::Upgraded {
+                reply,
+                rest: buf[head_len..].to_vec(),
+                ip_slot,
+            },
+            Err(refusal) => Early::Refused(refusal),
+        },
         _ => Early::Later(buf.to_vec()),
     }
+}
+
+/// The answer to a WebSocket upgrade request (`path` without its query,
+/// as parsed): `Ok` to upgrade, with the 101 to send and the connection's
+/// `--max-conns-per-ip` place; `Err` the answer refusing it (404 off
+/// `--path`, or [`admit_upgrade`]'s 403/503). The upgrade task and
+/// [`upgrade_now`] both answer through it.
+fn answer_upgrade(
+    io: &ShardIo,
+    fd: &impl std::os::fd::AsFd,
+    proxied: Option<std::net::IpAddr>,
+    path: &str,
+    key: &str,
+    origin: Option<&str>,
+    forwarded_for: Option<&str>,
+) -> Result<(Vec<u8>, Option<IpSlot>), Vec<u8>> {
+    if path != io.path {
+        ShardMetrics::add(&io.metrics().http_requests_total, 1);
+        return Err(handshake::http_response(
+            404,
+            "text/plain",
+            b"Not Found\n",
+            &[],
+        ));
+    }
+    let ip_slot = admit_upgrade(io, fd, proxied, origin, forwarded_for)?;
+    Ok((handshake::accept_response(key), ip_slot))
 }
 
 /// Send all of `data` now (the socket is non-blocking): an error if it

@@ -264,11 +264,8 @@ impl<S> Shard<S> {
             // Reserved up front (virtual memory: pages count only once
             // used), so growing never doubles and copies the table.
             conns: Slab::with_capacity(ctx.max_conns.min(1 << 20)),
-            // Grown as connections come, unlike the slab: a hash table's
-            // entries land on random pages, so room for `max_conns` would
-            // be resident as soon as a fraction of them connected (16
-            // bytes a connection at 10,000 of 20,000 instead of 8).
-            by_id: keyed::ById::with_capacity(0),
+            // Grown as connections come (see `ById`).
+            by_id: Default::default(),
             rooms: Default::default(),
             users: Default::default(),
             dirty: Vec::new(),
