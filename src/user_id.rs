@@ -5,10 +5,11 @@
 //! shard's user index and an entry of the subscriber's wanted set
 //! (`ws:user:{id}`). `Arc<str>` would take 16 bytes in each record and in
 //! each wanted-set entry (a fat pointer) and 16 bytes of counters in the
-//! allocation; `UserId` is a thin pointer to a 4-byte count and a 4-byte
-//! length followed by the bytes: "bench-1234" fits a 24-byte allocation
-//! instead of 32, a record holds 8 bytes instead of 16 and a wanted-set
-//! entry 16 instead of 24 (PERFORMANCE.md, "Idle memory and connect, fourth
+//! allocation; `UserId` is a thin pointer to a 4-byte count, a 4-byte
+//! length and a 4-byte word for the wanted set's entry, followed by the
+//! bytes: "bench-1234" fits a 24-byte allocation instead of 32, a record
+//! holds 8 bytes instead of 16 and a wanted-set slot 8 instead of 24
+//! (PERFORMANCE.md, "Idle memory and connect, fourth session" and "sixth
 //! session").
 //!
 //! The one module with its own unsafe code besides `mem`: a thin,
@@ -31,6 +32,10 @@ struct Header {
     count: AtomicU32,
     /// Bytes of the id after the header.
     len: u32,
+    /// [`UserId::aux`]: bookkeeping of the one holder that keeps any (the
+    /// Redis subscriber's wanted set), so that its table holds a pointer
+    /// per user and not a pointer and a word padded to 16 bytes.
+    aux: AtomicU32,
 }
 
 /// An immutable, reference-counted user id string (see the module doc).
@@ -81,6 +86,7 @@ impl UserId {
                 count: AtomicU32::new(1),
                 // `layout` refused lengths above MAX_LEN (< u32::MAX).
                 len: s.len() as u32,
+                aux: AtomicU32::new(0),
             });
             std::ptr::copy_nonoverlapping(
                 s.as_ptr(),
@@ -89,6 +95,21 @@ impl UserId {
             );
         }
         Some(UserId(ptr))
+    }
+
+    /// A word stored with the id, 0 when it is made. It belongs to whoever
+    /// keeps this allocation as a table key and says so: the Redis
+    /// subscriber's wanted set ([`crate::bridge`]'s interest tracking) keeps
+    /// its entry for the user here, for the allocation it holds as the key
+    /// (other holders of the same allocation never read or write it, and
+    /// other allocations of the same id have their own word).
+    pub(crate) fn aux(&self) -> u32 {
+        self.header().aux.load(Ordering::Relaxed)
+    }
+
+    /// Set [`UserId::aux`].
+    pub(crate) fn set_aux(&self, v: u32) {
+        self.header().aux.store(v, Ordering::Relaxed)
     }
 
     fn header(&self) -> &Header {
@@ -213,6 +234,18 @@ mod tests {
             assert_eq!(u.to_string(), s);
             assert_eq!(format!("{u:?}"), format!("{s:?}"));
         }
+    }
+
+    #[test]
+    fn the_aux_word_starts_at_zero_and_belongs_to_the_allocation() {
+        let a = id("bench-1234");
+        let b = id("bench-1234");
+        assert_eq!((a.aux(), b.aux()), (0, 0));
+        a.set_aux(0xdead_beef);
+        assert_eq!(a.clone().aux(), 0xdead_beef, "clones share the word");
+        assert_eq!(b.aux(), 0, "another allocation of the same id has its own");
+        assert_eq!(a.as_str(), "bench-1234");
+        assert_eq!(a, b);
     }
 
     #[test]

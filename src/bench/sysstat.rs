@@ -1,6 +1,6 @@
 //! Owns reading other processes' resource use from /proc: CPU time
 //! (utime + stime of /proc/PID/stat, in clock ticks) and resident memory
-//! (VmRSS of /proc/PID/status). Used for the server processes
+//! (VmRSS and RssAnon of /proc/PID/status). Used for the server processes
 //! (`--server-pid`) and for the generator's own processes.
 //!
 //! /proc is read rather than getrusage because the workers are alive while
@@ -30,6 +30,10 @@ pub struct ProcSample {
     pub cpu_ticks: u64,
     /// VmRSS, bytes.
     pub rss_bytes: u64,
+    /// RssAnon, bytes: the resident part of VmRSS that is the process's
+    /// own memory (heap, stacks, anonymous maps), without the pages of its
+    /// binary and libraries that running new code paths reads in.
+    pub anon_bytes: u64,
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
@@ -46,9 +50,16 @@ fn read<T>(pid: u32, file: &'static str, parse: impl Fn(&str) -> Option<T>) -> R
 
 /// Reads CPU and RSS of `pid`.
 pub fn sample(pid: u32) -> Result<ProcSample, SysError> {
+    let (rss_bytes, anon_bytes) = read(pid, "status", |s| {
+        Some((
+            parse_status_rss(s)?,
+            parse_status_kb(s, "RssAnon:").unwrap_or(0),
+        ))
+    })?;
     Ok(ProcSample {
         cpu_ticks: read(pid, "stat", parse_stat_cpu)?,
-        rss_bytes: read(pid, "status", parse_status_rss)?,
+        rss_bytes,
+        anon_bytes,
     })
 }
 
@@ -59,6 +70,7 @@ pub fn sample_all(pids: &[u32]) -> Result<ProcSample, SysError> {
         let s = sample(pid)?;
         total.cpu_ticks += s.cpu_ticks;
         total.rss_bytes += s.rss_bytes;
+        total.anon_bytes += s.anon_bytes;
     }
     Ok(total)
 }
@@ -77,13 +89,18 @@ pub fn parse_stat_cpu(stat: &str) -> Option<u64> {
 
 /// VmRSS (kB in the file) in bytes. A kernel thread has no VmRSS: 0.
 pub fn parse_status_rss(status: &str) -> Option<u64> {
-    for line in status.lines() {
-        if let Some(v) = line.strip_prefix("VmRSS:") {
-            let kb: u64 = v.trim().strip_suffix("kB")?.trim().parse().ok()?;
-            return Some(kb * 1024);
-        }
+    match parse_status_kb(status, "VmRSS:") {
+        Some(b) => Some(b),
+        None if status.lines().any(|l| l.starts_with("VmRSS:")) => None,
+        None => status.contains("Name:").then_some(0),
     }
-    status.contains("Name:").then_some(0)
+}
+
+/// A `Key:  N kB` line of /proc/PID/status, in bytes.
+pub fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+    let v = status.lines().find_map(|l| l.strip_prefix(key))?;
+    let kb: u64 = v.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]
@@ -104,6 +121,9 @@ mod tests {
         assert_eq!(parse_status_rss(s), Some(2048 * 1024));
         assert_eq!(parse_status_rss("Name:\tkthreadd\nThreads: 1\n"), Some(0));
         assert_eq!(parse_status_rss("VmRSS: lots"), None);
+        let s = "Name:\tx\nVmRSS:\t   2048 kB\nRssAnon:\t    512 kB\nRssFile:\t   1536 kB\n";
+        assert_eq!(parse_status_kb(s, "RssAnon:"), Some(512 * 1024));
+        assert_eq!(parse_status_kb(s, "RssShmem:"), None);
     }
 
     #[test]

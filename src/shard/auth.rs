@@ -34,9 +34,6 @@ impl<S> Shard<S> {
     pub(super) fn start_auth(&mut self, key: ConnKey, was: State, data: serde_json::Value) {
         let conn = &mut self.conns[key as usize];
         let generation = conn.generation;
-        if let Some(d) = conn.session.deadline() {
-            self.auth_deadlines.push_back((d, key, generation));
-        }
         let public_key = match message::public_key(&data) {
             _ if self.ctx.config.encryption == EncryptionMode::Off => PublicKey::Absent,
             None => PublicKey::Absent,
@@ -72,7 +69,7 @@ impl<S> Shard<S> {
             tracing::debug!("client disconnected during authentication; result dropped");
             return;
         };
-        if conn.closing.is_some() {
+        if conn.is_closing() {
             return;
         }
         let (verdict, identity) = match result {

@@ -27,7 +27,7 @@ impl<S> Shard<S> {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
-        if conn.closing.is_some() || conn.dead {
+        if conn.is_closing() || conn.dead {
             return;
         }
         if !matches!(reason, CloseReason::SlowClient) {
@@ -47,7 +47,7 @@ impl<S> Shard<S> {
         }
         tracing::debug!(client = %conn.id, code, reason = text, "closing");
         self.ctx.metrics.close_sent(code);
-        conn.closing = Some(Closing {
+        conn.set_closing(Closing {
             deadline,
             received: false,
             discard_input: false,

@@ -30,6 +30,9 @@ pub struct ConnExtra {
     /// Bytes of frames waiting in the shard's encryption queue for this
     /// client (they count against its outbound budget).
     pub(super) encrypt_pending: usize,
+    /// Close progress, from the moment the close starts ([`Conn::closing`]):
+    /// a connection closes once, so its record does not carry the 8 bytes.
+    pub(super) closing: Option<Closing>,
 }
 
 /// What `authenticate` said about encryption (its `publicKey`).
@@ -103,8 +106,6 @@ pub struct Conn<S> {
     pub(super) out: OutQueue,
     /// In the shard's dirty list.
     pub(super) dirty: bool,
-    /// Our close frame has been queued.
-    pub(super) closing: Option<Closing>,
     /// Our close frame has been fully written and the write side shut.
     pub(super) write_shut: bool,
     /// Finished: an [`super::Event::Closed`] was emitted; the driver drops
@@ -127,6 +128,36 @@ pub struct Conn<S> {
 }
 
 impl<S> Conn<S> {
+    /// Close progress once the close started (our close frame queued, or
+    /// the client's received).
+    #[inline]
+    pub(super) fn closing(&self) -> Option<&Closing> {
+        self.extra.as_deref().and_then(|e| e.closing.as_ref())
+    }
+
+    /// The close started.
+    #[inline]
+    pub(super) fn is_closing(&self) -> bool {
+        self.closing().is_some()
+    }
+
+    /// Input after a protocol error or the client's close is no longer
+    /// parsed.
+    #[inline]
+    pub(super) fn discards_input(&self) -> bool {
+        self.closing().is_some_and(|c| c.discard_input)
+    }
+
+    #[inline]
+    pub(super) fn closing_mut(&mut self) -> Option<&mut Closing> {
+        self.extra.as_deref_mut().and_then(|e| e.closing.as_mut())
+    }
+
+    /// Start the close.
+    pub(super) fn set_closing(&mut self, closing: Closing) {
+        self.extra.get_or_insert_with(Default::default).closing = Some(closing);
+    }
+
     /// The client's id.
     pub fn id(&self) -> ClientId {
         self.id

@@ -417,6 +417,16 @@ impl<S> Shard<S> {
                 request,
             } => {
                 let answer = user.authenticate(key, generation, request);
+                // Only a call that has to wait needs its deadline queued:
+                // an immediate answer leaves the connection authenticated
+                // or closing before any timer could fire.
+                if matches!(answer, Answer::Pending)
+                    && let Some(d) = self
+                        .live(key, generation)
+                        .and_then(|c| c.session.deadline())
+                {
+                    push_deadline(&mut self.auth_deadlines, &self.conns, (d, key, generation));
+                }
                 self.answered(key, generation, answer, now, |sh, result| {
                     sh.finish_auth(key, generation, result, now)
                 });
@@ -467,7 +477,6 @@ impl<S> Shard<S> {
             awaiting: false,
             out: Default::default(),
             dirty: false,
-            closing: None,
             write_shut: false,
             dead: false,
             peer_eof: false,
@@ -481,7 +490,11 @@ impl<S> Shard<S> {
         self.by_id.insert(&self.conns, key);
         self.note_interest(true, || Topic::Client(id));
         if let Some(d) = self.conns[key as usize].session.deadline() {
-            self.connect_deadlines.push_back((d, key, generation));
+            push_deadline(
+                &mut self.connect_deadlines,
+                &self.conns,
+                (d, key, generation),
+            );
         }
         let m = &self.ctx.metrics;
         m.conns_unauthorized
@@ -627,7 +640,7 @@ impl<S> Shard<S> {
             if self
                 .conns
                 .get(key as usize)
-                .is_some_and(|c| c.closing.is_none() && !c.dead)
+                .is_some_and(|c| !c.is_closing() && !c.dead)
             {
                 self.close(
                     key,
@@ -640,7 +653,8 @@ impl<S> Shard<S> {
         n
     }
 
-    /// Give back the capacity a storm left in the shard's queues: a
+    /// Give back the capacity a storm left in the shard's queues (also see
+    /// [`push_deadline`]): a
     /// connect storm grows the driver's event queue and the auth-deadline
     /// queues by an entry per connection, and a `VecDeque` keeps its
     /// capacity once emptied (about 40 bytes per connection of the storm,
@@ -652,13 +666,8 @@ impl<S> Shard<S> {
     pub fn shrink_buffers(&mut self) -> bool {
         use crate::mem::shrink_queue;
         let conns = &self.conns;
-        let waiting = |&(_, key, generation): &(Stamp, ConnKey, u32)| {
-            conns
-                .get(key as usize)
-                .is_some_and(|c| c.generation == generation && c.session.deadline().is_some())
-        };
         for q in [&mut self.connect_deadlines, &mut self.auth_deadlines] {
-            q.retain(waiting);
+            q.retain(|e| still_waiting(conns, e));
         }
         let mut shrunk = shrink_queue(&mut self.events);
         shrunk |= shrink_queue(&mut self.connect_deadlines);
@@ -676,6 +685,12 @@ impl<S> Shard<S> {
             + self.encrypt_queue.capacity()
     }
 
+    /// Deadlines queued (for tests).
+    #[cfg(test)]
+    pub(crate) fn deadline_queue_len(&self) -> usize {
+        self.connect_deadlines.len() + self.auth_deadlines.len()
+    }
+
     /// Number of connections (any state).
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -685,4 +700,29 @@ impl<S> Shard<S> {
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }
+}
+
+/// Whether a deadline entry still belongs to a connection waiting for it
+/// (the same connection, its auth timer still running).
+fn still_waiting<S>(conns: &Slab<Conn<S>>, &(_, key, generation): &(Stamp, ConnKey, u32)) -> bool {
+    conns
+        .get(key as usize)
+        .is_some_and(|c| c.generation == generation && c.session.deadline().is_some())
+}
+
+/// Queue a deadline, first dropping the entries at the front whose
+/// connections no longer wait (authenticated or gone). Connections of a
+/// storm authenticate about in the order they came, so the queue holds
+/// about the connections still authenticating rather than one entry per
+/// connection of the storm: its peak, 12 bytes a connection, sets how much
+/// memory the storm leaves resident.
+fn push_deadline<S>(
+    q: &mut VecDeque<(Stamp, ConnKey, u32)>,
+    conns: &Slab<Conn<S>>,
+    entry: (Stamp, ConnKey, u32),
+) {
+    while q.front().is_some_and(|e| !still_waiting(conns, e)) {
+        q.pop_front();
+    }
+    q.push_back(entry);
 }

@@ -76,7 +76,7 @@ impl<S> Shard<S> {
     pub fn push(&mut self, key: ConnKey, f: &Bytes, now: Instant) -> bool {
         let limit = self.ctx.config.backpressure_limit;
         let conn = &mut self.conns[key as usize];
-        if conn.closing.is_some() || conn.dead {
+        if conn.is_closing() || conn.dead {
             ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
             return false;
         }
@@ -114,7 +114,7 @@ impl<S> Shard<S> {
     fn push_encrypted(&mut self, key: ConnKey, f: &Bytes, now: Instant) -> bool {
         let limit = self.ctx.config.backpressure_limit;
         let conn = &mut self.conns[key as usize];
-        if conn.closing.is_some() || conn.dead {
+        if conn.is_closing() || conn.dead {
             ShardMetrics::add(&self.ctx.metrics.frames_dropped, 1);
             return false;
         }
@@ -174,7 +174,7 @@ impl<S> Shard<S> {
                 continue;
             };
             extra.encrypt_pending = extra.encrypt_pending.saturating_sub(f.len());
-            if conn.dead || conn.closing.is_some() {
+            if conn.dead || extra.closing.is_some() {
                 ShardMetrics::add(&m.frames_dropped, 1);
                 continue;
             }
@@ -256,7 +256,7 @@ impl<S> Shard<S> {
         // connection keeps no queue allocation (larger ones, of busy
         // connections, are kept until the sweep).
         conn.out.release_if_empty(0);
-        let Some(closing) = conn.closing else {
+        let Some(&closing) = conn.closing() else {
             return false;
         };
         if conn.write_shut {

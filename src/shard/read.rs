@@ -31,7 +31,7 @@ impl<S> Shard<S> {
         }
         conn.last_rx = Stamp::at(now);
         conn.ping_sent = false;
-        if conn.closing.is_some_and(|c| c.discard_input) {
+        if conn.discards_input() {
             return;
         }
         self.decode(key, data, now);
@@ -56,8 +56,7 @@ impl<S> Shard<S> {
         st.rbuf.extend_from_slice(data);
         loop {
             match self.conns.get(key as usize) {
-                Some(c)
-                    if !c.dead && !c.awaiting && !c.closing.is_some_and(|c| c.discard_input) => {}
+                Some(c) if !c.dead && !c.awaiting && !c.discards_input() => {}
                 _ => {
                     // Nothing more is decoded; what stays buffered is
                     // dropped below unless an answer is awaited.
@@ -79,7 +78,7 @@ impl<S> Shard<S> {
         match self.conns.get_mut(key as usize) {
             Some(conn)
                 if !conn.dead
-                    && !conn.closing.is_some_and(|c| c.discard_input)
+                    && !conn.discards_input()
                     && (!st.rbuf.is_empty() || !st.decoder.is_idle()) =>
             {
                 conn.read = Some(st);
@@ -100,7 +99,7 @@ impl<S> Shard<S> {
         if let Some(c) = self
             .conns
             .get_mut(key as usize)
-            .and_then(|c| c.closing.as_mut())
+            .and_then(|c| c.closing_mut())
         {
             c.discard_input = true;
         }
@@ -135,7 +134,7 @@ impl<S> Shard<S> {
             return;
         }
         conn.awaiting = false;
-        if conn.dead || conn.read.is_none() || conn.closing.is_some_and(|c| c.discard_input) {
+        if conn.dead || conn.read.is_none() || conn.discards_input() {
             return;
         }
         self.decode(key, &[], now);
@@ -166,13 +165,13 @@ impl<S> Shard<S> {
         }
         conn.peer_eof = true;
         conn.read = None;
-        match &mut conn.closing {
+        match conn.closing_mut() {
             Some(c) => {
                 c.received = true;
                 c.discard_input = true;
             }
             None => {
-                conn.closing = Some(Closing {
+                conn.set_closing(Closing {
                     deadline,
                     received: true,
                     discard_input: true,
@@ -190,7 +189,7 @@ impl<S> Shard<S> {
             Message::Text(payload) | Message::Binary(payload) => {
                 ShardMetrics::add(&m.messages_in, 1);
                 ShardMetrics::add(&m.bytes_in, payload.len() as u64);
-                if self.conns[key as usize].closing.is_some() {
+                if self.conns[key as usize].is_closing() {
                     return;
                 }
                 self.on_data(key, &payload, now, false);
@@ -221,7 +220,7 @@ impl<S> Shard<S> {
         if conn.rate_count <= limit {
             return false;
         }
-        if conn.rate_count == limit + 1 && conn.closing.is_none() {
+        if conn.rate_count == limit + 1 && !conn.is_closing() {
             tracing::debug!(client = %conn.id, limit, "message rate limit exceeded");
             ShardMetrics::add(&self.ctx.metrics.rate_limited, 1);
             self.close(key, CloseReason::RateLimited, now);
@@ -232,7 +231,7 @@ impl<S> Shard<S> {
 
     fn on_close_frame(&mut self, key: ConnKey, cf: Option<frame::CloseFrame>, now: Instant) {
         let conn = &mut self.conns[key as usize];
-        match &mut conn.closing {
+        match conn.closing_mut() {
             Some(c) => {
                 // The reply to our close: the handshake is complete.
                 c.received = true;
@@ -249,7 +248,7 @@ impl<S> Shard<S> {
                     }
                     None => frame::encode_frame(&mut buf, true, OpCode::Close, &[], None),
                 }
-                conn.closing = Some(Closing {
+                conn.set_closing(Closing {
                     deadline: Stamp::at(now).after(self.ctx.config.close_timeout),
                     received: true,
                     discard_input: true,

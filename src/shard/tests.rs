@@ -847,17 +847,40 @@ fn user_and_client_indexes_stay_exact_through_connects_and_disconnects() {
     }
 }
 
-/// A connect storm grows the shard's event and deadline queues by an
-/// entry per connection; once the storm is over, `shrink_buffers` gives
-/// that capacity back while the clients stay connected.
+/// A connect storm whose clients authenticate as they come keeps the
+/// deadline queues at about the connections still authenticating (each
+/// new deadline first drops the front ones of clients that authenticated):
+/// their peak is memory the storm would leave resident. An immediate
+/// authenticator's answer queues no auth deadline at all.
+#[test]
+fn a_storm_of_clients_that_authenticate_at_once_keeps_the_deadline_queues_short() {
+    let mut d = MemoryDriver::insecure(config(), 2000, Instant::now());
+    for _ in 0..1000 {
+        d.connect_discarding(&frame(AUTH));
+        d.run();
+    }
+    assert!(
+        d.shard.deadline_queue_len() <= 1,
+        "{} deadlines queued",
+        d.shard.deadline_queue_len()
+    );
+}
+
+/// Clients that connect and authenticate later grow the deadline queue by
+/// an entry each; once they did, `shrink_buffers` gives that capacity back
+/// while the clients stay connected, and a client that never
+/// authenticates still times out.
 #[test]
 fn queues_grown_by_a_connect_storm_shrink_once_it_is_over() {
     let mut d = MemoryDriver::insecure(config(), 2000, Instant::now());
-    let keys: Vec<u32> = (0..1000)
-        .map(|_| d.connect_discarding(&frame(AUTH)))
-        .collect();
+    let keys: Vec<u32> = (0..1000).map(|_| d.connect(&[])).collect();
     // One that never authenticates keeps its deadline through the shrink.
     let lazy = d.connect(&[]);
+    d.run();
+    assert_eq!(d.shard.deadline_queue_len(), 1001);
+    for &k in &keys {
+        d.send(k, &frame(AUTH));
+    }
     d.run();
     let grown = d.shard.queue_capacity();
     assert!(
@@ -869,6 +892,7 @@ fn queues_grown_by_a_connect_storm_shrink_once_it_is_over() {
     assert!(d.shard.shrink_buffers());
     let after = d.shard.queue_capacity();
     assert!(after <= 4 * 64, "{after} of {grown} entries kept");
+    assert_eq!(d.shard.deadline_queue_len(), 1, "the lazy client's");
     assert_eq!(
         d.shard.len(),
         keys.len() + 1,

@@ -48,7 +48,7 @@ impl<S> Shard<S> {
                 let Some(conn) = self.live(key, generation) else {
                     continue;
                 };
-                if conn.closing.is_some() {
+                if conn.is_closing() {
                     continue;
                 }
                 if let Some(reason) = conn.session.poll_timeout(now) {
@@ -81,7 +81,7 @@ impl<S> Shard<S> {
             if conn.dead {
                 continue;
             }
-            if let Some(cl) = &conn.closing {
+            if let Some(cl) = conn.closing() {
                 if stamp.reached(cl.deadline) {
                     to_abort.push(k);
                 }

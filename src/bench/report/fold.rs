@@ -334,6 +334,10 @@ pub fn server_figures(pids: &[u32], r: &Readings, connected: u64, served: u64) -
         rss_after_bytes: s.after.rss_bytes,
         idle_rss_per_connection_bytes: (s.idle.rss_bytes as f64 - s.before.rss_bytes as f64)
             / connected.max(1) as f64,
+        anon_before_bytes: s.before.anon_bytes,
+        anon_idle_bytes: s.idle.anon_bytes,
+        idle_anon_per_connection_bytes: (s.idle.anon_bytes as f64 - s.before.anon_bytes as f64)
+            / connected.max(1) as f64,
         cpu_publishing_s: cpu_pub,
         cpu_publishing_percent_of_core: pct(cpu_pub, pub_s),
         cpu_delivery_s: cpu_del,
@@ -711,6 +715,8 @@ mod tests {
         ProcSample {
             cpu_ticks,
             rss_bytes,
+            // A tenth of it is the binary's pages.
+            anon_bytes: rss_bytes / 10 * 9,
         }
     }
 
@@ -948,6 +954,7 @@ mod tests {
         assert_eq!(s.cpu_delivery_s, 1.4);
         assert_eq!(s.cpu_per_delivery_us, Some(1.4e6 / 80.0));
         assert_eq!(s.idle_rss_per_connection_bytes, 100_000.0);
+        assert_eq!(s.idle_anon_per_connection_bytes, 90_000.0);
         let g = &r.generator;
         assert_eq!(
             (g.cpu_publishing_s, g.cpu_publishing_percent_of_core),
