@@ -7,10 +7,11 @@
 //! each wanted-set entry (a fat pointer) and 16 bytes of counters in the
 //! allocation; `UserId` is a thin pointer to a 4-byte count, a 4-byte
 //! length and a 4-byte word for the wanted set's entry, followed by the
-//! bytes: "bench-1234" fits a 24-byte allocation instead of 32, a record
-//! holds 8 bytes instead of 16 and a wanted-set slot 8 instead of 24
-//! (PERFORMANCE.md, "Idle memory and connect, fourth session" and "sixth
-//! session").
+//! bytes: "bench-1234" fits a 24-byte allocation instead of 32 (ids of
+//! 13–16 bytes take a 32-byte one since the header grew from 8 to 12
+//! bytes), a record holds 8 bytes instead of 16 and a wanted-set slot 8
+//! (a `HashMap<Arc<str>, Entry>` slot took 24; PERFORMANCE.md, "Idle
+//! memory and connect, fourth session" and "sixth session").
 //!
 //! The one module with its own unsafe code besides `mem`: a thin,
 //! counted pointer cannot be written with `Arc` (whose `str` pointer is
@@ -43,7 +44,8 @@ struct Header {
 /// thread (the subscriber's) like `Arc<str>`.
 pub struct UserId(NonNull<Header>);
 
-// SAFETY: the pointee is immutable apart from its atomic count, which
+// SAFETY: the pointee is immutable apart from its atomic count and its
+// atomic `aux` word (plain loads and stores, see `UserId::aux`); the count
 // follows `Arc`'s protocol (clones Relaxed, drops Release, the freeing drop
 // Acquire), so sharing and sending between threads is sound. Exercised by
 // `tests::the_last_drop_on_another_thread_frees_it_once` and

@@ -32,8 +32,9 @@ pub struct ProcSample {
     pub rss_bytes: u64,
     /// RssAnon, bytes: the resident part of VmRSS that is the process's
     /// own memory (heap, stacks, anonymous maps), without the pages of its
-    /// binary and libraries that running new code paths reads in.
-    pub anon_bytes: u64,
+    /// binary and libraries that running new code paths reads in. `None`
+    /// where the kernel does not report it (before Linux 4.5).
+    pub anon_bytes: Option<u64>,
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
@@ -51,10 +52,7 @@ fn read<T>(pid: u32, file: &'static str, parse: impl Fn(&str) -> Option<T>) -> R
 /// Reads CPU and RSS of `pid`.
 pub fn sample(pid: u32) -> Result<ProcSample, SysError> {
     let (rss_bytes, anon_bytes) = read(pid, "status", |s| {
-        Some((
-            parse_status_rss(s)?,
-            parse_status_kb(s, "RssAnon:").unwrap_or(0),
-        ))
+        Some((parse_status_rss(s)?, parse_status_kb(s, "RssAnon:")))
     })?;
     Ok(ProcSample {
         cpu_ticks: read(pid, "stat", parse_stat_cpu)?,
@@ -65,12 +63,15 @@ pub fn sample(pid: u32) -> Result<ProcSample, SysError> {
 
 /// Sum of the readings of several processes.
 pub fn sample_all(pids: &[u32]) -> Result<ProcSample, SysError> {
-    let mut total = ProcSample::default();
+    let mut total = ProcSample {
+        anon_bytes: Some(0),
+        ..ProcSample::default()
+    };
     for &pid in pids {
         let s = sample(pid)?;
         total.cpu_ticks += s.cpu_ticks;
         total.rss_bytes += s.rss_bytes;
-        total.anon_bytes += s.anon_bytes;
+        total.anon_bytes = total.anon_bytes.zip(s.anon_bytes).map(|(a, b)| a + b);
     }
     Ok(total)
 }
@@ -175,7 +176,15 @@ mod tests {
         assert_eq!(all.rss_bytes, each[0].rss_bytes + each[1].rss_bytes);
         assert_eq!(all.cpu_ticks, each[0].cpu_ticks + each[1].cpu_ticks);
         assert!(all.rss_bytes > each[0].rss_bytes);
-        assert_eq!(sample_all(&[]).unwrap(), ProcSample::default());
+        let anon = |s: &ProcSample| s.anon_bytes.expect("RssAnon (Linux 4.5+)");
+        assert_eq!(anon(&all), anon(&each[0]) + anon(&each[1]));
+        assert_eq!(
+            sample_all(&[]).unwrap(),
+            ProcSample {
+                anon_bytes: Some(0),
+                ..ProcSample::default()
+            }
+        );
         // One vanished process fails the reading rather than under-count.
         assert!(sample_all(&[pids[0], u32::MAX]).is_err());
         for k in &mut kids {

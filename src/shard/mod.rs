@@ -419,7 +419,9 @@ impl<S> Shard<S> {
                 let answer = user.authenticate(key, generation, request);
                 // Only a call that has to wait needs its deadline queued:
                 // an immediate answer leaves the connection authenticated
-                // or closing before any timer could fire.
+                // or closing before any timer could fire. (A driver must
+                // hand every `Event::Authenticate` to this method: the
+                // auth timeout of a waiting call is armed here.)
                 if matches!(answer, Answer::Pending)
                     && let Some(d) = self
                         .live(key, generation)
@@ -653,11 +655,13 @@ impl<S> Shard<S> {
         n
     }
 
-    /// Give back the capacity a storm left in the shard's queues (also see
-    /// [`push_deadline`]): a
-    /// connect storm grows the driver's event queue and the auth-deadline
-    /// queues by an entry per connection, and a `VecDeque` keeps its
-    /// capacity once emptied (about 40 bytes per connection of the storm,
+    /// Give back the capacity a storm left in the shard's queues: a
+    /// connect storm grows the driver's event queue by an entry per
+    /// connection handled in one turn, and the deadline queues by one per
+    /// connection still waiting for its authenticator (or not
+    /// authenticating at all: each new deadline first drops the front ones
+    /// of connections that authenticated), and a `VecDeque` keeps its
+    /// capacity once emptied (up to 40 bytes per connection of the storm,
     /// held while they sit idle). Deadlines of connections that
     /// authenticated (or left) meanwhile are dropped first rather than
     /// when they come due. The driver calls this every second or so;

@@ -336,8 +336,11 @@ pub fn server_figures(pids: &[u32], r: &Readings, connected: u64, served: u64) -
             / connected.max(1) as f64,
         anon_before_bytes: s.before.anon_bytes,
         anon_idle_bytes: s.idle.anon_bytes,
-        idle_anon_per_connection_bytes: (s.idle.anon_bytes as f64 - s.before.anon_bytes as f64)
-            / connected.max(1) as f64,
+        idle_anon_per_connection_bytes: s
+            .idle
+            .anon_bytes
+            .zip(s.before.anon_bytes)
+            .map(|(idle, before)| (idle as f64 - before as f64) / connected.max(1) as f64),
         cpu_publishing_s: cpu_pub,
         cpu_publishing_percent_of_core: pct(cpu_pub, pub_s),
         cpu_delivery_s: cpu_del,
@@ -716,7 +719,7 @@ mod tests {
             cpu_ticks,
             rss_bytes,
             // A tenth of it is the binary's pages.
-            anon_bytes: rss_bytes / 10 * 9,
+            anon_bytes: Some(rss_bytes / 10 * 9),
         }
     }
 
@@ -954,7 +957,7 @@ mod tests {
         assert_eq!(s.cpu_delivery_s, 1.4);
         assert_eq!(s.cpu_per_delivery_us, Some(1.4e6 / 80.0));
         assert_eq!(s.idle_rss_per_connection_bytes, 100_000.0);
-        assert_eq!(s.idle_anon_per_connection_bytes, 90_000.0);
+        assert_eq!(s.idle_anon_per_connection_bytes, Some(90_000.0));
         let g = &r.generator;
         assert_eq!(
             (g.cpu_publishing_s, g.cpu_publishing_percent_of_core),

@@ -176,13 +176,14 @@ pub struct ServerFigures {
     pub rss_after_bytes: u64,
     /// (RSS idle − RSS before) / connections.
     pub idle_rss_per_connection_bytes: f64,
-    /// RssAnon before connecting and once idle.
-    pub anon_before_bytes: u64,
-    pub anon_idle_bytes: u64,
+    /// RssAnon before connecting and once idle (`None` where the kernel
+    /// does not report it).
+    pub anon_before_bytes: Option<u64>,
+    pub anon_idle_bytes: Option<u64>,
     /// (RssAnon idle − RssAnon before) / connections: the per-connection
     /// memory without the binary's code pages that the first connections
-    /// page in (a constant, 18–39 B per connection at 10,000 here).
-    pub idle_anon_per_connection_bytes: f64,
+    /// page in (a constant, 0–39 B per connection at 10,000 here).
+    pub idle_anon_per_connection_bytes: Option<f64>,
     /// CPU during the measured publishing phase.
     pub cpu_publishing_s: f64,
     pub cpu_publishing_percent_of_core: f64,

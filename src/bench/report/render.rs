@@ -47,12 +47,15 @@ fn bytes(v: f64) -> String {
 
 fn rss_row(s: &ServerFigures) -> String {
     format!(
-        "{} before → {} idle → {} after: {} per idle connection ({} anonymous: without code pages)",
+        "{} before → {} idle → {} after: {} per idle connection{}",
         bytes(s.rss_before_bytes as f64),
         bytes(s.rss_idle_bytes as f64),
         bytes(s.rss_after_bytes as f64),
         bytes(s.idle_rss_per_connection_bytes),
-        bytes(s.idle_anon_per_connection_bytes)
+        match s.idle_anon_per_connection_bytes {
+            Some(a) => format!(" ({} anonymous: without code pages)", bytes(a)),
+            None => String::new(),
+        }
     )
 }
 
