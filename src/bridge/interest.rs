@@ -28,9 +28,8 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::{HashTable, hash_table};
 
-use crate::user_id::UserId;
-
 use crate::delivery::{ClientId, Interest, Topic};
+use crate::user_id::UserId;
 
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command (Centrifugo uses 512).
 pub const BATCH: usize = 512;
@@ -45,7 +44,7 @@ pub enum BridgeInput {
     Settle(flume::Sender<()>),
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Entry {
     /// Shards that want it.
     shards: u32,
@@ -125,6 +124,14 @@ impl UserSet {
 
     fn entry(&self, name: &str) -> Option<Entry> {
         self.get(name).map(|k| Entry::unpack(k.aux()))
+    }
+
+    /// [`Entry::count`] on the entry kept in `key`'s word.
+    fn count(key: &UserId, on: bool) -> bool {
+        let mut e = Entry::unpack(key.aux());
+        let requeue = e.count(on);
+        key.set_aux(e.pack());
+        requeue
     }
 
     /// The key of `u`'s id, added (with an empty entry) if missing.
@@ -285,24 +292,13 @@ impl Subscriptions {
 
     fn change(&mut self, key: Key, on: bool) {
         let requeue = match (&key, on) {
-            (Key::User(u), true) => {
-                let k = self.users.get_or_insert(u);
-                let mut e = Entry::unpack(k.aux());
-                let requeue = e.count(on);
-                k.set_aux(e.pack());
-                requeue
-            }
+            (Key::User(u), true) => UserSet::count(self.users.get_or_insert(u), on),
             // An end without a start would be a shard's bug: ignore it
             // rather than keep an entry nothing will remove.
-            (Key::User(u), false) => {
-                let Some(k) = self.users.get(u) else {
-                    return;
-                };
-                let mut e = Entry::unpack(k.aux());
-                let requeue = e.count(on);
-                k.set_aux(e.pack());
-                requeue
-            }
+            (Key::User(u), false) => match self.users.get(u) {
+                Some(k) => UserSet::count(k, on),
+                None => return,
+            },
             (Key::Room(r), true) => self.rooms.entry(r.clone()).or_default().count(on),
             (Key::Client(c), true) => self.clients.entry(*c).or_default().count(on),
             (Key::Room(r), false) => match self.rooms.get_mut(r) {
